@@ -1,0 +1,335 @@
+"""A small LLaMA-style decoder built from BitLinear layers: the BitNet b1.58 training-time model.
+
+Architecture (following the FAQ's "remove RMSNorm before attention and SwiGLU because BitLinear has built-in
+RMSNorm"): blocks have no separate pre-norms. Every BitLinear normalises its own input with RMSNorm right
+before the int8 activation quantizer, so that norm *is* the pre-norm for q, k, v, gate and up, and the SubLN
+for o_proj (attn_sub_norm) and down_proj (ffn_sub_norm). q/k/v and gate/up are separate BitLinears, so each
+projection has its own weight scale, as the official converter does. Embeddings, the final RMSNorm and the
+output head stay full precision (untied by default). No biases anywhere; RoPE (half-split, LLaMA/HF
+convention); gated FFN with ReLU^2 (BitNet b1.58 2B4T) or SwiGLU.
+
+quant="none" is the same architecture with the quantizers off (RMSNorm + plain linear): the FP baseline.
+Init: every linear and embedding weight ~ N(0, 0.02), norms at 1 (the GPT-2/nanoGPT convention; absmean
+quantization is scale invariant, so the init std only sets beta, i.e. the output scale).
+
+This is the fake-quant training model; the packed int8 x ternary runtime path lives elsewhere.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import quant as Q
+
+ABLATIONS = {
+    "no-ste": "weights quantized with no straight-through estimator, so latent weights get no gradient "
+              "(research notes §3 #1: kyegomez/BitNet sign/round without STE)",
+    "clamp-ste": "STE on round() then a plain clamp, so clipped weights lose their gradient "
+                 "(§3 #1b: pytorch/ao PR #4806, pytorch/pytorch #184574)",
+    "quant-head": "ternary embedding and output head, head input int8 too "
+                  "(§3 #4: kyegomez replace_hf.py; HF keeps lm_head FP 'for numerical stability')",
+    "no-subln": "no RMSNorm inside BitLinear: no pre-norms and no SubLN before the activation quant "
+                "(§3 #5: b1 paper §2.1, HF blog PPL 6.3 vs 5.9)",
+    "no-dequant": "F.linear on raw int8/ternary codes, never multiplying gamma*beta back "
+                  "(§3 #2: Mrw33554432/bitLinear-phi-1.5, 7.5 vs 2.5 loss)",
+    "const-wd": "weight decay held at its peak for the whole run, schedule only "
+                "(§3 #8: FAQ rationale, parameter-golf #367 plateau)",
+}
+_NEEDS_QUANT = ("no-ste", "clamp-ste", "no-dequant")  # meaningless with quant="none": refused, not ignored
+
+PRESETS = {
+    "tiny": dict(d_model=64, n_layers=2, n_heads=2, ffn_hidden=192, context=64),
+    "default": dict(d_model=256, n_layers=4, n_heads=4, ffn_hidden=704, context=128),
+    "wide": dict(d_model=2048, n_layers=4, n_heads=16, ffn_hidden=5504, context=256),
+}
+
+# Hard caps, checked before anything is allocated (a hostile checkpoint config must not trigger a huge alloc).
+MAX_PARAMS = 2_000_000_000
+MAX_D_MODEL = 16384
+MAX_VOCAB = 1 << 20
+MAX_LAYERS = 1024
+MAX_CONTEXT = 1 << 17
+MAX_FFN = 1 << 17
+MAX_ROPE = 1 << 24  # context * head_dim: the RoPE tables are allocated at construction
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    ffn_hidden: int = 0  # 0 = derived: 8/3 * d_model rounded up to a multiple of 64
+    context: int = 128  # max sequence length (RoPE tables, KV cache)
+    quant: str = "ternary"  # "ternary" | "none"
+    ffn_act: str = "relu2"  # "relu2" | "swiglu"
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    ablate: list = field(default_factory=list)  # names in ABLATIONS
+
+    def __post_init__(self):
+        if self.ffn_hidden == 0 and isinstance(self.d_model, int) and self.d_model > 0:
+            self.ffn_hidden = 64 * math.ceil(8 * self.d_model / 3 / 64)
+        self.ablate = list(self.ablate)
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Build from a plain dict (e.g. a checkpoint's), refusing unknown keys and wrong types."""
+        if not isinstance(d, dict):
+            raise ValueError(f"model config must be a dict, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields), key=repr)
+        if unknown:
+            raise ValueError(f"unknown model config key(s): {', '.join(repr(k)[:40] for k in unknown)}")
+        kw = {}
+        for k, v in d.items():
+            kind = fields[k].type  # int | float | str | bool | list
+            if kind is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if kind is list and isinstance(v, tuple):
+                v = list(v)
+            if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+                raise ValueError(f"model config {k} must be {kind.__name__}, got {type(v).__name__}")
+            kw[k] = v
+        return cls(**kw)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def num_params(self) -> int:
+        d, h, V, L = self.d_model, self.ffn_hidden, self.vocab_size, self.n_layers
+        per_layer = 4 * d * d + 3 * d * h + 6 * d + h  # linears + one RMSNorm per BitLinear
+        return V * d * (1 if self.tie_embeddings else 2) + L * per_layer + d
+
+    def validate(self):
+        def bad(msg):
+            raise ValueError(f"model config: {msg}")
+        for k, lo, hi in [("vocab_size", 2, MAX_VOCAB), ("d_model", 2, MAX_D_MODEL), ("n_layers", 1, MAX_LAYERS),
+                          ("n_heads", 1, MAX_D_MODEL), ("ffn_hidden", 1, MAX_FFN), ("context", 1, MAX_CONTEXT)]:
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                bad(f"{k} must be an integer in [{lo}, {hi}], got {v!r}")
+        if self.d_model % self.n_heads:
+            bad(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.head_dim % 2:
+            bad(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.context * self.head_dim > MAX_ROPE:
+            bad(f"context * head_dim = {self.context * self.head_dim:,} is over the {MAX_ROPE:,} limit")
+        if self.quant not in ("ternary", "none"):
+            bad(f"quant must be 'ternary' or 'none', got {self.quant!r}")
+        if self.ffn_act not in ("relu2", "swiglu"):
+            bad(f"ffn_act must be 'relu2' or 'swiglu', got {self.ffn_act!r}")
+        for k in ("rope_theta", "norm_eps"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                bad(f"{k} must be a positive finite number, got {v!r}")
+        if self.norm_eps >= 1:
+            bad(f"norm_eps must be below 1, got {self.norm_eps}")
+        if not isinstance(self.tie_embeddings, bool):
+            bad(f"tie_embeddings must be a bool, got {self.tie_embeddings!r}")
+        for a in self.ablate:
+            if not isinstance(a, str) or a not in ABLATIONS:
+                bad(f"unknown ablation {a!r}; choose from {', '.join(ABLATIONS)}")
+        if len(set(self.ablate)) != len(self.ablate):
+            bad(f"duplicate ablation in {self.ablate}")
+        if "no-ste" in self.ablate and "clamp-ste" in self.ablate:
+            bad("ablations no-ste and clamp-ste are mutually exclusive")
+        if self.quant == "none" and any(a in _NEEDS_QUANT for a in self.ablate):
+            bad(f"ablations {', '.join(_NEEDS_QUANT)} change the quantizer and have no effect with quant='none'")
+        if self.num_params() > MAX_PARAMS:
+            bad(f"{self.num_params():,} parameters is over the {MAX_PARAMS:,} limit")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight).to(x.dtype)
+
+
+class BitLinear(nn.Module):
+    """Drop-in for nn.Linear(in, out, bias=False): RMSNorm -> int8 act fake-quant -> ternary weight fake-quant.
+
+    Holds fp32 latent weights; quantizes only inside forward and keeps no state across calls. The reference
+    forward is `quant.fake_quant_linear`: the FAQ's value and STE gradients, with the matmul done on the
+    integer codes so the packed runtime path can reproduce it exactly.
+    """
+
+    def __init__(self, in_features, out_features, *, quant="ternary", ablate=(), eps=1e-5):
+        super().__init__()
+        self.in_features, self.out_features, self.quant = in_features, out_features, quant
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))  # (out, in)
+        nn.init.normal_(self.weight, std=0.02)
+        self.norm = nn.Identity() if "no-subln" in ablate else RMSNorm(in_features, eps)
+        self.dequant = "no-dequant" not in ablate
+        self.wq = (Q.weight_fake_quant_no_ste if "no-ste" in ablate else
+                   Q.weight_fake_quant_clamp_ste if "clamp-ste" in ablate else None)
+
+    def forward(self, x):
+        x = self.norm(x)
+        if self.quant == "none":
+            return F.linear(x, self.weight)
+        if not self.dequant:
+            return F.linear(Q.act_codes_ste(x), Q.weight_codes_ste(self.weight))
+        if self.wq is not None:  # broken-STE ablations
+            return F.linear(Q.act_fake_quant(x), self.wq(self.weight))
+        return Q.fake_quant_linear(x, self.weight)  # = F.linear(act_fake_quant(x), weight_fake_quant(w))
+
+    @torch.no_grad()
+    def ternary_state(self):
+        """(codes int8 (out, in), beta float) of the current latent weight."""
+        codes, beta = Q.weight_quant(self.weight)
+        return codes, float(beta)
+
+    def extra_repr(self):
+        return f"in={self.in_features}, out={self.out_features}, quant={self.quant}"
+
+
+def rope_tables(head_dim: int, context: int, theta: float):
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (hd/2,)
+    ang = torch.outer(torch.arange(context, dtype=torch.float64), inv_freq)  # (T, hd/2)
+    ang = torch.cat([ang, ang], dim=-1)  # (T, hd)
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x, cos, sin):  # x (B, H, T, hd), cos/sin (T, hd)
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Per-layer keys/values for incremental decoding; `pos` is the number of positions already filled."""
+
+    def __init__(self, n_layers, batch, n_heads, max_len, head_dim, dtype, device):
+        shape = (n_layers, batch, n_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.batch, self.max_len, self.pos = batch, max_len, 0
+
+    def reset(self):
+        self.pos = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, kw = cfg.d_model, dict(quant=cfg.quant, ablate=cfg.ablate, eps=cfg.norm_eps)
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.q_proj, self.k_proj, self.v_proj = (BitLinear(d, d, **kw) for _ in range(3))
+        self.o_proj = BitLinear(d, d, **kw)  # its norm is the SubLN attn_sub_norm
+
+    def forward(self, x, cos, sin, cache=None, layer=0):
+        B, T, C = x.shape
+        heads = lambda t: t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        else:
+            p = cache.pos
+            cache.k[layer, :, :, p:p + T] = k
+            cache.v[layer, :, :, p:p + T] = v
+            ks, vs = cache.k[layer, :, :, :p + T], cache.v[layer, :, :, :p + T]  # (B, H, p+T, hd)
+            # query i sits at absolute position p+i and may see keys 0..p+i
+            mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
+            y = F.scaled_dot_product_attention(q, ks.to(q.dtype), vs.to(q.dtype), attn_mask=mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, h, kw = cfg.d_model, cfg.ffn_hidden, dict(quant=cfg.quant, ablate=cfg.ablate, eps=cfg.norm_eps)
+        self.act = cfg.ffn_act
+        self.gate_proj, self.up_proj = BitLinear(d, h, **kw), BitLinear(d, h, **kw)
+        self.down_proj = BitLinear(h, d, **kw)  # its norm is the SubLN ffn_sub_norm
+
+    def forward(self, x):
+        g = self.gate_proj(x)  # (B, T, h)
+        g = F.relu(g).square() if self.act == "relu2" else F.silu(g)
+        return self.down_proj(g * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn, self.ffn = Attention(cfg), FeedForward(cfg)
+
+    def forward(self, x, cos, sin, cache=None, layer=0):
+        x = x + self.attn(x, cos, sin, cache, layer)
+        return x + self.ffn(x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.quant_head = "quant-head" in cfg.ablate
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)  # final norm, full precision
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        for m in (self.tok_emb, self.head):
+            nn.init.normal_(m.weight, std=0.02)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        cos, sin = rope_tables(cfg.head_dim, cfg.context, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (context, hd)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def bitlinears(self):
+        """(name, module) for every BitLinear (with quant='none' these are the plain, unquantized linears)."""
+        return ((n, m) for n, m in self.named_modules() if isinstance(m, BitLinear))
+
+    def new_cache(self, batch: int, max_len: int = None) -> KVCache:
+        max_len = self.cfg.context if max_len is None else max_len
+        if not 1 <= max_len <= self.cfg.context:
+            raise ValueError(f"cache length {max_len} must be in [1, context={self.cfg.context}]")
+        p = self.tok_emb.weight
+        return KVCache(self.cfg.n_layers, batch, self.cfg.n_heads, max_len, self.cfg.head_dim, p.dtype, p.device)
+
+    def forward(self, idx, targets=None, cache=None):
+        B, T = idx.shape
+        start = 0 if cache is None else cache.pos
+        limit = self.cfg.context if cache is None else cache.max_len
+        if start + T > limit:
+            raise ValueError(f"sequence of {start + T} positions exceeds the limit of {limit}")
+        if cache is not None and B != cache.batch:
+            raise ValueError(f"batch {B} does not match the cache's batch {cache.batch}")
+        emb = Q.weight_fake_quant(self.tok_emb.weight) if self.quant_head else self.tok_emb.weight
+        x = F.embedding(idx, emb)  # (B, T, C)
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.pos += T
+        x = self.norm(x)
+        if self.quant_head:
+            logits = F.linear(Q.act_fake_quant(x), Q.weight_fake_quant(self.head.weight))
+        else:
+            logits = self.head(x)
+        logits = logits.float()  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss

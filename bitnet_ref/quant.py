@@ -1,0 +1,147 @@
+"""BitNet b1.58 quantizers: absmean ternary weights, per-token absmax int8 activations, and their STEs.
+
+The formulas are the official ones (Microsoft "Training Tips, Code and FAQ", p.5; HF `integrations/bitnet.py`):
+
+    weights:      beta  = max(mean|W|, 1e-5)            per tensor
+                  codes = clamp(round(W / beta), -1, 1)  int8 in {-1, 0, 1};  W_hat = codes * beta
+    activations:  s     = max(max|x|, 1e-5)              per token (last dim)
+                  q     = clamp(round(x * 127 / s), -128, 127)  int8;  gamma = s / 127;  x_hat = q * gamma
+
+Scales are always computed in float32 (float64 inputs stay float64), whatever the input dtype, so bf16 inputs
+under autocast get the same codes as their float32 copies.
+
+The reference straight-through estimator keeps the *whole* quantizer inside `.detach()`:
+`w + (dequant(w) - w).detach()`. Its value is the dequantized tensor and its gradient is the identity for every
+element, saturated ones included. Two deliberately wrong variants exist only for the ablations `clamp-ste`
+and `no-ste` (and the `no-dequant` helpers for the ablation of that name); nothing else should use them.
+
+This module is not the packed runtime path (see `kernels.py`); it is the training-time arithmetic and the
+oracle the packed path is checked against.
+"""
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-5
+QMAX = 127  # int8 activations: round(x * 127 / absmax) lies in [-127, 127]; clamp to [-128, 127] as specified
+
+
+def _scale_dtype(t: torch.Tensor) -> torch.dtype:
+    # float32 at least: bf16/fp16 inputs are upcast before any scale is computed
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def weight_quant(w: torch.Tensor):
+    """Absmean ternary quantization, per tensor. Returns (codes int8 like w, beta 0-dim float32)."""
+    w = w.detach().to(_scale_dtype(w))
+    beta = w.abs().mean().clamp(min=EPS)  # ()
+    codes = (w / beta).round().clamp(-1, 1).to(torch.int8)
+    return codes, beta
+
+
+def act_quant(x: torch.Tensor):
+    """Per-token absmax int8 quantization. Returns (q int8 like x, gamma float32 of shape (..., 1))."""
+    x = x.detach().to(_scale_dtype(x))
+    s = x.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)  # (..., 1)
+    q = (x * (QMAX / s)).round().clamp(-128, 127).to(torch.int8)
+    return q, s / QMAX
+
+
+def weight_dequant(w: torch.Tensor) -> torch.Tensor:
+    """codes * beta in w's dtype (no gradient)."""
+    codes, beta = weight_quant(w)
+    return (codes.to(beta.dtype) * beta).to(w.dtype)
+
+
+def act_dequant(x: torch.Tensor) -> torch.Tensor:
+    """q * gamma in x's dtype (no gradient)."""
+    q, gamma = act_quant(x)
+    return (q.to(gamma.dtype) * gamma).to(x.dtype)
+
+
+# ---- reference straight-through estimators -------------------------------------------------------------------
+
+def weight_fake_quant(w: torch.Tensor) -> torch.Tensor:
+    """Value codes * beta; gradient identity to every latent weight (the FAQ's STE)."""
+    return w + (weight_dequant(w) - w).detach()
+
+
+def act_fake_quant(x: torch.Tensor) -> torch.Tensor:
+    """Value q * gamma; gradient identity to every input element."""
+    return x + (act_dequant(x) - x).detach()
+
+
+class _FakeQuantLinear(torch.autograd.Function):
+    """Value: (q @ codes.T) * (gamma * beta), the integer kernel's arithmetic. Gradient: the reference STEs."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        q, gamma = act_quant(x)  # (..., K) int8, (..., 1)
+        codes, beta = weight_quant(w)  # (N, K) int8, ()
+        dt = gamma.dtype
+        # integer-valued operands: every partial sum is an integer below 2**24 (K <= 2**17), so this matmul
+        # is exact in float32 whatever the summation order, batch shape or BLAS kernel
+        acc = F.linear(q.to(dt), codes.to(dt))  # (..., N)
+        ctx.save_for_backward(q, gamma, codes, beta)
+        ctx.dtypes = (x.dtype, w.dtype)
+        return (acc * (gamma * beta)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        q, gamma, codes, beta = ctx.saved_tensors
+        dt, (x_dtype, w_dtype) = gamma.dtype, ctx.dtypes
+        g = grad_y.to(dt)  # (..., N)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:  # d/dx of F.linear(x_hat, w_hat) is w_hat: STE identity through act_quant
+            grad_x = (g @ (codes.to(dt) * beta)).to(x_dtype)  # (..., K)
+        if ctx.needs_input_grad[1]:  # ... and d/dw is x_hat: STE identity through weight_quant, every weight
+            x_hat = (q.to(dt) * gamma).reshape(-1, q.shape[-1])  # (M, K)
+            grad_w = (g.reshape(-1, g.shape[-1]).t() @ x_hat).to(w_dtype)  # (N, K)
+        return grad_x, grad_w
+
+
+def fake_quant_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """F.linear(act_fake_quant(x), weight_fake_quant(w)): same gradients, value computed as the packed kernel does.
+
+    The FAQ form sums float products q*gamma*c*beta, so its rounding depends on the batch shape and BLAS
+    kernel, and round() in the next layer turns that noise into code flips (KV-cache decoding and full
+    recompute then disagree by ~1e-2). Here the matmul runs on the integer codes, which is exact, and the
+    scales multiply the result: y = acc * (gamma * beta). A runtime path that computes acc in int32 and scales
+    it the same way reproduces this forward bit for bit.
+    """
+    return _FakeQuantLinear.apply(x, w)
+
+
+# ---- deliberately broken variants, for ablations only ----------------------------------------------------------
+
+def weight_fake_quant_clamp_ste(w: torch.Tensor) -> torch.Tensor:
+    """Ablation `clamp-ste`: STE on round() only, then a plain clamp, as many home-made BitLinears do.
+
+    Entries whose rounded value lies outside [-1, 1] (|w| >= 1.5 beta) get zero gradient from clamp. Entries
+    that round exactly onto +-1 sit on the clamp boundary: torch 2.13 still passes gradient there (see
+    tests/test_quant.py), other versions may not. beta is detached so that only the clamp differs from the
+    reference (a gradient through mean|w| would leak a little to every weight and blur the ablation).
+    """
+    beta = w.detach().to(_scale_dtype(w)).abs().mean().clamp(min=EPS).to(w.dtype)
+    u = w / beta
+    u = u + (u.round() - u).detach()  # STE through round only
+    return u.clamp(-1, 1) * beta
+
+
+def weight_fake_quant_no_ste(w: torch.Tensor) -> torch.Tensor:
+    """Ablation `no-ste`: the dequantized weight with no gradient path at all to the latent weight."""
+    return weight_dequant(w).detach()
+
+
+def weight_codes_ste(w: torch.Tensor) -> torch.Tensor:
+    """Ablation `no-dequant`: the ternary codes (as floats, beta never multiplied back), STE through w / beta."""
+    codes, beta = weight_quant(w)
+    u = w / beta.to(w.dtype)
+    return u + (codes.to(w.dtype) - u).detach()
+
+
+def act_codes_ste(x: torch.Tensor) -> torch.Tensor:
+    """Ablation `no-dequant`: the int8 activation codes (as floats, gamma never multiplied back), with STE."""
+    q, gamma = act_quant(x)
+    u = x / gamma.to(x.dtype)
+    return u + (q.to(x.dtype) - u).detach()
