@@ -1,0 +1,170 @@
+// bindings.cpp: the pybind11 module bitnet_ref._core.
+//
+// Only converts and checks arguments; all computing is in the kernels. Every argument is checked
+// (type, dtype, ndim, shape, contiguity, buffer size) before any data pointer is read, results are
+// allocated with the GIL held, and the GIL is released around the kernel alone. Accepts numpy
+// arrays only: bitnet_ref/kernels.py turns torch tensors and other inputs into them first and is
+// the documented API; this module is its implementation detail.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "ternary.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using bitnet::Backend;
+
+std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// Returns obj as an ndarray with the given dtype kind ('i' or 'u'), 1-byte items, ndim, C order.
+py::array checked_array(const py::object& obj, const char* what, char kind, int ndim) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(what) + " must be a numpy array, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (a.dtype().kind() != kind || a.itemsize() != 1)
+    throw py::type_error(std::string(what) + " must have dtype " + (kind == 'i' ? "int8" : "uint8") +
+                         ", got " + dtype_name(a));
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(what) + " must be " + std::to_string(ndim) + "-D, got " +
+                          std::to_string(a.ndim()) + "-D");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(what) + " must be C-contiguous");
+  return a;
+}
+
+void check_nk(int64_t n, int64_t k) {
+  if (n < 0 || k < 0)
+    throw py::value_error("n and k must be >= 0, got n=" + std::to_string(n) + ", k=" + std::to_string(k));
+  if (k > bitnet::kMaxK)
+    throw py::value_error("k=" + std::to_string(k) + " exceeds the supported maximum " +
+                          std::to_string(bitnet::kMaxK) + " (int32 exactness bound)");
+  if (n > (int64_t{1} << 40) / std::max<int64_t>(bitnet::row_stride_bytes(k), 1))
+    throw py::value_error("n=" + std::to_string(n) + " is too large");
+}
+
+void check_packed_size(const py::array& packed, int64_t n, int64_t k) {
+  const int64_t want = bitnet::packed_nbytes(n, k);
+  if (packed.size() != want)
+    throw py::value_error("packed buffer has " + std::to_string(packed.size()) + " bytes but n=" +
+                          std::to_string(n) + ", k=" + std::to_string(k) + " needs " + std::to_string(want) +
+                          " (truncated buffer, or wrong n/k)");
+}
+
+Backend parse_backend(const std::string& name) {
+  if (name.empty()) return bitnet::default_backend();
+  for (Backend b : {Backend::kScalar, Backend::kAvx2, Backend::kAvx512Vnni})
+    if (name == bitnet::backend_name(b)) {
+      if (!bitnet::backend_supported(b))
+        throw py::value_error("backend '" + name + "' is not supported on this CPU/build");
+      return b;
+    }
+  throw py::value_error("unknown backend '" + name + "'; expected one of scalar, avx2, avx512vnni");
+}
+
+py::array_t<uint8_t> pack(const py::object& codes_obj) {
+  py::array codes = checked_array(codes_obj, "codes", 'i', 2);
+  const int64_t n = codes.shape(0), k = codes.shape(1);
+  check_nk(n, k);
+  py::array_t<uint8_t> out(bitnet::packed_nbytes(n, k));
+  const auto* src = static_cast<const int8_t*>(codes.data());
+  uint8_t* dst = out.mutable_data();
+  int64_t bad;
+  {
+    py::gil_scoped_release release;
+    bad = bitnet::pack_ref(src, n, k, dst);
+  }
+  if (bad >= 0)
+    throw py::value_error("codes must be in {-1, 0, 1}; found " + std::to_string(src[bad]) + " at (" +
+                          std::to_string(bad / k) + ", " + std::to_string(bad % k) + ")");
+  return out;
+}
+
+py::array_t<int8_t> unpack(const py::object& packed_obj, int64_t n, int64_t k) {
+  py::array packed = checked_array(packed_obj, "packed", 'u', 1);
+  check_nk(n, k);
+  check_packed_size(packed, n, k);
+  py::array_t<int8_t> out({n, k});
+  const auto* src = static_cast<const uint8_t*>(packed.data());
+  int8_t* dst = out.mutable_data();
+  int64_t bad;
+  {
+    py::gil_scoped_release release;
+    bad = bitnet::unpack_ref(src, n, k, dst);
+  }
+  if (bad >= 0) {
+    const int64_t kpad = bitnet::blocks_per_row(k) * bitnet::kBlockWeights;
+    const int64_t row = bad / kpad, col = bad % kpad;
+    throw py::value_error(std::string("packed buffer is corrupt: ") +
+                          (col < k ? "code 3 (not a ternary value)" : "padding that is not weight 0") +
+                          " at row " + std::to_string(row) + ", column " + std::to_string(col));
+  }
+  return out;
+}
+
+py::array_t<int32_t> matmul(const py::object& x_obj, const py::object& packed_obj, int64_t n, int64_t k,
+                            const std::string& backend_name, int threads) {
+  py::array x = checked_array(x_obj, "x", 'i', 2);
+  py::array packed = checked_array(packed_obj, "packed", 'u', 1);
+  check_nk(n, k);
+  if (x.shape(1) != k)
+    throw py::value_error("x has " + std::to_string(x.shape(1)) + " columns but k=" + std::to_string(k));
+  check_packed_size(packed, n, k);
+  if (threads < 0) throw py::value_error("threads must be >= 1 (or 0 for the default)");
+  const Backend backend = parse_backend(backend_name);
+  const int64_t m = x.shape(0);
+  py::array_t<int32_t> out({m, n});
+  const auto* xp = static_cast<const int8_t*>(x.data());
+  const auto* wp = static_cast<const uint8_t*>(packed.data());
+  int32_t* yp = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bitnet::matmul(xp, wp, yp, m, n, k, backend, threads);
+  }
+  return out;
+}
+
+std::vector<std::string> supported_backends() {
+  std::vector<std::string> out;
+  for (Backend b : {Backend::kScalar, Backend::kAvx2, Backend::kAvx512Vnni})
+    if (bitnet::backend_supported(b)) out.emplace_back(bitnet::backend_name(b));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "bitnet_ref._core: packed ternary weights and exact int8 x ternary matmul (use bitnet_ref.kernels)";
+  m.attr("BLOCK_WEIGHTS") = bitnet::kBlockWeights;
+  m.attr("BLOCK_BYTES") = bitnet::kBlockBytes;
+  m.attr("MAX_K") = bitnet::kMaxK;
+  m.def("pack", &pack, py::arg("codes"), "Pack int8 codes (N, K) in {-1,0,1} into a 1-D uint8 buffer.");
+  m.def("unpack", &unpack, py::arg("packed"), py::arg("n"), py::arg("k"), "Unpack to int8 (N, K); checks every code.");
+  m.def("matmul", &matmul, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("k"),
+        py::arg("backend") = "", py::arg("threads") = 0,
+        "Exact int32 (M, N) = x (M, K) int8 times unpacked weights transposed. backend '' = best.");
+  m.def("packed_nbytes", [](int64_t n, int64_t k) { check_nk(n, k); return bitnet::packed_nbytes(n, k); },
+        py::arg("n"), py::arg("k"));
+  m.def("has_avx2", &bitnet::cpu_has_avx2);
+  m.def("has_avx512vnni", &bitnet::cpu_has_avx512vnni);
+  m.def("default_backend", [] { return std::string(bitnet::backend_name(bitnet::default_backend())); });
+  m.def("supported_backends", &supported_backends);
+  m.def("set_threads", [](int t) {
+    if (t < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(t));
+    bitnet::set_default_threads(t);
+  }, py::arg("threads"));
+  m.def("get_threads", &bitnet::default_threads);
+  m.def("hardware_threads", &bitnet::hardware_threads);
+  m.def("measure_read_bandwidth", [](int64_t bytes, int threads, int reps) {
+    if (bytes < 1 || threads < 1 || reps < 1) throw py::value_error("bytes, threads and reps must be >= 1");
+    py::gil_scoped_release release;
+    return bitnet::measure_read_bandwidth(bytes, threads, reps);
+  }, py::arg("bytes"), py::arg("threads") = 1, py::arg("reps") = 5,
+  "Median streaming read bandwidth (GB/s) of a bytes-sized buffer; for tools/bench_kernels.py.");
+}

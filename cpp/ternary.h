@@ -1,0 +1,121 @@
+// ternary.h: the packed ternary weight format and the int8 x ternary kernels of bitnet_ref.
+//
+// This header is the one place the packed format is written down. It declares the portable
+// reference kernels (ternary_ref.cpp), the SIMD row kernels (ternary_avx2.cpp, ternary_avx512.cpp),
+// and the dispatcher (dispatch.cpp) that picks one at run time and splits rows across threads.
+// It is not a general quantization library: no scales, no float math, no other bit widths.
+//
+// ---------------------------------------------------------------------------------------------
+// Packed format (2 bits per weight, ggml TQ2_0 bit order, no scale)
+//
+//   weight w in {-1, 0, +1}  ->  code c = w + 1 in {0, 1, 2}   (code 3 is invalid)
+//
+//   * Row-major: row n of the (N, K) weight matrix starts at byte n * row_stride_bytes(K).
+//   * Each row is split into blocks of kBlockWeights = 128 weights stored in kBlockBytes = 32 bytes.
+//     The last block of a row is padded with weight 0 (code 1) up to 128 weights, so
+//         row_stride_bytes(K) = ceil(K / 128) * 32   and   packed_nbytes(N, K) = N * row_stride_bytes(K).
+//   * Inside a block, byte j (0 <= j < 32) holds
+//         element j       in bits 0-1,
+//         element j + 32  in bits 2-3,
+//         element j + 64  in bits 4-5,
+//         element j + 96  in bits 6-7.
+//     One 32-byte load therefore unpacks into 32 consecutive weights per 2-bit field with a
+//     shift and a mask, which is what the AVX2 and AVX-512 kernels do.
+//   * The per-tensor scale (beta) is NOT stored here; the Python runtime layer keeps it.
+//
+// Product computed by every kernel, exactly, in int32:
+//
+//   y[m, n] = sum_k x[m, k] * w[n, k],   x int8 in [-128, 127].
+//
+// The SIMD kernels multiply the unsigned codes by x (maddubs / vpdpbusd) and subtract sum_k x[m, k]
+// once per row ("offset trick": sum c*x - sum x = sum (c-1)*x = sum w*x). Padding weights have
+// code 1 and the kernels pad x with zeros, so padding contributes nothing.
+//
+// Exactness bound: |y| <= 128 * K, and the largest intermediate is sum_k c*x >= -256 * K.
+// kMaxK = 2^22 keeps every intermediate far inside int32 (256 * 2^22 = 2^30).
+// ---------------------------------------------------------------------------------------------
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace bitnet {
+
+constexpr int64_t kBlockWeights = 128;  // weights per block
+constexpr int64_t kBlockBytes = 32;     // bytes per block
+constexpr int kBitsPerWeight = 2;
+constexpr uint8_t kPadCode = 1;         // code of weight 0, used for padding
+constexpr int64_t kMaxK = int64_t{1} << 22;
+static_assert(kBlockWeights * kBitsPerWeight == kBlockBytes * 8, "a block is 128 2-bit weights in 32 bytes");
+static_assert(kBlockWeights == 4 * kBlockBytes, "byte j of a block holds elements j, j+32, j+64, j+96");
+static_assert(256 * kMaxK <= (int64_t{1} << 30),
+              "sum_k c*x (and its x4-scaled SIMD partial sums, spread over >= 8 lanes) fits int32");
+
+constexpr int64_t blocks_per_row(int64_t k) { return (k + kBlockWeights - 1) / kBlockWeights; }
+constexpr int64_t row_stride_bytes(int64_t k) { return blocks_per_row(k) * kBlockBytes; }
+constexpr int64_t packed_nbytes(int64_t n, int64_t k) { return n * row_stride_bytes(k); }
+static_assert(row_stride_bytes(1) == 32 && row_stride_bytes(128) == 32 && row_stride_bytes(129) == 64, "");
+
+// ---- portable reference (ternary_ref.cpp) ----------------------------------------------------
+
+// Packs codes (N, K) int8 in {-1, 0, 1}, row-major, into out[packed_nbytes(n, k)].
+// Returns -1 on success, or the flat index of the first value outside {-1, 0, 1} (out is then
+// partially written and must be discarded).
+int64_t pack_ref(const int8_t* codes, int64_t n, int64_t k, uint8_t* out);
+
+// Unpacks into out (N, K) int8. Returns -1 on success, or the flat index (row * K_padded + col)
+// of the first invalid 2-bit field: code 3 anywhere, or a padding field that is not code 1.
+int64_t unpack_ref(const uint8_t* packed, int64_t n, int64_t k, int8_t* out);
+
+// ---- kernels -----------------------------------------------------------------------------------
+
+// Everything a row kernel needs. The dispatcher fills it once per call.
+struct KernelArgs {
+  const int8_t* x = nullptr;    // (m, k) activations as given, row stride k (reference kernel)
+  const int8_t* xp = nullptr;   // (m, xp_stride) zero-padded activations in the layout the SIMD kernel wants
+  int64_t xp_stride = 0;        // bytes per row of xp (multiple of 64)
+  const int32_t* xsum = nullptr;  // (m) sum_k x[m, k]
+  const uint8_t* w = nullptr;   // packed weights, row stride row_stride_bytes(k)
+  int32_t* y = nullptr;         // (m, n) output, row stride n
+  int64_t m = 0, n = 0, k = 0;
+};
+
+// A row kernel computes y[:, n0:n1] for all m.
+using RowKernel = void (*)(const KernelArgs& a, int64_t n0, int64_t n1);
+
+// Portable reference: reads a.x, decodes each weight as code - 1. The oracle for the others.
+void rows_ref(const KernelArgs& a, int64_t n0, int64_t n1);
+// AVX2 (maddubs): a.xp in natural order, padded to a multiple of 128 with zeros.
+void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1);
+// AVX-512 VNNI (vpdpbusd): a.xp permuted per 256 weights (see ternary_avx512.cpp), padded to 256.
+void rows_avx512vnni(const KernelArgs& a, int64_t n0, int64_t n1);
+// Writes the AVX-512 activation layout for one row: out has round_up(k, 256) bytes.
+void permute_x_avx512(const int8_t* x, int64_t k, int8_t* out);
+
+// ---- dispatcher (dispatch.cpp) -----------------------------------------------------------------
+
+enum class Backend { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+
+const char* backend_name(Backend b);
+bool cpu_has_avx2();            // AVX2 + FMA present and this build contains the AVX2 kernel
+bool cpu_has_avx512vnni();      // AVX-512 F/BW/VL/VNNI present and this build contains the kernel
+bool backend_supported(Backend b);
+// Best supported backend, or kScalar when BITNET_REF_FORCE_SCALAR=1 (read once, at first use).
+Backend default_backend();
+
+// Threads used when a call passes threads <= 0. Starts at 1 (see dispatch.cpp for why).
+void set_default_threads(int threads);
+int default_threads();
+int hardware_threads();
+
+// y (m, n) = x (m, k) . w^T, exact. Arguments must already be validated (sizes, k <= kMaxK).
+// threads <= 0 uses default_threads(). Safe to call from several threads at once.
+void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k,
+            Backend backend, int threads);
+
+// ---- benchmark support (membench.cpp) ---------------------------------------------------------
+
+// Median streaming read bandwidth in GB/s over `reps` passes of a `bytes` buffer with `threads`.
+double measure_read_bandwidth(int64_t bytes, int threads, int reps);
+
+}  // namespace bitnet

@@ -1,0 +1,229 @@
+// test_ternary.cpp: C++ tests for the packed format and every kernel path (run by CTest).
+//
+// Checks, for exact equality: the documented bit layout on a hand-made block; pack -> unpack round
+// trips; corrupt buffers and bad codes are reported; and every kernel the CPU supports (scalar
+// reference, AVX2, AVX-512 VNNI), single- and multi-threaded, against an int64 product computed
+// straight from the unpacked codes, over many shapes (K = 1, K off the 128 block, K large, M > 1)
+// and the overflow corners (x = -128 or 127 everywhere with all -1 / 0 / +1 weights).
+// Prints a summary and exits non-zero on any failure. Needs no Python.
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ternary.h"
+
+namespace {
+
+using bitnet::Backend;
+
+int g_checks = 0;
+int g_failures = 0;
+
+void check(bool ok, const std::string& what) {
+  ++g_checks;
+  if (!ok) {
+    ++g_failures;
+    if (g_failures <= 20) std::printf("FAIL: %s\n", what.c_str());
+  }
+}
+
+std::mt19937_64 rng(12345);
+
+std::vector<int8_t> random_codes(int64_t n, int64_t k) {
+  std::uniform_int_distribution<int> d(-1, 1);
+  std::vector<int8_t> c(static_cast<size_t>(n * k));
+  for (auto& v : c) v = static_cast<int8_t>(d(rng));
+  return c;
+}
+
+std::vector<int8_t> random_x(int64_t m, int64_t k) {
+  std::uniform_int_distribution<int> d(-128, 127);
+  std::vector<int8_t> x(static_cast<size_t>(m * k));
+  for (auto& v : x) v = static_cast<int8_t>(d(rng));
+  return x;
+}
+
+std::vector<uint8_t> pack(const std::vector<int8_t>& codes, int64_t n, int64_t k) {
+  std::vector<uint8_t> p(static_cast<size_t>(bitnet::packed_nbytes(n, k)));
+  const int64_t bad = bitnet::pack_ref(codes.data(), n, k, p.data());
+  check(bad == -1, "pack_ref accepted valid codes");
+  return p;
+}
+
+// The oracle: int64 sums straight from the codes, no packing involved.
+std::vector<int64_t> naive(const std::vector<int8_t>& x, const std::vector<int8_t>& codes, int64_t m,
+                           int64_t n, int64_t k) {
+  std::vector<int64_t> y(static_cast<size_t>(m * n), 0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t r = 0; r < n; ++r) {
+      int64_t s = 0;
+      for (int64_t c = 0; c < k; ++c) s += int64_t{x[i * k + c]} * codes[r * k + c];
+      y[i * n + r] = s;
+    }
+  return y;
+}
+
+std::vector<Backend> backends() {
+  std::vector<Backend> out;
+  for (Backend b : {Backend::kScalar, Backend::kAvx2, Backend::kAvx512Vnni})
+    if (bitnet::backend_supported(b)) out.push_back(b);
+  return out;
+}
+
+std::string shape(int64_t m, int64_t n, int64_t k) {
+  return "M=" + std::to_string(m) + " N=" + std::to_string(n) + " K=" + std::to_string(k);
+}
+
+// Runs every backend at the given thread counts and compares with the oracle.
+void check_matmul(const std::vector<int8_t>& x, const std::vector<int8_t>& codes, int64_t m, int64_t n,
+                  int64_t k, const std::string& label, std::initializer_list<int> threads = {1}) {
+  const auto packed = pack(codes, n, k);
+  const auto want = naive(x, codes, m, n, k);
+  for (Backend b : backends())
+    for (int t : threads) {
+      std::vector<int32_t> y(static_cast<size_t>(m * n), 0x5A5A5A5A);
+      bitnet::matmul(x.data(), packed.data(), y.data(), m, n, k, b, t);
+      int64_t bad = -1;
+      for (size_t i = 0; i < y.size() && bad < 0; ++i)
+        if (int64_t{y[i]} != want[i]) bad = static_cast<int64_t>(i);
+      std::string msg = label + " " + shape(m, n, k) + " backend=" + bitnet::backend_name(b) +
+                        " threads=" + std::to_string(t);
+      if (bad >= 0)
+        msg += " first mismatch at " + std::to_string(bad) + ": got " + std::to_string(y[bad]) + " want " +
+               std::to_string(want[bad]);
+      check(bad < 0, msg);
+    }
+}
+
+void test_layout() {
+  // Element 0 = +1 (code 2), 32 = -1 (code 0), 64 = +1 (code 2), 96 = 0 (code 1) -> byte 0 is
+  // 2 | 0 << 2 | 2 << 4 | 1 << 6 = 0x62; element 129 (block 1, byte 1, bits 0-1) = -1.
+  const int64_t k = 130;
+  std::vector<int8_t> codes(k, 0);
+  codes[0] = 1, codes[32] = -1, codes[64] = 1, codes[129] = -1;
+  const auto p = pack(codes, 1, k);
+  check(p.size() == 64, "row of K=130 takes two 32-byte blocks");
+  check(p[0] == 0x62, "byte 0 holds elements 0, 32, 64, 96 at bits 0-1, 2-3, 4-5, 6-7");
+  check(p[1] == 0x55, "an all-zero byte is four code-1 fields");
+  check(p[32 + 1] == 0x54, "element 129 is block 1, byte 1, bits 0-1; the rest of that byte is padding");
+  check(p[32 + 2] == 0x55, "padding bytes are code 1");
+}
+
+void test_roundtrip() {
+  for (int64_t k : {1, 2, 31, 32, 33, 64, 96, 127, 128, 129, 200, 255, 256, 257, 1000})
+    for (int64_t n : {1, 2, 3, 7}) {
+      const auto codes = random_codes(n, k);
+      const auto p = pack(codes, n, k);
+      check(static_cast<int64_t>(p.size()) == n * ((k + 127) / 128) * 32, "packed size " + shape(1, n, k));
+      std::vector<int8_t> back(codes.size(), 99);
+      const int64_t bad = bitnet::unpack_ref(p.data(), n, k, back.data());
+      check(bad == -1 && back == codes, "pack/unpack round trip " + shape(1, n, k));
+    }
+}
+
+void test_bad_input() {
+  std::vector<int8_t> codes = random_codes(3, 50);
+  codes[2 * 50 + 7] = 2;
+  std::vector<uint8_t> p(static_cast<size_t>(bitnet::packed_nbytes(3, 50)));
+  check(bitnet::pack_ref(codes.data(), 3, 50, p.data()) == 2 * 50 + 7, "pack_ref reports the first bad code");
+  codes[2 * 50 + 7] = -128;
+  check(bitnet::pack_ref(codes.data(), 3, 50, p.data()) == 2 * 50 + 7, "pack_ref rejects -128");
+
+  const auto good = pack(random_codes(2, 40), 2, 40);
+  std::vector<int8_t> out(80);
+  auto corrupt = good;
+  corrupt[32 + 5] |= 0x03;  // row 1, element 5 -> code 3
+  check(bitnet::unpack_ref(corrupt.data(), 2, 40, out.data()) == 128 + 5, "unpack_ref reports code 3");
+  corrupt = good;
+  corrupt[10] = static_cast<uint8_t>((corrupt[10] & ~0x30) | 0x20);  // row 0, element 74: padding, code 2
+  check(bitnet::unpack_ref(corrupt.data(), 2, 40, out.data()) == 74, "unpack_ref reports bad padding");
+}
+
+void test_matmul_shapes() {
+  const int64_t ks[] = {1, 2, 3, 31, 32, 33, 63, 64, 65, 127, 128, 129, 130, 255, 256, 257, 383, 384, 385, 512, 1000, 4096, 4100};
+  const int64_t ns[] = {1, 2, 3, 4, 5, 9, 17};
+  const int64_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17};
+  for (int64_t k : ks)
+    for (int64_t n : ns)
+      for (int64_t m : ms) {
+        if (k >= 1000 && (n > 5 || m > 5)) continue;  // keep the run short
+        check_matmul(random_x(m, k), random_codes(n, k), m, n, k, "random");
+      }
+  // Large K, and enough work to go multi-threaded (M*N*K >= 2^21).
+  check_matmul(random_x(1, 11008), random_codes(260, 11008), 1, 260, 11008, "random large", {1, 2, 3});
+  check_matmul(random_x(8, 4096), random_codes(70, 4096), 8, 70, 4096, "random gemm", {1, 2, 4});
+  check_matmul(random_x(3, 20000), random_codes(37, 20000), 3, 37, 20000, "random K=20000", {1, 2});
+  check_matmul(random_x(64, 300), random_codes(130, 300), 64, 130, 300, "random M=64", {1, 3});
+}
+
+void test_empty_shapes() {
+  // K = 0: every sum is empty, on every path, for M = 1 (GEMV) and M > 1 (GEMM).
+  for (int64_t m : {1, 3, 9}) check_matmul(std::vector<int8_t>(), std::vector<int8_t>(), m, 4, 0, "empty K");
+  // M = 0 or N = 0: nothing to compute, nothing written out of bounds.
+  check_matmul(std::vector<int8_t>(), random_codes(3, 10), 0, 3, 10, "empty M");
+  check_matmul(random_x(2, 10), std::vector<int8_t>(), 2, 0, 10, "empty N");
+}
+
+void test_overflow_corners() {
+  for (int64_t k : {1, 128, 129, 1024, 2047, 4096, 11008, 20000})
+    for (int wv : {-1, 0, 1})
+      for (int xv : {-128, 127}) {
+        const int64_t n = 3, m = 2;
+        std::vector<int8_t> codes(static_cast<size_t>(n * k), static_cast<int8_t>(wv));
+        std::vector<int8_t> x(static_cast<size_t>(m * k), static_cast<int8_t>(xv));
+        check_matmul(x, codes, m, n, k, "corner w=" + std::to_string(wv) + " x=" + std::to_string(xv));
+      }
+  // The largest supported K: |y| = 128 * 2^22 = 2^29.
+  const int64_t k = bitnet::kMaxK;
+  std::vector<int8_t> codes(static_cast<size_t>(2 * k), 1);
+  for (int64_t c = 0; c < k; ++c) codes[k + c] = -1;
+  std::vector<int8_t> x(static_cast<size_t>(k), -128);
+  check_matmul(x, codes, 1, 2, k, "corner K=kMaxK");
+}
+
+// Several threads call matmul at once, each asking for a multi-threaded split: one of them gets
+// the pool, the others run alone; all must get exact results.
+void test_concurrent_callers() {
+  const int64_t n = 300, k = 4096, m = 2;
+  const auto codes = random_codes(n, k);
+  const auto packed = pack(codes, n, k);
+  std::vector<std::vector<int8_t>> xs;
+  std::vector<std::vector<int64_t>> want;
+  for (int i = 0; i < 4; ++i) {
+    xs.push_back(random_x(m, k));
+    want.push_back(naive(xs.back(), codes, m, n, k));
+  }
+  std::vector<int> ok(4, 1);
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 4; ++i)
+    ts.emplace_back([&, i] {
+      for (int rep = 0; rep < 20; ++rep) {
+        std::vector<int32_t> y(static_cast<size_t>(m * n));
+        bitnet::matmul(xs[i].data(), packed.data(), y.data(), m, n, k, bitnet::default_backend(), 2 + rep % 3);
+        for (size_t j = 0; j < y.size(); ++j)
+          if (int64_t{y[j]} != want[i][j]) ok[i] = 0;
+      }
+    });
+  for (auto& t : ts) t.join();
+  for (int i = 0; i < 4; ++i) check(ok[i] == 1, "concurrent caller " + std::to_string(i));
+}
+
+}  // namespace
+
+int main() {
+  std::printf("backends on this CPU:");
+  for (Backend b : backends()) std::printf(" %s", bitnet::backend_name(b));
+  std::printf(" (default %s)\n", bitnet::backend_name(bitnet::default_backend()));
+  test_layout();
+  test_roundtrip();
+  test_bad_input();
+  test_matmul_shapes();
+  test_empty_shapes();
+  test_overflow_corners();
+  test_concurrent_callers();
+  std::printf("%d checks, %d failures\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}

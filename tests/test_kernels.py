@@ -1,0 +1,259 @@
+"""Tests for bitnet_ref.kernels: packed layout, round trips, exact matmul on every path, bad input.
+
+Every kernel the CPU supports (portable "scalar", "avx2", "avx512vnni") is compared with numpy's
+int64 product for exact equality; the C++ CTest suite (cpp/test_ternary.cpp) covers the same ground
+without Python.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from bitnet_ref import kernels
+
+BACKENDS = kernels.supported_backends() if kernels.available() else ["scalar"]
+
+
+def pack_py(codes: np.ndarray) -> np.ndarray:
+    """The layout documented in cpp/ternary.h, written independently in numpy."""
+    n, k = codes.shape
+    nblk = -(-k // 128)
+    c = np.ones((n, nblk * 128), dtype=np.uint8)  # padding: weight 0 = code 1
+    c[:, :k] = codes.astype(np.int16) + 1
+    c = c.reshape(n, nblk, 4, 32)  # [row, block, field i, byte j] = element 32 i + j
+    packed = c[:, :, 0] | (c[:, :, 1] << 2) | (c[:, :, 2] << 4) | (c[:, :, 3] << 6)
+    return packed.reshape(-1).astype(np.uint8)
+
+
+def product(x: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    return x.astype(np.int64) @ codes.astype(np.int64).T  # (M, N)
+
+
+def codes_arrays(max_n=6, max_k=300):
+    shapes = st.tuples(st.integers(0, max_n), st.integers(0, max_k))
+    return arrays(np.int8, shapes, elements=st.integers(-1, 1), fill=st.nothing())
+
+
+@st.composite
+def matmul_cases(draw):
+    m = draw(st.integers(1, 5))
+    n = draw(st.integers(1, 6))
+    k = draw(st.one_of(st.integers(1, 300), st.sampled_from([127, 128, 129, 255, 256, 257, 384, 640])))
+    codes = draw(arrays(np.int8, (n, k), elements=st.integers(-1, 1), fill=st.nothing()))
+    x = draw(arrays(np.int8, (m, k), elements=st.integers(-128, 127), fill=st.nothing()))
+    return x, codes
+
+
+def test_extension_is_available():
+    assert kernels.available(), kernels.import_error()
+    assert kernels.import_error() is None
+    assert kernels.backend() in kernels.supported_backends()
+    assert "scalar" in kernels.supported_backends()
+    assert kernels.has_avx2() == ("avx2" in kernels.supported_backends())
+
+
+@settings(deadline=None, max_examples=150)
+@given(codes_arrays())
+def test_pack_matches_documented_layout_and_round_trips(codes):
+    n, k = codes.shape
+    packed = kernels.pack_ternary(codes)
+    assert packed.dtype == np.uint8 and packed.ndim == 1
+    assert packed.size == kernels.packed_nbytes(n, k) == n * (-(-k // 128)) * 32
+    np.testing.assert_array_equal(packed, pack_py(codes))
+    back = kernels.unpack_ternary(packed, n, k)
+    assert back.dtype == np.int8 and back.shape == (n, k)
+    np.testing.assert_array_equal(back, codes)
+
+
+@settings(deadline=None, max_examples=150)
+@given(matmul_cases())
+def test_matmul_exact_on_every_path(case):
+    x, codes = case
+    n, k = codes.shape
+    packed = kernels.pack_ternary(codes)
+    want = product(x, codes)
+    got = kernels.ternary_matmul(x, packed, n, k)
+    assert got.dtype == np.int32 and got.shape == (x.shape[0], n)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(kernels.ternary_matmul(x, packed, n, k, force_scalar=True), want)
+    for b in BACKENDS:
+        np.testing.assert_array_equal(kernels.ternary_matmul(x, packed, n, k, backend=b), want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m,n,k", [(1, 64, 4096), (8, 33, 11008), (3, 5, 20000), (64, 20, 1000), (1, 1, 1)])
+def test_matmul_large_dense(backend, m, n, k):
+    rng = np.random.default_rng(m * 1000 + k)
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+    x = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    got = kernels.ternary_matmul(x, kernels.pack_ternary(codes), n, k, backend=backend)
+    np.testing.assert_array_equal(got, product(x, codes))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 129, 2047, 4096, 11008, 20000])
+@pytest.mark.parametrize("w", [-1, 0, 1])
+@pytest.mark.parametrize("xv", [-128, 127])
+def test_matmul_overflow_corners(backend, k, w, xv):
+    codes = np.full((3, k), w, dtype=np.int8)
+    x = np.full((2, k), xv, dtype=np.int8)
+    got = kernels.ternary_matmul(x, kernels.pack_ternary(codes), 3, k, backend=backend)
+    np.testing.assert_array_equal(got, np.full((2, 3), w * xv * k))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 512, 4096), (8, 300, 1024), (64, 37, 1000)])
+def test_threads_match_single_thread(m, n, k):
+    rng = np.random.default_rng(7)
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+    x = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    packed = kernels.pack_ternary(codes)
+    want = product(x, codes)
+    one = kernels.ternary_matmul(x, packed, n, k, threads=1)
+    np.testing.assert_array_equal(one, want)
+    for t in (2, 3, 8):
+        for b in BACKENDS:
+            np.testing.assert_array_equal(kernels.ternary_matmul(x, packed, n, k, threads=t, backend=b), want)
+
+
+def test_set_threads_and_concurrent_callers():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-1, 2, size=(256, 4096), dtype=np.int8)
+    packed = kernels.pack_ternary(codes)
+    xs = [rng.integers(-128, 128, size=(2, 4096), dtype=np.int8) for _ in range(4)]
+    old = kernels.get_threads()
+    kernels.set_threads(2)
+    try:
+        assert kernels.get_threads() == 2
+        results = [None] * len(xs)
+
+        def work(i):
+            for _ in range(5):
+                results[i] = kernels.ternary_matmul(xs[i], packed, 256, 4096)
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for x, got in zip(xs, results):
+            np.testing.assert_array_equal(got, product(x, codes))
+    finally:
+        kernels.set_threads(old)
+    assert kernels.get_threads() == old
+
+
+def test_zero_sized_shapes():
+    assert kernels.pack_ternary(np.zeros((0, 5), np.int8)).size == 0
+    p = kernels.pack_ternary(np.zeros((3, 0), np.int8))
+    assert p.size == 0
+    assert kernels.unpack_ternary(p, 3, 0).shape == (3, 0)
+    np.testing.assert_array_equal(kernels.ternary_matmul(np.zeros((2, 0), np.int8), p, 3, 0), np.zeros((2, 3)))
+    p = kernels.pack_ternary(np.ones((4, 10), np.int8))
+    assert kernels.ternary_matmul(np.zeros((0, 10), np.int8), p, 4, 10).shape == (0, 4)
+
+
+def test_torch_and_noncontiguous_inputs_give_right_answer():
+    rng = np.random.default_rng(11)
+    codes = rng.integers(-1, 2, size=(40, 300), dtype=np.int8)
+    x = rng.integers(-128, 128, size=(6, 300), dtype=np.int8)
+    packed = kernels.pack_ternary(torch.from_numpy(codes))
+    np.testing.assert_array_equal(packed, kernels.pack_ternary(codes))
+    want = product(x, codes)
+    np.testing.assert_array_equal(kernels.ternary_matmul(torch.from_numpy(x), torch.from_numpy(packed), 40, 300), want)
+    # Non-contiguous views are copied to contiguous arrays: the answer is still exact.
+    big = np.zeros((6, 600), np.int8)
+    big[:, ::2] = x
+    assert not big[:, ::2].flags.c_contiguous
+    np.testing.assert_array_equal(kernels.ternary_matmul(big[:, ::2], packed, 40, 300), want)
+    np.testing.assert_array_equal(kernels.ternary_matmul(np.asfortranarray(x), packed, 40, 300), want)
+    np.testing.assert_array_equal(kernels.pack_ternary(np.asfortranarray(codes)), packed)
+    np.testing.assert_array_equal(kernels.pack_ternary(torch.from_numpy(codes.T.copy()).T), packed)
+    # Wider integer dtypes are accepted when the values fit.
+    np.testing.assert_array_equal(kernels.ternary_matmul(x.astype(np.int64), packed, 40, 300), want)
+    np.testing.assert_array_equal(kernels.pack_ternary(codes.astype(np.int32)), packed)
+
+
+GOOD_CODES = np.array([[1, 0, -1], [0, 1, 1]], dtype=np.int8)
+GOOD_PACKED = pack_py(GOOD_CODES)
+GOOD_X = np.array([[5, -7, 9]], dtype=np.int8)
+
+
+def corrupt(byte_index, value):
+    p = GOOD_PACKED.copy()
+    p[byte_index] = value
+    return p
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: kernels.pack_ternary(np.array([[0, 2]], np.int8)), ValueError, r"\{-1, 0, 1\}"),
+    (lambda: kernels.pack_ternary(np.array([[-2, 0]], np.int8)), ValueError, r"\{-1, 0, 1\}"),
+    (lambda: kernels.pack_ternary(np.array([[0, 257]], np.int64)), ValueError, "values must be in"),
+    (lambda: kernels.pack_ternary(np.array([[0.0, 1.0]], np.float32)), TypeError, "integer"),
+    (lambda: kernels.pack_ternary(torch.zeros(2, 3)), TypeError, "integer"),
+    (lambda: kernels.pack_ternary(np.array([[True, False]])), TypeError, "integer"),
+    (lambda: kernels.pack_ternary(np.zeros(3, np.int8)), ValueError, "2-D"),
+    (lambda: kernels.pack_ternary(np.zeros((2, 2, 2), np.int8)), ValueError, "2-D"),
+    (lambda: kernels.pack_ternary([[0, 1]]), TypeError, "numpy array"),
+    (lambda: kernels.pack_ternary(torch.zeros(2, 3, dtype=torch.int8, device="meta")), TypeError, "CPU"),
+    (lambda: kernels.unpack_ternary(GOOD_PACKED[:-1], 2, 3), ValueError, "truncated"),
+    (lambda: kernels.unpack_ternary(GOOD_PACKED, 3, 3), ValueError, "needs"),
+    (lambda: kernels.unpack_ternary(GOOD_PACKED, 2, 200), ValueError, "needs"),
+    (lambda: kernels.unpack_ternary(GOOD_PACKED.astype(np.int8), 2, 3), TypeError, "uint8"),
+    (lambda: kernels.unpack_ternary(GOOD_PACKED.astype(np.float32), 2, 3), TypeError, "uint8"),
+    (lambda: kernels.unpack_ternary(corrupt(0, 0xFF), 2, 3), ValueError, "code 3"),
+    (lambda: kernels.unpack_ternary(corrupt(5, 0x56), 2, 3), ValueError, "padding"),
+    (lambda: kernels.unpack_ternary(GOOD_PACKED, -1, 3), ValueError, ">= 0"),
+    (lambda: kernels.unpack_ternary(GOOD_PACKED, 2.0, 3), TypeError, "int"),
+    (lambda: kernels.ternary_matmul(GOOD_X.astype(np.float32), GOOD_PACKED, 2, 3), TypeError, "integer"),
+    (lambda: kernels.ternary_matmul(torch.ones(1, 3), GOOD_PACKED, 2, 3), TypeError, "integer"),
+    (lambda: kernels.ternary_matmul(np.array([[1, 2, 300]]), GOOD_PACKED, 2, 3), ValueError, "values must be in"),
+    (lambda: kernels.ternary_matmul(GOOD_X[0], GOOD_PACKED, 2, 3), ValueError, "2-D"),
+    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED[:-1], 2, 3), ValueError, "truncated"),
+    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 1, 3), ValueError, "needs"),
+    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 4), ValueError, "columns"),
+    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED.astype(np.int16), 2, 3), TypeError, "uint8"),
+    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, threads=0), ValueError, "threads"),
+    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, backend="bogus"), ValueError, "unknown backend"),
+    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, backend="avx2", force_scalar=True),
+     ValueError, "conflicts"),
+    (lambda: kernels.packed_nbytes(1, (1 << 22) + 1), ValueError, "maximum"),
+    (lambda: kernels.set_threads(0), ValueError, "threads"),
+])
+def test_bad_input_is_refused(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_good_example_by_hand():
+    # rows: [1, 0, -1] . [5, -7, 9] = -4 ; [0, 1, 1] . [5, -7, 9] = 2
+    np.testing.assert_array_equal(kernels.pack_ternary(GOOD_CODES), GOOD_PACKED)
+    for b in BACKENDS:
+        np.testing.assert_array_equal(kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, backend=b), [[-4, 2]])
+
+
+def run_python(code, **env):
+    full_env = {**os.environ, **env}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_env_var_forces_scalar_path():
+    code = ("import numpy as np; from bitnet_ref import kernels as K; "
+            "c = np.array([[1, -1, 0]], np.int8); x = np.array([[3, 4, 5]], np.int8); "
+            "print(K.backend(), K.ternary_matmul(x, K.pack_ternary(c), 1, 3)[0, 0])")
+    assert run_python(code, BITNET_REF_FORCE_SCALAR="1") == "scalar -1"
+    assert run_python(code, BITNET_REF_FORCE_SCALAR="0").split() == [kernels.backend(), "-1"]
+
+
+def test_package_import_does_not_load_extension():
+    code = "import sys, bitnet_ref, bitnet_ref.kernels; print('bitnet_ref._core' in sys.modules)"
+    assert run_python(code) == "False"

@@ -1,0 +1,260 @@
+"""Benchmark the packed ternary kernels against torch fp32 F.linear and our portable path.
+
+For every (N, K) weight shape, activation rows M, thread count (1 and all cores) and cache state
+(hot: one weight copy reused, stays in cache; cold: rotating through enough copies to exceed the
+last-level cache several times), it reports the median time per call, G weights/s (M*N*K / t),
+the speed-up over torch fp32 ``F.linear`` and over our forced portable (scalar) kernel, the
+throughput relative to M = 1 ("x GEMV": 2.0 means an M-row call does the work of 2x as many
+separate GEMVs in the same time), and the roofline ratio: bytes a call must read (packed weights,
+activations, outputs) per second, divided by the measured streaming read bandwidth at that thread
+count. Hot rows can exceed 1.0 because cache is faster than DRAM. For single-threaded rows,
+"cpu G/s" uses the calling thread's CPU time instead of wall time: on a shared, oversubscribed
+machine, calls longer than a scheduler time slice get preempted and their wall time says more
+about the neighbours than about the kernel.
+
+The three implementations are timed in interleaved rounds, case by case, so that noise from a
+shared machine hits them alike; medians, not means. Timings include the Python call overhead of
+``kernels.ternary_matmul`` (what callers pay). Not a decode benchmark: see tools/bench_decode.py.
+
+    python tools/bench_kernels.py                  # the full table (a few minutes)
+    python tools/bench_kernels.py --quick          # smoke test, seconds
+    python tools/bench_kernels.py --json out.json  # also write the table as JSON
+    python tools/bench_kernels.py --backend avx2 --threads 1 --shapes 4096x4096 --m 1 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SHAPES = [(256, 256), (2048, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
+MS = [1, 8, 64]
+QUICK_SHAPES = [(256, 256), (2048, 2048)]
+QUICK_MS = [1, 8]
+
+
+class BenchError(Exception):
+    """A user-facing problem (no extension, bad flag value)."""
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def llc_bytes() -> int:
+    """Last-level cache size (Linux sysfs), 32 MiB if unknown."""
+    best = 0
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in os.listdir(base):
+            try:
+                with open(f"{base}/{idx}/size") as f:
+                    txt = f.read().strip()
+            except OSError:
+                continue
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
+            best = max(best, int(txt.rstrip("KMG")) * mult)
+    except OSError:
+        pass
+    return best or 32 << 20
+
+
+def time_rounds(fns: dict, min_time: float, rounds: int = 5, cpu_of: str | None = None) -> tuple[dict, float | None]:
+    """Median wall seconds per call of each fn, timed in interleaved rounds, and the median CPU
+    time of the calling thread for fn `cpu_of` (only meaningful for single-threaded calls)."""
+    samples = {name: [] for name in fns}
+    for name, fn in fns.items():  # warm-up, and a per-call estimate to size the rounds
+        t0 = time.perf_counter()
+        fn()
+        samples[name] = [time.perf_counter() - t0]
+    reps = {name: max(1, min(2000, int(min_time / rounds / max(s[0], 1e-7)))) for name, s in samples.items()}
+    for name in fns:
+        samples[name] = []
+    cpu = []
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(reps[name]):
+                c0 = time.thread_time()
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                c1 = time.thread_time()
+                samples[name].append(t1 - t0)
+                if name == cpu_of:
+                    cpu.append(c1 - c0)
+    return {name: statistics.median(s) for name, s in samples.items()}, (statistics.median(cpu) if cpu else None)
+
+
+def rotating(call, copies):
+    """A no-argument function that calls call(copy) with the next copy each time."""
+    state = {"i": 0}
+
+    def fn():
+        i = state["i"]
+        state["i"] = (i + 1) % len(copies)
+        return call(copies[i])
+
+    return fn
+
+
+def bench_case(kernels, torch, n, k, m, threads, cold, cold_bytes, min_time, rng, backend):
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)  # (N, K)
+    x = rng.integers(-127, 128, size=(m, k), dtype=np.int8)  # (M, K)
+    packed = kernels.pack_ternary(codes)
+    wf = torch.from_numpy(codes.astype(np.float32))  # (N, K) fp32 weights, same values
+    xf = torch.from_numpy(x.astype(np.float32))  # (M, K)
+    n_packed = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
+    n_fp32 = max(2, math.ceil(cold_bytes / (wf.numel() * 4))) if cold else 1
+    packs = [packed] + [packed.copy() for _ in range(n_packed - 1)]
+    wfs = [wf] + [wf.clone() for _ in range(n_fp32 - 1)]
+    linear = torch.nn.functional.linear
+    fns = {
+        "ours": rotating(lambda p: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=backend), packs),
+        "portable": rotating(lambda p: kernels.ternary_matmul(x, p, n, k, threads=threads, force_scalar=True), packs),
+        "torch": rotating(lambda w: linear(xf, w), wfs),
+    }
+    # The result must be right before it is timed.
+    want = x.astype(np.int64) @ codes.astype(np.int64).T  # (M, N)
+    if not np.array_equal(fns["ours"](), want):
+        raise AssertionError(f"kernel result differs from numpy for N={n} K={k} M={m}")
+    torch.set_num_threads(threads)
+    t, cpu = time_rounds(fns, min_time, cpu_of="ours" if threads == 1 else None)
+    del packs, wfs
+    return t, cpu, packed.nbytes
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small shapes, M in {1, 8}, short timings (smoke test)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    ap.add_argument("--min-time", type=float, default=None,
+                    help="seconds of timing per implementation per case (default 0.3, --quick 0.02)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="thread counts to run (default: 1 and all cores)")
+    ap.add_argument("--backend", default=None,
+                    help="kernel to time: avx512vnni, avx2 or scalar (default: the best this CPU has)")
+    ap.add_argument("--shapes", nargs="+", default=None, metavar="NxK",
+                    help="weight shapes to run, e.g. 4096x4096 11008x4096 (default: the full set)")
+    ap.add_argument("--m", type=int, nargs="+", default=None, help="activation rows M to run (default: 1 8 64)")
+    args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    from bitnet_ref import kernels
+
+    if not kernels.available():
+        raise BenchError(f"the C++ extension is not available: {kernels.import_error()}")
+    import torch
+    from bitnet_ref import _core
+
+    all_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads_list = args.threads or sorted({1, all_cores})
+    if any(t < 1 for t in threads_list):
+        raise BenchError("--threads values must be >= 1")
+    min_time = args.min_time if args.min_time is not None else (0.02 if args.quick else 0.3)
+    if min_time <= 0:
+        raise BenchError("--min-time must be > 0")
+    shapes, ms = (QUICK_SHAPES, QUICK_MS) if args.quick else (SHAPES, MS)
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+        except ValueError:
+            raise BenchError(f"--shapes takes NxK values like 4096x4096, got {' '.join(args.shapes)}") from None
+        if any(len(s) != 2 or min(s) < 1 for s in shapes):
+            raise BenchError("--shapes takes NxK values with N, K >= 1")
+    if args.m:
+        if min(args.m) < 1:
+            raise BenchError("--m values must be >= 1")
+        ms = sorted(set(args.m) | {1})  # M = 1 is the reference for the x GEMV column
+    if args.backend is not None and args.backend not in kernels.supported_backends():
+        raise BenchError(f"backend {args.backend!r} is not available here; choose from "
+                         f"{', '.join(kernels.supported_backends())}")
+    backend = args.backend or kernels.backend()
+    llc = llc_bytes()
+    cold_bytes = 4 * llc
+    bw_bytes = (64 << 20) if args.quick else max(8 * llc, 256 << 20)
+
+    def measure_bandwidth():
+        return {t: _core.measure_read_bandwidth(bw_bytes, t, 3 if args.quick else 7) for t in threads_list}
+
+    # Measured before the table (the roofline column) and again after it, to show the drift.
+    bandwidth = measure_bandwidth()
+    info = {
+        "cpu": cpu_name(), "backend": backend, "supported_backends": kernels.supported_backends(),
+        "torch": torch.__version__, "llc_bytes": llc, "cold_bytes": cold_bytes,
+        "read_bandwidth_gbs": {str(t): round(v, 2) for t, v in bandwidth.items()},
+    }
+    print(f"cpu: {info['cpu']} | backend: {info['backend']} (supported: {', '.join(info['supported_backends'])})"
+          f" | torch {info['torch']}")
+    print("measured read bandwidth: " + ", ".join(f"{t} thread{'s' * (t > 1)}: {bw:.1f} GB/s"
+                                                 for t, bw in bandwidth.items()))
+    print(f"cold = rotating copies totalling >= {cold_bytes >> 20} MiB (4x the {llc >> 20} MiB last-level cache)")
+    header = (f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
+              f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8}")
+    print(header)
+    print("-" * len(header))
+
+    rng = np.random.default_rng(0)
+    rows = []
+    gemv_rate = {}
+    for n, k in shapes:
+        for threads in threads_list:
+            for cold in (False, True):
+                for m in ms:
+                    t, cpu, nbytes = bench_case(kernels, torch, n, k, m, threads, cold, cold_bytes, min_time, rng,
+                                                backend)
+                    work = m * n * k
+                    rate = work / t["ours"] / 1e9
+                    key = (n, k, threads, cold)
+                    if m == 1:
+                        gemv_rate[key] = rate
+                    bytes_per_call = nbytes + m * k + 4 * m * n
+                    row = {
+                        "n": n, "k": k, "m": m, "threads": threads, "cache": "cold" if cold else "hot",
+                        "us": t["ours"] * 1e6, "gweights_s": rate,
+                        "cpu_us": cpu * 1e6 if cpu else None, "gweights_s_cpu": work / cpu / 1e9 if cpu else None,
+                        "torch_us": t["torch"] * 1e6, "portable_us": t["portable"] * 1e6,
+                        "x_torch": t["torch"] / t["ours"], "x_portable": t["portable"] / t["ours"],
+                        "x_gemv": rate / gemv_rate[key] if key in gemv_rate else None,
+                        "roofline": bytes_per_call / t["ours"] / 1e9 / bandwidth[threads],
+                    }
+                    rows.append(row)
+                    xg = f"{row['x_gemv']:.2f}" if m > 1 and row["x_gemv"] else "-"
+                    gc = f"{row['gweights_s_cpu']:.1f}" if row["gweights_s_cpu"] else "-"
+                    print(f"{n:>5} x {k:<5} {m:>3} {threads:>3} {row['cache']:>5} {row['us']:>10.1f}"
+                          f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
+                          f" {row['roofline']:>8.2f}", flush=True)
+    after = measure_bandwidth()
+    print("read bandwidth after the run: " + ", ".join(f"{t}: {bw:.1f} GB/s" for t, bw in after.items())
+          + " (the roofline column used the before-run figures)")
+    info["read_bandwidth_after_gbs"] = {str(t): round(v, 2) for t, v in after.items()}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "rows": rows}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
