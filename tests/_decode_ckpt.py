@@ -1,0 +1,26 @@
+"""A short real training run shared by test_packed.py and test_decode_probe.py (trained once per session).
+
+Not a test module (the leading underscore keeps pytest from collecting it).
+"""
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
+_CACHE = {}
+STEPS = 200
+
+
+def trained_checkpoint() -> Path:
+    """ckpt.pt of a tiny-preset, 200-step run on the default corpus (~15 s on one core)."""
+    if "path" not in _CACHE:
+        from bitnet_ref.train import TrainConfig, train
+
+        root = Path(tempfile.mkdtemp(prefix="bitnet_ref_decode_"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        out = root / "run"
+        train(TrainConfig(preset="tiny", steps=STEPS, out=str(out), device="cpu", threads=1, eval_at="end"),
+              log=lambda *a, **k: None)
+        _CACHE["path"] = out / "ckpt.pt"
+    return _CACHE["path"]

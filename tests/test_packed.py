@@ -1,0 +1,170 @@
+"""The packed runtime (bitnet_ref/packed.py): exact parity with the fake-quant forward, KV cache vs full
+recompute, sampling under a seed, ablation semantics, and the loader's choices."""
+
+import copy
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from _decode_ckpt import trained_checkpoint
+from bitnet_ref import kernels
+from bitnet_ref import packed as P
+from bitnet_ref import quant as Q
+from bitnet_ref.checkpoint import load_checkpoint, save_checkpoint
+from bitnet_ref.data import reload
+from bitnet_ref.model import ModelConfig, Transformer
+from bitnet_ref.probe import probe_prompts
+
+needs_ext = pytest.mark.skipif(not kernels.available(),
+                               reason=f"C++ extension not built ({kernels.import_error()}); CI builds it")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    path = trained_checkpoint()
+    ckpt = load_checkpoint(path)
+    prompts = probe_prompts(reload(ckpt["data"]).val, 6, 16)
+    return path, ckpt, prompts
+
+
+@needs_ext
+def test_packed_and_fake_quant_agree_on_a_trained_checkpoint(trained):
+    path, ckpt, prompts = trained
+    loaded = P.load_for_decode(path, "packed")
+    assert loaded.backend == "packed" and loaded.reason is None
+    assert not any(True for _ in loaded.model.bitlinears())  # every BitLinear was swapped
+    reference = P.build_model(ckpt)
+    rep = P.parity(loaded.model, reference, prompts, 48)
+    assert rep["ok"] and rep["tokens_identical"] and rep["samples_identical"] == len(prompts)
+    assert rep["max_rel_logit_diff"] <= 1e-4
+    # and directly, on the logits of a teacher-forced forward over each prompt + its continuation
+    gen = P.generate(loaded.model, prompts, 48)
+    seqs = [p + t for p, t in zip(prompts, gen.tokens)]
+    a, b = P.teacher_forced(loaded.model, seqs), P.teacher_forced(reference, seqs)  # (B, T, V)
+    assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+    assert torch.equal(a, b)  # the integer path reproduces the fake-quant forward bit for bit
+
+
+@needs_ext
+def test_kv_cache_gives_the_same_tokens_as_full_recompute(trained):
+    path, ckpt, prompts = trained
+    packed = P.load_for_decode(path, "packed").model
+    reference = P.build_model(ckpt)
+    for model in (packed, reference):
+        cached = P.generate(model, prompts[:3], 40).tokens
+        assert cached == P.generate_reference(model, prompts[:3], 40)
+
+
+def test_kv_cache_matches_recompute_for_torch_without_extension(trained):
+    # the torch path does not need the extension; this runs everywhere
+    _, ckpt, prompts = trained
+    model = P.build_model(ckpt)
+    assert P.generate(model, prompts[:2], 30).tokens == P.generate_reference(model, prompts[:2], 30)
+
+
+@needs_ext
+def test_parity_reports_a_real_difference(trained):
+    """The comparison can fail: flip the codes of one layer and parity must say so."""
+    path, ckpt, prompts = trained
+    reference = P.build_model(ckpt)
+    broken = P.build_model(ckpt)
+    state = P.packed_state(broken)
+    name = "blocks.0.ffn.down_proj"
+    codes = kernels.unpack_ternary(state[name].packed, state[name].n, state[name].k)
+    state[name].packed = kernels.pack_ternary(-codes)
+    P.swap_bitlinears(broken, state)
+    rep = P.parity(broken, reference, prompts, 24)
+    assert not rep["ok"] and rep["max_abs_logit_diff"] > 0.1
+
+
+@st.composite
+def activations(draw):
+    m, k = draw(st.integers(1, 4)), draw(st.integers(1, 300))
+    kind = draw(st.sampled_from(["normal", "halves", "zeros", "tiny"]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    if kind == "normal":
+        x = torch.randn(m, k, generator=g) * 10.0 ** draw(st.integers(-6, 4))
+    elif kind == "halves":  # exact .5 products: round-half-even ties
+        x = torch.randint(-508, 509, (m, k), generator=g).float() / 4
+    elif kind == "zeros":
+        x = torch.zeros(m, k)
+    else:
+        x = torch.full((m, k), 3e-6) * torch.randn(m, k, generator=g).sign()
+    return x.float()
+
+
+@given(activations())
+def test_numpy_act_quant_equals_the_reference(x):
+    q1, g1 = Q.act_quant(x)
+    q2, g2 = P.act_quant_np(x.numpy())
+    assert np.array_equal(q1.numpy(), q2) and np.array_equal(g1.numpy(), g2)
+
+
+def test_fast_act_quant_self_check_passes():
+    assert P.fast_act_quant_ok()  # if this fails, the packed layer silently uses the slower reference path
+
+
+@needs_ext
+@pytest.mark.parametrize("ablate", [[], ["no-dequant"], ["no-subln"], ["quant-head"]])
+def test_packed_reproduces_ablation_forwards_exactly(ablate):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny", ablate=ablate)).eval()
+    packed = P.to_packed(copy.deepcopy(model))
+    idx = torch.randint(256, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(packed(idx)[0], model(idx)[0])
+        layer = packed.blocks[0].attn.q_proj
+        x = torch.randn(3, 5, 64)
+        assert torch.equal(layer(x), layer.forward_reference(x))
+
+
+@needs_ext
+def test_weight_bytes_per_token_counts_two_bits_per_weight():
+    model = Transformer(ModelConfig.preset("tiny")).eval()
+    fp = P.weight_bytes_per_token(model)
+    pk = P.weight_bytes_per_token(P.to_packed(copy.deepcopy(model)))
+    n_lin = sum(m.weight.numel() for _, m in model.bitlinears())
+    assert fp["linear"] == 4 * n_lin
+    expected = sum(kernels.packed_nbytes(m.out_features, m.in_features) + 4 for _, m in model.bitlinears())
+    assert pk["linear"] == expected and pk["other"] == fp["other"]
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(trained):
+    _, ckpt, prompts = trained
+    model = P.build_model(ckpt)
+    a = P.generate(model, prompts[:2], 30, temperature=1.0, seed=3).tokens
+    assert a == P.generate(model, prompts[:2], 30, temperature=1.0, seed=3).tokens
+    assert a != P.generate(model, prompts[:2], 30, temperature=1.0, seed=4).tokens
+    greedy = P.generate(model, prompts[:2], 30).tokens
+    assert P.generate(model, prompts[:2], 30, temperature=0.7, top_k=1, seed=5).tokens == greedy
+
+
+def test_generate_refuses_more_than_the_context(trained):
+    _, ckpt, _ = trained
+    model = P.build_model(ckpt)
+    with pytest.raises(P.DecodeError, match="context"):
+        P.generate(model, [[1] * 60], 10)
+
+
+def test_quant_none_checkpoint_decodes_through_torch_with_a_reason(tmp_path):
+    cfg = ModelConfig.preset("tiny", quant="none")
+    model = Transformer(cfg)
+    save_checkpoint(tmp_path / "ckpt.pt", {"config": asdict(cfg), "model": model.state_dict(), "step": 0})
+    loaded = P.load_for_decode(tmp_path / "ckpt.pt", "packed")
+    assert loaded.backend == "torch" and "quant='none'" in loaded.reason
+    out = P.generate(loaded.model, [[1, 2, 3]], 5)
+    assert len(out.tokens[0]) == 5
+
+
+def test_loader_refuses_weights_that_do_not_fit_the_config(tmp_path):
+    cfg = ModelConfig.preset("tiny")
+    sd = Transformer(cfg).state_dict()
+    sd["head.weight"] = torch.zeros(3, 3)
+    save_checkpoint(tmp_path / "ckpt.pt", {"config": asdict(cfg), "model": sd, "step": 0})
+    with pytest.raises(P.DecodeError, match="cannot build the model") as e:
+        P.load_for_decode(tmp_path / "ckpt.pt", "torch")
+    assert "\n" not in str(e.value)

@@ -1,0 +1,11 @@
+"""Command-line entry for the decode probe: `python tools/decode_probe.py RUN/ckpt.pt [--json] ...`.
+
+A thin wrapper; everything (options, report, verdict thresholds) lives in bitnet_ref/decode_probe.py.
+"""
+
+import sys
+
+from bitnet_ref.decode_probe import main
+
+if __name__ == "__main__":
+    sys.exit(main(prog="decode_probe.py"))
