@@ -5,7 +5,11 @@ tensors into the numpy arrays the extension accepts, checks them, and gives clea
 packed format (2 bits per weight, blocks of 128, code = w + 1) is documented once, in
 ``cpp/ternary.h``. The scale (beta) is not part of the packed buffer; the caller keeps it.
 
-What it is not: no float math, no scales, no autograd. The extension is imported lazily, so
+Also the fused BitLinear core ``quant_matmul`` (float32 activations -> per-row int8 quantization -> exact
+int8 x ternary product -> float32 scaled by gamma * beta, all in one C++ call) and its quantizer alone,
+``act_quant``; both are bit-exact with ``bitnet_ref.quant`` (checked in tests/test_kernels.py).
+
+What it is not: no autograd, no float math beyond that quantizer and the final scaling. The extension is imported lazily, so
 ``import bitnet_ref`` and the trainer work without it; ``available()`` says whether it loaded and
 ``import_error()`` says why not.
 
@@ -33,6 +37,8 @@ __all__ = [
     "pack_ternary",
     "unpack_ternary",
     "ternary_matmul",
+    "act_quant",
+    "quant_matmul",
     "packed_nbytes",
     "has_avx2",
     "backend",
@@ -45,6 +51,7 @@ _core = None
 _import_error: str | None = None
 _INT8 = np.dtype(np.int8)
 _UINT8 = np.dtype(np.uint8)
+_FLOAT32 = np.dtype(np.float32)
 
 
 def _load():
@@ -173,6 +180,72 @@ def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, thr
     elif operator.index(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     return core.matmul(x, packed, n, k, backend or "", operator.index(threads))
+
+
+def _float32_matrix(a, name: str) -> np.ndarray:
+    """C-contiguous float32 (rows, cols) array from a numpy array or CPU torch tensor; float32 only, because
+    quant.act_quant computes a float64 input in float64 and a silent conversion would change its codes."""
+    if isinstance(a, np.ndarray):
+        arr = a
+    elif type(a).__module__.split(".")[0] == "torch" and hasattr(a, "detach"):
+        if a.device.type != "cpu":
+            raise TypeError(f"{name} is a {a.device.type} tensor; move it to the CPU first (.cpu())")
+        if str(a.dtype) != "torch.float32":  # no torch import here: the module must load without it
+            raise TypeError(f"{name} must have dtype float32, got {a.dtype}")
+        arr = a.detach().resolve_conj().resolve_neg().numpy()
+    else:
+        raise TypeError(f"{name} must be a numpy array or a CPU torch tensor, got {type(a).__name__}")
+    if arr.dtype != np.float32:
+        raise TypeError(f"{name} must have dtype float32, got {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def act_quant(x):
+    """Per-row absmax int8 quantization of float32 x (M, K) in C++: (q int8 (M, K), gamma float32 (M, 1)).
+
+    Bit for bit quant.act_quant on float32: s = max(max|x|, 1e-5), q = clamp(round_half_even(x * ((1/s) * 127)),
+    -128, 127), gamma = s / 127. ValueError if x holds NaN or inf.
+    """
+    core = _core if _core is not None else _load()
+    if not (type(x) is np.ndarray and x.dtype is _FLOAT32 and x.flags.c_contiguous):
+        x = _float32_matrix(x, "x")
+    return core.act_quant(x)
+
+
+def quant_matmul(x, packed, n: int, k: int, beta, *, force_scalar: bool = False, threads: int | None = None,
+                 backend: str | None = None) -> np.ndarray:
+    """Fused BitLinear core: float32 (M, N) = float(q @ w.T) * (gamma * beta), where (q, gamma) = act_quant(x).
+
+    x is float32 (M, K); packed, n, k as for ternary_matmul; beta the weight scale (rounded to float32, must be
+    finite and > 0). gamma * beta is one float32 multiply and the int32 product is converted to float32 before
+    it is scaled, which is the order of quant.fake_quant_linear: the result equals that forward bit for bit.
+    One C++ call with the GIL released; ValueError if x holds NaN or inf. force_scalar/backend/threads as for
+    ternary_matmul.
+    """
+    core = _core if _core is not None else _load()
+    if not (type(x) is np.ndarray and x.dtype is _FLOAT32 and x.flags.c_contiguous):
+        x = _float32_matrix(x, "x")
+    if not (type(packed) is np.ndarray and packed.dtype is _UINT8 and packed.ndim == 1):
+        packed = _packed_buffer(packed)
+    if type(n) is not int:
+        n = _dim(n, "n")
+    if type(k) is not int:
+        k = _dim(k, "k")
+    if type(beta) is not float:
+        if isinstance(beta, (str, bytes)) or not hasattr(beta, "__float__"):
+            raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
+        beta = float(beta)
+    if force_scalar:
+        if backend not in (None, "scalar"):
+            raise ValueError(f"force_scalar=True conflicts with backend={backend!r}")
+        backend = "scalar"
+    if threads is None:
+        threads = 0
+    elif operator.index(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return core.quant_matmul(x, packed, n, k, beta, backend or "", operator.index(threads))
 
 
 def has_avx2() -> bool:

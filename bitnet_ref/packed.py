@@ -7,8 +7,10 @@ Conversion is two steps, gpt-fast style:
 2. ``swap_bitlinears(model, state)``: every BitLinear replaced by a ``PackedBitLinear`` holding that state.
    ``to_packed(model)`` does both.
 
-``PackedBitLinear.forward(x)`` = the same RMSNorm module -> ``quant.act_quant`` (int8 per token, gamma) ->
-``kernels.ternary_matmul`` (exact int32 acc) -> ``acc.float() * (gamma * beta)``. That is the order in which
+``PackedBitLinear.forward(x)`` = the same RMSNorm module -> ``kernels.quant_matmul``, one C++ call doing
+``quant.act_quant`` (int8 per token, gamma) -> the exact int32 int8 x ternary product -> ``acc.float() * (gamma *
+beta)``; ``forward_reference`` does the same three steps in torch around ``kernels.ternary_matmul``. That is the
+order in which
 ``quant.fake_quant_linear`` computes the training forward (an exact float32 matmul on the integer codes, then
 the scales), so the packed model reproduces the fake-quant model bit for bit: identical logits, not merely close.
 Embeddings, the final norm, the head, attention and the KV cache are the Transformer's own, untouched.
@@ -60,28 +62,15 @@ class PackedWeight:
     k: int  # in_features
 
 
-def act_quant_np(x: np.ndarray):
-    """Fast path of quant.act_quant for a float32 (M, K) numpy array: (q int8 (M, K), gamma float32 (M, 1)).
-
-    Bit for bit the same arithmetic as torch 2.13 does for quant.act_quant: max|x| per row, clamp to EPS,
-    x * (QMAX / s) where torch evaluates scalar / tensor as reciprocal(s) * QMAX (two roundings, reproduced
-    here), round half to even, clamp, int8; gamma = s / QMAX. numpy ops cost ~1 us where torch ops cost ~5 us,
-    which is most of a small layer's time. ``fast_act_quant_ok()`` checks the equality before it is used.
-    """
-    s = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(Q.EPS))  # (M, 1)
-    q = np.rint(x * ((np.float32(1) / s) * np.float32(Q.QMAX)))  # (M, K)
-    np.minimum(np.maximum(q, -128, out=q), 127, out=q)  # clamp(-128, 127) without np.clip's wrapper cost
-    return q.astype(np.int8), s / np.float32(Q.QMAX)
-
-
 _FAST_OK = None
 
 
 def fast_act_quant_ok() -> bool:
-    """True if act_quant_np equals quant.act_quant on a set of awkward rows (ties, zeros, tiny, huge).
+    """True if the C++ quantizer (kernels.act_quant, inside kernels.quant_matmul) equals quant.act_quant on a set
+    of awkward rows (ties, zeros, tiny, huge).
 
-    Checked once per process; if a torch version rounds differently, the packed layer falls back to
-    quant.act_quant (slower, still exact) instead of drifting from the training forward.
+    Checked once per process; if a torch version rounds differently, the packed layer falls back to the torch
+    reference path (slower, still exact) instead of drifting from the training forward.
     """
     global _FAST_OK
     if _FAST_OK is None:
@@ -91,7 +80,7 @@ def fast_act_quant_ok() -> bool:
                 torch.zeros(2, 300), torch.full((2, 300), 3e-6)]
         x = torch.cat(rows).float()  # (132, 300)
         q1, g1 = Q.act_quant(x)
-        q2, g2 = act_quant_np(x.numpy())
+        q2, g2 = kernels.act_quant(x.numpy())
         _FAST_OK = bool(np.array_equal(q1.numpy(), q2) and np.array_equal(g1.numpy(), g2))
     return _FAST_OK
 
@@ -99,15 +88,17 @@ def fast_act_quant_ok() -> bool:
 class PackedBitLinear(nn.Module):
     """Runtime BitLinear: norm -> int8 act quant -> packed int8 x ternary matmul (int32) -> * (gamma * beta).
 
-    ``forward_reference`` is the plain torch version (quant.act_quant, torch scaling); ``forward`` does the same
-    arithmetic in numpy around the kernel call, which is several times cheaper per call at small sizes.
+    ``forward`` runs everything after the norm as one fused C++ call (``kernels.quant_matmul``); ``forward_reference``
+    is the plain two-step version (quant.act_quant and the scaling in torch around ``kernels.ternary_matmul``), kept
+    as the oracle and used for non-float32 inputs. The unscaled no-dequant ablation runs the C++ quantizer and the
+    int32 kernel as two calls. All paths are bit-identical (tests/test_packed.py).
     """
 
     def __init__(self, w: PackedWeight, norm: nn.Module, *, scaled: bool = True, threads: int | None = None):
         super().__init__()
         self.w, self.norm, self.scaled, self.threads = w, norm, scaled, threads
         self.in_features, self.out_features = w.k, w.n
-        self.beta_np = w.beta.numpy()  # () float32
+        self.beta_f = float(w.beta)  # exact: a float32 value round-trips through a Python float
         self.fast = True
 
     def forward(self, x):
@@ -117,11 +108,19 @@ class PackedBitLinear(nn.Module):
         if not (self.fast and x.dtype == torch.float32 and fast_act_quant_ok()):
             return self._rest_reference(x)
         lead = x.shape[:-1]
-        q, gamma = act_quant_np(x.detach().reshape(-1, self.w.k).numpy())  # (M, K) int8, (M, 1) float32
-        acc = kernels.ternary_matmul(q, self.w.packed, self.w.n, self.w.k, threads=self.threads)  # (M, N) int32
-        y = acc.astype(np.float32)  # exact while |acc| < 2**24
-        if self.scaled:
-            y *= gamma * self.beta_np  # same order as quant.fake_quant_linear
+        x2 = x.detach().reshape(-1, self.w.k).numpy()  # (M, K) float32
+        try:
+            if self.scaled:
+                y = kernels.quant_matmul(x2, self.w.packed, self.w.n, self.w.k, self.beta_f,
+                                         threads=self.threads)  # (M, N) float32
+            else:  # no-dequant ablation: the integer product, never scaled back
+                q, _ = kernels.act_quant(x2)  # (M, K) int8
+                y = kernels.ternary_matmul(q, self.w.packed, self.w.n, self.w.k, threads=self.threads)
+                y = y.astype(np.float32)  # (M, N), exact while |acc| < 2**24
+        except ValueError as e:
+            if "finite" not in str(e):
+                raise
+            raise DecodeError(f"non-finite activations reached a packed layer ({e}); the checkpoint diverged") from None
         return torch.from_numpy(y).view(*lead, self.w.n)
 
     def forward_reference(self, x):

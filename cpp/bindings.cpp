@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,113 @@ py::array_t<int32_t> matmul(const py::object& x_obj, const py::object& packed_ob
   return out;
 }
 
+// Returns obj as a 2-D C-contiguous float32 ndarray (checks only; never converts).
+py::array checked_float_matrix(const py::object& obj, const char* what) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(what) + " must be a numpy array, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (a.dtype().kind() != 'f' || a.itemsize() != 4)
+    throw py::type_error(std::string(what) + " must have dtype float32, got " + dtype_name(a));
+  if (a.ndim() != 2)
+    throw py::value_error(std::string(what) + " must be 2-D, got " + std::to_string(a.ndim()) + "-D");
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(what) + " must be C-contiguous");
+  return a;
+}
+
+[[noreturn]] void throw_nonfinite(const py::array& x, int64_t bad) {
+  const int64_t k = x.shape(1);
+  const float v = static_cast<const float*>(x.data())[bad];
+  throw py::value_error(std::string("x must be finite; found ") + (std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf") +
+                        " at (" + std::to_string(bad / k) + ", " + std::to_string(bad % k) + ")");
+}
+
+py::tuple act_quant(const py::object& x_obj) {
+  py::array x = checked_float_matrix(x_obj, "x");
+  const int64_t m = x.shape(0), k = x.shape(1);
+  py::array_t<int8_t> q({m, k});
+  py::array_t<float> gamma({m, int64_t{1}});
+  const auto* xp = static_cast<const float*>(x.data());
+  int8_t* qp = q.mutable_data();
+  float* gp = gamma.mutable_data();
+  int64_t bad;
+  {
+    py::gil_scoped_release release;
+    bad = bitnet::act_quant_rows(xp, m, k, qp, gp);
+  }
+  if (bad >= 0) throw_nonfinite(x, bad);
+  return py::make_tuple(q, gamma);
+}
+
+py::array_t<float> quant_matmul(const py::object& x_obj, const py::object& packed_obj, int64_t n, int64_t k,
+                                double beta, const std::string& backend_name, int threads) {
+  py::array x = checked_float_matrix(x_obj, "x");
+  py::array packed = checked_array(packed_obj, "packed", 'u', 1);
+  check_nk(n, k);
+  if (x.shape(1) != k)
+    throw py::value_error("x has " + std::to_string(x.shape(1)) + " columns but k=" + std::to_string(k));
+  check_packed_size(packed, n, k);
+  const float beta_f = static_cast<float>(beta);
+  if (!std::isfinite(beta_f) || !(beta_f > 0.0f))
+    throw py::value_error("beta must be a finite positive float32 value, got " + std::to_string(beta));
+  if (threads < 0) throw py::value_error("threads must be >= 1 (or 0 for the default)");
+  const Backend backend = parse_backend(backend_name);
+  const int64_t m = x.shape(0);
+  py::array_t<float> out({m, n});
+  const auto* xp = static_cast<const float*>(x.data());
+  const auto* wp = static_cast<const uint8_t*>(packed.data());
+  float* yp = out.mutable_data();
+  int64_t bad;
+  {
+    py::gil_scoped_release release;
+    bad = bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads);
+  }
+  if (bad >= 0) throw_nonfinite(x, bad);
+  return out;
+}
+
+#if defined(BITNET_HAVE_AVX2_KERNEL)
+// Benchmark-only bindings for the bitnet.cpp-style I2_S baseline (cpp/bench_i2s_avx2.cpp).
+void check_i2s(int64_t n, int64_t k) {
+  if (!bitnet::cpu_has_avx2()) throw py::value_error("the I2_S benchmark baseline needs AVX2");
+  check_nk(n, k);
+  if (k == 0 || k % bitnet::kBlockWeights != 0)
+    throw py::value_error("the I2_S layout needs k to be a positive multiple of 128, got " + std::to_string(k));
+}
+
+py::array_t<uint8_t> bench_i2s_repack(const py::object& packed_obj, int64_t n, int64_t k) {
+  py::array packed = checked_array(packed_obj, "packed", 'u', 1);
+  check_i2s(n, k);
+  check_packed_size(packed, n, k);  // == n * k / 4 when k % 128 == 0
+  py::array_t<uint8_t> out(packed.size());
+  const auto* src = static_cast<const uint8_t*>(packed.data());
+  uint8_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bitnet::i2s_repack_bench(src, n, k, dst);
+  }
+  return out;
+}
+
+py::array_t<int32_t> bench_i2s_gemv(const py::object& x_obj, const py::object& packed_obj, int64_t n, int64_t k) {
+  py::array x = checked_array(x_obj, "x", 'i', 2);
+  py::array packed = checked_array(packed_obj, "packed", 'u', 1);
+  check_i2s(n, k);
+  if (x.shape(0) != 1 || x.shape(1) != k)
+    throw py::value_error("x must have shape (1, k) = (1, " + std::to_string(k) + ")");
+  check_packed_size(packed, n, k);
+  py::array_t<int32_t> out({int64_t{1}, n});
+  const auto* xp = static_cast<const int8_t*>(x.data());
+  const auto* wp = static_cast<const uint8_t*>(packed.data());
+  int32_t* yp = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bitnet::i2s_gemv_bench(wp, xp, n, k, yp);
+  }
+  return out;
+}
+#endif
+
 std::vector<std::string> supported_backends() {
   std::vector<std::string> out;
   for (Backend b : {Backend::kScalar, Backend::kAvx2, Backend::kAvx512Vnni})
@@ -149,6 +257,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("matmul", &matmul, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("k"),
         py::arg("backend") = "", py::arg("threads") = 0,
         "Exact int32 (M, N) = x (M, K) int8 times unpacked weights transposed. backend '' = best.");
+  m.def("act_quant", &act_quant, py::arg("x"),
+        "Per-row absmax int8 quantization of float32 (M, K): (q int8 (M, K), gamma float32 (M, 1)), "
+        "bit-exact with bitnet_ref.quant.act_quant. ValueError on NaN/inf.");
+  m.def("quant_matmul", &quant_matmul, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("k"),
+        py::arg("beta"), py::arg("backend") = "", py::arg("threads") = 0,
+        "Fused BitLinear core: float32 (M, N) = float(act_quant(x).q . w^T) * (gamma * float32(beta)).");
   m.def("packed_nbytes", [](int64_t n, int64_t k) { check_nk(n, k); return bitnet::packed_nbytes(n, k); },
         py::arg("n"), py::arg("k"));
   m.def("has_avx2", &bitnet::cpu_has_avx2);
@@ -160,6 +274,13 @@ PYBIND11_MODULE(_core, m) {
     bitnet::set_default_threads(t);
   }, py::arg("threads"));
   m.def("get_threads", &bitnet::default_threads);
+#if defined(BITNET_HAVE_AVX2_KERNEL)
+  m.def("_bench_i2s_repack", &bench_i2s_repack, py::arg("packed"), py::arg("n"), py::arg("k"),
+        "BENCHMARK ONLY: our packed buffer rewritten in bitnet.cpp's I2_S x86 layout (k % 128 == 0).");
+  m.def("_bench_i2s_gemv", &bench_i2s_gemv, py::arg("x"), py::arg("packed_i2s"), py::arg("n"), py::arg("k"),
+        "BENCHMARK ONLY: our re-implementation of bitnet.cpp's I2_S AVX2 1x1 GEMV loop, int32 (1, N). "
+        "int16 accumulation: NOT exact for k > 2048 with adversarial x (see cpp/bench_i2s_avx2.cpp).");
+#endif
   m.def("hardware_threads", &bitnet::hardware_threads);
   m.def("measure_read_bandwidth", [](int64_t bytes, int threads, int reps) {
     if (bytes < 1 || threads < 1 || reps < 1) throw py::value_error("bytes, threads and reps must be >= 1");

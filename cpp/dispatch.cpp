@@ -1,4 +1,5 @@
-// dispatch.cpp: picks a kernel at run time, prepares activations, splits rows across threads.
+// dispatch.cpp: picks a kernel at run time, prepares activations, splits rows across threads; and
+// quant_matmul, the fused BitLinear core (float activations in, scaled float outputs out).
 //
 // Compiled at the baseline instruction set (no -mavx2), so it is safe to run on any CPU; it only
 // calls into ternary_avx2.cpp / ternary_avx512.cpp after checking the CPU once. It does not check
@@ -194,6 +195,27 @@ void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n,
   rows = round_up(rows, 4);
   Job job{kernel, &a, rows};
   parallel_for(threads, (n + rows - 1) / rows, run_task, &job);
+}
+
+int64_t quant_matmul(const float* x, const uint8_t* w, float* y, int64_t m, int64_t n, int64_t k, float beta,
+                     Backend backend, int threads) {
+  // Per-thread scratch, reused across calls: decode calls this once per layer per token.
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> gamma;
+  thread_local std::vector<int32_t> acc;
+  q.resize(static_cast<size_t>(m * k));
+  gamma.resize(static_cast<size_t>(m));
+  acc.resize(static_cast<size_t>(m * n));
+  const int64_t bad = act_quant_rows(x, m, k, q.data(), gamma.data());
+  if (bad >= 0) return bad;
+  matmul(q.data(), w, acc.data(), m, n, k, backend, threads);
+  for (int64_t i = 0; i < m; ++i) {
+    const float scale = gamma[i] * beta;  // float32, as (gamma * beta) in quant.fake_quant_linear
+    const int32_t* a = acc.data() + i * n;
+    float* out = y + i * n;
+    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(a[j]) * scale;  // int -> float rounds to nearest even
+  }
+  return -1;
 }
 
 }  // namespace bitnet

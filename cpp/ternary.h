@@ -67,6 +67,25 @@ int64_t pack_ref(const int8_t* codes, int64_t n, int64_t k, uint8_t* out);
 // of the first invalid 2-bit field: code 3 anywhere, or a padding field that is not code 1.
 int64_t unpack_ref(const uint8_t* packed, int64_t n, int64_t k, int8_t* out);
 
+// ---- activation quantization (ternary_ref.cpp) ---------------------------------------------------
+//
+// Per-row absmax int8 quantization, bit for bit what bitnet_ref.quant.act_quant computes on float32
+// with torch (2.13), for each row x of length k:
+//   s     = max(max_k |x[k]|, 1e-5f)
+//   inv   = (1.0f / s) * 127.0f          (torch evaluates 127 / s as reciprocal(s) * 127: two roundings)
+//   q[k]  = clamp(round_half_even(x[k] * inv), -128, 127)
+//   gamma = s / 127.0f
+// All in float32, no FMA contraction. Since |x[k]| <= s, |x[k] * inv| <= 127 * (1 + 2^-22).
+constexpr float kActEps = 1e-5f;
+constexpr float kActQmax = 127.0f;
+
+// Quantizes x (m, k) row-major into q (m, k) and gamma (m). Reads all of x first: returns -1 on
+// success, or the flat index of the first NaN/inf in x, in which case q is not written (gamma may be).
+int64_t act_quant_rows(const float* x, int64_t m, int64_t k, int8_t* q, float* gamma);
+// The same arithmetic written the obvious way (std::nearbyint, no bit tricks); the CTest oracle for
+// act_quant_rows. x must be finite.
+void act_quant_rows_naive(const float* x, int64_t m, int64_t k, int8_t* q, float* gamma);
+
 // ---- kernels -----------------------------------------------------------------------------------
 
 // Everything a row kernel needs. The dispatcher fills it once per call.
@@ -113,9 +132,25 @@ int hardware_threads();
 void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k,
             Backend backend, int threads);
 
+// Fused BitLinear core: y (m, n) float32 = float(q . w^T) * (gamma[row] * beta), where (q, gamma) =
+// act_quant_rows(x) and the int32 product is exact (as matmul). gamma * beta is one float32 multiply,
+// then one more with the converted accumulator: the order of quant.fake_quant_linear and
+// bitnet_ref/packed.py. Returns -1, or the flat index of the first non-finite x (y not written).
+int64_t quant_matmul(const float* x, const uint8_t* w, float* y, int64_t m, int64_t n, int64_t k, float beta,
+                     Backend backend, int threads);
+
 // ---- benchmark support (membench.cpp) ---------------------------------------------------------
 
 // Median streaming read bandwidth in GB/s over `reps` passes of a `bytes` buffer with `threads`.
 double measure_read_bandwidth(int64_t bytes, int threads, int reps);
+
+// ---- bitnet.cpp-style baseline, for benchmarking only (bench_i2s_avx2.cpp) -------------------
+// Our re-implementation of the published I2_S AVX2 1x1 GEMV loop (see that file). NOT exact for
+// K > 2048 with adversarial activations (int16 wraps, as in the original). Only on x86 builds with
+// the AVX2 kernel (BITNET_HAVE_AVX2_KERNEL), and only to be called when cpu_has_avx2().
+// Repacks our format into the I2_S x86 layout: out has n * k / 4 bytes; k % 128 == 0.
+void i2s_repack_bench(const uint8_t* ours, int64_t n, int64_t k, uint8_t* out);
+// y (n) = x (k) . w^T with int16 accumulation over 32-block groups; k % 128 == 0.
+void i2s_gemv_bench(const uint8_t* w_i2s, const int8_t* x, int64_t n, int64_t k, int32_t* y);
 
 }  // namespace bitnet

@@ -1,10 +1,13 @@
-// ternary_ref.cpp: portable reference pack, unpack and int8 x ternary product.
+// ternary_ref.cpp: portable reference pack, unpack, int8 x ternary product, and the per-row int8
+// activation quantizer (act_quant_rows, used by the fused quant_matmul, with its naive twin).
 //
 // Plain C++ at the baseline instruction set. It is the oracle the SIMD kernels are tested
 // against and the fallback on CPUs without AVX2 (ARM, old x86). Written for clarity first:
 // the product decodes each weight as (code - 1) and multiplies, without the offset trick the
 // SIMD kernels use, so the two are computed differently and a shared mistake is unlikely.
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 
 #include "ternary.h"
 
@@ -73,6 +76,74 @@ void rows_ref(const KernelArgs& a, int64_t n0, int64_t n1) {
       }
       a.y[m * a.n + r] = acc;
     }
+  }
+}
+
+// ---- activation quantization ------------------------------------------------------------------
+
+namespace {
+
+// Round to nearest, ties to even, for |v| <= 2^22: adding 1.5 * 2^23 moves v into [2^23, 2^24),
+// where the float spacing is exactly 1, so the addition itself rounds (in the default
+// round-to-nearest-even mode), and the subtraction is exact. The caller has clamped v to
+// [-128, 127] first, which also keeps the compiler from fusing x * inv + magic into an FMA.
+inline float round_half_even_small(float v) {
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  return (v + kMagic) - kMagic;
+}
+
+inline uint32_t abs_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u & 0x7fffffffu;
+}
+
+}  // namespace
+
+int64_t act_quant_rows(const float* x, int64_t m, int64_t k, int8_t* q, float* gamma) {
+  // Pass 1, all rows: max |x| as IEEE bits. For non-negative floats the integer order of the bit
+  // patterns is the float order, and every NaN/inf has bits >= 0x7f800000, so one integer max
+  // finds both the absmax and any non-finite value (and vectorizes without -ffast-math).
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = x + i * k;
+    uint32_t mx = 0;
+    for (int64_t j = 0; j < k; ++j) mx = std::max(mx, abs_bits(row[j]));
+    if (mx >= 0x7f800000u) {
+      for (int64_t j = 0; j < k; ++j)
+        if (abs_bits(row[j]) >= 0x7f800000u) return i * k + j;
+    }
+    float a;
+    std::memcpy(&a, &mx, sizeof a);
+    gamma[i] = a;  // absmax for now
+  }
+  // Pass 2: quantize.
+  for (int64_t i = 0; i < m; ++i) {
+    const float s = std::max(gamma[i], kActEps);
+    const float inv = (1.0f / s) * kActQmax;
+    const float* row = x + i * k;
+    int8_t* out = q + i * k;
+    for (int64_t j = 0; j < k; ++j) {
+      const float v = std::min(std::max(row[j] * inv, -128.0f), 127.0f);
+      out[j] = static_cast<int8_t>(static_cast<int>(round_half_even_small(v)));
+    }
+    gamma[i] = s / kActQmax;
+  }
+  return -1;
+}
+
+void act_quant_rows_naive(const float* x, int64_t m, int64_t k, int8_t* q, float* gamma) {
+  for (int64_t i = 0; i < m; ++i) {
+    float s = 0.0f;
+    for (int64_t j = 0; j < k; ++j) s = std::max(s, std::fabs(x[i * k + j]));
+    s = std::max(s, kActEps);
+    volatile float inv = 1.0f / s;  // volatile: keep the two roundings separate, as torch does
+    const float scale = inv * kActQmax;
+    for (int64_t j = 0; j < k; ++j) {
+      volatile float v = x[i * k + j] * scale;
+      const float r = std::nearbyint(v);  // default rounding mode: half to even
+      q[i * k + j] = static_cast<int8_t>(std::min(std::max(r, -128.0f), 127.0f));
+    }
+    gamma[i] = s / kActQmax;
   }
 }
 

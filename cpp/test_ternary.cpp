@@ -4,10 +4,13 @@
 // trips; corrupt buffers and bad codes are reported; and every kernel the CPU supports (scalar
 // reference, AVX2, AVX-512 VNNI), single- and multi-threaded, against an int64 product computed
 // straight from the unpacked codes, over many shapes (K = 1, K off the 128 block, K large, M > 1)
-// and the overflow corners (x = -128 or 127 everywhere with all -1 / 0 / +1 weights).
+// and the overflow corners (x = -128 or 127 everywhere with all -1 / 0 / +1 weights). Also the
+// float activation quantizer (bit tricks vs std::nearbyint) and the fused quant_matmul, bit for bit.
 // Prints a summary and exits non-zero on any failure. Needs no Python.
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <thread>
@@ -211,6 +214,140 @@ void test_concurrent_callers() {
   for (int i = 0; i < 4; ++i) check(ok[i] == 1, "concurrent caller " + std::to_string(i));
 }
 
+// act_quant_rows (bit tricks) against act_quant_rows_naive (std::nearbyint), bit for bit, on rows
+// that stress the rounding: random scales over 60 decades, exact .5 ties, zeros, -0, subnormals,
+// values under the 1e-5 floor, huge values. Then non-finite values are reported at their index.
+void test_act_quant() {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> e(-30, 30), half(-1016, 1016);
+  std::vector<std::vector<float>> rows;
+  for (int r = 0; r < 400; ++r) {
+    const int64_t k = 1 + r % 300;
+    std::vector<float> x(static_cast<size_t>(k));
+    const float scale = std::pow(10.0f, static_cast<float>(e(rng)));
+    for (auto& v : x) v = u(rng) * scale;
+    rows.push_back(x);
+  }
+  for (int r = 0; r < 200; ++r) {  // x * inv lands on k + 0.5 often: ties must go to even
+    std::vector<float> x(257);
+    for (auto& v : x) v = static_cast<float>(half(rng)) / 8.0f;
+    x[r % 257] = (r % 2 ? 127.0f : -127.0f);  // absmax 127 -> inv close to 1
+    rows.push_back(x);
+  }
+  rows.push_back(std::vector<float>(100, 0.0f));
+  rows.push_back(std::vector<float>(100, -0.0f));
+  rows.push_back(std::vector<float>(50, 3e-6f));
+  rows.push_back({1e-45f, -1e-40f, 1e-38f, 0.0f});
+  rows.push_back({3e38f, -3e38f, 1.0f, -1e30f});
+  rows.push_back({1e-5f, -5e-6f, 2.5e-6f});
+  for (const auto& x : rows) {
+    const int64_t k = static_cast<int64_t>(x.size());
+    std::vector<int8_t> q1(x.size()), q2(x.size());
+    float g1 = -1, g2 = -2;
+    const int64_t bad = bitnet::act_quant_rows(x.data(), 1, k, q1.data(), &g1);
+    bitnet::act_quant_rows_naive(x.data(), 1, k, q2.data(), &g2);
+    check(bad == -1 && q1 == q2 && std::memcmp(&g1, &g2, sizeof g1) == 0,
+          "act_quant_rows equals the naive quantizer, K=" + std::to_string(k) + " x0=" + std::to_string(x[0]));
+  }
+  // A tie by construction: absmax 127 gives inv = (1/127)*127 = 1 exactly in float32, so 2.5 -> 2, 3.5 -> 4.
+  {
+    std::vector<float> x = {127.0f, 2.5f, 3.5f, -2.5f, -0.5f, 0.5f, 1.5f};
+    std::vector<int8_t> q(x.size());
+    float g;
+    bitnet::act_quant_rows(x.data(), 1, 7, q.data(), &g);
+    check(q == std::vector<int8_t>({127, 2, 4, -2, 0, 0, 2}) && g == 1.0f, "round half to even on exact ties");
+  }
+  // Non-finite input: the flat index of the first one, in row-major order, and nothing written to q.
+  for (float badv : {std::nanf(""), INFINITY, -INFINITY}) {
+    std::vector<float> x(3 * 40, 0.5f);
+    x[2 * 40 + 7] = badv;
+    x[1 * 40 + 39] = badv;
+    std::vector<int8_t> q(x.size(), 42);
+    std::vector<float> g(3);
+    check(bitnet::act_quant_rows(x.data(), 3, 40, q.data(), g.data()) == 79 &&
+              q == std::vector<int8_t>(x.size(), 42),
+          "act_quant_rows reports the first non-finite value and leaves q alone");
+  }
+}
+
+// quant_matmul against act_quant_rows_naive + the int64 oracle + the float32 scaling, bit for bit.
+void test_quant_matmul() {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct S { int64_t m, n, k; };
+  for (S sh : {S{1, 5, 1}, S{1, 17, 300}, S{3, 9, 129}, S{8, 20, 4096}, S{5, 3, 0}, S{0, 4, 10}, S{2, 260, 2048}}) {
+    std::vector<float> x(static_cast<size_t>(sh.m * sh.k));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng) * (i % 7 == 0 ? 40.0f : 1.0f);
+    const auto codes = random_codes(sh.n, sh.k);
+    const auto packed = pack(codes, sh.n, sh.k);
+    std::vector<int8_t> q(x.size());
+    std::vector<float> gamma(static_cast<size_t>(sh.m));
+    bitnet::act_quant_rows_naive(x.data(), sh.m, sh.k, q.data(), gamma.data());
+    const auto acc = naive(q, codes, sh.m, sh.n, sh.k);
+    const float beta = 0.0371f;
+    std::vector<float> want(static_cast<size_t>(sh.m * sh.n));
+    for (int64_t i = 0; i < sh.m; ++i)
+      for (int64_t j = 0; j < sh.n; ++j)
+        want[i * sh.n + j] = static_cast<float>(acc[i * sh.n + j]) * (gamma[i] * beta);
+    for (Backend b : backends())
+      for (int t : {1, 2}) {
+        std::vector<float> y(want.size(), -7.0f);
+        const int64_t bad = bitnet::quant_matmul(x.data(), packed.data(), y.data(), sh.m, sh.n, sh.k, beta, b, t);
+        check(bad == -1 && (y.empty() || std::memcmp(y.data(), want.data(), y.size() * sizeof(float)) == 0),
+              "quant_matmul " + shape(sh.m, sh.n, sh.k) + " backend=" + bitnet::backend_name(b) +
+                  " threads=" + std::to_string(t));
+      }
+  }
+  std::vector<float> x(2 * 10, 1.0f);
+  x[13] = INFINITY;
+  const auto packed = pack(random_codes(3, 10), 3, 10);
+  std::vector<float> y(6, -7.0f);
+  check(bitnet::quant_matmul(x.data(), packed.data(), y.data(), 2, 3, 10, 1.0f, bitnet::default_backend(), 1) == 13 &&
+            y == std::vector<float>(6, -7.0f),
+        "quant_matmul reports non-finite x and writes nothing");
+}
+
+// The bitnet.cpp-style I2_S baseline (bench_i2s_avx2.cpp, benchmark only): equal to the oracle where
+// int16 cannot wrap (random activations; any activations for K <= 2048), and wrapping where the
+// published loop wraps (K = 4096, +1 weights, x = -128), while our kernels stay exact there.
+void test_i2s_baseline() {
+#if defined(BITNET_HAVE_AVX2_KERNEL)
+  if (!bitnet::cpu_has_avx2()) return;
+  auto run_i2s = [](const std::vector<int8_t>& x, const std::vector<int8_t>& codes, int64_t n, int64_t k) {
+    const auto ours = pack(codes, n, k);
+    std::vector<uint8_t> w(ours.size());
+    bitnet::i2s_repack_bench(ours.data(), n, k, w.data());
+    std::vector<int32_t> y(static_cast<size_t>(n));
+    bitnet::i2s_gemv_bench(w.data(), x.data(), n, k, y.data());
+    return y;
+  };
+  for (int64_t k : {128, 256, 1024, 2048, 4096, 4224, 11008}) {
+    const int64_t n = 7;
+    const auto x = random_x(1, k);
+    const auto codes = random_codes(n, k);
+    const auto want = naive(x, codes, 1, n, k);
+    const auto y = run_i2s(x, codes, n, k);
+    bool ok = true;
+    for (int64_t r = 0; r < n; ++r) ok = ok && int64_t{y[r]} == want[r];
+    check(ok, "I2_S baseline equals the oracle on random input, K=" + std::to_string(k));
+  }
+  // K = 2048: 16 blocks per lane, the worst case -32768 still fits int16.
+  for (int wv : {-1, 1})
+    for (int xv : {-128, 127}) {
+      const int64_t k = 2048;
+      const auto y = run_i2s(std::vector<int8_t>(k, static_cast<int8_t>(xv)),
+                             std::vector<int8_t>(2 * k, static_cast<int8_t>(wv)), 2, k);
+      check(y[0] == wv * xv * k && y[1] == wv * xv * k, "I2_S baseline exact at K=2048 corners");
+    }
+  // K = 4096, w = +1, x = -128: each int16 lane sums 32 blocks * -2048 = -65536, which wraps to 0, so
+  // the baseline returns 0 - act_sum = +524288 instead of -524288. Our kernels: exact.
+  const int64_t k = 4096;
+  const std::vector<int8_t> x(k, -128), codes(2 * k, 1);
+  const auto y = run_i2s(x, codes, 2, k);
+  check(y[0] == 524288 && y[1] == 524288, "I2_S baseline wraps at K=4096 as the published loop does");
+  check_matmul(x, codes, 1, 2, k, "ours exact where I2_S wraps");
+#endif
+}
+
 }  // namespace
 
 int main() {
@@ -224,6 +361,9 @@ int main() {
   test_empty_shapes();
   test_overflow_corners();
   test_concurrent_callers();
+  test_act_quant();
+  test_quant_matmul();
+  test_i2s_baseline();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

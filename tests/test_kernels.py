@@ -1,4 +1,5 @@
-"""Tests for bitnet_ref.kernels: packed layout, round trips, exact matmul on every path, bad input.
+"""Tests for bitnet_ref.kernels: packed layout, round trips, exact matmul on every path, bad input,
+and the fused float path (act_quant, quant_matmul) against bitnet_ref.quant, bit for bit.
 
 Every kernel the CPU supports (portable "scalar", "avx2", "avx512vnni") is compared with numpy's
 int64 product for exact equality; the C++ CTest suite (cpp/test_ternary.cpp) covers the same ground
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from bitnet_ref import kernels
+from bitnet_ref import quant as Q
 
 BACKENDS = kernels.supported_backends() if kernels.available() else ["scalar"]
 
@@ -257,3 +259,244 @@ def test_env_var_forces_scalar_path():
 def test_package_import_does_not_load_extension():
     code = "import sys, bitnet_ref, bitnet_ref.kernels; print('bitnet_ref._core' in sys.modules)"
     assert run_python(code) == "False"
+
+
+# ---- fused float path: act_quant and quant_matmul ----------------------------------------------------------------
+
+
+@st.composite
+def float_rows(draw, max_m=5, max_k=300):
+    """float32 (M, K) activations that stress the quantizer: many scales, exact .5 ties, zeros, the 1e-5 floor."""
+    m, k = draw(st.integers(1, max_m)), draw(st.integers(1, max_k))
+    kind = draw(st.sampled_from(["normal", "halves", "zeros", "tiny", "outlier"]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    if kind == "normal":
+        x = torch.randn(m, k, generator=g) * 10.0 ** draw(st.integers(-8, 6))
+    elif kind == "halves":  # with a row max of 127, x * inv hits k + 0.5 exactly: ties go to even
+        x = torch.randint(-508, 509, (m, k), generator=g).float() / 4
+        x[:, 0] = 127.0
+    elif kind == "zeros":
+        x = torch.zeros(m, k)
+    elif kind == "tiny":  # below the 1e-5 absmax floor
+        x = torch.full((m, k), 3e-6) * torch.randn(m, k, generator=g).sign()
+    else:  # one large value per row, the rest small: most codes round to 0 or +-1
+        x = torch.randn(m, k, generator=g)
+        x[:, draw(st.integers(0, k - 1))] = 1e4
+    return x.float().numpy()
+
+
+def two_step(x, codes, packed, beta, backend=None):
+    """The reference path: torch act_quant -> int32 kernel -> acc.float() * (gamma * beta), as packed.py did."""
+    q, gamma = Q.act_quant(torch.from_numpy(x))  # (M, K) int8, (M, 1) float32
+    n, k = codes.shape
+    acc = torch.from_numpy(kernels.ternary_matmul(q.numpy(), packed, n, k, backend=backend))  # (M, N) int32
+    return (acc.float() * (gamma * torch.tensor(beta, dtype=torch.float32))).numpy()
+
+
+@settings(deadline=None, max_examples=200)
+@given(float_rows())
+def test_act_quant_is_bit_exact_with_quant_act_quant(x):
+    q1, g1 = Q.act_quant(torch.from_numpy(x))
+    q2, g2 = kernels.act_quant(x)
+    assert q2.dtype == np.int8 and g2.dtype == np.float32 and g2.shape == (x.shape[0], 1)
+    np.testing.assert_array_equal(q2, q1.numpy())
+    assert np.array_equal(g2.view(np.uint32), g1.numpy().view(np.uint32))  # bitwise, not just ==
+
+
+def test_act_quant_rounds_ties_to_even():
+    x = np.array([[127.0, 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, -127.0]], np.float32)  # inv = (1/127)*127 = 1.0 exactly
+    q, gamma = kernels.act_quant(x)
+    np.testing.assert_array_equal(q, [[127, 2, 4, -2, 0, 0, 2, -127]])
+    assert gamma[0, 0] == np.float32(1.0)
+
+
+@settings(deadline=None, max_examples=120)
+@given(float_rows(max_m=4, max_k=600), st.integers(1, 9), st.floats(0.0009765625, 16.0, width=32), st.integers(0, 2**31 - 1))
+def test_quant_matmul_bit_identical_to_two_step(x, n, beta, seed):
+    k = x.shape[1]
+    codes = np.random.default_rng(seed).integers(-1, 2, size=(n, k), dtype=np.int8)
+    packed = kernels.pack_ternary(codes)
+    want = two_step(x, codes, packed, beta)
+    for b in BACKENDS:
+        got = kernels.quant_matmul(x, packed, n, k, beta, backend=b)
+        assert got.dtype == np.float32 and got.shape == (x.shape[0], n)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), b
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m,n,k", [(1, 64, 4096), (8, 33, 11008), (3, 300, 2048)])
+def test_quant_matmul_large(backend, m, n, k):
+    rng = np.random.default_rng(m + n + k)
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+    x = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+    packed = kernels.pack_ternary(codes)
+    beta = np.float32(0.0371)
+    want = two_step(x, codes, packed, beta)
+    for threads in (1, 2):
+        got = kernels.quant_matmul(x, packed, n, k, beta, backend=backend, threads=threads)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_quant_matmul_empty_shapes():
+    # K = 0: empty sums (torch's act_quant refuses an empty row, the fused call gives 0); M = 0: no rows
+    p = kernels.pack_ternary(np.zeros((5, 0), np.int8))
+    np.testing.assert_array_equal(kernels.quant_matmul(np.zeros((2, 0), np.float32), p, 5, 0, 1.0), np.zeros((2, 5)))
+    p = kernels.pack_ternary(np.ones((4, 10), np.int8))
+    assert kernels.quant_matmul(np.zeros((0, 10), np.float32), p, 4, 10, 1.0).shape == (0, 4)
+
+
+def test_quant_matmul_accepts_torch_and_noncontiguous_inputs():
+    rng = np.random.default_rng(5)
+    codes = rng.integers(-1, 2, size=(7, 200), dtype=np.int8)
+    packed = kernels.pack_ternary(codes)
+    x = rng.standard_normal((3, 200)).astype(np.float32)
+    want = kernels.quant_matmul(x, packed, 7, 200, 0.5)
+    np.testing.assert_array_equal(want, two_step(x, codes, packed, 0.5))
+    big = np.zeros((3, 400), np.float32)
+    big[:, ::2] = x
+    np.testing.assert_array_equal(kernels.quant_matmul(big[:, ::2], packed, 7, 200, 0.5), want)
+    xt = torch.from_numpy(x).requires_grad_()
+    np.testing.assert_array_equal(kernels.quant_matmul(xt, torch.from_numpy(packed), 7, 200, torch.tensor(0.5)), want)
+    np.testing.assert_array_equal(kernels.quant_matmul(x, packed, 7, 200, np.float32(0.5), force_scalar=True), want)
+
+
+def test_quant_matmul_concurrent_callers():
+    rng = np.random.default_rng(9)
+    codes = rng.integers(-1, 2, size=(256, 2048), dtype=np.int8)
+    packed = kernels.pack_ternary(codes)
+    xs = [rng.standard_normal((2, 2048)).astype(np.float32) for _ in range(4)]
+    want = [kernels.quant_matmul(x, packed, 256, 2048, 0.25, threads=1) for x in xs]
+    results = [None] * len(xs)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = kernels.quant_matmul(xs[i], packed, 256, 2048, 0.25, threads=2)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for w, got in zip(want, results):
+        np.testing.assert_array_equal(got, w)
+
+
+GOOD_XF = np.array([[0.5, -1.0, 2.0]], np.float32)
+
+
+def with_value(v):
+    x = np.tile(GOOD_XF, (2, 1))
+    x[1, 2] = v
+    return x
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: kernels.quant_matmul(GOOD_XF.astype(np.float64), GOOD_PACKED, 2, 3, 1.0), TypeError, "float32"),
+    (lambda: kernels.quant_matmul(GOOD_X, GOOD_PACKED, 2, 3, 1.0), TypeError, "float32"),
+    (lambda: kernels.quant_matmul(torch.ones(1, 3, dtype=torch.float64), GOOD_PACKED, 2, 3, 1.0), TypeError, "float32"),
+    (lambda: kernels.quant_matmul(torch.ones(1, 3, device="meta"), GOOD_PACKED, 2, 3, 1.0), TypeError, "CPU"),
+    (lambda: kernels.quant_matmul([[1.0, 2.0, 3.0]], GOOD_PACKED, 2, 3, 1.0), TypeError, "numpy array"),
+    (lambda: kernels.quant_matmul(GOOD_XF[0], GOOD_PACKED, 2, 3, 1.0), ValueError, "2-D"),
+    (lambda: kernels.quant_matmul(GOOD_XF[None], GOOD_PACKED, 2, 3, 1.0), ValueError, "2-D"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 4, 1.0), ValueError, "columns"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED[:-1], 2, 3, 1.0), ValueError, "truncated"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED.astype(np.int8), 2, 3, 1.0), TypeError, "uint8"),
+    (lambda: kernels.quant_matmul(with_value(np.nan), GOOD_PACKED, 2, 3, 1.0), ValueError, r"finite; found nan at \(1, 2\)"),
+    (lambda: kernels.quant_matmul(with_value(np.inf), GOOD_PACKED, 2, 3, 1.0), ValueError, "finite; found inf"),
+    (lambda: kernels.quant_matmul(with_value(-np.inf), GOOD_PACKED, 2, 3, 1.0), ValueError, "finite; found -inf"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, float("nan")), ValueError, "beta"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 1e39), ValueError, "beta"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 0.0), ValueError, "beta"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, -1.0), ValueError, "beta"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, "1.0"), TypeError, "beta"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 1.0, threads=0), ValueError, "threads"),
+    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 1.0, backend="bogus"), ValueError, "unknown backend"),
+    (lambda: kernels.act_quant(with_value(np.nan)), ValueError, "finite"),
+    (lambda: kernels.act_quant(GOOD_X), TypeError, "float32"),
+    (lambda: kernels.act_quant(GOOD_XF[0]), ValueError, "2-D"),
+])
+def test_fused_bad_input_is_refused(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_core_quant_matmul_checks_before_reading():
+    """The extension itself (not only the wrapper) refuses wrong dtypes, layouts and sizes."""
+    from bitnet_ref import _core
+    with pytest.raises(TypeError, match="float32"):
+        _core.quant_matmul(GOOD_XF.astype(np.float64), GOOD_PACKED, 2, 3, 1.0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core.quant_matmul(np.asfortranarray(np.tile(GOOD_XF, (2, 1))), GOOD_PACKED, 2, 3, 1.0)
+    with pytest.raises(ValueError, match="truncated"):
+        _core.quant_matmul(GOOD_XF, GOOD_PACKED[:-1], 2, 3, 1.0)
+    with pytest.raises(ValueError, match="maximum"):
+        _core.quant_matmul(np.zeros((1, 1), np.float32), GOOD_PACKED, 1, (1 << 22) + 1, 1.0)
+
+
+# ---- the bitnet.cpp-style I2_S baseline (benchmark only: cpp/bench_i2s_avx2.cpp) ---------------------------------
+
+def _i2s_core():
+    if not kernels.available():
+        return None
+    from bitnet_ref import _core
+    return _core if hasattr(_core, "_bench_i2s_gemv") and kernels.has_avx2() else None
+
+
+needs_i2s = pytest.mark.skipif(_i2s_core() is None, reason="I2_S baseline needs the extension on an AVX2 x86 CPU")
+
+
+def pack_i2s_py(codes: np.ndarray) -> np.ndarray:
+    """bitnet.cpp's I2_S x86 layout, from the research notes, in numpy: byte j holds j, j+32, j+64, j+96 at
+    bits 7:6, 5:4, 3:2, 1:0 of each 128-weight block."""
+    n, k = codes.shape
+    c = (codes.astype(np.int16) + 1).astype(np.uint8).reshape(n, k // 128, 4, 32)
+    return ((c[:, :, 0] << 6) | (c[:, :, 1] << 4) | (c[:, :, 2] << 2) | c[:, :, 3]).reshape(-1).astype(np.uint8)
+
+
+def i2s_gemv(x, codes):
+    core = _i2s_core()
+    n, k = codes.shape
+    w = core._bench_i2s_repack(kernels.pack_ternary(codes), n, k)
+    np.testing.assert_array_equal(w, pack_i2s_py(codes))
+    return core._bench_i2s_gemv(x, w, n, k)
+
+
+@needs_i2s
+@settings(deadline=None, max_examples=60)
+@given(st.integers(1, 90), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_i2s_baseline_equals_reference_on_random_input(blocks, n, seed):
+    # random x in [-128, 127]: a lane's int16 sum over 32 blocks has std ~1.5e3, far from 32767
+    rng = np.random.default_rng(seed)
+    k = 128 * blocks
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+    x = rng.integers(-128, 128, size=(1, k), dtype=np.int8)
+    np.testing.assert_array_equal(i2s_gemv(x, codes), product(x, codes))
+
+
+@needs_i2s
+@pytest.mark.parametrize("w", [-1, 1])
+@pytest.mark.parametrize("xv", [-128, 127])
+def test_i2s_baseline_exact_at_k_2048_but_wraps_at_4096_where_ours_stays_exact(w, xv):
+    codes = np.full((2, 2048), w, np.int8)
+    x = np.full((1, 2048), xv, np.int8)
+    np.testing.assert_array_equal(i2s_gemv(x, codes), product(x, codes))  # 16 blocks: worst case -32768 fits
+    codes = np.full((2, 4096), w, np.int8)
+    x = np.full((1, 4096), xv, np.int8)
+    want = product(x, codes)
+    if w == 1 and xv == -128:  # 32 blocks * -2048 = -65536 per int16 lane: wraps to 0, result = -act_sum
+        np.testing.assert_array_equal(i2s_gemv(x, codes), -want)
+    for b in BACKENDS:
+        np.testing.assert_array_equal(kernels.ternary_matmul(x, kernels.pack_ternary(codes), 2, 4096, backend=b), want)
+
+
+@needs_i2s
+def test_i2s_baseline_refuses_bad_input():
+    core = _i2s_core()
+    p = kernels.pack_ternary(np.zeros((2, 200), np.int8))
+    with pytest.raises(ValueError, match="multiple of 128"):
+        core._bench_i2s_repack(p, 2, 200)
+    p = kernels.pack_ternary(np.zeros((2, 256), np.int8))
+    with pytest.raises(ValueError, match="shape"):
+        core._bench_i2s_gemv(np.zeros((2, 256), np.int8), p, 2, 256)
+    with pytest.raises(ValueError, match="truncated"):
+        core._bench_i2s_gemv(np.zeros((1, 256), np.int8), p[:-1], 2, 256)

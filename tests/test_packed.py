@@ -7,7 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _decode_ckpt import trained_checkpoint
@@ -97,15 +97,51 @@ def activations(draw):
     return x.float()
 
 
+@needs_ext
 @given(activations())
-def test_numpy_act_quant_equals_the_reference(x):
+def test_cpp_act_quant_equals_the_reference(x):
     q1, g1 = Q.act_quant(x)
-    q2, g2 = P.act_quant_np(x.numpy())
+    q2, g2 = kernels.act_quant(x.numpy())
     assert np.array_equal(q1.numpy(), q2) and np.array_equal(g1.numpy(), g2)
 
 
+@needs_ext
 def test_fast_act_quant_self_check_passes():
     assert P.fast_act_quant_ok()  # if this fails, the packed layer silently uses the slower reference path
+
+
+def random_layer(n, k, seed, scaled=True):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)  # (N, K) latent weights
+    codes, beta = Q.weight_quant(w)
+    norm = torch.nn.RMSNorm(k, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(k, generator=g) + 0.5)
+    return P.PackedBitLinear(P.PackedWeight(kernels.pack_ternary(codes), beta, n, k), norm, scaled=scaled), w
+
+
+@needs_ext
+@settings(deadline=None, max_examples=80)
+@given(activations(), st.integers(1, 40), st.integers(0, 2**31 - 1), st.booleans())
+def test_fused_forward_is_bit_identical_to_the_reference_forward(x, n, seed, scaled):
+    layer, w = random_layer(n, x.shape[-1], seed, scaled)
+    with torch.no_grad():
+        fused, ref = layer(x), layer.forward_reference(x)  # (M, N) each
+    assert fused.dtype == ref.dtype == torch.float32 and fused.shape == ref.shape
+    assert torch.equal(fused.view(torch.int32), ref.view(torch.int32))  # bitwise, -0.0 included
+    if scaled:  # and the training-time forward, which quantizes the same latent weights itself
+        with torch.no_grad():
+            assert torch.equal(fused, Q.fake_quant_linear(layer.norm(x), w))
+
+
+@needs_ext
+def test_fused_forward_refuses_non_finite_activations():
+    layer, _ = random_layer(4, 16, 0)
+    layer.norm = torch.nn.Identity()
+    x = torch.ones(2, 16)
+    x[1, 3] = float("nan")
+    with pytest.raises(P.DecodeError, match="non-finite"):
+        layer(x)
 
 
 @needs_ext

@@ -11,8 +11,8 @@ run, batch 1, through the KV cache:
 
 Reported per backend: decode tokens/s (median of --repeats runs, prefill excluded), weight bytes read per token
 (packed 2-bit linears vs fp32; head, norms and one embedding row included) and the bandwidth that implies. For
-the packed path it also shows where the time of one token goes (RMSNorm, activation quant + conversions, the
-kernel, everything outside the linear layers), measured with hooks in a separate run so the headline numbers
+the packed path it also shows where the time of one token goes (RMSNorm, Python glue, the C++ calls -- fused
+activation quant + kernel + scaling --, everything outside the linear layers), measured with hooks in a separate run so the headline numbers
 carry no hook overhead.
 
 Targets (issue 5): packed not slower than fp32 at the default size; at least 3x faster at d_model 2048.
@@ -70,16 +70,19 @@ def breakdown(model, prompt, new_tokens: int) -> dict:
         if isinstance(m, P.PackedBitLinear):
             handles += [m.register_forward_pre_hook(pre("linear")), m.register_forward_hook(post("linear")),
                         m.norm.register_forward_pre_hook(pre("norm")), m.norm.register_forward_hook(post("norm"))]
-    real = kernels.ternary_matmul
+    real = {name: getattr(kernels, name) for name in ("ternary_matmul", "quant_matmul", "act_quant")}
 
-    def timed(*a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return real(*a, **kw)
-        finally:
-            acc["kernel"] += time.perf_counter() - t0
+    def timed(fn):
+        def call(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                acc["kernel"] += time.perf_counter() - t0
+        return call
 
-    P.kernels.ternary_matmul = timed
+    for name, fn in real.items():
+        setattr(P.kernels, name, timed(fn))
     try:
         P.generate(model, [prompt], 2)
         for k in acc:
@@ -96,14 +99,15 @@ def breakdown(model, prompt, new_tokens: int) -> dict:
                 nxt = logits[:, -1].argmax(-1, keepdim=True)
             total = time.perf_counter() - t0
     finally:
-        P.kernels.ternary_matmul = real
+        for name, fn in real.items():
+            setattr(P.kernels, name, fn)
         for h in handles:
             h.remove()
     us = lambda s: s / new_tokens * 1e6
     parts = {
         "rmsnorm": us(acc["norm"]),
-        "act_quant_and_glue": us(acc["linear"] - acc["norm"] - acc["kernel"]),
-        "kernel": us(acc["kernel"]),
+        "glue": us(acc["linear"] - acc["norm"] - acc["kernel"]),
+        "kernel": us(acc["kernel"]),  # the C++ calls: fused act quant + matmul + scaling
         "outside_linears": us(total - acc["linear"]),
     }
     return {"us_per_token": us(total), "parts_us": parts,

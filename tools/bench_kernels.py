@@ -12,7 +12,14 @@ count. Hot rows can exceed 1.0 because cache is faster than DRAM. For single-thr
 machine, calls longer than a scheduler time slice get preempted and their wall time says more
 about the neighbours than about the kernel.
 
-The three implementations are timed in interleaved rounds, case by case, so that noise from a
+A second section times our AVX2 and AVX-512 kernels side by side with a bitnet.cpp-style I2_S GEMV loop: our
+own re-implementation of bitnet.cpp's published AVX2 I2_S 1x1 algorithm (cpp/bench_i2s_avx2.cpp, benchmark
+only, same AVX2 compile flags, int16 accumulation as published, not exact for K > 2048 with adversarial input),
+at 4096x4096 and 11008x4096, M = 1, one thread, hot and cold, with the ratio of each to the I2_S loop. Every
+call goes through the same kind of pybind11 call (ours: ternary_matmul; I2_S: _core._bench_i2s_gemv, which also
+computes the activation sum, as bitnet.cpp's quantizer does).
+
+The implementations are timed in interleaved rounds, case by case, so that noise from a
 shared machine hits them alike; medians, not means. Timings include the Python call overhead of
 ``kernels.ternary_matmul`` (what callers pay). Not a decode benchmark: see tools/bench_decode.py.
 
@@ -20,6 +27,7 @@ shared machine hits them alike; medians, not means. Timings include the Python c
     python tools/bench_kernels.py --quick          # smoke test, seconds
     python tools/bench_kernels.py --json out.json  # also write the table as JSON
     python tools/bench_kernels.py --backend avx2 --threads 1 --shapes 4096x4096 --m 1 8
+    python tools/bench_kernels.py --i2s-only       # just the side-by-side with the I2_S-style loop
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ SHAPES = [(256, 256), (2048, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
 MS = [1, 8, 64]
 QUICK_SHAPES = [(256, 256), (2048, 2048)]
 QUICK_MS = [1, 8]
+I2S_SHAPES = [(4096, 4096), (11008, 4096)]
 
 
 class BenchError(Exception):
@@ -138,6 +147,50 @@ def bench_case(kernels, torch, n, k, m, threads, cold, cold_bytes, min_time, rng
     return t, cpu, packed.nbytes
 
 
+def bench_i2s_case(kernels, core, n, k, cold, cold_bytes, min_time, rng):
+    """Median wall seconds per M = 1, one-thread call: our kernels and the I2_S-style loop on the same weights."""
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)  # (N, K)
+    x = rng.integers(-127, 128, size=(1, k), dtype=np.int8)  # (1, K); random: the I2_S loop cannot wrap
+    packed = kernels.pack_ternary(codes)
+    w_i2s = core._bench_i2s_repack(packed, n, k)
+    copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
+    packs = [packed] + [packed.copy() for _ in range(copies - 1)]
+    ws = [w_i2s] + [w_i2s.copy() for _ in range(copies - 1)]
+    fns = {"i2s": rotating(lambda w: core._bench_i2s_gemv(x, w, n, k), ws)}
+    for b in ("avx2", "avx512vnni"):
+        if b in kernels.supported_backends():
+            fns[b] = rotating(lambda p, b=b: kernels.ternary_matmul(x, p, n, k, threads=1, backend=b), packs)
+    want = x.astype(np.int64) @ codes.astype(np.int64).T  # (1, N)
+    for name, fn in fns.items():
+        if not np.array_equal(fn(), want):
+            raise AssertionError(f"{name} result differs from numpy for N={n} K={k}")
+    t, _ = time_rounds(fns, min_time)
+    return t
+
+
+def run_i2s_section(kernels, core, cold_bytes, min_time, rng) -> list:
+    print()
+    print("side by side, M = 1, 1 thread: ours vs a bitnet.cpp-style I2_S loop (our re-implementation of the "
+          "published algorithm, same -mavx2 flags)")
+    header = f"{'N x K':>12} {'cache':>5} {'impl':>11} {'us':>9} {'G w/s':>7} {'x I2_S':>7}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for n, k in I2S_SHAPES:
+        for cold in (False, True):
+            t = bench_i2s_case(kernels, core, n, k, cold, cold_bytes, min_time, rng)
+            for name in ("i2s", "avx2", "avx512vnni"):
+                if name not in t:
+                    continue
+                row = {"n": n, "k": k, "m": 1, "threads": 1, "cache": "cold" if cold else "hot",
+                       "impl": "i2s_style" if name == "i2s" else name, "us": t[name] * 1e6,
+                       "gweights_s": n * k / t[name] / 1e9, "x_i2s": t["i2s"] / t[name]}
+                rows.append(row)
+                print(f"{n:>5} x {k:<5} {row['cache']:>5} {row['impl']:>11} {row['us']:>9.1f}"
+                      f" {row['gweights_s']:>7.1f} {row['x_i2s']:>7.2f}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,6 +205,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", nargs="+", default=None, metavar="NxK",
                     help="weight shapes to run, e.g. 4096x4096 11008x4096 (default: the full set)")
     ap.add_argument("--m", type=int, nargs="+", default=None, help="activation rows M to run (default: 1 8 64)")
+    ap.add_argument("--no-i2s", action="store_true", help="skip the side-by-side with the I2_S-style loop")
+    ap.add_argument("--i2s-only", action="store_true", help="run only the side-by-side with the I2_S-style loop")
     args = ap.parse_args(argv)
     try:
         return run(args)
@@ -212,13 +267,14 @@ def run(args) -> int:
     print(f"cold = rotating copies totalling >= {cold_bytes >> 20} MiB (4x the {llc >> 20} MiB last-level cache)")
     header = (f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
               f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8}")
-    print(header)
-    print("-" * len(header))
+    if not args.i2s_only:
+        print(header)
+        print("-" * len(header))
 
     rng = np.random.default_rng(0)
     rows = []
     gemv_rate = {}
-    for n, k in shapes:
+    for n, k in ([] if args.i2s_only else shapes):
         for threads in threads_list:
             for cold in (False, True):
                 for m in ms:
@@ -245,13 +301,19 @@ def run(args) -> int:
                     print(f"{n:>5} x {k:<5} {m:>3} {threads:>3} {row['cache']:>5} {row['us']:>10.1f}"
                           f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
                           f" {row['roofline']:>8.2f}", flush=True)
+    i2s_rows = []
+    if not args.no_i2s:
+        if hasattr(_core, "_bench_i2s_gemv") and kernels.has_avx2():
+            i2s_rows = run_i2s_section(kernels, _core, cold_bytes, min_time, rng)
+        else:
+            print("\nI2_S-style side by side skipped: needs an AVX2 x86 build")
     after = measure_bandwidth()
     print("read bandwidth after the run: " + ", ".join(f"{t}: {bw:.1f} GB/s" for t, bw in after.items())
           + " (the roofline column used the before-run figures)")
     info["read_bandwidth_after_gbs"] = {str(t): round(v, 2) for t, v in after.items()}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows}, f, indent=1)
+            json.dump({"info": info, "rows": rows, "i2s_rows": i2s_rows}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
 
