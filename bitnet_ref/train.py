@@ -382,7 +382,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
     dist, device = init_distributed(cfg)
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, dist, device, log if dist.main else (lambda *a, **k: None))
+        summary = _train(cfg, dist, device, log if dist.main else (lambda *a, **k: None))
+        if dist.enabled:  # rank 0 may still be probing/saving; a peer that tears gloo down first aborts (SIGABRT)
+            import torch.distributed as td
+
+            td.barrier()
+        return summary
     finally:
         torch.set_num_threads(threads)  # in-process callers get their setting back
         if dist.enabled:
@@ -415,12 +420,20 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, log) -> dict:
         if saved_data.get("fingerprint") != corpus.fingerprint:
             raise DataError(f"the data ({corpus.source}) differs from the data the checkpoint was trained on")
     if not cfg.resume:
-        out = _new_out_dir(cfg)
-        if dist.enabled:  # every rank must agree on a timestamped default
+        if not dist.enabled:
+            out = _new_out_dir(cfg)
+        else:  # rank 0 alone checks --out (a peer checking later would see rank 0's files) and tells the rest
             import torch.distributed as td
 
-            box = [str(out)]
+            box = [None, None]
+            if dist.main:
+                try:
+                    box[0] = str(_new_out_dir(cfg))
+                except ConfigError as e:
+                    box[1] = str(e)
             td.broadcast_object_list(box, src=0)
+            if box[1] is not None:
+                raise ConfigError(box[1])
             out = Path(box[0])
     prompts = probe_prompts(corpus.val, cfg.probe_prompts, cfg.probe_prompt_len)
     ln_vocab, unigram = math.log(corpus.vocab_size), corpus.unigram_entropy()

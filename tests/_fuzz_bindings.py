@@ -1,0 +1,85 @@
+"""Run by test_hostile.py in a child process: throw random shapes, dtypes and strides at every kernel binding.
+
+Each call must return or raise TypeError/ValueError/OverflowError; anything else is reported and the process
+exits 1. A crash (segfault, abort) kills the process, which the parent sees as a negative return code.
+Not a test module itself (pytest does not collect names starting with "_"). argv[1]: number of examples.
+"""
+
+import sys
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bitnet_ref import _core, kernels
+
+DTYPES = [np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64, np.float16, np.float32, np.float64,
+          np.bool_, np.complex64, object]
+OK = (TypeError, ValueError, OverflowError)
+
+
+@st.composite
+def arrays(draw):
+    ndim = draw(st.integers(0, 3))
+    shape = tuple(draw(st.lists(st.integers(0, 9), min_size=ndim, max_size=ndim)))
+    dtype = draw(st.sampled_from(DTYPES))
+    vals = draw(st.sampled_from(["ternary", "small", "wide", "special"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    base = {"ternary": rng.integers(-1, 2, shape), "small": rng.integers(-128, 128, shape),
+            "wide": rng.integers(-(2**40), 2**40, shape),
+            "special": rng.choice(np.array([0.0, np.nan, np.inf, -np.inf, 1e30, -0.0]), shape)}[vals]
+    with np.errstate(all="ignore"):
+        a = np.asarray(base).astype(dtype) if dtype is not object else np.asarray(base).astype(object)
+    view = draw(st.sampled_from(["plain", "transpose", "negative", "broadcast", "fortran", "step"]))
+    if view == "transpose" and a.ndim >= 2:
+        a = a.T
+    elif view == "negative" and a.ndim >= 1:
+        a = a[::-1]
+    elif view == "broadcast" and a.ndim >= 1 and a.shape[0] >= 1:  # zero-stride view over the first row
+        a = np.broadcast_to(a[:1], (draw(st.integers(0, 6)),) + a.shape[1:])
+    elif view == "fortran":
+        a = np.asfortranarray(a)
+    elif view == "step" and a.ndim >= 1:
+        a = a[::2]
+    return a
+
+
+dims = st.one_of(st.integers(-3, 40), st.sampled_from([2**31, 2**40, 1 << 22, -(2**63)]), st.just(2.0),
+                 st.none())
+betas = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just("1"), st.none(), st.integers(-2, 2))
+threads = st.one_of(st.none(), st.integers(-1, 3))
+
+
+def call(f, *a, **k):
+    try:
+        f(*a, **k)
+    except OK:
+        pass
+
+
+@settings(max_examples=int(sys.argv[1]), deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(a=arrays(), b=arrays(), n=dims, k=dims, beta=betas, th=threads)
+def fuzz(a, b, n, k, beta, th):
+    packed = b.reshape(-1) if b.ndim else b
+    call(kernels.pack_ternary, a)
+    call(kernels.unpack_ternary, packed, n, k)
+    call(kernels.ternary_matmul, a, packed, n, k, threads=th)
+    call(kernels.quant_matmul, a, packed, n, k, beta, threads=th)
+    call(kernels.act_quant, a)
+    # the extension directly: no Python wrapper checks in front of it
+    call(_core.pack, a)
+    call(_core.unpack, packed, n, k)
+    call(_core.matmul, a, packed, n, k)
+    call(_core.quant_matmul, a, packed, n, k, beta)
+    call(_core.act_quant, a)
+    if a.ndim == 2 and a.dtype == np.int8:  # a real pack of a's shape against a wrong-shaped x
+        codes = np.clip(a, -1, 1).astype(np.int8)
+        good = kernels.pack_ternary(codes)
+        call(_core.matmul, b, good, a.shape[0], a.shape[1])
+        call(_core.quant_matmul, b, good, a.shape[0], a.shape[1], 1.0)
+
+
+if __name__ == "__main__":
+    fuzz()
+    print("fuzz ok")
