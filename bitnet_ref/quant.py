@@ -80,8 +80,10 @@ class _FakeQuantLinear(torch.autograd.Function):
         codes, beta = weight_quant(w)  # (N, K) int8, ()
         dt = gamma.dtype
         # integer-valued operands: every partial sum is an integer below 2**24 (K <= 2**17), so this matmul
-        # is exact in float32 whatever the summation order, batch shape or BLAS kernel
-        acc = F.linear(q.to(dt), codes.to(dt))  # (..., N)
+        # is exact in float32 whatever the summation order, batch shape or BLAS kernel. Autocast is switched
+        # off around it: under bf16 autocast F.linear would round the accumulator to 8 significant bits.
+        with torch.autocast(q.device.type, enabled=False):
+            acc = F.linear(q.to(dt), codes.to(dt))  # (..., N)
         ctx.save_for_backward(q, gamma, codes, beta)
         ctx.dtypes = (x.dtype, w.dtype)
         return (acc * (gamma * beta)).to(x.dtype)
@@ -92,11 +94,12 @@ class _FakeQuantLinear(torch.autograd.Function):
         dt, (x_dtype, w_dtype) = gamma.dtype, ctx.dtypes
         g = grad_y.to(dt)  # (..., N)
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:  # d/dx of F.linear(x_hat, w_hat) is w_hat: STE identity through act_quant
-            grad_x = (g @ (codes.to(dt) * beta)).to(x_dtype)  # (..., K)
-        if ctx.needs_input_grad[1]:  # ... and d/dw is x_hat: STE identity through weight_quant, every weight
-            x_hat = (q.to(dt) * gamma).reshape(-1, q.shape[-1])  # (M, K)
-            grad_w = (g.reshape(-1, g.shape[-1]).t() @ x_hat).to(w_dtype)  # (N, K)
+        with torch.autocast(g.device.type, enabled=False):  # STE gradients in the scales' precision too
+            if ctx.needs_input_grad[0]:  # d/dx of F.linear(x_hat, w_hat) is w_hat: STE identity through act_quant
+                grad_x = (g @ (codes.to(dt) * beta)).to(x_dtype)  # (..., K)
+            if ctx.needs_input_grad[1]:  # ... and d/dw is x_hat: STE identity through weight_quant, every weight
+                x_hat = (q.to(dt) * gamma).reshape(-1, q.shape[-1])  # (M, K)
+                grad_w = (g.reshape(-1, g.shape[-1]).t() @ x_hat).to(w_dtype)  # (N, K)
         return grad_x, grad_w
 
 

@@ -225,3 +225,19 @@ def test_fake_quant_linear_is_the_integer_kernel_bit_for_bit():
     assert torch.equal(Q.fake_quant_linear(x, w), expected)
     # and so a row's output does not depend on which batch it is computed in
     assert torch.equal(Q.fake_quant_linear(x[2:3], w), expected[2:3])
+
+
+def test_fake_quant_linear_accumulates_exactly_under_bf16_autocast():
+    # Under autocast F.linear runs in bf16 (8 significant bits); the integer accumulator q @ codes.T reaches
+    # thousands here, so it is only exact if the quantized matmul is kept out of autocast.
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 512), torch.randn(64, 512)
+    q, gamma = Q.act_quant(x)
+    codes, beta = Q.weight_quant(w)
+    acc = q.long() @ codes.long().t()  # exact, int64
+    assert acc.abs().max() > 512  # large enough that bf16 accumulation would round it
+    expected = acc.float() * (gamma * beta)  # the fp32 forward, computed outside autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = Q.fake_quant_linear(x, w)
+    assert y.dtype == torch.float32  # x was float32, so the output keeps x's dtype
+    assert torch.equal(y, expected)
