@@ -351,8 +351,11 @@ def sample_text(corpus, tokens) -> str:
 def _new_out_dir(cfg: TrainConfig) -> Path:
     if cfg.out is not None:
         out = Path(cfg.out)
-        if (out / "ckpt.pt").exists() or (out / "metrics.jsonl").exists():
+        if (out / "ckpt.pt").exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if (out / "metrics.jsonl").exists():
+            raise ConfigError(f"{out} holds a run that stopped before its first checkpoint, so it cannot be "
+                              "resumed; delete it or choose another --out")
         return out
     base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.quant}"
     out, i = base, 1

@@ -140,6 +140,14 @@ def test_out_dir_with_a_run_is_not_overwritten(tmp_path, corpus_file):
     assert (Path(cfg.out) / "metrics.jsonl").read_bytes() == before
 
 
+def test_out_dir_of_a_run_killed_before_its_first_checkpoint_says_so(tmp_path, corpus_file):
+    cfg = tiny(tmp_path, corpus_file, steps=2, eval_at="end")
+    T.train(cfg, log=quiet)
+    (Path(cfg.out) / "ckpt.pt").unlink()  # as if killed before the first save
+    with pytest.raises(T.ConfigError, match="before its first checkpoint"):
+        T.train(cfg, log=quiet)
+
+
 def test_bf16_autocast_path_runs_on_cpu(tmp_path, corpus_file):
     """The CUDA recipe (bf16 autocast, fp32 master weights) exercised on CPU."""
     cfg = tiny(tmp_path, corpus_file, steps=3, eval_at="end", autocast="bf16")
