@@ -43,12 +43,22 @@ def save_checkpoint(path, payload: dict) -> None:
     if bad is not None:
         raise CheckpointError(f"refusing to save {path}: tensor {bad} holds NaN or inf")
     payload = {"format": FORMAT, "version": VERSION, **payload}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def atomic_write(path, write, *, binary: bool = True) -> None:
+    """Write a file so that ``path`` holds either its old content or the complete new one, never a torn file.
+
+    ``write(f)`` fills a temp file in the same directory; it is flushed, fsynced, renamed over ``path`` and the
+    directory fsynced. Temp files left by a process killed mid-write are removed by the next write.
+    """
+    path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,7 +69,7 @@ def save_checkpoint(path, payload: dict) -> None:
             pass
         raise
     _fsync_dir(directory)
-    for stale in directory.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
+    for stale in directory.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
         try:
             stale.unlink()
         except OSError:

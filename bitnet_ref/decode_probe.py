@@ -40,9 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -51,7 +49,7 @@ import torch
 from . import data as D
 from . import kernels
 from . import packed as P
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, atomic_write
 from .probe import diversity, probe_prompts
 
 COLLAPSE_TOP1 = 0.9  # mean top-1 probability along the samples, at or above which the model is near-certain
@@ -272,23 +270,9 @@ def _jsonable(x):
 
 
 def save_report(report: dict, checkpoint) -> Path:
-    """Write ``decode_probe.json`` beside the checkpoint atomically (tmp file + fsync + os.replace)."""
+    """Write ``decode_probe.json`` beside the checkpoint atomically (``checkpoint.atomic_write``)."""
     out = Path(checkpoint).resolve().parent / REPORT_NAME
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{REPORT_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(out, lambda f: f.write(json.dumps(report, indent=1) + "\n"), binary=False)
     return out
 
 
