@@ -189,8 +189,14 @@ class BitLinear(nn.Module):
             return F.linear(x, self.weight)
         if not self.dequant:
             return F.linear(Q.act_codes_ste(x), Q.weight_codes_ste(self.weight))
-        if self.wq is not None:  # broken-STE ablations
-            return F.linear(Q.act_fake_quant(x), self.wq(self.weight))
+        if self.wq is not None:
+            # broken-STE ablations: the reference forward value (so packed decoding matches it bit for bit) plus
+            # a term that is exactly zero in value and carries the ablation's (broken) latent-weight gradient
+            y = Q.fake_quant_linear(x, self.weight.detach())
+            w_hat = self.wq(self.weight)
+            if w_hat.requires_grad:
+                y = y + F.linear(Q.act_fake_quant(x).detach(), w_hat - w_hat.detach())
+            return y
         return Q.fake_quant_linear(x, self.weight)  # = F.linear(act_fake_quant(x), weight_fake_quant(w))
 
     @torch.no_grad()

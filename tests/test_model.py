@@ -230,3 +230,17 @@ def test_from_dict_rejects(bad):
 def test_from_dict_rejects_non_dict():
     with pytest.raises(ValueError):
         ModelConfig.from_dict(["d_model", 256])
+
+
+@pytest.mark.parametrize("name", ["no-ste", "clamp-ste"])
+def test_broken_ste_ablations_keep_the_reference_forward_value(name):
+    # they change only the latent-weight gradient, so their models decode through the packed path with exact
+    # parity; the weights here are spread so that some are clipped, where clamp-ste's gradient differs
+    ref, abl = build(seed=3), build(seed=3, ablate=[name])
+    idx = torch.randint(0, 256, (2, 16))
+    assert torch.equal(ref(idx)[0], abl(idx)[0])
+    ref(idx, targets=idx)[1].backward()
+    abl(idx, targets=idx)[1].backward()
+    (_, r), (_, a) = next(iter(ref.bitlinears())), next(iter(abl.bitlinears()))
+    assert torch.equal(r.norm.weight.grad, a.norm.weight.grad)  # same gradient upstream of the weights
+    assert a.weight.grad is None or not torch.equal(r.weight.grad, a.weight.grad)  # a different (broken) one
