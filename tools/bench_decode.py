@@ -144,12 +144,13 @@ def bench_model(label, base: Transformer, *, new_tokens, repeats, threads, promp
 
 
 def format_table(rows, meta) -> str:
+    w = max([28] + [len(r["model"]) for r in rows])
     out = [f"decode tokens/s, batch 1, {meta['threads']} thread(s), kernel {meta['kernel']}, torch {meta['torch']}",
-           f"{'model':<28}{'backend':<11}{'tok/s':>9}{'weight MB/token':>17}{'GB/s':>8}{'vs fp32':>9}"]
+           f"{'model':<{w}} {'backend':<11}{'tok/s':>9}{'weight MB/token':>17}{'GB/s':>8}{'vs fp32':>9}"]
     for r in rows:
         for name, b in r["backends"].items():
             ratio = b["tok_s"] / r["backends"]["fp32"]["tok_s"]
-            out.append(f"{r['model']:<28}{name:<11}{b['tok_s']:>9.1f}{b['weight_bytes_per_token'] / 1e6:>17.3f}"
+            out.append(f"{r['model']:<{w}} {name:<11}{b['tok_s']:>9.1f}{b['weight_bytes_per_token'] / 1e6:>17.3f}"
                        f"{b['weight_gb_s']:>8.2f}{ratio:>8.2f}x")
         if "packed_breakdown" in r:
             bd = r["packed_breakdown"]
