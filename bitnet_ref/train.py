@@ -633,24 +633,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see python -m bitnet_ref.train --help)\n")
 
 
-def _positive(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+def _whole_at_least(lo: int):
+    """An argparse type for whole numbers >= lo (1 for counts, 0 where 0 means "off")."""
+
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {n}")
+        return n
+
+    return parse
 
 
-def _nonneg(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
+_positive, _nonneg = _whole_at_least(1), _whole_at_least(0)
 
 
 def _finite(v: str) -> float:
