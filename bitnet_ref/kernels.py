@@ -171,6 +171,11 @@ def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, thr
         n = _dim(n, "n")
     if type(k) is not int:
         k = _dim(k, "k")
+    return core.matmul(x, packed, n, k, *_dispatch(force_scalar, backend, threads))
+
+
+def _dispatch(force_scalar, backend, threads) -> tuple[str, int]:
+    """The (backend, threads) pair the extension takes: "" = best for this CPU, 0 = the set_threads default."""
     if force_scalar:
         if backend not in (None, "scalar"):
             raise ValueError(f"force_scalar=True conflicts with backend={backend!r}")
@@ -179,7 +184,7 @@ def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, thr
         threads = 0
     elif operator.index(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    return core.matmul(x, packed, n, k, backend or "", operator.index(threads))
+    return backend or "", operator.index(threads)
 
 
 def _float32_matrix(a, name: str) -> np.ndarray:
@@ -237,15 +242,7 @@ def quant_matmul(x, packed, n: int, k: int, beta, *, force_scalar: bool = False,
         if isinstance(beta, (str, bytes)) or not hasattr(beta, "__float__"):
             raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
         beta = float(beta)
-    if force_scalar:
-        if backend not in (None, "scalar"):
-            raise ValueError(f"force_scalar=True conflicts with backend={backend!r}")
-        backend = "scalar"
-    if threads is None:
-        threads = 0
-    elif operator.index(threads) < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return core.quant_matmul(x, packed, n, k, beta, backend or "", operator.index(threads))
+    return core.quant_matmul(x, packed, n, k, beta, *_dispatch(force_scalar, backend, threads))
 
 
 def has_avx2() -> bool:

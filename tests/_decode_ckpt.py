@@ -8,6 +8,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
+from bitnet_ref import kernels
+
+needs_ext = pytest.mark.skipif(not kernels.available(),
+                               reason=f"C++ extension not built ({kernels.import_error()}); CI builds it")
+
 _CACHE = {}
 STEPS = 200
 

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -32,13 +31,6 @@ ARGS = ["--preset", "tiny", "--steps", str(STEPS), "--batch-size", str(BATCH), "
         "--threads", "1", "--device", "cpu", "--save-every", "2"]
 LOSS_TOL = 1e-3  # steps 2.. (see the test): measured drift <= 1e-4; step 1 is held to 1e-5
 
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    f = tmp_path_factory.mktemp("data") / "py.txt"
-    f.write_bytes(b"".join((stdlib / n).read_bytes() for n in ("os.py", "argparse.py", "textwrap.py")))
-    return str(f)
 
 
 def steps_of(out):

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from _decode_ckpt import trained_checkpoint
+from _decode_ckpt import needs_ext, trained_checkpoint
 from bitnet_ref import decode_probe as DP
 from bitnet_ref import kernels
 from bitnet_ref import packed as P
@@ -24,8 +24,6 @@ from bitnet_ref.probe import probe_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "decode_probe.py"
-needs_ext = pytest.mark.skipif(not kernels.available(),
-                               reason=f"C++ extension not built ({kernels.import_error()}); CI builds it")
 
 
 @pytest.fixture(scope="module")

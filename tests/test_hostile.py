@@ -14,7 +14,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import sysconfig
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,13 +31,6 @@ TINY = ["--preset", "tiny", "--steps", "4", "--batch-size", "4", "--warmup", "1"
         "--eval-batches", "1", "--probe-prompts", "1", "--probe-prompt-len", "8", "--probe-tokens", "4",
         "--threads", "1", "--device", "cpu"]
 
-
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    f = tmp_path_factory.mktemp("data") / "py.txt"
-    f.write_bytes(b"".join((stdlib / n).read_bytes() for n in ("os.py", "argparse.py", "textwrap.py")))
-    return str(f)
 
 
 @contextmanager

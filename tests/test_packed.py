@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _decode_ckpt import trained_checkpoint
+from _decode_ckpt import needs_ext, trained_checkpoint
 from bitnet_ref import kernels
 from bitnet_ref import packed as P
 from bitnet_ref import quant as Q
@@ -19,8 +19,6 @@ from bitnet_ref.data import reload
 from bitnet_ref.model import ModelConfig, Transformer
 from bitnet_ref.probe import probe_prompts
 
-needs_ext = pytest.mark.skipif(not kernels.available(),
-                               reason=f"C++ extension not built ({kernels.import_error()}); CI builds it")
 
 
 @pytest.fixture(scope="module")
