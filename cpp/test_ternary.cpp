@@ -146,7 +146,8 @@ void test_bad_input() {
 }
 
 void test_matmul_shapes() {
-  const int64_t ks[] = {1, 2, 3, 31, 32, 33, 63, 64, 65, 127, 128, 129, 130, 255, 256, 257, 383, 384, 385, 512, 1000, 4096, 4100};
+  // K picks every case of the GEMV loops: 256-weight steps 0-3 (odd and even), a trailing 128-block or not.
+  const int64_t ks[] = {1, 2, 3, 31, 32, 33, 63, 64, 65, 127, 128, 129, 130, 255, 256, 257, 383, 384, 385, 512, 700, 850, 1000, 4096, 4100};
   const int64_t ns[] = {1, 2, 3, 4, 5, 9, 17};
   const int64_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17};
   for (int64_t k : ks)
@@ -173,18 +174,22 @@ void test_empty_shapes() {
 void test_overflow_corners() {
   for (int64_t k : {1, 128, 129, 1024, 2047, 4096, 11008, 20000})
     for (int wv : {-1, 0, 1})
-      for (int xv : {-128, 127}) {
-        const int64_t n = 3, m = 2;
-        std::vector<int8_t> codes(static_cast<size_t>(n * k), static_cast<int8_t>(wv));
-        std::vector<int8_t> x(static_cast<size_t>(m * k), static_cast<int8_t>(xv));
-        check_matmul(x, codes, m, n, k, "corner w=" + std::to_string(wv) + " x=" + std::to_string(xv));
-      }
-  // The largest supported K: |y| = 128 * 2^22 = 2^29.
+      for (int xv : {-128, 127})
+        for (int64_t m : {1, 2}) {  // M = 1 takes the GEMV loops (whole row tiles + a leftover row), M = 2 the GEMM
+          const int64_t n = 5;
+          std::vector<int8_t> codes(static_cast<size_t>(n * k), static_cast<int8_t>(wv));
+          std::vector<int8_t> x(static_cast<size_t>(m * k), static_cast<int8_t>(xv));
+          check_matmul(x, codes, m, n, k,
+                       "corner w=" + std::to_string(wv) + " x=" + std::to_string(xv) + " m=" + std::to_string(m));
+        }
+  // The largest supported K: |y| = 128 * 2^22 = 2^29. Five rows (+1, -1, +1, -1, +1) so the GEMV
+  // tiles of two and four rows and a leftover row all see it.
   const int64_t k = bitnet::kMaxK;
-  std::vector<int8_t> codes(static_cast<size_t>(2 * k), 1);
-  for (int64_t c = 0; c < k; ++c) codes[k + c] = -1;
+  std::vector<int8_t> codes(static_cast<size_t>(5 * k));
+  for (int64_t r = 0; r < 5; ++r)
+    for (int64_t c = 0; c < k; ++c) codes[r * k + c] = static_cast<int8_t>(r % 2 == 0 ? 1 : -1);
   std::vector<int8_t> x(static_cast<size_t>(k), -128);
-  check_matmul(x, codes, 1, 2, k, "corner K=kMaxK");
+  check_matmul(x, codes, 1, 5, k, "corner K=kMaxK");
 }
 
 // Several threads call matmul at once, each asking for a multi-threaded split: one of them gets
