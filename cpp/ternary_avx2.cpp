@@ -42,9 +42,9 @@
 #include <cstddef>
 
 #if defined(BITNET_INLINE_ASM) && BITNET_INLINE_ASM && defined(__GNUC__)
-#define BITNET_GEMV_ASM 1
+#define BITNET_KERNEL_ASM 1
 #else
-#define BITNET_GEMV_ASM 0
+#define BITNET_KERNEL_ASM 0
 #endif
 
 namespace bitnet {
@@ -182,7 +182,7 @@ inline void run_gemm_tile(const KernelArgs& a, int64_t r, int64_t m0) {
   for (int m = 0; m < MT; ++m) a.y[(m0 + m) * a.n + r] = dot[m] - a.xsum[m0 + m];
 }
 
-#if BITNET_GEMV_ASM
+#if BITNET_KERNEL_ASM
 // GEMV over whole tiles of two rows, in assembly (see the top of the file).
 //
 // Registers: ymm0/1 = S/T of row 0, ymm2/3 = S/T of row 1 (int16, scale 1 and 4), ymm4/5 = the
@@ -308,14 +308,14 @@ void gemv2_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntil
       : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm8", "xmm9", "xmm10", "xmm11",
         "xmm12", "xmm13", "xmm14", "xmm15");
 }
-#endif  // BITNET_GEMV_ASM
+#endif  // BITNET_KERNEL_ASM
 
 }  // namespace
 
 void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1) {
   if (a.m == 1) {  // GEMV: two weight rows share each activation load
     int64_t r = n0;
-#if BITNET_GEMV_ASM
+#if BITNET_KERNEL_ASM
     Gemv2Params p;
     std::fill(p.ones, p.ones + 16, int16_t{1});
     p.nblk = blocks_per_row(a.k);

@@ -175,7 +175,7 @@ void test_overflow_corners() {
   for (int64_t k : {1, 128, 129, 1024, 2047, 4096, 11008, 20000})
     for (int wv : {-1, 0, 1})
       for (int xv : {-128, 127})
-        for (int64_t m : {1, 2}) {  // M = 1 takes the GEMV loops (whole row tiles + a leftover row), M = 2 the GEMM
+        for (int64_t m : {1, 2, 8}) {  // M = 1: the GEMV loops (row tiles + a leftover row); 2, 8: the GEMM tiles
           const int64_t n = 5;
           std::vector<int8_t> codes(static_cast<size_t>(n * k), static_cast<int8_t>(wv));
           std::vector<int8_t> x(static_cast<size_t>(m * k), static_cast<int8_t>(xv));
