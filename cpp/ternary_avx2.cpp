@@ -196,9 +196,11 @@ struct alignas(32) Gemv2Params {
   int64_t nblk;      // 128-weight blocks per row, offset 32
   int32_t xsum;      // sum of the activations, offset 40
   int32_t mask;      // 0x03 in every byte, offset 44
+  int64_t pf_dist;   // software prefetch distance in bytes, offset 48: eight rows, at least 8 KB
 };
 static_assert(offsetof(Gemv2Params, nblk) == 32 && offsetof(Gemv2Params, xsum) == 40 &&
-                  offsetof(Gemv2Params, mask) == 44, "the assembly reads these offsets");
+                  offsetof(Gemv2Params, mask) == 44 && offsetof(Gemv2Params, pf_dist) == 48,
+              "the assembly reads these offsets");
 
 // One block of two rows: row 0 codes from W0 into S0 = ymm0 / T0 = ymm1, row 1 from W1 into ymm2/ymm3.
 #define BITNET_GEMV2_BLOCK(W0, W1)                \
@@ -272,8 +274,9 @@ void gemv2_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntil
       "movq %[w], %[wc]\n\t"
       "movq %[x], %[xc]\n\t"
       // Rows are 0.25-3 KB, too short for the hardware prefetcher to ramp up on each; fetch the
-      // rows eight ahead at the rate this tile consumes its own.
-      "leaq (%[w],%[s],8), %[pfc]\n\t"
+      // bytes pf_dist ahead at the rate this tile consumes its own.
+      "movq 48(%[p]), %[pfc]\n\t"
+      "addq %[w], %[pfc]\n\t"
       "movq 32(%[p]), %[nb]\n"
       "3:\n\t"  // per 2 * kWiden blocks; S (ymm0, ymm2) collects both halves
       "vpxor %%xmm0, %%xmm0, %%xmm0\n\t"
@@ -321,6 +324,7 @@ void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1) {
     p.nblk = blocks_per_row(a.k);
     p.xsum = a.xsum[0];
     p.mask = 0x03030303;
+    p.pf_dist = std::max<int64_t>(8 * row_stride_bytes(a.k), 8192);
     const int64_t ntiles = (n1 - r) / 2;
     gemv2_tiles(a.w + r * row_stride_bytes(a.k), row_stride_bytes(a.k), a.xp, ntiles, a.y + r, &p);
     r += 2 * ntiles;
