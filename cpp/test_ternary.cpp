@@ -159,6 +159,9 @@ void test_matmul_shapes() {
   // Large K, and enough work to go multi-threaded (M*N*K >= 2^21).
   check_matmul(random_x(1, 11008), random_codes(260, 11008), 1, 260, 11008, "random large", {1, 2, 3});
   check_matmul(random_x(8, 4096), random_codes(70, 4096), 8, 70, 4096, "random gemm", {1, 2, 4});
+  // K beyond 16 steps: the AVX-512 GEMM cuts K into slices (even and odd block counts)
+  check_matmul(random_x(16, 11008), random_codes(21, 11008), 16, 21, 11008, "random gemm sliced", {1, 2});
+  check_matmul(random_x(9, 8320), random_codes(6, 8320), 9, 6, 8320, "random gemm sliced odd", {1});
   check_matmul(random_x(3, 20000), random_codes(37, 20000), 3, 37, 20000, "random K=20000", {1, 2});
   check_matmul(random_x(64, 300), random_codes(130, 300), 64, 130, 300, "random M=64", {1, 3});
 }
