@@ -171,6 +171,8 @@ def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, thr
         n = _dim(n, "n")
     if type(k) is not int:
         k = _dim(k, "k")
+    if threads is None and backend is None and not force_scalar:  # the common call: the extension's defaults
+        return core.matmul(x, packed, n, k)
     return core.matmul(x, packed, n, k, *_dispatch(force_scalar, backend, threads))
 
 
@@ -226,7 +228,7 @@ def quant_matmul(x, packed, n: int, k: int, beta, *, force_scalar: bool = False,
     x is float32 (M, K); packed, n, k as for ternary_matmul; beta the weight scale (rounded to float32, must be
     finite and > 0). gamma * beta is one float32 multiply and the int32 product is converted to float32 before
     it is scaled, which is the order of quant.fake_quant_linear: the result equals that forward bit for bit.
-    One C++ call with the GIL released; ValueError if x holds NaN or inf. force_scalar/backend/threads as for
+    One C++ call, with the GIL released unless the call is tiny; ValueError if x holds NaN or inf. force_scalar/backend/threads as for
     ternary_matmul.
     """
     core = _core if _core is not None else _load()
@@ -242,6 +244,8 @@ def quant_matmul(x, packed, n: int, k: int, beta, *, force_scalar: bool = False,
         if isinstance(beta, (str, bytes)) or not hasattr(beta, "__float__"):
             raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
         beta = float(beta)
+    if threads is None and backend is None and not force_scalar:  # the common call: the extension's defaults
+        return core.quant_matmul(x, packed, n, k, beta)
     return core.quant_matmul(x, packed, n, k, beta, *_dispatch(force_scalar, backend, threads))
 
 

@@ -22,6 +22,11 @@ namespace {
 
 using bitnet::Backend;
 
+// Calls with fewer multiply-adds than this keep the GIL: at 100-200 G MAC/s they take well under a
+// microsecond, and dropping and retaking the GIL costs ~0.1-0.2 us. Larger calls release it, so
+// other Python threads run meanwhile.
+constexpr int64_t kReleaseGilWork = int64_t{1} << 17;
+
 std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
 // Returns obj as an ndarray with the given dtype kind ('i' or 'u'), 1-byte items, ndim, C order.
@@ -137,7 +142,9 @@ py::array_t<int32_t> matmul(const py::object& x_obj, const py::object& packed_ob
   const auto* xp = static_cast<const int8_t*>(x.data());
   const auto* wp = static_cast<const uint8_t*>(packed.data());
   int32_t* yp = out.mutable_data();
-  {
+  if (m * n * k < kReleaseGilWork) {  // a few hundred ns of work: releasing the GIL would cost a third of it
+    bitnet::matmul(xp, wp, yp, m, n, k, backend, threads);
+  } else {
     py::gil_scoped_release release;
     bitnet::matmul(xp, wp, yp, m, n, k, backend, threads);
   }
@@ -201,7 +208,9 @@ py::array_t<float> quant_matmul(const py::object& x_obj, const py::object& packe
   const auto* wp = static_cast<const uint8_t*>(packed.data());
   float* yp = out.mutable_data();
   int64_t bad;
-  {
+  if (m * n * k < kReleaseGilWork) {
+    bad = bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads);
+  } else {
     py::gil_scoped_release release;
     bad = bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads);
   }
@@ -243,7 +252,9 @@ py::array_t<int32_t> bench_i2s_gemv(const py::object& x_obj, const py::object& p
   const auto* xp = static_cast<const int8_t*>(x.data());
   const auto* wp = static_cast<const uint8_t*>(packed.data());
   int32_t* yp = out.mutable_data();
-  {
+  if (n * k < kReleaseGilWork) {  // same policy as matmul, so the side by side compares like with like
+    bitnet::i2s_gemv_bench(wp, xp, n, k, yp);
+  } else {
     py::gil_scoped_release release;
     bitnet::i2s_gemv_bench(wp, xp, n, k, yp);
   }
@@ -301,4 +312,12 @@ PYBIND11_MODULE(_core, m) {
     return bitnet::measure_read_bandwidth(bytes, threads, reps);
   }, py::arg("bytes"), py::arg("threads") = 1, py::arg("reps") = 5,
   "Median streaming read bandwidth (GB/s) of a bytes-sized buffer; for tools/bench_kernels.py.");
+  m.def("mac_peak", [](const std::string& backend, int64_t iters) {
+    if (iters < 1 || iters > (int64_t{1} << 32)) throw py::value_error("iters must be in [1, 2^32]");
+    const Backend b = parse_backend(backend);
+    if (b == Backend::kScalar) throw py::value_error("mac_peak measures a SIMD backend (avx2 or avx512vnni)");
+    py::gil_scoped_release release;
+    return bitnet::mac_peak(b, iters);
+  }, py::arg("backend"), py::arg("iters") = 20000000,
+  "Multiply-adds per second of one core on the multiply instruction of `backend`; for tools/bench_kernels.py.");
 }

@@ -117,6 +117,17 @@ void set_default_threads(int threads) {
 int default_threads() { return g_default_threads.load(); }
 int hardware_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
+double mac_peak(Backend b, int64_t iters) {
+  if (!backend_supported(b) || iters <= 0) return 0.0;
+#if defined(BITNET_HAVE_AVX512_KERNEL)
+  if (b == Backend::kAvx512Vnni) return mac_peak_avx512vnni(iters);
+#endif
+#if defined(BITNET_HAVE_AVX2_KERNEL)
+  if (b == Backend::kAvx2) return mac_peak_avx2(iters);
+#endif
+  return 0.0;
+}
+
 void permute_x_avx512(const int8_t* x, int64_t k, int8_t* out) {
   const int64_t kp = round_up(k, 256);
   std::memset(out, 0, static_cast<size_t>(kp));

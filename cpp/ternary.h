@@ -144,6 +144,14 @@ int64_t quant_matmul(const float* x, const uint8_t* w, float* y, int64_t m, int6
 // Median streaming read bandwidth in GB/s over `reps` passes of a `bytes` buffer with `threads`.
 double measure_read_bandwidth(int64_t bytes, int threads, int reps);
 
+// The multiply ceiling of one core for the instruction a backend is built on, in multiply-adds per
+// second: twelve independent vpdpbusd zmm (avx512vnni) or vpmaddubsw ymm (avx2) per iteration, run
+// for `iters` iterations. For tools/bench_kernels.py; 0 for a backend this build/CPU lacks, and
+// 0 in builds without the inline-assembly loops (BITNET_INLINE_ASM=OFF, MSVC).
+double mac_peak(Backend b, int64_t iters);
+double mac_peak_avx2(int64_t iters);
+double mac_peak_avx512vnni(int64_t iters);
+
 // ---- bitnet.cpp-style baseline, for benchmarking only (bench_i2s_avx2.cpp) -------------------
 // Our re-implementation of the published I2_S AVX2 1x1 GEMV loop (see that file). NOT exact for
 // K > 2048 with adversarial activations (int16 wraps, as in the original). Only on x86 builds with

@@ -39,6 +39,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 
 #if defined(BITNET_INLINE_ASM) && BITNET_INLINE_ASM && defined(__GNUC__)
@@ -314,6 +315,37 @@ void gemv2_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntil
 #endif  // BITNET_KERNEL_ASM
 
 }  // namespace
+
+// In assembly so the compiler cannot merge or fold the chains (it merges identical intrinsic ones).
+double mac_peak_avx2(int64_t iters) {
+#if BITNET_KERNEL_ASM
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t n = iters;
+  __asm__ volatile(
+      "vpcmpeqb %%ymm12, %%ymm12, %%ymm12\n\t"
+      "vpabsb %%ymm12, %%ymm13\n\t"
+      ".p2align 5\n"
+      "1:\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm0\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm1\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm2\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm3\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm4\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm5\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm6\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm7\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm8\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm9\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm10\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm11\n\t"
+      "decq %[n]\n\t"
+      "jnz 1b\n\t"
+      "vzeroupper\n\t"
+      : [n] "+r"(n)
+      :
+      : "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
+        "xmm12", "xmm13");
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s > 0 ? 12.0 * 32.0 * static_cast<double>(iters) / s : 0.0;
+#else
+  (void)iters;
+  return 0.0;
+#endif
+}
 
 void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1) {
   if (a.m == 1) {  // GEMV: two weight rows share each activation load

@@ -42,6 +42,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 
 #if defined(BITNET_INLINE_ASM) && BITNET_INLINE_ASM && defined(__GNUC__)
@@ -508,6 +509,39 @@ void gemm_rows_2x8(const KernelArgs& a, int64_t r0, int64_t r1, int64_t m0) {
 #endif  // BITNET_KERNEL_ASM
 
 }  // namespace
+
+// In assembly so the compiler cannot merge or fold the chains (it merges identical intrinsic ones).
+double mac_peak_avx512vnni(int64_t iters) {
+#if BITNET_KERNEL_ASM
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t n = iters;
+  __asm__ volatile(
+      "vpternlogd $0xff, %%zmm12, %%zmm12, %%zmm12\n\t"
+      "vpabsb %%zmm12, %%zmm13\n\t"
+      BITNET_ZERO(0) BITNET_ZERO(1) BITNET_ZERO(2) BITNET_ZERO(3) BITNET_ZERO(4) BITNET_ZERO(5)
+      BITNET_ZERO(6) BITNET_ZERO(7) BITNET_ZERO(8) BITNET_ZERO(9) BITNET_ZERO(10) BITNET_ZERO(11)
+      ".p2align 5\n"
+      "1:\n\t"
+      "vpdpbusd %%zmm12, %%zmm13, %%zmm0\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm1\n\t"
+      "vpdpbusd %%zmm12, %%zmm13, %%zmm2\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm3\n\t"
+      "vpdpbusd %%zmm12, %%zmm13, %%zmm4\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm5\n\t"
+      "vpdpbusd %%zmm12, %%zmm13, %%zmm6\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm7\n\t"
+      "vpdpbusd %%zmm12, %%zmm13, %%zmm8\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm9\n\t"
+      "vpdpbusd %%zmm12, %%zmm13, %%zmm10\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm11\n\t"
+      "decq %[n]\n\t"
+      "jnz 1b\n\t"
+      "vzeroupper\n\t"
+      : [n] "+r"(n)
+      :
+      : "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
+        "xmm12", "xmm13");
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s > 0 ? 12.0 * 64.0 * static_cast<double>(iters) / s : 0.0;
+#else
+  (void)iters;
+  return 0.0;
+#endif
+}
 
 void rows_avx512vnni(const KernelArgs& a, int64_t n0, int64_t n1) {
   int64_t r = n0;

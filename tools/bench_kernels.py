@@ -7,7 +7,10 @@ the speed-up over torch fp32 ``F.linear`` and over our forced portable (scalar) 
 throughput relative to M = 1 ("x GEMV": 2.0 means an M-row call does the work of 2x as many
 separate GEMVs in the same time), and the roofline ratio: bytes a call must read (packed weights,
 activations, outputs) per second, divided by the measured streaming read bandwidth at that thread
-count. Hot rows can exceed 1.0 because cache is faster than DRAM. For single-threaded rows,
+count. Hot rows can exceed 1.0 because cache is faster than DRAM. "of peak" divides the multiply-add
+rate by what the core's multiply instruction allows (measured at the start: vpdpbusd zmm for avx512vnni,
+vpmaddubsw ymm for avx2, times the thread count): no arrangement of the same instructions can pass 1.0,
+which bounds "x GEMV" at 1 / (the GEMV's "of peak") for hot weights. For single-threaded rows,
 "cpu G/s" uses the calling thread's CPU time instead of wall time: on a shared, oversubscribed
 machine, calls longer than a scheduler time slice get preempted and their wall time says more
 about the neighbours than about the kernel.
@@ -255,18 +258,27 @@ def run(args) -> int:
 
     # Measured before the table (the roofline column) and again after it, to show the drift.
     bandwidth = measure_bandwidth()
+    # The multiply ceiling of one core (0 where the build has no assembly loops to measure it with).
+    mac_peak = {b: _core.mac_peak(b) / 1e9 for b in kernels.supported_backends() if b != "scalar"} \
+        if hasattr(_core, "mac_peak") else {}
+    peak = mac_peak.get(backend) or None
     info = {
         "cpu": cpu_name(), "backend": backend, "supported_backends": kernels.supported_backends(),
         "torch": torch.__version__, "llc_bytes": llc, "cold_bytes": cold_bytes,
         "read_bandwidth_gbs": {str(t): round(v, 2) for t, v in bandwidth.items()},
+        "mac_peak_gmacs_per_core": {b: round(v, 1) for b, v in mac_peak.items()},
     }
     print(f"cpu: {info['cpu']} | backend: {info['backend']} (supported: {', '.join(info['supported_backends'])})"
           f" | torch {info['torch']}")
     print("measured read bandwidth: " + ", ".join(f"{t} thread{'s' * (t > 1)}: {bw:.1f} GB/s"
                                                  for t, bw in bandwidth.items()))
+    if mac_peak:
+        print("multiply ceiling of one core: " + ", ".join(
+            f"{b} {v:.1f} G MAC/s ({'vpdpbusd zmm' if b == 'avx512vnni' else 'vpmaddubsw ymm'})"
+            for b, v in mac_peak.items()))
     print(f"cold = rotating copies totalling >= {cold_bytes >> 20} MiB (4x the {llc >> 20} MiB last-level cache)")
     header = (f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
-              f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8}")
+              f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8} {'of peak':>7}")
     if not args.i2s_only:
         print(header)
         print("-" * len(header))
@@ -294,13 +306,14 @@ def run(args) -> int:
                         "x_torch": t["torch"] / t["ours"], "x_portable": t["portable"] / t["ours"],
                         "x_gemv": rate / gemv_rate[key] if key in gemv_rate else None,
                         "roofline": bytes_per_call / t["ours"] / 1e9 / bandwidth[threads],
+                        "of_peak": rate / (peak * threads) if peak else None,
                     }
                     rows.append(row)
                     xg = f"{row['x_gemv']:.2f}" if m > 1 and row["x_gemv"] else "-"
                     gc = f"{row['gweights_s_cpu']:.1f}" if row["gweights_s_cpu"] else "-"
                     print(f"{n:>5} x {k:<5} {m:>3} {threads:>3} {row['cache']:>5} {row['us']:>10.1f}"
                           f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
-                          f" {row['roofline']:>8.2f}", flush=True)
+                          f" {row['roofline']:>8.2f} {row['of_peak'] or 0:>7.2f}", flush=True)
     i2s_rows = []
     if not args.no_i2s:
         if hasattr(_core, "_bench_i2s_gemv") and kernels.has_avx2():
