@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -260,6 +261,47 @@ py::array_t<int32_t> bench_i2s_gemv(const py::object& x_obj, const py::object& p
   }
   return out;
 }
+
+// Per-call wall seconds of `reps` M = 1, one-thread GEMVs timed inside C++ (no Python call around each),
+// rotating through the weight copies in `packs`: impl "i2s" runs the I2_S-style loop on I2_S-layout
+// buffers, "avx2" / "avx512vnni" our kernel through bitnet::matmul (activation preparation included,
+// as in every call). For the side by side in tools/bench_kernels.py, next to the Python-call timings.
+std::vector<double> bench_gemv_seconds(const std::string& impl, const py::object& x_obj, const py::list& packs,
+                                       int64_t n, int64_t k, int64_t reps) {
+  py::array x = checked_array(x_obj, "x", 'i', 2);
+  check_i2s(n, k);
+  if (x.shape(0) != 1 || x.shape(1) != k)
+    throw py::value_error("x must have shape (1, k) = (1, " + std::to_string(k) + ")");
+  if (reps < 1 || reps > 1000000) throw py::value_error("reps must be in [1, 10^6]");
+  if (packs.size() == 0) throw py::value_error("packs must hold at least one buffer");
+  const bool i2s = impl == "i2s";
+  const Backend backend = i2s ? Backend::kScalar : parse_backend(impl);
+  if (!i2s && backend == Backend::kScalar) throw py::value_error("impl must be i2s, avx2 or avx512vnni");
+  std::vector<py::array> held;  // keeps the buffers alive while the GIL is released
+  std::vector<const uint8_t*> ws;
+  for (const auto& obj : packs) {
+    py::array a = checked_array(py::reinterpret_borrow<py::object>(obj), "packs[i]", 'u', 1);
+    check_packed_size(a, n, k);
+    ws.push_back(static_cast<const uint8_t*>(a.data()));
+    held.push_back(a);
+  }
+  const auto* xp = static_cast<const int8_t*>(x.data());
+  std::vector<int32_t> y(static_cast<size_t>(n));
+  std::vector<double> secs(static_cast<size_t>(reps));
+  {
+    py::gil_scoped_release release;
+    for (int64_t r = 0; r < reps; ++r) {
+      const uint8_t* w = ws[static_cast<size_t>(r) % ws.size()];
+      const auto t0 = std::chrono::steady_clock::now();
+      if (i2s)
+        bitnet::i2s_gemv_bench(w, xp, n, k, y.data());
+      else
+        bitnet::matmul(xp, w, y.data(), 1, n, k, backend, 1);
+      secs[static_cast<size_t>(r)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+  }
+  return secs;
+}
 #endif
 
 std::vector<std::string> supported_backends() {
@@ -299,6 +341,9 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("threads"));
   m.def("get_threads", &bitnet::default_threads);
 #if defined(BITNET_HAVE_AVX2_KERNEL)
+  m.def("_bench_gemv_seconds", &bench_gemv_seconds, py::arg("impl"), py::arg("x"), py::arg("packs"), py::arg("n"),
+        py::arg("k"), py::arg("reps"),
+        "BENCHMARK ONLY: per-call seconds of reps M = 1 one-thread GEMVs timed in C++ (impl i2s/avx2/avx512vnni).");
   m.def("_bench_i2s_repack", &bench_i2s_repack, py::arg("packed"), py::arg("n"), py::arg("k"),
         "BENCHMARK ONLY: our packed buffer rewritten in bitnet.cpp's I2_S x86 layout (k % 128 == 0).");
   m.def("_bench_i2s_gemv", &bench_i2s_gemv, py::arg("x"), py::arg("packed_i2s"), py::arg("n"), py::arg("k"),

@@ -500,3 +500,41 @@ def test_i2s_baseline_refuses_bad_input():
         core._bench_i2s_gemv(np.zeros((2, 256), np.int8), p, 2, 256)
     with pytest.raises(ValueError, match="truncated"):
         core._bench_i2s_gemv(np.zeros((1, 256), np.int8), p[:-1], 2, 256)
+
+
+@needs_i2s
+def test_bench_gemv_seconds_times_each_implementation_and_refuses_bad_input():
+    core = _i2s_core()
+    codes = np.random.default_rng(0).integers(-1, 2, size=(8, 256), dtype=np.int8)
+    x = np.ones((1, 256), np.int8)
+    p = kernels.pack_ternary(codes)
+    w = core._bench_i2s_repack(p, 8, 256)
+    impls = {"i2s": [w, w.copy()], **{b: [p, p.copy()] for b in BACKENDS if b != "scalar"}}
+    for impl, bufs in impls.items():
+        secs = core._bench_gemv_seconds(impl, x, bufs, 8, 256, 5)
+        assert len(secs) == 5 and all(0 < s < 1 for s in secs), impl
+    with pytest.raises(ValueError, match="impl"):
+        core._bench_gemv_seconds("scalar", x, [p], 8, 256, 1)
+    with pytest.raises(ValueError, match="unknown backend"):
+        core._bench_gemv_seconds("fast", x, [p], 8, 256, 1)
+    with pytest.raises(ValueError, match="at least one"):
+        core._bench_gemv_seconds("i2s", x, [], 8, 256, 1)
+    with pytest.raises(ValueError, match="truncated"):
+        core._bench_gemv_seconds("i2s", x, [w, w[:-1]], 8, 256, 1)
+    with pytest.raises(ValueError, match="reps"):
+        core._bench_gemv_seconds("i2s", x, [w], 8, 256, 0)
+    with pytest.raises(TypeError, match="uint8"):
+        core._bench_gemv_seconds("i2s", x, [w.view(np.int8)], 8, 256, 1)
+
+
+def test_mac_peak_measures_each_simd_backend():
+    from bitnet_ref import _core
+    for b in BACKENDS:
+        if b == "scalar":
+            with pytest.raises(ValueError, match="SIMD"):
+                _core.mac_peak(b)
+        else:  # 0 only in builds without the assembly loops; any real core does > 1 G MAC/s
+            peak = _core.mac_peak(b, 100000)
+            assert peak == 0.0 or peak > 1e9, (b, peak)
+    with pytest.raises(ValueError, match="iters"):
+        _core.mac_peak(BACKENDS[-1], 0)

@@ -168,29 +168,47 @@ def bench_i2s_case(kernels, core, n, k, cold, cold_bytes, min_time, rng):
         if not np.array_equal(fn(), want):
             raise AssertionError(f"{name} result differs from numpy for N={n} K={k}")
     t, _ = time_rounds(fns, min_time)
-    return t
+    # The same calls timed inside C++, without the Python call around each: comparable to figures
+    # measured in C (bitnet.cpp's). Interleaved rounds again; median per call.
+    t_cpp = {}
+    if hasattr(core, "_bench_gemv_seconds"):
+        samples = {name: [] for name in fns}
+        reps = {name: max(1, min(5000, int(min_time / 5 / max(t[name], 1e-7)))) for name in fns}
+        for _ in range(5):
+            for name in fns:
+                bufs = ws if name == "i2s" else packs
+                samples[name] += core._bench_gemv_seconds(name, x, bufs, n, k, reps[name])
+        t_cpp = {name: statistics.median(v) for name, v in samples.items()}
+    return t, t_cpp
 
 
 def run_i2s_section(kernels, core, cold_bytes, min_time, rng) -> list:
     print()
     print("side by side, M = 1, 1 thread: ours vs a bitnet.cpp-style I2_S loop (our re-implementation of the "
           "published algorithm, same -mavx2 flags)")
-    header = f"{'N x K':>12} {'cache':>5} {'impl':>11} {'us':>9} {'G w/s':>7} {'x I2_S':>7}"
+    print("(python: timed around each Python call, like the table above; C++: the same calls timed inside C++)")
+    header = (f"{'N x K':>12} {'cache':>5} {'impl':>11} {'us':>9} {'G w/s':>7} {'x I2_S':>7}"
+              f" {'C++ us':>9} {'C++ G w/s':>9} {'x I2_S':>7}")
     print(header)
     print("-" * len(header))
     rows = []
     for n, k in I2S_SHAPES:
         for cold in (False, True):
-            t = bench_i2s_case(kernels, core, n, k, cold, cold_bytes, min_time, rng)
+            t, tc = bench_i2s_case(kernels, core, n, k, cold, cold_bytes, min_time, rng)
             for name in ("i2s", "avx2", "avx512vnni"):
                 if name not in t:
                     continue
                 row = {"n": n, "k": k, "m": 1, "threads": 1, "cache": "cold" if cold else "hot",
                        "impl": "i2s_style" if name == "i2s" else name, "us": t[name] * 1e6,
-                       "gweights_s": n * k / t[name] / 1e9, "x_i2s": t["i2s"] / t[name]}
+                       "gweights_s": n * k / t[name] / 1e9, "x_i2s": t["i2s"] / t[name],
+                       "cpp_us": tc[name] * 1e6 if tc else None,
+                       "cpp_gweights_s": n * k / tc[name] / 1e9 if tc else None,
+                       "cpp_x_i2s": tc["i2s"] / tc[name] if tc else None}
                 rows.append(row)
+                cpp = (f" {row['cpp_us']:>9.1f} {row['cpp_gweights_s']:>9.1f} {row['cpp_x_i2s']:>7.2f}"
+                       if tc else "")
                 print(f"{n:>5} x {k:<5} {row['cache']:>5} {row['impl']:>11} {row['us']:>9.1f}"
-                      f" {row['gweights_s']:>7.1f} {row['x_i2s']:>7.2f}", flush=True)
+                      f" {row['gweights_s']:>7.1f} {row['x_i2s']:>7.2f}{cpp}", flush=True)
     return rows
 
 
