@@ -119,10 +119,10 @@ int hardware_threads() { return std::max(1u, std::thread::hardware_concurrency()
 
 double mac_peak(Backend b, int64_t iters) {
   if (!backend_supported(b) || iters <= 0) return 0.0;
-#if defined(BITNET_HAVE_AVX512_KERNEL)
+#if defined(BITNET_HAVE_AVX512_ASM)
   if (b == Backend::kAvx512Vnni) return mac_peak_avx512vnni(iters);
 #endif
-#if defined(BITNET_HAVE_AVX2_KERNEL)
+#if defined(BITNET_HAVE_AVX2_ASM)
   if (b == Backend::kAvx2) return mac_peak_avx2(iters);
 #endif
   return 0.0;

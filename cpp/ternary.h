@@ -108,6 +108,13 @@ void rows_ref(const KernelArgs& a, int64_t n0, int64_t n1);
 void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1);
 // AVX-512 VNNI (vpdpbusd): a.xp permuted per 256 weights (see ternary_avx512.cpp), padded to 256.
 void rows_avx512vnni(const KernelArgs& a, int64_t n0, int64_t n1);
+// The inline-assembly loops (ternary_avx2_asm.cpp, ternary_avx512_asm.cpp; built when
+// BITNET_HAVE_AVX2_ASM / BITNET_HAVE_AVX512_ASM): the M = 1 rows from r0 in whole tiles (two, four
+// rows), and the AVX-512 GEMM for activation rows m0 .. m0+7 in pairs of weight rows. Each returns
+// the first row it did not compute; the callers finish the rest with the intrinsic tiles.
+int64_t gemv_rows_avx2_asm(const KernelArgs& a, int64_t r0, int64_t r1);
+int64_t gemv_rows_avx512vnni_asm(const KernelArgs& a, int64_t r0, int64_t r1);
+int64_t gemm_rows_avx512vnni_asm(const KernelArgs& a, int64_t r0, int64_t r1, int64_t m0);
 // Writes the AVX-512 activation layout for one row: out has round_up(k, 256) bytes.
 void permute_x_avx512(const int8_t* x, int64_t k, int8_t* out);
 
@@ -146,8 +153,8 @@ double measure_read_bandwidth(int64_t bytes, int threads, int reps);
 
 // The multiply ceiling of one core for the instruction a backend is built on, in multiply-adds per
 // second: twelve independent vpdpbusd zmm (avx512vnni) or vpmaddubsw ymm (avx2) per iteration, run
-// for `iters` iterations. For tools/bench_kernels.py; 0 for a backend this build/CPU lacks, and
-// 0 in builds without the inline-assembly loops (BITNET_INLINE_ASM=OFF, MSVC).
+// for `iters` iterations (in the *_asm.cpp files). For tools/bench_kernels.py; 0 for a backend this
+// build/CPU lacks, and 0 in builds without the inline-assembly loops (BITNET_INLINE_ASM=OFF, MSVC).
 double mac_peak(Backend b, int64_t iters);
 double mac_peak_avx2(int64_t iters);
 double mac_peak_avx512vnni(int64_t iters);
