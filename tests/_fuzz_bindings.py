@@ -48,6 +48,8 @@ dims = st.one_of(st.integers(-3, 40), st.sampled_from([2**31, 2**40, 1 << 22, -(
                  st.none())
 betas = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just("1"), st.none(), st.integers(-2, 2))
 threads = st.one_of(st.none(), st.integers(-1, 3))
+impls = st.sampled_from(["i2s", "avx2", "avx512vnni", "scalar", "", "fast", None])
+reps = st.one_of(st.integers(-2, 3), st.just(2**40), st.just(2.0))
 
 
 def call(f, *a, **k):
@@ -59,8 +61,8 @@ def call(f, *a, **k):
 
 @settings(max_examples=int(sys.argv[1]), deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
-@given(a=arrays(), b=arrays(), n=dims, k=dims, beta=betas, th=threads)
-def fuzz(a, b, n, k, beta, th):
+@given(a=arrays(), b=arrays(), n=dims, k=dims, beta=betas, th=threads, impl=impls, r=reps)
+def fuzz(a, b, n, k, beta, th, impl, r):
     packed = b.reshape(-1) if b.ndim else b
     call(kernels.pack_ternary, a)
     call(kernels.unpack_ternary, packed, n, k)
@@ -73,6 +75,13 @@ def fuzz(a, b, n, k, beta, th):
     call(_core.matmul, a, packed, n, k)
     call(_core.quant_matmul, a, packed, n, k, beta)
     call(_core.act_quant, a)
+    # the benchmark-only bindings check their arguments too (reps and iters kept small: they run loops)
+    if hasattr(_core, "_bench_i2s_gemv"):
+        call(_core._bench_i2s_repack, packed, n, k)
+        call(_core._bench_i2s_gemv, a, packed, n, k)
+        call(_core._bench_gemv_seconds, impl, a, [packed, b], n, k, r)
+        call(_core._bench_gemv_seconds, impl, a, packed, n, k, 1)  # not a list
+    call(_core.mac_peak, impl, r if isinstance(r, int) and r < 4 else 3)
     if a.ndim == 2 and a.dtype == np.int8:  # a real pack of a's shape against a wrong-shaped x
         codes = np.clip(a, -1, 1).astype(np.int8)
         good = kernels.pack_ternary(codes)
