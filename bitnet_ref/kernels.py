@@ -171,8 +171,9 @@ def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, thr
         n = _dim(n, "n")
     if type(k) is not int:
         k = _dim(k, "k")
-    if threads is None and backend is None and not force_scalar:  # the common call: the extension's defaults
-        return core.matmul(x, packed, n, k)
+    if not force_scalar and (threads is None or (type(threads) is int and threads >= 1)) and \
+            (backend is None or type(backend) is str):  # the common calls, resolved without _dispatch
+        return core.matmul(x, packed, n, k, backend or "", threads or 0)
     return core.matmul(x, packed, n, k, *_dispatch(force_scalar, backend, threads))
 
 
@@ -244,8 +245,9 @@ def quant_matmul(x, packed, n: int, k: int, beta, *, force_scalar: bool = False,
         if isinstance(beta, (str, bytes)) or not hasattr(beta, "__float__"):
             raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
         beta = float(beta)
-    if threads is None and backend is None and not force_scalar:  # the common call: the extension's defaults
-        return core.quant_matmul(x, packed, n, k, beta)
+    if not force_scalar and (threads is None or (type(threads) is int and threads >= 1)) and \
+            (backend is None or type(backend) is str):  # the common calls, resolved without _dispatch
+        return core.quant_matmul(x, packed, n, k, beta, backend or "", threads or 0)
     return core.quant_matmul(x, packed, n, k, beta, *_dispatch(force_scalar, backend, threads))
 
 
