@@ -229,8 +229,8 @@ def quant_matmul(x, packed, n: int, k: int, beta, *, force_scalar: bool = False,
     x is float32 (M, K); packed, n, k as for ternary_matmul; beta the weight scale (rounded to float32, must be
     finite and > 0). gamma * beta is one float32 multiply and the int32 product is converted to float32 before
     it is scaled, which is the order of quant.fake_quant_linear: the result equals that forward bit for bit.
-    One C++ call, with the GIL released unless the call is tiny; ValueError if x holds NaN or inf. force_scalar/backend/threads as for
-    ternary_matmul.
+    One C++ call, with the GIL released unless the call is tiny; ValueError if x holds NaN or inf.
+    force_scalar/backend/threads as for ternary_matmul.
     """
     core = _core if _core is not None else _load()
     if not (type(x) is np.ndarray and x.dtype is _FLOAT32 and x.flags.c_contiguous):

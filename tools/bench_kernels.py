@@ -18,9 +18,11 @@ about the neighbours than about the kernel.
 A second section times our AVX2 and AVX-512 kernels side by side with a bitnet.cpp-style I2_S GEMV loop: our
 own re-implementation of bitnet.cpp's published AVX2 I2_S 1x1 algorithm (cpp/bench_i2s_avx2.cpp, benchmark
 only, same AVX2 compile flags, int16 accumulation as published, not exact for K > 2048 with adversarial input),
-at 256x256, 4096x4096 and 11008x4096, M = 1, one thread, hot and cold, with the ratio of each to the I2_S loop. Every
-call goes through the same kind of pybind11 call (ours: ternary_matmul; I2_S: _core._bench_i2s_gemv, which also
-computes the activation sum, as bitnet.cpp's quantizer does).
+at 256x256, 4096x4096 and 11008x4096, M = 1, one thread, hot and cold, with the ratio of each to the I2_S
+loop. Every call goes through a pybind11 call (ours: ternary_matmul; I2_S: _core._bench_i2s_gemv, which also
+computes the activation sum, as bitnet.cpp's quantizer does), and the same calls are timed again inside C++
+(_core._bench_gemv_seconds), without the Python call around each: those columns compare with figures
+measured in C, such as bitnet.cpp's.
 
 The implementations are timed in interleaved rounds, case by case, so that noise from a
 shared machine hits them alike; medians, not means. Timings include the Python call overhead of
