@@ -147,7 +147,8 @@ void test_bad_input() {
 
 void test_matmul_shapes() {
   // K picks every case of the GEMV loops: 256-weight steps 0-3 (odd and even), a trailing 128-block or not.
-  const int64_t ks[] = {1, 2, 3, 31, 32, 33, 63, 64, 65, 127, 128, 129, 130, 255, 256, 257, 383, 384, 385, 512, 700, 850, 1000, 4096, 4100};
+  const int64_t ks[] = {1,   2,   3,   31,  32,  33,  63,  64,   65,   127,  128, 129, 130,
+                        255, 256, 257, 383, 384, 385, 512, 700, 850, 1000, 4096, 4100};
   const int64_t ns[] = {1, 2, 3, 4, 5, 9, 17};
   const int64_t ms[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17};
   for (int64_t k : ks)
