@@ -50,6 +50,7 @@ from . import data as D
 from . import kernels
 from . import packed as P
 from .checkpoint import CheckpointError, atomic_write
+from .cli import OneLineParser, whole_at_least
 from .probe import diversity, probe_prompts
 
 COLLAPSE_TOP1 = 0.9  # mean top-1 probability along the samples, at or above which the model is near-certain
@@ -330,23 +331,6 @@ def format_report(r: dict) -> str:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not the usage block
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def _int_at_least(lo):
-    def parse(v):
-        try:
-            n = int(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
-        if n < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {n}")
-        return n
-    return parse
-
-
 def _temperature(v):
     try:
         x = float(v)
@@ -358,25 +342,25 @@ def _temperature(v):
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Decode a bitnet_ref checkpoint with the packed ternary kernel; report "
+    p = OneLineParser(prog=prog, description="Decode a bitnet_ref checkpoint with the packed ternary kernel; report "
                 "token diversity, next-token statistics, a healthy/collapsed/not-learning verdict, speed and "
                 "packed-vs-training parity.")
     p.add_argument("checkpoint", help="a ckpt.pt written by python -m bitnet_ref.train")
     p.add_argument("--backend", choices=P.BACKENDS, default="packed",
                    help="packed: int8 x 2-bit C++ kernel (default); torch: the training-time fake-quant forward")
-    p.add_argument("--samples", type=_int_at_least(1),
+    p.add_argument("--samples", type=whole_at_least(1),
                    help="number of prompts/samples (default: the trainer's probe count, or 1 with --prompt)")
-    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=None,
+    p.add_argument("--max-new-tokens", type=whole_at_least(1), default=None,
                    help="tokens generated per sample (default: the trainer's probe length, 48)")
     p.add_argument("--temperature", type=_temperature, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top-k", type=_int_at_least(1), help="sample from the k most likely tokens (default: all)")
+    p.add_argument("--top-k", type=whole_at_least(1), help="sample from the k most likely tokens (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="one prompt text (default: prompts from the checkpoint's validation data)")
     src.add_argument("--prompt-file", help="a UTF-8 file whose whole text is one prompt")
     p.add_argument("--device", default="cpu", help="cpu (default; the packed kernel is CPU-only) or cuda[:N] "
                    "for --backend torch")
-    p.add_argument("--threads", type=_int_at_least(1), help="kernel and torch CPU threads (default 1)")
+    p.add_argument("--threads", type=whole_at_least(1), help="kernel and torch CPU threads (default 1)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--no-save", action="store_true", help=f"do not write {REPORT_NAME} beside the checkpoint")
     return p

@@ -47,6 +47,7 @@ from .data import DataError, get_batch, load_corpus
 from .health import HealthTracker
 from .model import ABLATIONS, PRESETS, BitLinear, ModelConfig, Transformer
 from .probe import diversity, greedy_decode, probe_prompts
+from .cli import OneLineParser, whole_at_least
 from .schedule import ScheduleConfig, lr_at, stage_at, wd_at
 
 FAULT_ENV = "BITNET_REF_FAULT"  # test-only fault injection, e.g. "nan-loss@5,inf-grad@7" (1-based steps)
@@ -74,16 +75,16 @@ class TrainConfig:
     quant: str = "ternary"
     ffn_act: str | None = None
     ablate: list = field(default_factory=list)
-    # optimisation and schedule
+    # optimisation and schedule (the schedule's defaults are schedule.ScheduleConfig's)
     steps: int = 1000
     batch_size: int = 16
-    lr: float = 1.5e-3
-    lr2: float = 1e-3
-    warmup: int = 100
-    wd: float = 0.1
-    stage2_wd: float = 0.0
-    stage_split: float = 0.5
-    stage1_only: bool = False
+    lr: float = ScheduleConfig.lr
+    lr2: float = ScheduleConfig.lr2
+    warmup: int = ScheduleConfig.warmup
+    wd: float = ScheduleConfig.wd
+    stage2_wd: float = ScheduleConfig.stage2_wd
+    stage_split: float = ScheduleConfig.stage_split
+    stage1_only: bool = ScheduleConfig.stage1_only
     grad_clip: float = 1.0
     # evaluation
     eval_every: int = 0  # 0 = use eval_at
@@ -627,28 +628,7 @@ def _fmt_time(s: float) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not the usage block
-        self.exit(2, f"error: {message} (see python -m bitnet_ref.train --help)\n")
-
-
-def _whole_at_least(lo: int):
-    """An argparse type for whole numbers >= lo (1 for counts, 0 where 0 means "off")."""
-
-    def parse(v: str) -> int:
-        try:
-            n = int(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
-        if n < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {n}")
-        return n
-
-    return parse
-
-
-_positive, _nonneg = _whole_at_least(1), _whole_at_least(0)
+_positive, _nonneg = whole_at_least(1), whole_at_least(0)
 
 
 def _finite(v: str) -> float:
@@ -663,8 +643,10 @@ def _finite(v: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     D = TrainConfig()
-    p = _Parser(prog="python -m bitnet_ref.train", argument_default=argparse.SUPPRESS,
-                description="Train a BitNet b1.58 (or full-precision) byte-level LM; writes metrics.jsonl and ckpt.pt.")
+    p = OneLineParser(prog="python -m bitnet_ref.train", help_hint="python -m bitnet_ref.train --help",
+                      argument_default=argparse.SUPPRESS,
+                      description="Train a BitNet b1.58 (or full-precision) byte-level LM; writes metrics.jsonl and "
+                      "ckpt.pt.")
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=sorted(PRESETS), help=f"model size preset (default: {D.preset})")
     m.add_argument("--d-model", type=_positive, help="override the preset's hidden size")

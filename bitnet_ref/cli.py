@@ -1,0 +1,33 @@
+"""The argparse pieces the command-line entry points share (python -m bitnet_ref.train, tools/decode_probe.py).
+
+A parser whose errors are one line ending in where to find help (exit 2, no usage block), and the whole-number
+argument type with a lower bound. Not a CLI framework: each entry point still builds its own parser.
+"""
+
+import argparse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose errors print one line, "error: ... (see <help_hint>)", and exit 2."""
+
+    def __init__(self, *args, help_hint: str = "--help", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_hint = help_hint
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.help_hint})\n")
+
+
+def whole_at_least(lo: int):
+    """An argparse type for whole numbers >= lo (1 for counts, 0 where 0 means "off")."""
+
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {n}")
+        return n
+
+    return parse
