@@ -148,7 +148,7 @@ def pack_ternary(codes) -> np.ndarray:
 def unpack_ternary(packed, n: int, k: int) -> np.ndarray:
     """Unpack to int8 (n, k). Raises ValueError on a wrong size or corrupt codes/padding."""
     core = _load()
-    return core.unpack(_packed_buffer(packed), _dim(n, "n"), _dim(k, "k"))
+    return core.unpack(*_weights(packed, n, k))
 
 
 def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, threads: int | None = None,
@@ -165,20 +165,25 @@ def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, thr
     # the extension itself re-checks dtype, shape, contiguity and sizes before touching data.
     if not (type(x) is np.ndarray and x.dtype is _INT8 and x.flags.c_contiguous):
         x = _int8_matrix(x, "x", -128, 127)
+    return core.matmul(x, *_weights(packed, n, k), *_dispatch(force_scalar, backend, threads))
+
+
+def _weights(packed, n, k) -> tuple[np.ndarray, int, int]:
+    """(packed, n, k) as the extension takes them; exact uint8 buffers and ints pass through untouched."""
     if not (type(packed) is np.ndarray and packed.dtype is _UINT8 and packed.ndim == 1):
         packed = _packed_buffer(packed)
     if type(n) is not int:
         n = _dim(n, "n")
     if type(k) is not int:
         k = _dim(k, "k")
-    if not force_scalar and (threads is None or (type(threads) is int and threads >= 1)) and \
-            (backend is None or type(backend) is str):  # the common calls, resolved without _dispatch
-        return core.matmul(x, packed, n, k, backend or "", threads or 0)
-    return core.matmul(x, packed, n, k, *_dispatch(force_scalar, backend, threads))
+    return packed, n, k
 
 
 def _dispatch(force_scalar, backend, threads) -> tuple[str, int]:
     """The (backend, threads) pair the extension takes: "" = best for this CPU, 0 = the set_threads default."""
+    if not force_scalar and (threads is None or (type(threads) is int and threads >= 1)) and \
+            (backend is None or type(backend) is str):  # the common calls: nothing to convert or check here
+        return backend or "", threads or 0
     if force_scalar:
         if backend not in (None, "scalar"):
             raise ValueError(f"force_scalar=True conflicts with backend={backend!r}")
@@ -235,19 +240,11 @@ def quant_matmul(x, packed, n: int, k: int, beta, *, force_scalar: bool = False,
     core = _core if _core is not None else _load()
     if not (type(x) is np.ndarray and x.dtype is _FLOAT32 and x.flags.c_contiguous):
         x = _float32_matrix(x, "x")
-    if not (type(packed) is np.ndarray and packed.dtype is _UINT8 and packed.ndim == 1):
-        packed = _packed_buffer(packed)
-    if type(n) is not int:
-        n = _dim(n, "n")
-    if type(k) is not int:
-        k = _dim(k, "k")
+    packed, n, k = _weights(packed, n, k)
     if type(beta) is not float:
         if isinstance(beta, (str, bytes)) or not hasattr(beta, "__float__"):
             raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
         beta = float(beta)
-    if not force_scalar and (threads is None or (type(threads) is int and threads >= 1)) and \
-            (backend is None or type(backend) is str):  # the common calls, resolved without _dispatch
-        return core.quant_matmul(x, packed, n, k, beta, backend or "", threads or 0)
     return core.quant_matmul(x, packed, n, k, beta, *_dispatch(force_scalar, backend, threads))
 
 
