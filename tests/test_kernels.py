@@ -125,6 +125,22 @@ def test_threads_match_single_thread(m, n, k):
             np.testing.assert_array_equal(kernels.ternary_matmul(x, packed, n, k, threads=t, backend=b), want)
 
 
+def in_threads(call, args, repeats=5):
+    """call(a) for every a in args, each in its own thread at the same time, `repeats` times over; the last results."""
+    results = [None] * len(args)
+
+    def work(i):
+        for _ in range(repeats):
+            results[i] = call(args[i])
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(len(args))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return results
+
+
 def test_set_threads_and_concurrent_callers():
     rng = np.random.default_rng(3)
     codes = rng.integers(-1, 2, size=(256, 4096), dtype=np.int8)
@@ -134,17 +150,7 @@ def test_set_threads_and_concurrent_callers():
     kernels.set_threads(2)
     try:
         assert kernels.get_threads() == 2
-        results = [None] * len(xs)
-
-        def work(i):
-            for _ in range(5):
-                results[i] = kernels.ternary_matmul(xs[i], packed, 256, 4096)
-
-        ts = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        results = in_threads(lambda x: kernels.ternary_matmul(x, packed, 256, 4096), xs)
         for x, got in zip(xs, results):
             np.testing.assert_array_equal(got, product(x, codes))
     finally:
@@ -366,17 +372,7 @@ def test_quant_matmul_concurrent_callers():
     packed = kernels.pack_ternary(codes)
     xs = [rng.standard_normal((2, 2048)).astype(np.float32) for _ in range(4)]
     want = [kernels.quant_matmul(x, packed, 256, 2048, 0.25, threads=1) for x in xs]
-    results = [None] * len(xs)
-
-    def work(i):
-        for _ in range(5):
-            results[i] = kernels.quant_matmul(xs[i], packed, 256, 2048, 0.25, threads=2)
-
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    results = in_threads(lambda x: kernels.quant_matmul(x, packed, 256, 2048, 0.25, threads=2), xs)
     for w, got in zip(want, results):
         np.testing.assert_array_equal(got, w)
 
