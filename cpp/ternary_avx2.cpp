@@ -27,6 +27,7 @@
 //   ([-4096, 4064]). After kWiden = 8 blocks: S in [-8192, 8128], T in [-32768, 32512], both inside
 //   int16 (T reaches -32768 exactly, which is representable). Then madd(acc, 1) widens to int32;
 //   the int32 lanes stay below 2^29 for K <= kMaxK (see ternary.h).
+#include "kernel_tile.h"
 #include "ternary.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -37,8 +38,6 @@
 namespace bitnet {
 namespace {
 
-constexpr int64_t kPrefetchBytes = 8192;  // software prefetch distance for streaming weights
-constexpr int64_t kGemmChunkBytes = 96 * 1024;  // weight rows per GEMM chunk (see rows_avx2)
 constexpr int kWiden = 8;  // blocks summed in int16 before widening (see the bound above)
 
 inline int32_t hsum_epi32(__m256i v) {
@@ -105,27 +104,16 @@ inline void tile(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, 
       dot[r][m] = hsum_epi32(_mm256_add_epi32(s32[r][m], _mm256_srai_epi32(t32[r][m], 2)));
 }
 
-template <int RT, int MT>
-inline void run_tile(const KernelArgs& a, int64_t r0, int64_t m0) {
-  const int64_t stride = row_stride_bytes(a.k);
-  const uint8_t* w[RT];
-  const int8_t* x[MT];
-  for (int r = 0; r < RT; ++r) w[r] = a.w + (r0 + r) * stride;
-  for (int m = 0; m < MT; ++m) x[m] = a.xp + (m0 + m) * a.xp_stride;
-  int32_t dot[RT][MT];
-  tile<RT, MT>(w, x, blocks_per_row(a.k), dot, w[0] + kPrefetchBytes);
-  for (int r = 0; r < RT; ++r)
-    for (int m = 0; m < MT; ++m) a.y[(m0 + m) * a.n + r0 + r] = dot[r][m] - a.xsum[m0 + m];
-}
-
-// GEMM (M > 1): dot[m] = sum_k c(w, k) * x[m][k] for one weight row and MT activation rows.
+// GEMM (M > 1): dot[0][m] = sum_k c(w, k) * x[m][k] for one weight row and MT activation rows.
 // Here the unpack is paid once per MT rows, so it unpacks all four fields at scale 1 (three
 // shifts) and keeps a single int16 accumulator per activation row: per block each lane gains four
 // maddubs terms, [-2048, 2032], so kGemmWiden = 16 blocks stay inside int16 ([-32768, 32512]).
 constexpr int kGemmWiden = 16;
 
 template <int MT>
-inline void gemm_tile(const uint8_t* w, const int8_t* const* x, int64_t nblk, int32_t dot[MT], const uint8_t* pf) {
+inline void gemm_tile(const uint8_t* const* wr, const int8_t* const* x, int64_t nblk, int32_t dot[1][MT],
+                      const uint8_t* pf) {
+  const uint8_t* w = wr[0];  // one weight row: a tile with RT = 1
   const __m256i m3 = _mm256_set1_epi8(0x03);
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc32[MT];
@@ -154,19 +142,8 @@ inline void gemm_tile(const uint8_t* w, const int8_t* const* x, int64_t nblk, in
     }
     for (int m = 0; m < MT; ++m) acc32[m] = _mm256_add_epi32(acc32[m], _mm256_madd_epi16(acc[m], ones));
   }
-  for (int m = 0; m < MT; ++m) dot[m] = hsum_epi32(acc32[m]);
+  for (int m = 0; m < MT; ++m) dot[0][m] = hsum_epi32(acc32[m]);
 }
-
-template <int MT>
-inline void run_gemm_tile(const KernelArgs& a, int64_t r, int64_t m0) {
-  const int8_t* x[MT];
-  for (int m = 0; m < MT; ++m) x[m] = a.xp + (m0 + m) * a.xp_stride;
-  int32_t dot[MT];
-  const uint8_t* w = a.w + r * row_stride_bytes(a.k);
-  gemm_tile<MT>(w, x, blocks_per_row(a.k), dot, w + kPrefetchBytes);
-  for (int m = 0; m < MT; ++m) a.y[(m0 + m) * a.n + r] = dot[m] - a.xsum[m0 + m];
-}
-
 
 }  // namespace
 
@@ -176,9 +153,9 @@ void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1) {
 #if defined(BITNET_HAVE_AVX2_ASM)
     r = gemv_rows_avx2_asm(a, r, n1);
 #else
-    for (; r + 2 <= n1; r += 2) run_tile<2, 1>(a, r, 0);
+    for (; r + 2 <= n1; r += 2) store_tile<2, 1, tile<2, 1>>(a, r, 0);
 #endif
-    for (; r < n1; ++r) run_tile<1, 1>(a, r, 0);
+    for (; r < n1; ++r) store_tile<1, 1, tile<1, 1>>(a, r, 0);
     return;
   }
   // GEMM: each unpacked weight row serves up to 4 activation rows at a time (8 would need 8 int16
@@ -192,10 +169,10 @@ void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < a.m; m += 4) {
       for (int64_t r = c0; r < c1; ++r) {
         switch (std::min<int64_t>(4, a.m - m)) {
-          case 4: run_gemm_tile<4>(a, r, m); break;
-          case 3: run_gemm_tile<3>(a, r, m); break;
-          case 2: run_gemm_tile<2>(a, r, m); break;
-          case 1: run_gemm_tile<1>(a, r, m); break;
+          case 4: store_tile<1, 4, gemm_tile<4>>(a, r, m); break;
+          case 3: store_tile<1, 3, gemm_tile<3>>(a, r, m); break;
+          case 2: store_tile<1, 2, gemm_tile<2>>(a, r, m); break;
+          case 1: store_tile<1, 1, gemm_tile<1>>(a, r, m); break;
           default: break;
         }
       }

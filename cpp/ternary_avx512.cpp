@@ -21,6 +21,7 @@
 // dispatch.cpp): for each 256-weight chunk q, segment p (64 bytes) = x[256q+32p .. +32] followed by
 // x[256q+128+32p .. +32]. An odd final block uses a 32-byte weight load zero-extended to 64 bytes,
 // and its segments carry zeros in the upper half.
+#include "kernel_tile.h"
 #include "ternary.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -37,8 +38,6 @@
 namespace bitnet {
 namespace {
 
-constexpr int64_t kPrefetchBytes = 8192;  // software prefetch distance for streaming weights
-constexpr int64_t kGemmChunkBytes = 96 * 1024;  // weight rows per GEMM chunk (see rows_avx512vnni)
 
 // The RT weight rows of a tile are contiguous in memory, and rows are 1-3 KB long: too short for
 // the hardware prefetcher to ramp up on each. So the tile also prefetches the bytes `pf` points
@@ -100,19 +99,6 @@ inline void tile(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, 
   }
 }
 
-template <int RT, int MT>
-inline void run_tile(const KernelArgs& a, int64_t r0, int64_t m0) {
-  const int64_t stride = row_stride_bytes(a.k);
-  const uint8_t* w[RT];
-  const int8_t* x[MT];
-  for (int r = 0; r < RT; ++r) w[r] = a.w + (r0 + r) * stride;
-  for (int m = 0; m < MT; ++m) x[m] = a.xp + (m0 + m) * a.xp_stride;
-  int32_t dot[RT][MT];
-  tile<RT, MT>(w, x, blocks_per_row(a.k), dot, w[0] + kPrefetchBytes);
-  for (int r = 0; r < RT; ++r)
-    for (int m = 0; m < MT; ++m) a.y[(m0 + m) * a.n + r0 + r] = dot[r][m] - a.xsum[m0 + m];
-}
-
 // GEMM (M > 1): the unpack is paid once per MT activation rows, so all four fields are unpacked
 // at scale 1 (three shifts) and each (weight row, activation row) pair keeps one accumulator.
 template <int RT, int MT>
@@ -148,30 +134,17 @@ inline void gemm_tile(const uint8_t* const* w, const int8_t* const* x, int64_t n
     for (int m = 0; m < MT; ++m) dot[r][m] = _mm512_reduce_add_epi32(acc[r][m]);
 }
 
-template <int RT, int MT>
-inline void run_gemm_tile(const KernelArgs& a, int64_t r0, int64_t m0) {
-  const int64_t stride = row_stride_bytes(a.k);
-  const uint8_t* w[RT];
-  const int8_t* x[MT];
-  for (int r = 0; r < RT; ++r) w[r] = a.w + (r0 + r) * stride;
-  for (int m = 0; m < MT; ++m) x[m] = a.xp + (m0 + m) * a.xp_stride;
-  int32_t dot[RT][MT];
-  gemm_tile<RT, MT>(w, x, blocks_per_row(a.k), dot, w[0] + kPrefetchBytes);
-  for (int r = 0; r < RT; ++r)
-    for (int m = 0; m < MT; ++m) a.y[(m0 + m) * a.n + r0 + r] = dot[r][m] - a.xsum[m0 + m];
-}
-
 template <int RT>
 inline void gemm_rows_tile(const KernelArgs& a, int64_t r, int64_t m, int64_t mt) {
   switch (mt) {
-    case 8: run_gemm_tile<RT, 8>(a, r, m); break;
-    case 7: run_gemm_tile<RT, 7>(a, r, m); break;
-    case 6: run_gemm_tile<RT, 6>(a, r, m); break;
-    case 5: run_gemm_tile<RT, 5>(a, r, m); break;
-    case 4: run_gemm_tile<RT, 4>(a, r, m); break;
-    case 3: run_gemm_tile<RT, 3>(a, r, m); break;
-    case 2: run_gemm_tile<RT, 2>(a, r, m); break;
-    case 1: run_gemm_tile<RT, 1>(a, r, m); break;
+    case 8: store_tile<RT, 8, gemm_tile<RT, 8>>(a, r, m); break;
+    case 7: store_tile<RT, 7, gemm_tile<RT, 7>>(a, r, m); break;
+    case 6: store_tile<RT, 6, gemm_tile<RT, 6>>(a, r, m); break;
+    case 5: store_tile<RT, 5, gemm_tile<RT, 5>>(a, r, m); break;
+    case 4: store_tile<RT, 4, gemm_tile<RT, 4>>(a, r, m); break;
+    case 3: store_tile<RT, 3, gemm_tile<RT, 3>>(a, r, m); break;
+    case 2: store_tile<RT, 2, gemm_tile<RT, 2>>(a, r, m); break;
+    case 1: store_tile<RT, 1, gemm_tile<RT, 1>>(a, r, m); break;
     default: break;
   }
 }
@@ -184,9 +157,9 @@ void rows_avx512vnni(const KernelArgs& a, int64_t n0, int64_t n1) {
 #if defined(BITNET_HAVE_AVX512_ASM)
     r = gemv_rows_avx512vnni_asm(a, r, n1);
 #else
-    for (; r + 4 <= n1; r += 4) run_tile<4, 1>(a, r, 0);
+    for (; r + 4 <= n1; r += 4) store_tile<4, 1, tile<4, 1>>(a, r, 0);
 #endif
-    for (; r < n1; ++r) run_tile<1, 1>(a, r, 0);
+    for (; r < n1; ++r) store_tile<1, 1, tile<1, 1>>(a, r, 0);
     return;
   }
   // GEMM: each unpacked weight register serves up to 8 activation rows; two weight rows per pass.
