@@ -28,6 +28,15 @@ using bitnet::Backend;
 // other Python threads run meanwhile.
 constexpr int64_t kReleaseGilWork = int64_t{1} << 17;
 
+// Runs kernel() (which must not touch Python objects) for a call of `work` multiply-adds, releasing the
+// GIL around it when the work is large enough to pay for that.
+template <class Kernel>
+auto run_kernel(int64_t work, Kernel&& kernel) {
+  if (work < kReleaseGilWork) return kernel();
+  py::gil_scoped_release release;
+  return kernel();
+}
+
 std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
 // Returns obj as an ndarray with the given dtype kind ('i' or 'u'), 1-byte items, ndim, C order.
@@ -143,12 +152,7 @@ py::array_t<int32_t> matmul(const py::object& x_obj, const py::object& packed_ob
   const auto* xp = static_cast<const int8_t*>(x.data());
   const auto* wp = static_cast<const uint8_t*>(packed.data());
   int32_t* yp = out.mutable_data();
-  if (m * n * k < kReleaseGilWork) {  // a few hundred ns of work: releasing the GIL would cost a third of it
-    bitnet::matmul(xp, wp, yp, m, n, k, backend, threads);
-  } else {
-    py::gil_scoped_release release;
-    bitnet::matmul(xp, wp, yp, m, n, k, backend, threads);
-  }
+  run_kernel(m * n * k, [&] { bitnet::matmul(xp, wp, yp, m, n, k, backend, threads); });
   return out;
 }
 
@@ -208,13 +212,8 @@ py::array_t<float> quant_matmul(const py::object& x_obj, const py::object& packe
   const auto* xp = static_cast<const float*>(x.data());
   const auto* wp = static_cast<const uint8_t*>(packed.data());
   float* yp = out.mutable_data();
-  int64_t bad;
-  if (m * n * k < kReleaseGilWork) {
-    bad = bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads);
-  } else {
-    py::gil_scoped_release release;
-    bad = bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads);
-  }
+  const int64_t bad =
+      run_kernel(m * n * k, [&] { return bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads); });
   if (bad >= 0) throw_nonfinite(x, bad);
   return out;
 }
@@ -253,12 +252,7 @@ py::array_t<int32_t> bench_i2s_gemv(const py::object& x_obj, const py::object& p
   const auto* xp = static_cast<const int8_t*>(x.data());
   const auto* wp = static_cast<const uint8_t*>(packed.data());
   int32_t* yp = out.mutable_data();
-  if (n * k < kReleaseGilWork) {  // same policy as matmul, so the side by side compares like with like
-    bitnet::i2s_gemv_bench(wp, xp, n, k, yp);
-  } else {
-    py::gil_scoped_release release;
-    bitnet::i2s_gemv_bench(wp, xp, n, k, yp);
-  }
+  run_kernel(n * k, [&] { bitnet::i2s_gemv_bench(wp, xp, n, k, yp); });  // as matmul: like with like
   return out;
 }
 
