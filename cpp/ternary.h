@@ -156,8 +156,8 @@ double measure_read_bandwidth(int64_t bytes, int threads, int reps);
 // for `iters` iterations (in the *_asm.cpp files). For tools/bench_kernels.py; 0 for a backend this
 // build/CPU lacks, and 0 in builds without the inline-assembly loops (BITNET_INLINE_ASM=OFF, MSVC).
 double mac_peak(Backend b, int64_t iters);
-double mac_peak_avx2(int64_t iters);
-double mac_peak_avx512vnni(int64_t iters);
+void mac_loop_avx2(int64_t iters);        // the timed loops (ternary_avx2_asm.cpp, ternary_avx512_asm.cpp)
+void mac_loop_avx512vnni(int64_t iters);
 
 // ---- bitnet.cpp-style baseline, for benchmarking only (bench_i2s_avx2.cpp) -------------------
 // Our re-implementation of the published I2_S AVX2 1x1 GEMV loop (see that file). NOT exact for

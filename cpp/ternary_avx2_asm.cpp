@@ -18,7 +18,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
 
 namespace bitnet {
@@ -169,10 +168,9 @@ int64_t gemv_rows_avx2_asm(const KernelArgs& a, int64_t r0, int64_t r1) {
   return r0 + 2 * ntiles;
 }
 
-// In assembly so the compiler cannot merge or fold the chains (it merges identical intrinsic ones).
-double mac_peak_avx2(int64_t iters) {
-  if (iters <= 0) return 0.0;
-  const auto t0 = std::chrono::steady_clock::now();
+// The loop mac_peak times (dispatch.cpp): in assembly so the compiler cannot merge or fold the chains
+// (it merges identical intrinsic ones). iters >= 1.
+void mac_loop_avx2(int64_t iters) {
   int64_t n = iters;
   __asm__ volatile(
       "vpcmpeqb %%ymm12, %%ymm12, %%ymm12\n\t"
@@ -192,8 +190,6 @@ double mac_peak_avx2(int64_t iters) {
       :
       : "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
         "xmm12", "xmm13");
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return s > 0 ? 12.0 * 32.0 * static_cast<double>(iters) / s : 0.0;
 }
 
 }  // namespace bitnet

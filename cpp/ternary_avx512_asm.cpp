@@ -29,7 +29,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstddef>
 
 namespace bitnet {
@@ -70,25 +69,17 @@ static_assert(offsetof(Gemv4Params, pf_dist) == 24, "the assembly reads these of
   "vpdpbusd %%zmm21, %%zmm25, %%zmm" #A1 "\n\t"  \
   "vpdpbusd %%zmm22, %%zmm26, %%zmm" #A2 "\n\t"  \
   "vpdpbusd %%zmm23, %%zmm27, %%zmm" #A3 "\n\t"
-#define BITNET_GEMV_STEP(DST)                               \
-  "vmovdqu64 (%[xc]), %%zmm20\n\t"                          \
-  "vmovdqu64 64(%[xc]), %%zmm21\n\t"                        \
-  "vmovdqu64 128(%[xc]), %%zmm22\n\t"                       \
-  "vmovdqu64 192(%[xc]), %%zmm23\n\t"                       \
-  BITNET_GEMV_ROW(DST, "(%[wc])", 0, 1, 2, 3)               \
-  BITNET_GEMV_ROW(DST, "(%[wc],%[s])", 4, 5, 6, 7)          \
-  BITNET_GEMV_ROW(DST, "(%[wc],%[s],2)", 8, 9, 10, 11)      \
-  BITNET_GEMV_ROW(DST, "(%[wc],%[s3])", 12, 13, 14, 15)
-// the same for the next 256 weights (the loop runs two steps per iteration)
-#define BITNET_GEMV_STEP2(DST)                              \
-  "vmovdqu64 256(%[xc]), %%zmm20\n\t"                       \
-  "vmovdqu64 320(%[xc]), %%zmm21\n\t"                       \
-  "vmovdqu64 384(%[xc]), %%zmm22\n\t"                       \
-  "vmovdqu64 448(%[xc]), %%zmm23\n\t"                       \
-  BITNET_GEMV_ROW(DST, "64(%[wc])", 0, 1, 2, 3)             \
-  BITNET_GEMV_ROW(DST, "64(%[wc],%[s])", 4, 5, 6, 7)        \
-  BITNET_GEMV_ROW(DST, "64(%[wc],%[s],2)", 8, 9, 10, 11)    \
-  BITNET_GEMV_ROW(DST, "64(%[wc],%[s3])", 12, 13, 14, 15)
+// One 256-weight step of four rows: activations at XO bytes past xc, weights at WO bytes past wc in each
+// row (the loop body runs two steps per iteration: offsets 0 and 256 / 64).
+#define BITNET_GEMV_STEP(DST, XO, WO)                          \
+  "vmovdqu64 " XO "(%[xc]), %%zmm20\n\t"                       \
+  "vmovdqu64 " XO "+64(%[xc]), %%zmm21\n\t"                    \
+  "vmovdqu64 " XO "+128(%[xc]), %%zmm22\n\t"                   \
+  "vmovdqu64 " XO "+192(%[xc]), %%zmm23\n\t"                   \
+  BITNET_GEMV_ROW(DST, WO "(%[wc])", 0, 1, 2, 3)               \
+  BITNET_GEMV_ROW(DST, WO "(%[wc],%[s])", 4, 5, 6, 7)          \
+  BITNET_GEMV_ROW(DST, WO "(%[wc],%[s],2)", 8, 9, 10, 11)      \
+  BITNET_GEMV_ROW(DST, WO "(%[wc],%[s3])", 12, 13, 14, 15)
 // row sum of fields A..D (scales 1, 4, 16, 64) folded into ymmA
 #define BITNET_GEMV_FOLD(A, B, C, D, T)                      \
   "vpsrad $2, %%zmm" #B ", %%zmm" #B "\n\t"                  \
@@ -133,7 +124,7 @@ void gemv4_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntil
       "prefetcht1 64(%[pfc])\n\t"
       "prefetcht1 128(%[pfc])\n\t"
       "prefetcht1 192(%[pfc])\n\t"
-      BITNET_GEMV_STEP("zmm28")
+      BITNET_GEMV_STEP("zmm28", "0", "0")
       "addq $64, %[wc]\n\t"
       "addq $256, %[xc]\n\t"
       "addq $256, %[pfc]\n"
@@ -146,12 +137,12 @@ void gemv4_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntil
       "prefetcht1 64(%[pfc])\n\t"
       "prefetcht1 128(%[pfc])\n\t"
       "prefetcht1 192(%[pfc])\n\t"
-      BITNET_GEMV_STEP("zmm28")
+      BITNET_GEMV_STEP("zmm28", "0", "0")
       "prefetcht1 256(%[pfc])\n\t"
       "prefetcht1 320(%[pfc])\n\t"
       "prefetcht1 384(%[pfc])\n\t"
       "prefetcht1 448(%[pfc])\n\t"
-      BITNET_GEMV_STEP2("zmm28")
+      BITNET_GEMV_STEP("zmm28", "256", "64")
       "addq $128, %[wc]\n\t"
       "addq $512, %[xc]\n\t"
       "addq $512, %[pfc]\n\t"
@@ -160,7 +151,7 @@ void gemv4_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntil
       "4:\n\t"
       "cmpq $0, 8(%[p])\n\t"
       "je 5f\n\t"
-      BITNET_GEMV_STEP("ymm28")
+      BITNET_GEMV_STEP("ymm28", "0", "0")
       "5:\n\t"
       BITNET_GEMV_FOLD(0, 1, 2, 3, 24)
       BITNET_GEMV_FOLD(4, 5, 6, 7, 25)
@@ -369,10 +360,9 @@ int64_t gemm_rows_avx512vnni_asm(const KernelArgs& a, int64_t r0, int64_t r1, in
   return end;
 }
 
-// In assembly so the compiler cannot merge or fold the chains (it merges identical intrinsic ones).
-double mac_peak_avx512vnni(int64_t iters) {
-  if (iters <= 0) return 0.0;
-  const auto t0 = std::chrono::steady_clock::now();
+// The loop mac_peak times (dispatch.cpp): in assembly so the compiler cannot merge or fold the chains
+// (it merges identical intrinsic ones). iters >= 1.
+void mac_loop_avx512vnni(int64_t iters) {
   int64_t n = iters;
   __asm__ volatile(
       "vpternlogd $0xff, %%zmm12, %%zmm12, %%zmm12\n\t"
@@ -394,8 +384,6 @@ double mac_peak_avx512vnni(int64_t iters) {
       :
       : "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
         "xmm12", "xmm13");
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return s > 0 ? 12.0 * 64.0 * static_cast<double>(iters) / s : 0.0;
 }
 
 }  // namespace bitnet
