@@ -39,7 +39,7 @@ struct alignas(32) Gemv2Params {
   int64_t nblk;      // 128-weight blocks per row, offset 32
   int32_t xsum;      // sum of the activations, offset 40
   int32_t mask;      // 0x03 in every byte, offset 44
-  int64_t pf_dist;   // software prefetch distance in bytes, offset 48: eight rows, at least 8 KB
+  int64_t pf_dist;   // software prefetch distance in bytes, offset 48 (gemv_prefetch_bytes)
 };
 static_assert(offsetof(Gemv2Params, nblk) == 32 && offsetof(Gemv2Params, xsum) == 40 &&
                   offsetof(Gemv2Params, mask) == 44 && offsetof(Gemv2Params, pf_dist) == 48,
@@ -162,7 +162,7 @@ int64_t gemv_rows_avx2_asm(const KernelArgs& a, int64_t r0, int64_t r1) {
   p.nblk = blocks_per_row(a.k);
   p.xsum = a.xsum[0];
   p.mask = 0x03030303;
-  p.pf_dist = std::max<int64_t>(8 * row_stride_bytes(a.k), 8192);
+  p.pf_dist = gemv_prefetch_bytes(a.k);
   const int64_t ntiles = (r1 - r0) / 2;
   gemv2_tiles(a.w + r0 * row_stride_bytes(a.k), row_stride_bytes(a.k), a.xp, ntiles, a.y + r0, &p);
   return r0 + 2 * ntiles;

@@ -34,12 +34,6 @@
 namespace bitnet {
 namespace {
 
-// Rows are 0.25-3 KB, too short for the hardware prefetcher to ramp up on each, so the GEMV loops
-// prefetch the bytes this far ahead at the rate they consume their own: eight rows, and at least
-// 8 KB so that short rows still keep enough DRAM requests in flight (2048 x 2048 cold, one thread:
-// 68 -> 85 G weights/s).
-int64_t prefetch_distance(int64_t k) { return std::max<int64_t>(8 * row_stride_bytes(k), 8192); }
-
 // GEMV over whole tiles of four rows, in assembly (see the top of the file).
 //
 // Registers: zmm0-15 accumulators, zmm(4r + f) = row r, field f (scale 4^f); zmm16-19 the field
@@ -55,7 +49,7 @@ struct Gemv4Params {
   int64_t odd;      // 1 if a final 32-byte block follows, offset 8
   int32_t xsum;     // sum of the activations (the code offset correction), offset 16
   int32_t mask;     // 0x03 in every byte, offset 20
-  int64_t pf_dist;  // software prefetch distance in bytes, offset 24 (see prefetch_distance)
+  int64_t pf_dist;  // software prefetch distance in bytes, offset 24 (gemv_prefetch_bytes)
 };
 static_assert(offsetof(Gemv4Params, pf_dist) == 24, "the assembly reads these offsets");
 
@@ -348,7 +342,7 @@ void gemm_rows_2x8(const KernelArgs& a, int64_t r0, int64_t r1, int64_t m0) {
 
 int64_t gemv_rows_avx512vnni_asm(const KernelArgs& a, int64_t r0, int64_t r1) {
   const int64_t nblk = blocks_per_row(a.k);
-  const Gemv4Params p{nblk / 2, nblk % 2, a.xsum[0], 0x03030303, prefetch_distance(a.k)};
+  const Gemv4Params p{nblk / 2, nblk % 2, a.xsum[0], 0x03030303, gemv_prefetch_bytes(a.k)};
   const int64_t ntiles = (r1 - r0) / 4;
   gemv4_tiles(a.w + r0 * row_stride_bytes(a.k), row_stride_bytes(a.k), a.xp, ntiles, a.y + r0, &p);
   return r0 + 4 * ntiles;
