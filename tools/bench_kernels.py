@@ -331,9 +331,10 @@ def run(args) -> int:
                     rows.append(row)
                     xg = f"{row['x_gemv']:.2f}" if m > 1 and row["x_gemv"] else "-"
                     gc = f"{row['gweights_s_cpu']:.1f}" if row["gweights_s_cpu"] else "-"
+                    op = f"{row['of_peak']:.2f}" if row["of_peak"] else "-"  # no ceiling measured: no asm build
                     print(f"{n:>5} x {k:<5} {m:>3} {threads:>3} {row['cache']:>5} {row['us']:>10.1f}"
                           f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
-                          f" {row['roofline']:>8.2f} {row['of_peak'] or 0:>7.2f}", flush=True)
+                          f" {row['roofline']:>8.2f} {op:>7}", flush=True)
     i2s_rows = []
     if not args.no_i2s:
         if hasattr(_core, "_bench_i2s_gemv") and kernels.has_avx2():
