@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -112,7 +114,11 @@ def load_checkpoint(path, *, check_config: bool = True) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "Unsupported operand" in msg:
+        op = re.search(r"Unsupported operand (\d+)", msg)
+        if op and int(op.group(1)) not in _PICKLE_OPCODES:  # random bytes, not a pickle asking for too much
+            raise CheckpointError(f"{path} is corrupt or not a PyTorch file (byte {op.group(1)} is no pickle "
+                                  "opcode)") from None
+        if "Weights only load failed" in msg or "Unsupported global" in msg or op:
             raise CheckpointError(f"refused to load {path}: it holds Python objects that would run code when "
                                   "unpickled; bitnet_ref checkpoints never do") from None
         raise CheckpointError(f"{path} is corrupt or not a PyTorch file ({_first_line(e)})") from None
@@ -123,6 +129,9 @@ def load_checkpoint(path, *, check_config: bool = True) -> dict:
         raise CheckpointError(f"cannot read {path}: {e.strerror or _first_line(e)}") from None
     validate(ckpt, path, check_config=check_config)
     return ckpt
+
+
+_PICKLE_OPCODES = {ord(op.code) for op in pickletools.opcodes}  # what a well-formed pickle can hold
 
 
 def validate(ckpt, path="checkpoint", *, check_config: bool = True) -> None:

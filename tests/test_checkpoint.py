@@ -123,6 +123,7 @@ def test_random_bytes(tmp_path):
         with pytest.raises(CheckpointError) as e:
             load_checkpoint(tmp_path / f"r{i}.pt")
         assert "\n" not in str(e.value)
+        assert "corrupt or not a PyTorch file" in str(e.value)  # garbage, not "would run code"
 
 
 def test_foreign_torch_files(tmp_path):

@@ -210,7 +210,7 @@ def bad_files(trained, tmp_path_factory):
     ("missing.pt", ["no such checkpoint"]),
     ("empty.pt", ["empty"]),
     ("truncated.pt", ["truncated"]),
-    ("random.pt", []),  # wording is checkpoint.py's (today it says "would run code"; see the report)
+    ("random.pt", ["corrupt or not a PyTorch file"]),
     ("foreign.pt", ["not a bitnet_ref checkpoint"]),
     ("evil.pt", []),
     ("evil_torch.pt", ["run code"]),
