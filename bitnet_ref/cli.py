@@ -31,3 +31,21 @@ def whole_at_least(lo: int):
         return n
 
     return parse
+
+
+def run_quietly(main, argv=None) -> int:
+    """Call a command-line ``main(argv)``; a reader that goes away early (``| head``, ``| less``) ends it quietly.
+
+    Python would otherwise print a BrokenPipeError traceback, at the failed write and again at exit when it
+    flushes stdout. Exit status 0: the output was cut short by the reader's choice, not by an error here.
+    """
+    import os
+    import sys
+
+    try:
+        code = main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
+        return 0
