@@ -29,14 +29,14 @@ def resolve_device(name: str, local_rank: int = 0, *, allow_auto: bool = True) -
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise DeviceError(f"unknown device {name!r}; use {choices}") from None
+        raise DeviceError(f"unknown --device {name!r}; use {choices}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {name} was asked for but no CUDA device is available")
+            raise DeviceError(f"--device {name} was asked for but no CUDA device is available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     elif dev.type != "cpu":
-        raise DeviceError(f"device {name!r} is not supported; use {choices}")
+        raise DeviceError(f"--device {name!r} is not supported; use {choices}")
     return dev
 
 

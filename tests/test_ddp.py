@@ -21,6 +21,7 @@ import torch
 
 from bitnet_ref import train as T
 from bitnet_ref.checkpoint import load_checkpoint
+from bitnet_ref.config import config_from_args
 from bitnet_ref.data import get_batch, load_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_ddp_matches_single_process_and_resumes(tmp_path, corpus_file):
     if not Path(TORCHRUN).exists():
         pytest.skip("torchrun not installed beside this python")
     single = tmp_path / "single"
-    T.train(T.config_from_args(ARGS + ["--data", corpus_file, "--out", str(single)]), log=lambda *a, **k: None)
+    T.train(config_from_args(ARGS + ["--data", corpus_file, "--out", str(single)]), log=lambda *a, **k: None)
     out, shard_log = tmp_path / "ddp", tmp_path / "shards"
 
     # 1. two processes, stopped at step 3, recording what each rank trained on

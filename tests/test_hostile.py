@@ -24,6 +24,7 @@ from bitnet_ref import doctor as D
 from bitnet_ref import quant as Q
 from bitnet_ref import train as T
 from bitnet_ref.checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint
+from bitnet_ref.faults import FAULT_ENV
 from bitnet_ref.model import PRESETS, ModelConfig, Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +241,7 @@ def test_bf16_autocast_keeps_fp32_master_weights_and_quantizer_scales(monkeypatc
 
 
 def test_skipped_nonfinite_gradient_on_a_save_step_saves_finite_state(tmp_path, corpus_file, monkeypatch, capsys):
-    monkeypatch.setenv(T.FAULT_ENV, "nan-grad@2,inf-grad@4")
+    monkeypatch.setenv(FAULT_ENV, "nan-grad@2,inf-grad@4")
     out = tmp_path / "out"
     assert T.main(TINY + ["--data", corpus_file, "--out", str(out), "--save-every", "2", "--skip-nonfinite"]) == 0
     ck = load_checkpoint(out / "ckpt.pt")

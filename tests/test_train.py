@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bitnet_ref import config as C
+from bitnet_ref import metrics as M
 from bitnet_ref import train as T
+from bitnet_ref.faults import FAULT_ENV
 from bitnet_ref.checkpoint import load_checkpoint
 from bitnet_ref.model import ModelConfig, Transformer
 from bitnet_ref.schedule import lr_at, wd_at
@@ -69,7 +72,7 @@ def test_run_writes_metrics_and_loadable_checkpoint(tmp_path, corpus_file):
     assert head["data"]["fingerprint"] and head["params"] > head["params_bitlinear"] > 0
     steps = steps_of(recs)
     assert [r["step"] for r in steps] == list(range(1, 9))
-    sched = T.schedule_config(cfg)
+    sched = C.schedule_config(cfg)
     for r in steps:
         assert {"step", "loss", "lr", "wd", "tok_s", "stage"} <= set(r)
         assert math.isfinite(r["loss"]) and r["tok_s"] > 0
@@ -115,20 +118,6 @@ def test_const_wd_ablation_holds_weight_decay(tmp_path, corpus_file):
     recs = records(cfg.out)
     assert [r["wd"] for r in steps_of(recs)] == [0.1] * 4  # the schedule would be 0 in stage 2
     assert recs[0]["config"]["ablate"] == ["const-wd"]
-
-
-def test_eval_extras_hook_is_merged(tmp_path, corpus_file, monkeypatch):
-    seen = []
-
-    def extras(model, *, step, val_batch):
-        seen.append((step, tuple(val_batch.shape)))
-        return {"health_test": step * 10}
-
-    monkeypatch.setattr(T, "eval_extras", extras)
-    cfg = tiny(tmp_path, corpus_file, steps=4, eval_at="end")
-    T.train(cfg, log=quiet)
-    ev = [r for r in records(cfg.out) if r["kind"] == "eval"]
-    assert [r["health_test"] for r in ev] == [40] and seen == [(4, (4, 64))]
 
 
 def test_out_dir_with_a_run_is_not_overwritten(tmp_path, corpus_file):
@@ -198,9 +187,9 @@ def test_repair_metrics_keeps_a_clean_file(tmp_path):
     p = tmp_path / "m.jsonl"
     good = [{"kind": "header"}, {"kind": "step", "step": 1}, {"kind": "eval", "step": 1}, {"kind": "step", "step": 2}]
     p.write_text("".join(json.dumps(r) + "\n" for r in good))
-    assert T.repair_metrics(p, 2) == 0
+    assert M.repair(p, 2) == 0
     assert [json.loads(x) for x in p.read_text().splitlines()] == good
-    assert T.repair_metrics(p, 1) == 1
+    assert M.repair(p, 1) == 1
     assert [json.loads(x) for x in p.read_text().splitlines()] == good[:3]
 
 
@@ -233,7 +222,7 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_error(tmp_path, corpus_fi
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus_file, monkeypatch):
-    monkeypatch.setenv(T.FAULT_ENV, "nan-loss@6")
+    monkeypatch.setenv(FAULT_ENV, "nan-loss@6")
     cfg = tiny(tmp_path, corpus_file, save_every=2, eval_at="end")
     with pytest.raises(T.NonFiniteError) as e:
         T.train(cfg, log=quiet)
@@ -245,14 +234,14 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpu
     recs = records(cfg.out)
     assert recs[-1] == {"kind": "stop", "step": 6, "reason": "non-finite loss"}
     # the run can be resumed once the fault is gone, and the stop record is cut away
-    monkeypatch.delenv(T.FAULT_ENV)
+    monkeypatch.delenv(FAULT_ENV)
     T.train(replace(cfg, resume=True), log=quiet)
     assert [r["step"] for r in steps_of(records(cfg.out))] == list(range(1, 9))
     assert not any(r["kind"] == "stop" for r in records(cfg.out))
 
 
 def test_nonfinite_grad_before_any_checkpoint(tmp_path, corpus_file, monkeypatch):
-    monkeypatch.setenv(T.FAULT_ENV, "inf-grad@2")
+    monkeypatch.setenv(FAULT_ENV, "inf-grad@2")
     cfg = tiny(tmp_path, corpus_file, eval_at="end")
     with pytest.raises(T.NonFiniteError, match=r"step 2: the gradient norm is (inf|nan).*no checkpoint was saved"):
         T.train(cfg, log=quiet)
@@ -262,7 +251,7 @@ def test_nonfinite_grad_before_any_checkpoint(tmp_path, corpus_file, monkeypatch
 def test_skip_nonfinite_counts_and_continues(tmp_path, corpus_file, monkeypatch):
     clean = tiny(tmp_path, corpus_file, out=str(tmp_path / "clean"), eval_at="end")
     T.train(clean, log=quiet)
-    monkeypatch.setenv(T.FAULT_ENV, "nan-loss@3,nan-grad@5")
+    monkeypatch.setenv(FAULT_ENV, "nan-loss@3,nan-grad@5")
     cfg = tiny(tmp_path, corpus_file, skip_nonfinite=True, eval_at="end")
     s = T.train(cfg, log=quiet)
     assert s["skipped_nonfinite"] == 2 and s["complete"]
@@ -305,12 +294,25 @@ def test_cli_bad_flags_one_line(argv, match, capsys, tmp_path):
     assert not (tmp_path / "x").exists()  # nothing written for a bad command
 
 
+def test_batch_that_cannot_fit_is_refused_before_allocating(tmp_path, corpus_file, capsys):
+    # 10^8 sequences of 64 tokens: the token windows alone would be ~96 GiB (a numpy MemoryError before)
+    rc = T.main(["--preset", "tiny", "--data", corpus_file, "--batch-size", "100000000", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: --batch-size 100000000") and "\n" not in err, err
+    need = float(err.split("needs at least ")[1].split(" GiB")[0])
+    assert need > 96 and "lower --batch-size" in err
+    assert not (tmp_path / "x").exists()
+    mcfg = ModelConfig.preset("default", vocab_size=256)
+    assert C.step_memory_bytes(mcfg, 16) < 2**30  # the bare default is far from the bound
+    assert C.step_memory_bytes(mcfg, 32) > C.step_memory_bytes(mcfg, 16)
+
+
 def test_cli_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit) as e:
         T.main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for action in T.build_parser()._actions:
+    for action in C.build_parser()._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, action.dest
     for flag in ("--preset", "--quant", "--steps", "--eval-at", "--resume", "--skip-nonfinite", "--save-every",
@@ -336,7 +338,7 @@ def test_cli_subprocess_exit_codes(tmp_path, corpus_file):
     ok = subprocess.run(base + ["--out", str(tmp_path / "ok")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "checkpoint: " in ok.stdout and "done: 4/4 steps" in ok.stdout
-    env = {**os.environ, T.FAULT_ENV: "nan-loss@3"}
+    env = {**os.environ, FAULT_ENV: "nan-loss@3"}
     bad = subprocess.run(base + ["--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env=env)
     assert bad.returncode == 3

@@ -37,11 +37,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bitnet_ref import doctor as D  # noqa: E402
-from bitnet_ref.model import ABLATIONS  # noqa: E402
+from bitnet_ref import doctor as D
+from bitnet_ref import metrics as M
+from bitnet_ref.model import ABLATIONS
 
 EXPECTED_CAUSE = {"no-ste": "missing_ste", "clamp-ste": "clamp_ste", "quant-head": "quant_head",
                   "no-subln": "no_subln", "no-dequant": "missing_dequant", "const-wd": "const_wd"}
@@ -90,8 +88,8 @@ def make_arms(m: dict) -> list[Arm]:
 def _finished(d: Path, cmd: list) -> bool:
     try:
         same = json.loads((d / "cmd.json").read_text()) == cmd
-        last = (d / "metrics.jsonl").read_text().rstrip("\n").rsplit("\n", 1)[-1]
-        return same and json.loads(last).get("kind") == "end"
+        recs = M.read(d / M.FILE_NAME).records
+        return same and bool(recs) and recs[-1].get("kind") == M.END
     except (OSError, ValueError):
         return False
 

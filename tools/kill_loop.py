@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bitnet_ref import metrics as M
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ARGS = ["--preset", "tiny", "--steps", "12", "--batch-size", "4", "--warmup", "2", "--eval-at", "0,0.5,1",
               "--eval-batches", "1", "--probe-prompts", "2", "--probe-prompt-len", "8", "--probe-tokens", "4",
@@ -82,27 +84,14 @@ def default_data(tmp: Path) -> str:
 
 
 def read_metrics(path: Path) -> tuple[list[dict], bool]:
-    """(complete records, whether the last line is torn); raises if a complete line is not a JSON object."""
-    if not path.exists():
-        return [], False
-    parts = path.read_bytes().split(b"\n")
-    recs = []
-    for i, line in enumerate(parts[:-1]):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise KillLoopFailure(f"{path}: line {i + 1} of {len(parts) - 1} complete lines is not JSON: {line[:80]!r}")
-        if not isinstance(rec, dict):
-            raise KillLoopFailure(f"{path}: line {i + 1} is not a JSON object")
-        recs.append(rec)
-    torn = parts[-1] != b""
-    if torn:
-        try:
-            json.loads(parts[-1])
-            raise KillLoopFailure(f"{path}: last record complete but has no newline")
-        except ValueError:
-            pass
-    return recs, torn
+    """(complete records, whether the last line is torn), read strictly: a complete line that is not a JSON
+    object, or a last record without its newline, is a failure (a kill may tear only the line being written)."""
+    m = M.read(path)
+    if m.bad_lines:
+        raise KillLoopFailure(f"{path}: complete line {m.bad_lines[0]} is not JSON (or not an object)")
+    if m.unterminated:
+        raise KillLoopFailure(f"{path}: last record complete but has no newline")
+    return m.records, m.torn
 
 
 def check_dir(d: Path, last_step: int) -> dict:
@@ -148,7 +137,7 @@ def _launch(cmd, env):
 
 
 def run_episode(d: Path, data: str, kills: int, rng: random.Random, slow_save: float, stats: dict, log) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, str(Path(__file__).resolve()), "--child", str(slow_save), "--", *TRAIN_ARGS,
             "--data", data, "--out", str(d)]
     last_step = 0
