@@ -118,6 +118,11 @@ def decode(tokens) -> str:
     return bytes(ids).decode("utf-8", errors="replace")
 
 
+def text(tokens, byte_level: bool) -> str:
+    """Tokens for a person to read: the decoded text when they are bytes, else the ids separated by spaces."""
+    return decode(tokens) if byte_level else " ".join(str(int(t)) for t in tokens)
+
+
 def get_batch(tokens: np.ndarray, batch: int, context: int, gen: torch.Generator):
     """Draw ``batch`` random windows: x (B, T) and y = x shifted by one (B, T), both int64 CPU tensors."""
     n = len(tokens) - context  # number of valid start positions

@@ -43,7 +43,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import run_quietly
 from .config import (ConfigError, TrainConfig, check_config, check_memory, config_from_args, eval_steps,
                      model_config, resume_mismatch, schedule_config)
-from .data import DataError, get_batch, load_corpus
+from .data import DataError, get_batch, load_corpus, text
 from .dist import DeviceError, Dist, barrier_and_close, init_distributed
 from .health import HealthTracker
 from .model import BitLinear, Transformer
@@ -74,12 +74,6 @@ def param_groups(model: nn.Module) -> list[dict]:
 def autocast_for(device: torch.device, mode: str):
     on = mode == "bf16" or (mode == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
-
-
-def sample_text(corpus, tokens) -> str:
-    if corpus.byte_level:
-        return bytes(int(t) for t in tokens).decode("utf-8", errors="replace")
-    return " ".join(str(int(t)) for t in tokens)
 
 
 def _fmt_time(s: float) -> str:
@@ -311,7 +305,7 @@ class TrainingRun:
         if dist.main:
             samples = greedy_decode(model, self.prompts, cfg.probe_tokens)
             rec.update(diversity(samples))
-            rec["samples"] = [sample_text(self.corpus, s) for s in samples]
+            rec["samples"] = [text(s, self.corpus.byte_level) for s in samples]
             rec.update(self.tracker.evaluate(model, first.to(self.device), step))
             self.metrics.write(rec)
             self.log(f"eval {step}/{cfg.steps} | val loss {rec['val_loss']:.4f} (unigram {self.unigram:.3f}, ln V "
