@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from . import kernels
 from . import quant as Q
 from .checkpoint import load_checkpoint
+from .dist import DeviceError, resolve_device
 from .generate import DecodeError  # owned by generate.py; raised here too, so packed.DecodeError is the same class
 from .model import BitLinear, ModelConfig, Transformer
 
@@ -250,7 +251,10 @@ def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threa
     ckpt = load_checkpoint(path)  # weights_only=True; missing/corrupt/foreign/unsafe/NaN -> CheckpointError
     model = build_model(ckpt, path)
     cfg, reason = model.cfg, None
-    dev = _device(device)
+    try:
+        dev = resolve_device(device, allow_auto=False)  # cpu, cuda or cuda:N: decoding never guesses
+    except DeviceError as e:
+        raise DecodeError(str(e)) from None
     if backend == "packed" and cfg.quant != "ternary":
         backend, reason = "torch", f"quant={cfg.quant!r} checkpoint: no ternary weights to pack, decoded by torch"
     if backend == "packed":
@@ -258,15 +262,3 @@ def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threa
             raise DecodeError(f"the packed backend runs on the CPU, not {dev}; use --device cpu or --backend torch")
         to_packed(model, threads=threads)
     return Loaded(model.to(dev), ckpt, cfg, backend, reason)
-
-
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise DecodeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DecodeError(f"device {name} requested but CUDA is not available")
-    if dev.type not in ("cpu", "cuda"):
-        raise DecodeError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
-    return dev

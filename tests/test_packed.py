@@ -179,3 +179,13 @@ def test_loader_refuses_weights_that_do_not_fit_the_config(tmp_path):
     with pytest.raises(P.DecodeError, match="cannot build the model") as e:
         P.load_for_decode(tmp_path / "ckpt.pt", "torch")
     assert "\n" not in str(e.value)
+
+
+def test_loader_refuses_unusable_devices_in_one_line(tmp_path):
+    """dist.resolve_device parses --device; its DeviceError reaches decode callers as a one-line DecodeError."""
+    cfg = ModelConfig.preset("tiny")
+    save_checkpoint(tmp_path / "ckpt.pt", {"config": asdict(cfg), "model": Transformer(cfg).state_dict(), "step": 0})
+    for device in ("auto", "mps", "tpu", "cuda:x"):  # no "auto" for decoding: the packed kernel is CPU-only
+        with pytest.raises(P.DecodeError, match="device") as e:
+            P.load_for_decode(tmp_path / "ckpt.pt", "torch", device)
+        assert "\n" not in str(e.value)
