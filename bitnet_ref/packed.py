@@ -97,13 +97,12 @@ class PackedBitLinear(nn.Module):
         self.w, self.norm, self.scaled, self.threads = w, norm, scaled, threads
         self.in_features, self.out_features = w.k, w.n
         self.beta_f = float(w.beta)  # exact: a float32 value round-trips through a Python float
-        self.fast = True
 
     def forward(self, x):
         x = self.norm(x)  # (..., K)
         if x.device.type != "cpu":
             raise DecodeError("the packed kernel runs on the CPU; use --device cpu or --backend torch")
-        if not (self.fast and x.dtype == torch.float32 and fast_act_quant_ok()):
+        if not (x.dtype == torch.float32 and fast_act_quant_ok()):
             return self._rest_reference(x)
         lead = x.shape[:-1]
         x2 = x.detach().reshape(-1, self.w.k).numpy()  # (M, K) float32
