@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
+from . import generate as G
 from . import kernels
 from . import packed as P
 from .checkpoint import CheckpointError, atomic_write
@@ -118,11 +119,11 @@ def probe_model(model, prompts, max_new_tokens, *, temperature=0.0, top_k=None, 
                 ckpt=None) -> dict:
     """Generation, diversity, next-token stats, measured loss and verdict for one model (no parity, no I/O)."""
     ckpt = ckpt or {}
-    g = P.generate(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    g = G.generate(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
     div = diversity(g.tokens)
     mean_ent = sum(map(sum, g.entropy)) / g.n_new
     mean_top1 = sum(map(sum, g.top1)) / g.n_new
-    measured = P.val_loss(model, windows) if windows is not None else None
+    measured = G.val_loss(model, windows) if windows is not None else None
     stored = ckpt.get("last_val_loss")
     loss = measured if measured is not None else stored
     uni = ckpt.get("unigram_entropy")
@@ -223,7 +224,7 @@ def run(args) -> dict:
     if cfg.quant == "ternary" and kernels.available():
         packed = model if loaded.backend == "packed" else P.to_packed(P.build_model(ckpt), threads=args.threads)
     for m in filter(None, (model, packed, reference)):  # warm-up: thread pool, allocator, first-call paths
-        P.generate(m, [prompts[0][:1]], 2)
+        G.generate(m, [prompts[0][:1]], 2)
 
     main = probe_model(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                        seed=args.seed, windows=windows, ckpt=ckpt)
@@ -231,7 +232,7 @@ def run(args) -> dict:
     speed = {"batch": len(prompts), "new_tokens": args.max_new_tokens, "threads": args.threads or 1,
              "kernel": kernels.backend() if kernels.available() else None}
     if packed is not None:
-        par, gp, gr = P.parity(packed, reference, prompts, args.max_new_tokens, return_generations=True)
+        par, gp, gr = G.parity(packed, reference, prompts, args.max_new_tokens, return_generations=True)
         speed.update(packed_tok_s=gp.tok_per_s, torch_tok_s=gr.tok_per_s,
                      packed_over_torch=gp.tok_per_s / gr.tok_per_s,
                      weight_bytes_per_token={"packed": P.weight_bytes_per_token(packed)["total"],

@@ -231,9 +231,6 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.batch, self.max_len, self.pos = batch, max_len, 0
 
-    def reset(self):
-        self.pos = 0
-
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):

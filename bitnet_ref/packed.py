@@ -10,10 +10,9 @@ Conversion is two steps, gpt-fast style:
 ``PackedBitLinear.forward(x)`` = the same RMSNorm module -> ``kernels.quant_matmul``, one C++ call doing
 ``quant.act_quant`` (int8 per token, gamma) -> the exact int32 int8 x ternary product -> ``acc.float() * (gamma *
 beta)``; ``forward_reference`` does the same three steps in torch around ``kernels.ternary_matmul``. That is the
-order in which
-``quant.fake_quant_linear`` computes the training forward (an exact float32 matmul on the integer codes, then
-the scales), so the packed model reproduces the fake-quant model bit for bit: identical logits, not merely close.
-Embeddings, the final norm, the head, attention and the KV cache are the Transformer's own, untouched.
+order in which ``quant.fake_quant_linear`` computes the training forward (an exact float32 matmul on the integer
+codes, then the scales), so the packed model reproduces the fake-quant model bit for bit: identical logits, not
+merely close. Embeddings, the final norm, the head, attention and the KV cache are the Transformer's own, untouched.
 
 Ablated checkpoints: ``no-dequant`` is reproduced exactly (acc.float(), no scales: that ablation never multiplies
 them back); ``no-subln`` keeps its Identity norm; ``quant-head`` keeps the Transformer's fake-quant head.
@@ -22,16 +21,17 @@ layer matches it to float rounding (not bitwise). ``quant="none"`` checkpoints h
 ``load_for_decode`` returns the torch model and says why.
 
 Also here: ``DequantLinear`` (the same weights as a plain fp32 F.linear with codes * beta: the "torch fp32 eager"
-baseline of tools/bench_decode.py), ``load_for_decode``, ``generate`` (KV cache; greedy, or temperature + top-k
-under a seeded torch.Generator) beside ``generate_reference`` (full recompute, the oracle), ``teacher_forced``
-and ``parity``. What this is not: a serving engine (one process, CPU kernels, no batching across requests),
-or a file format (packing happens at load time, from the training checkpoint).
+baseline of tools/bench_decode.py), ``weight_bytes_per_token``, and loading: ``build_model`` (the fake-quant
+Transformer of a checkpoint) and ``load_for_decode`` (checkpoint -> model on the chosen backend and device).
+Errors for users are ``DecodeError`` (one line; the class is generate.py's, re-exported here).
+
+What this is not: generation, parity or teacher forcing (``generate.py``, which runs on any model, packed or
+not), a serving engine (one process, CPU kernels, no batching across requests), or a file format (packing
+happens at load time, from the training checkpoint).
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,13 +42,11 @@ import torch.nn.functional as F
 from . import kernels
 from . import quant as Q
 from .checkpoint import load_checkpoint
+from .dist import DeviceError, resolve_device
+from .generate import DecodeError  # owned by generate.py; raised here too, so packed.DecodeError is the same class
 from .model import BitLinear, ModelConfig, Transformer
 
 BACKENDS = ("packed", "torch")
-
-
-class DecodeError(ValueError):
-    """A user-facing problem loading or decoding a model; the message is one line."""
 
 
 # ---------------------------------------------------------------------------------------------- runtime layers
@@ -99,13 +97,12 @@ class PackedBitLinear(nn.Module):
         self.w, self.norm, self.scaled, self.threads = w, norm, scaled, threads
         self.in_features, self.out_features = w.k, w.n
         self.beta_f = float(w.beta)  # exact: a float32 value round-trips through a Python float
-        self.fast = True
 
     def forward(self, x):
         x = self.norm(x)  # (..., K)
         if x.device.type != "cpu":
             raise DecodeError("the packed kernel runs on the CPU; use --device cpu or --backend torch")
-        if not (self.fast and x.dtype == torch.float32 and fast_act_quant_ok()):
+        if not (x.dtype == torch.float32 and fast_act_quant_ok()):
             return self._rest_reference(x)
         lead = x.shape[:-1]
         x2 = x.detach().reshape(-1, self.w.k).numpy()  # (M, K) float32
@@ -253,7 +250,10 @@ def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threa
     ckpt = load_checkpoint(path)  # weights_only=True; missing/corrupt/foreign/unsafe/NaN -> CheckpointError
     model = build_model(ckpt, path)
     cfg, reason = model.cfg, None
-    dev = _device(device)
+    try:
+        dev = resolve_device(device, allow_auto=False)  # cpu, cuda or cuda:N: decoding never guesses
+    except DeviceError as e:
+        raise DecodeError(str(e)) from None
     if backend == "packed" and cfg.quant != "ternary":
         backend, reason = "torch", f"quant={cfg.quant!r} checkpoint: no ternary weights to pack, decoded by torch"
     if backend == "packed":
@@ -261,175 +261,3 @@ def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threa
             raise DecodeError(f"the packed backend runs on the CPU, not {dev}; use --device cpu or --backend torch")
         to_packed(model, threads=threads)
     return Loaded(model.to(dev), ckpt, cfg, backend, reason)
-
-
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise DecodeError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DecodeError(f"device {name} requested but CUDA is not available")
-    if dev.type not in ("cpu", "cuda"):
-        raise DecodeError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
-    return dev
-
-
-# ---------------------------------------------------------------------------------------------- generation
-
-
-@dataclass
-class Generation:
-    tokens: list  # per prompt, the new tokens only
-    entropy: list  # per prompt, entropy (nats) of the model's next-token distribution at each new token
-    top1: list  # per prompt, the top-1 probability there
-    prefill_s: float  # seconds spent on the prompts
-    decode_s: float  # seconds spent generating after the prompts
-
-    @property
-    def n_new(self) -> int:
-        return sum(len(t) for t in self.tokens)
-
-    @property
-    def tok_per_s(self) -> float:
-        """New tokens per second of decode (prefill excluded); nan when nothing was decoded after the prompt."""
-        rows = len(self.tokens)
-        steps = self.n_new - rows  # the first token of each row comes out of the prefill
-        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else math.nan
-
-
-def _pick(logits, temperature: float, top_k: int | None, gen: torch.Generator | None):
-    """Next token (B, 1) from logits (B, V): argmax, or a sample at `temperature` from the top-k."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    probs = F.softmax(logits, dim=-1)  # (B, V)
-    return torch.multinomial(probs.cpu(), 1, generator=gen).to(logits.device)
-
-
-def _stats(logits):
-    """Entropy (nats) and top-1 probability of softmax(logits) per row: two (B,) tensors."""
-    logp = F.log_softmax(logits.float(), dim=-1)  # (B, V)
-    p = logp.exp()
-    return -(p * logp).sum(-1), p.max(-1).values
-
-
-@torch.no_grad()
-def generate(model: Transformer, prompts, max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: int | None = None, seed: int = 0) -> Generation:
-    """Continue each prompt by ``max_new_tokens`` through the model's KV cache (one token per forward after
-    the prompt). temperature <= 0 is greedy; otherwise sampling at ``temperature`` from the ``top_k`` most
-    likely tokens (all when None) with a torch.Generator seeded by ``seed``. Prompts of one length share a batch.
-    """
-    if max_new_tokens < 1:
-        raise DecodeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if top_k is not None and top_k < 1:
-        raise DecodeError(f"top_k must be >= 1, got {top_k}")
-    ctx = model.cfg.context
-    device = model.tok_emb.weight.device
-    gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
-    out_t, out_e, out_p = [None] * len(prompts), [None] * len(prompts), [None] * len(prompts)
-    groups: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise DecodeError("every prompt needs at least one token")
-        if len(p) + max_new_tokens > ctx:
-            raise DecodeError(f"prompt ({len(p)} tokens) + {max_new_tokens} new tokens exceed the model's "
-                              f"context of {ctx}; shorten the prompt or lower --max-new-tokens")
-        groups.setdefault(len(p), []).append(i)
-    prefill_s = decode_s = 0.0
-    for length, rows in groups.items():
-        idx = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)  # (B, P)
-        cache = model.new_cache(len(rows), length + max_new_tokens)
-        t0 = time.perf_counter()
-        logits, _ = model(idx, cache=cache)  # (B, P, V)
-        last = logits[:, -1]  # (B, V)
-        toks, ents, tops = [], [], []
-        t1 = time.perf_counter()
-        for step in range(max_new_tokens):
-            nxt = _pick(last, temperature, top_k, gen)  # (B, 1)
-            e, p1 = _stats(last)
-            toks.append(nxt), ents.append(e), tops.append(p1)
-            if step + 1 < max_new_tokens:
-                logits, _ = model(nxt, cache=cache)  # (B, 1, V)
-                last = logits[:, -1]
-        t2 = time.perf_counter()
-        prefill_s, decode_s = prefill_s + (t1 - t0), decode_s + (t2 - t1)
-        toks, ents, tops = torch.cat(toks, 1), torch.stack(ents, 1), torch.stack(tops, 1)  # (B, new) each
-        for r, i in enumerate(rows):
-            out_t[i], out_e[i], out_p[i] = toks[r].tolist(), ents[r].tolist(), tops[r].tolist()
-    return Generation(out_t, out_e, out_p, prefill_s, decode_s)
-
-
-@torch.no_grad()
-def generate_reference(model: Transformer, prompts, max_new_tokens: int) -> list:
-    """Greedy continuation recomputing the whole sequence for every token (no cache): the oracle for generate."""
-    out = []
-    device = model.tok_emb.weight.device
-    for p in prompts:
-        seq = list(p)
-        for _ in range(max_new_tokens):
-            logits, _ = model(torch.tensor([seq], dtype=torch.long, device=device))  # (1, T, V)
-            seq.append(int(logits[0, -1].argmax()))
-        out.append(seq[len(p):])
-    return out
-
-
-@torch.no_grad()
-def teacher_forced(model: Transformer, sequences) -> torch.Tensor:
-    """Logits of every position of equal-length ``sequences`` in one full forward: (B, T, V) on the CPU."""
-    idx = torch.tensor([list(s) for s in sequences], dtype=torch.long, device=model.tok_emb.weight.device)
-    return model(idx)[0].cpu()
-
-
-@torch.no_grad()
-def val_loss(model: Transformer, windows: torch.Tensor) -> float:
-    """Mean next-token cross-entropy (nats) over validation windows (B, T+1) of token ids."""
-    idx = windows.to(model.tok_emb.weight.device)
-    _, loss = model(idx[:, :-1], idx[:, 1:])
-    return float(loss)
-
-
-def parity(runtime: Transformer, reference: Transformer, prompts, max_new_tokens: int, *,
-           return_generations: bool = False):
-    """Does the runtime model compute what the reference (fake-quant) model computes?
-
-    Both decode ``prompts`` greedily through their KV caches; tokens must be identical. Then both run one full
-    forward over each prompt + the runtime's tokens and every logit is compared: max_abs_logit_diff, and
-    max_rel_logit_diff = max_abs / max |reference logit| (relative to the logit scale; per-element ratios
-    blow up near zero). ``ok`` needs identical tokens and max_rel <= PARITY_REL_TOL.
-    With return_generations=True, returns (report, runtime Generation, reference Generation).
-    """
-    a = generate(runtime, prompts, max_new_tokens)
-    b = generate(reference, prompts, max_new_tokens)
-    same = [x == y for x, y in zip(a.tokens, b.tokens)]
-    first = next((i for i, s in enumerate(same) if not s), None)
-    max_abs = max_ref = 0.0
-    by_len: dict[int, list[list[int]]] = {}
-    for p, t in zip(prompts, a.tokens):
-        by_len.setdefault(len(p) + len(t), []).append(list(p) + t)
-    for seqs in by_len.values():
-        la, lb = teacher_forced(runtime, seqs), teacher_forced(reference, seqs)  # (B, T, V) each
-        max_abs = max(max_abs, float((la - lb).abs().max()))
-        max_ref = max(max_ref, float(lb.abs().max()))
-    rel = max_abs / max_ref if max_ref > 0 else (0.0 if max_abs == 0 else math.inf)
-    out = {
-        "tokens_identical": all(same),
-        "samples_identical": sum(same),
-        "samples": len(same),
-        "max_abs_logit_diff": max_abs,
-        "max_rel_logit_diff": rel,
-        "rel_tol": PARITY_REL_TOL,
-        "bitwise": max_abs == 0.0,
-    }
-    out["ok"] = out["tokens_identical"] and rel <= PARITY_REL_TOL
-    if first is not None:
-        k = next(j for j, (x, y) in enumerate(zip(a.tokens[first], b.tokens[first])) if x != y)
-        out["first_mismatch"] = {"sample": first, "position": k}
-    return (out, a, b) if return_generations else out
-
-
-PARITY_REL_TOL = 1e-4  # the packed path is exact; anything above float noise is a bug

@@ -5,13 +5,13 @@ measures that carefully, with fixed prompts and deterministic (greedy) decoding 
 the same weights give the same numbers:
 
 - ``probe_prompts``: ``n`` fixed prompts evenly spaced through the validation tokens;
-- ``greedy_decode``: argmax continuation through the model's KV cache (the same fake-quant forward used in
-  training, so there is no train/inference mismatch);
+- ``greedy_decode``: argmax continuation through the model's KV cache (``generate.generate``, greedy), run on the
+  same fake-quant forward used in training, so there is no train/inference mismatch;
 - pure metrics over the generated tokens only (never the prompt): ``unique_tokens``, ``distinct_n``,
   ``max_repeat_run``, ``top_token_share``, ``token_entropy``, and ``diversity`` bundling them.
 
 A "sample" is a sequence of token ids; metrics take a list of samples. What this is not: a sampler with
-temperature/top-k (the decode tool adds those), or a quality metric -- a diverse model can still be wrong.
+temperature/top-k (``generate.generate`` has those), or a quality metric -- a diverse model can still be wrong.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import math
 from collections import Counter
 
 import numpy as np
-import torch
+
+from .generate import generate
 
 
 def unique_tokens(samples) -> int:
@@ -90,50 +91,17 @@ def probe_prompts(val_tokens, n: int = 4, length: int = 16) -> list[list[int]]:
     return [[int(t) for t in np.asarray(val_tokens[s:s + length])] for s in starts]
 
 
-@torch.no_grad()
 def greedy_decode(model, prompts, new_tokens: int) -> list[list[int]]:
     """Greedy continuation of each prompt by ``new_tokens`` tokens; returns the new tokens only.
 
-    Prompts of equal length are decoded as one batch through ``model.new_cache``; the model is put in eval
-    mode for the call and its previous mode restored.
+    This is ``generate.generate`` at temperature 0 (the one KV-cache decoder: prompts of equal length share a
+    batch, the model decodes in eval mode and gets its previous mode back), plus what the trainer's eval needs:
+    ``new_tokens == 0`` gives one empty list per prompt. Bad arguments raise ValueError (DecodeError is one).
     """
     if new_tokens < 0:
         raise ValueError(f"new_tokens must be >= 0, got {new_tokens}")
-    if not prompts:
-        return []
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        out: list[list[int] | None] = [None] * len(prompts)
-        by_len: dict[int, list[int]] = {}
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError("every prompt needs at least one token")
-            by_len.setdefault(len(p), []).append(i)
-        for length, rows in by_len.items():
-            idx = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)  # (B, P)
-            gen = _greedy_batch(model, idx, new_tokens)  # (B, new_tokens)
-            for r, i in enumerate(rows):
-                out[i] = gen[r].tolist()
-        return out
-    finally:
-        model.train(was_training)
-
-
-def _greedy_batch(model, idx: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    b, p = idx.shape
-    if new_tokens == 0:
-        return idx.new_zeros((b, 0))
-    context = getattr(getattr(model, "cfg", None), "context", None)
-    if context is not None and p + new_tokens > context:
-        raise ValueError(f"prompt ({p}) + new tokens ({new_tokens}) exceed the model context ({context})")
-    cache = model.new_cache(b, p + new_tokens)
-    logits, _ = model(idx, cache=cache)  # (B, P, V)
-    nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
-    gen = [nxt]
-    for _ in range(new_tokens - 1):
-        logits, _ = model(nxt, cache=cache)  # (B, 1, V)
-        nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
-        gen.append(nxt)
-    return torch.cat(gen, dim=1)  # (B, new_tokens)
+    if new_tokens == 0 or not prompts:
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        return [[] for _ in prompts]
+    return generate(model, prompts, new_tokens).tokens

@@ -1,4 +1,5 @@
-"""A short real training run shared by test_packed.py and test_decode_probe.py (trained once per session).
+"""A short real training run shared by test_packed.py, test_generate.py and test_decode_probe.py (trained once
+per session).
 
 Not a test module (the leading underscore keeps pytest from collecting it).
 """

@@ -1,5 +1,6 @@
-"""The packed runtime (bitnet_ref/packed.py): exact parity with the fake-quant forward, KV cache vs full
-recompute, sampling under a seed, ablation semantics, and the loader's choices."""
+"""The packed runtime (bitnet_ref/packed.py): exact parity with the fake-quant forward, the packed model through
+the KV cache vs full recompute, ablation semantics, and the loader's choices. Generation itself (sampling, the
+torch path, argument checks) is tests/test_generate.py."""
 
 import copy
 from dataclasses import asdict
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _decode_ckpt import needs_ext, trained_checkpoint
+from bitnet_ref import generate as G
 from bitnet_ref import kernels
 from bitnet_ref import packed as P
 from bitnet_ref import quant as Q
@@ -18,7 +20,6 @@ from bitnet_ref.checkpoint import load_checkpoint, save_checkpoint
 from bitnet_ref.data import reload
 from bitnet_ref.model import ModelConfig, Transformer
 from bitnet_ref.probe import probe_prompts
-
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +37,13 @@ def test_packed_and_fake_quant_agree_on_a_trained_checkpoint(trained):
     assert loaded.backend == "packed" and loaded.reason is None
     assert not any(True for _ in loaded.model.bitlinears())  # every BitLinear was swapped
     reference = P.build_model(ckpt)
-    rep = P.parity(loaded.model, reference, prompts, 48)
+    rep = G.parity(loaded.model, reference, prompts, 48)
     assert rep["ok"] and rep["tokens_identical"] and rep["samples_identical"] == len(prompts)
     assert rep["max_rel_logit_diff"] <= 1e-4
     # and directly, on the logits of a teacher-forced forward over each prompt + its continuation
-    gen = P.generate(loaded.model, prompts, 48)
+    gen = G.generate(loaded.model, prompts, 48)
     seqs = [p + t for p, t in zip(prompts, gen.tokens)]
-    a, b = P.teacher_forced(loaded.model, seqs), P.teacher_forced(reference, seqs)  # (B, T, V)
+    a, b = G.teacher_forced(loaded.model, seqs), G.teacher_forced(reference, seqs)  # (B, T, V)
     assert (a - b).abs().max() <= 1e-4 * b.abs().max()
     assert torch.equal(a, b)  # the integer path reproduces the fake-quant forward bit for bit
 
@@ -53,15 +54,8 @@ def test_kv_cache_gives_the_same_tokens_as_full_recompute(trained):
     packed = P.load_for_decode(path, "packed").model
     reference = P.build_model(ckpt)
     for model in (packed, reference):
-        cached = P.generate(model, prompts[:3], 40).tokens
-        assert cached == P.generate_reference(model, prompts[:3], 40)
-
-
-def test_kv_cache_matches_recompute_for_torch_without_extension(trained):
-    # the torch path does not need the extension; this runs everywhere
-    _, ckpt, prompts = trained
-    model = P.build_model(ckpt)
-    assert P.generate(model, prompts[:2], 30).tokens == P.generate_reference(model, prompts[:2], 30)
+        cached = G.generate(model, prompts[:3], 40).tokens
+        assert cached == G.generate_reference(model, prompts[:3], 40)
 
 
 @needs_ext
@@ -75,7 +69,7 @@ def test_parity_reports_a_real_difference(trained):
     codes = kernels.unpack_ternary(state[name].packed, state[name].n, state[name].k)
     state[name].packed = kernels.pack_ternary(-codes)
     P.swap_bitlinears(broken, state)
-    rep = P.parity(broken, reference, prompts, 24)
+    rep = G.parity(broken, reference, prompts, 24)
     assert not rep["ok"] and rep["max_abs_logit_diff"] > 0.1
 
 
@@ -167,30 +161,13 @@ def test_weight_bytes_per_token_counts_two_bits_per_weight():
     assert pk["linear"] == expected and pk["other"] == fp["other"]
 
 
-def test_sampling_is_seeded_and_top_k_1_is_greedy(trained):
-    _, ckpt, prompts = trained
-    model = P.build_model(ckpt)
-    a = P.generate(model, prompts[:2], 30, temperature=1.0, seed=3).tokens
-    assert a == P.generate(model, prompts[:2], 30, temperature=1.0, seed=3).tokens
-    assert a != P.generate(model, prompts[:2], 30, temperature=1.0, seed=4).tokens
-    greedy = P.generate(model, prompts[:2], 30).tokens
-    assert P.generate(model, prompts[:2], 30, temperature=0.7, top_k=1, seed=5).tokens == greedy
-
-
-def test_generate_refuses_more_than_the_context(trained):
-    _, ckpt, _ = trained
-    model = P.build_model(ckpt)
-    with pytest.raises(P.DecodeError, match="context"):
-        P.generate(model, [[1] * 60], 10)
-
-
 def test_quant_none_checkpoint_decodes_through_torch_with_a_reason(tmp_path):
     cfg = ModelConfig.preset("tiny", quant="none")
     model = Transformer(cfg)
     save_checkpoint(tmp_path / "ckpt.pt", {"config": asdict(cfg), "model": model.state_dict(), "step": 0})
     loaded = P.load_for_decode(tmp_path / "ckpt.pt", "packed")
     assert loaded.backend == "torch" and "quant='none'" in loaded.reason
-    out = P.generate(loaded.model, [[1, 2, 3]], 5)
+    out = G.generate(loaded.model, [[1, 2, 3]], 5)
     assert len(out.tokens[0]) == 5
 
 
@@ -202,3 +179,13 @@ def test_loader_refuses_weights_that_do_not_fit_the_config(tmp_path):
     with pytest.raises(P.DecodeError, match="cannot build the model") as e:
         P.load_for_decode(tmp_path / "ckpt.pt", "torch")
     assert "\n" not in str(e.value)
+
+
+def test_loader_refuses_unusable_devices_in_one_line(tmp_path):
+    """dist.resolve_device parses --device; its DeviceError reaches decode callers as a one-line DecodeError."""
+    cfg = ModelConfig.preset("tiny")
+    save_checkpoint(tmp_path / "ckpt.pt", {"config": asdict(cfg), "model": Transformer(cfg).state_dict(), "step": 0})
+    for device in ("auto", "mps", "tpu", "cuda:x"):  # no "auto" for decoding: the packed kernel is CPU-only
+        with pytest.raises(P.DecodeError, match="device") as e:
+            P.load_for_decode(tmp_path / "ckpt.pt", "torch", device)
+        assert "\n" not in str(e.value)

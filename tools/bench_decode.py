@@ -30,6 +30,7 @@ import time
 
 import torch
 
+from bitnet_ref import generate as G
 from bitnet_ref import kernels
 from bitnet_ref import packed as P
 from bitnet_ref.checkpoint import CheckpointError, load_checkpoint
@@ -82,9 +83,9 @@ def breakdown(model, prompt, new_tokens: int) -> dict:
         return call
 
     for name, fn in real.items():
-        setattr(P.kernels, name, timed(fn))
+        setattr(kernels, name, timed(fn))
     try:
-        P.generate(model, [prompt], 2)
+        G.generate(model, [prompt], 2)
         for k in acc:
             acc[k] = 0.0
         cache = model.new_cache(1, len(prompt) + new_tokens)
@@ -100,7 +101,7 @@ def breakdown(model, prompt, new_tokens: int) -> dict:
             total = time.perf_counter() - t0
     finally:
         for name, fn in real.items():
-            setattr(P.kernels, name, fn)
+            setattr(kernels, name, fn)
         for h in handles:
             h.remove()
     us = lambda s: s / new_tokens * 1e6
@@ -125,10 +126,10 @@ def bench_model(label, base: Transformer, *, new_tokens, repeats, threads, promp
     tokens = {name: new_tokens if name != "fakequant" else max(4, new_tokens // 8) for name in models}
     rates = {name: [] for name in models}
     for name, model in models.items():
-        P.generate(model, [prompt], 2)  # warm-up
+        G.generate(model, [prompt], 2)  # warm-up
     for _ in range(repeats):  # interleaved, so load changes on a shared machine hit every backend alike
         for name, model in models.items():
-            rates[name].append(P.generate(model, [prompt], tokens[name]).tok_per_s)
+            rates[name].append(G.generate(model, [prompt], tokens[name]).tok_per_s)
     for name, model in models.items():
         wb = P.weight_bytes_per_token(model)  # fakequant reads the fp32 latent weights
         med = statistics.median(rates[name])
