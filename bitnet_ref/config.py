@@ -19,11 +19,14 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 from .cli import OneLineParser, whole_at_least
-from .model import ABLATIONS, PRESETS, ModelConfig
+from .model import ABLATIONS, LAYOUTS, PRESETS, ModelConfig
 from .schedule import ScheduleConfig
 
 RUNTIME_FIELDS = {"device", "autocast", "out", "resume", "stop_at", "save_every", "skip_nonfinite", "threads",
                   "log_every"}  # may differ on --resume; every other setting must match the checkpoint
+
+
+LEGACY_SETTINGS = {"layout": "per-linear-norm"}  # what a checkpoint that lacks these settings was trained with
 
 
 class ConfigError(ValueError):
@@ -37,10 +40,14 @@ class TrainConfig:
     d_model: int | None = None
     n_layers: int | None = None
     n_heads: int | None = None
+    n_kv_heads: int | None = None
     ffn_hidden: int | None = None
     context: int | None = None
     quant: str = "ternary"
     ffn_act: str | None = None
+    rope_theta: float | None = None
+    tie_embeddings: bool | None = None
+    layout: str = "official"
     ablate: list = field(default_factory=list)
     # optimisation and schedule (the schedule's defaults are schedule.ScheduleConfig's)
     steps: int = 1000
@@ -80,10 +87,10 @@ class TrainConfig:
 def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     if cfg.preset not in PRESETS:
         raise ConfigError(f"unknown --preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
-    over = {k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads", "ffn_hidden", "context", "ffn_act")
-            if getattr(cfg, k) is not None}
+    over = {k: getattr(cfg, k) for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden", "context",
+                                         "ffn_act", "rope_theta", "tie_embeddings") if getattr(cfg, k) is not None}
     try:
-        return ModelConfig.from_dict({**PRESETS[cfg.preset], **over, "quant": cfg.quant,
+        return ModelConfig.from_dict({**PRESETS[cfg.preset], **over, "quant": cfg.quant, "layout": cfg.layout,
                                       "vocab_size": vocab_size, "ablate": list(cfg.ablate)})
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -210,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-heads", type=_positive, help="override the preset's head count")
     m.add_argument("--ffn-hidden", type=_positive, help="override the preset's FFN hidden size")
     m.add_argument("--context", type=_positive, help="override the preset's context length (tokens per sequence)")
+    m.add_argument("--n-kv-heads", type=_positive, help="key/value heads for grouped-query attention "
+                   "(default: the preset's, usually --n-heads)")
+    m.add_argument("--rope-theta", type=_finite, help="RoPE base (default: the preset's, 10000 for the small ones)")
+    m.add_argument("--tie-embeddings", action="store_true", help="share the token embedding with the output head")
+    m.add_argument("--layout", choices=sorted(LAYOUTS), help=f"where the RMSNorms sit (default: {D.layout}): "
+                   "official = the 2B-4T block's four norms; per-linear-norm = one inside every BitLinear")
     m.add_argument("--quant", choices=["ternary", "none"], help=f"ternary BitLinear or full precision (default: {D.quant})")
     m.add_argument("--ffn-act", choices=["relu2", "swiglu"], help="gated FFN activation (default: the preset's)")
     m.add_argument("--ablate", action="append", choices=sorted(ABLATIONS), metavar="NAME",
@@ -260,8 +273,8 @@ def config_from_args(argv=None) -> TrainConfig:
     if "out" not in given:
         raise ConfigError("--resume continues the run in --out DIR: pass --out")
     ckpt = load_checkpoint(Path(given["out"]) / "ckpt.pt")
-    saved = {k: v for k, v in ckpt.get("train_config", {}).items()  # runtime fields come from this command
-             if k in {f.name for f in dataclasses.fields(TrainConfig)} and k not in RUNTIME_FIELDS}
+    saved = {k: v for k, v in {**LEGACY_SETTINGS, **ckpt.get("train_config", {})}.items()  # runtime fields come
+             if k in {f.name for f in dataclasses.fields(TrainConfig)} and k not in RUNTIME_FIELDS}  # from this command
     mismatch = resume_mismatch(given, saved)
     if mismatch:
         raise ConfigError(mismatch)

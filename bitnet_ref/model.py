@@ -45,10 +45,16 @@ PRESETS = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=2, ffn_hidden=192, context=64),
     "default": dict(d_model=256, n_layers=4, n_heads=4, ffn_hidden=704, context=128),
     "wide": dict(d_model=2048, n_layers=4, n_heads=16, ffn_hidden=5504, context=256),
+    # the shapes of two public models, for benchmarks (random init; their vocabularies need their tokenizers)
+    "bitnet-b1.58-2b-4t": dict(d_model=2560, n_layers=30, n_heads=20, n_kv_heads=5, ffn_hidden=6912, context=4096,
+                               vocab_size=128256, rope_theta=500000.0, ffn_act="relu2", tie_embeddings=True),
+    "bitnet-b1.58-large": dict(d_model=1536, n_layers=24, n_heads=16, ffn_hidden=4096, context=2048,
+                               vocab_size=32002, ffn_act="swiglu"),
 }
+LAYOUTS = ("official", "per-linear-norm")
 
 # Hard caps, checked before anything is allocated (a hostile checkpoint config must not trigger a huge alloc).
-MAX_PARAMS = 2_000_000_000
+MAX_PARAMS = 4_000_000_000  # admits bitnet-b1.58-2B-4T (2.4 B); 16 GB of fp32 latents
 MAX_D_MODEL = 16384
 MAX_VOCAB = 1 << 20
 MAX_LAYERS = 1024
@@ -63,6 +69,7 @@ class ModelConfig:
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0 = n_heads
     ffn_hidden: int = 0  # 0 = derived: 8/3 * d_model rounded up to a multiple of 64
     context: int = 128  # max sequence length (RoPE tables, KV cache)
     quant: str = "ternary"  # "ternary" | "none"
@@ -71,18 +78,28 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     ablate: list = field(default_factory=list)  # names in ABLATIONS
+    # "official": the 2B-4T block, four RMSNorms (input_layernorm shared by q/k/v, attn_sub_norm before o_proj,
+    # post_attention_layernorm shared by gate/up, ffn_sub_norm before down_proj); "per-linear-norm": every
+    # BitLinear normalises its own input with its own gain (seven per block; this project's first layout)
+    layout: str = "official"
 
     def __post_init__(self):
         if self.ffn_hidden == 0 and isinstance(self.d_model, int) and self.d_model > 0:
             self.ffn_hidden = 64 * math.ceil(8 * self.d_model / 3 / 64)
+        if self.n_kv_heads == 0 and isinstance(self.n_heads, int):
+            self.n_kv_heads = self.n_heads
         self.ablate = list(self.ablate)
         self.validate()
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        """Build from a plain dict (e.g. a checkpoint's), refusing unknown keys and wrong types."""
+        """Build from a plain dict (e.g. a checkpoint's), refusing unknown keys and wrong types.
+
+        A dict without ``layout`` was written before layouts existed: it describes the per-linear-norm layout.
+        """
         if not isinstance(d, dict):
             raise ValueError(f"model config must be a dict, got {type(d).__name__}")
+        d = {"layout": "per-linear-norm", **d}
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields), key=repr)
         if unknown:
@@ -103,16 +120,21 @@ class ModelConfig:
     def preset(cls, name: str, **overrides) -> "ModelConfig":
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        return cls.from_dict({"layout": "official", **PRESETS[name], **overrides})
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
     def num_params(self) -> int:
         d, h, V, L = self.d_model, self.ffn_hidden, self.vocab_size, self.n_layers
-        per_layer = 4 * d * d + 3 * d * h + 6 * d + h  # linears + one RMSNorm per BitLinear
-        return V * d * (1 if self.tie_embeddings else 2) + L * per_layer + d
+        linears = 2 * d * d + 2 * d * self.kv_dim + 3 * d * h
+        norms = 6 * d + h if self.layout == "per-linear-norm" else 3 * d + h  # one gain per BitLinear, or four
+        return V * d * (1 if self.tie_embeddings else 2) + L * (linears + norms) + d
 
     def validate(self):
         def bad(msg):
@@ -124,6 +146,11 @@ class ModelConfig:
                 bad(f"{k} must be an integer in [{lo}, {hi}], got {v!r}")
         if self.d_model % self.n_heads:
             bad(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if not isinstance(self.n_kv_heads, int) or isinstance(self.n_kv_heads, bool) or self.n_kv_heads < 1 \
+                or self.n_heads % self.n_kv_heads:
+            bad(f"n_kv_heads must divide n_heads {self.n_heads}, got {self.n_kv_heads!r}")
+        if self.layout not in LAYOUTS:
+            bad(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.head_dim % 2:
             bad(f"head_dim {self.head_dim} must be even for RoPE")
         if self.context * self.head_dim > MAX_ROPE:
@@ -166,24 +193,33 @@ class RMSNorm(nn.Module):
 
 
 class BitLinear(nn.Module):
-    """Drop-in for nn.Linear(in, out, bias=False): RMSNorm -> int8 act fake-quant -> ternary weight fake-quant.
+    """Drop-in for nn.Linear(in, out, bias=False): [RMSNorm] -> int8 act fake-quant -> ternary weight fake-quant.
 
     Holds fp32 latent weights; quantizes only inside forward and keeps no state across calls. The reference
     forward is `quant.fake_quant_linear`: the FAQ's value and STE gradients, with the matmul done on the
-    integer codes so the packed runtime path can reproduce it exactly.
+    integer codes so the packed runtime path can reproduce it exactly. ``norm=True`` gives the layer its own
+    RMSNorm (the per-linear-norm layout); in the official layout the block normalises outside and several
+    BitLinears that read one input can share its quantization (``quantize_input``, then ``forward(x, act)``).
     """
 
-    def __init__(self, in_features, out_features, *, quant="ternary", ablate=(), eps=1e-5):
+    def __init__(self, in_features, out_features, *, quant="ternary", ablate=(), eps=1e-5, norm=True):
         super().__init__()
         self.in_features, self.out_features, self.quant = in_features, out_features, quant
         self.weight = nn.Parameter(torch.empty(out_features, in_features))  # (out, in)
         nn.init.normal_(self.weight, std=0.02)
-        self.norm = nn.Identity() if "no-subln" in ablate else RMSNorm(in_features, eps)
+        self.norm = RMSNorm(in_features, eps) if norm and "no-subln" not in ablate else nn.Identity()
         self.dequant = "no-dequant" not in ablate
         self.wq = (Q.weight_fake_quant_no_ste if "no-ste" in ablate else
                    Q.weight_fake_quant_clamp_ste if "clamp-ste" in ablate else None)
 
-    def forward(self, x):
+    def quantize_input(self, x):
+        """The int8 codes and scale of x (after this layer's norm), to share among layers reading the same x;
+        None where this layer would not use them (full precision, the ablations)."""
+        if self.quant == "none" or not self.dequant or self.wq is not None:
+            return None
+        return Q.act_quant(self.norm(x))
+
+    def forward(self, x, act=None):
         x = self.norm(x)
         if self.quant == "none":
             return F.linear(x, self.weight)
@@ -197,7 +233,7 @@ class BitLinear(nn.Module):
             if w_hat.requires_grad:
                 y = y + F.linear(Q.act_fake_quant(x).detach(), w_hat - w_hat.detach())
             return y
-        return Q.fake_quant_linear(x, self.weight)  # = F.linear(act_fake_quant(x), weight_fake_quant(w))
+        return Q.fake_quant_linear(x, self.weight, act)  # = F.linear(act_fake_quant(x), weight_fake_quant(w))
 
     @torch.no_grad()
     def ternary_state(self):
@@ -225,61 +261,80 @@ def apply_rope(x, cos, sin):  # x (B, H, T, hd), cos/sin (T, hd)
 class KVCache:
     """Per-layer keys/values for incremental decoding; `pos` is the number of positions already filled."""
 
-    def __init__(self, n_layers, batch, n_heads, max_len, head_dim, dtype, device):
-        shape = (n_layers, batch, n_heads, max_len, head_dim)
+    def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype, device):
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.batch, self.max_len, self.pos = batch, max_len, 0
 
 
+def _norm(cfg: "ModelConfig", dim: int) -> nn.Module:
+    """A block-level RMSNorm of the official layout (Identity in the per-linear layout and under no-subln)."""
+    if cfg.layout != "official" or "no-subln" in cfg.ablate:
+        return nn.Identity()
+    return RMSNorm(dim, cfg.norm_eps)
+
+
+def _linears(cfg: "ModelConfig", *shapes):
+    kw = dict(quant=cfg.quant, ablate=cfg.ablate, eps=cfg.norm_eps, norm=cfg.layout != "official")
+    return [BitLinear(i, o, **kw) for i, o in shapes]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        d, kw = cfg.d_model, dict(quant=cfg.quant, ablate=cfg.ablate, eps=cfg.norm_eps)
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.q_proj, self.k_proj, self.v_proj = (BitLinear(d, d, **kw) for _ in range(3))
-        self.o_proj = BitLinear(d, d, **kw)  # its norm is the SubLN attn_sub_norm
+        d, kv = cfg.d_model, cfg.kv_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.shared = cfg.layout == "official"  # q/k/v read one normalised input: quantize it once
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = _linears(cfg, (d, d), (d, kv), (d, kv), (d, d))
+        self.sub_norm = _norm(cfg, d)  # attn_sub_norm (per-linear layout: o_proj's own norm)
 
     def forward(self, x, cos, sin, cache=None, layer=0):
         B, T, C = x.shape
-        heads = lambda t: t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        act = self.q_proj.quantize_input(x) if self.shared else None
+        q = self.q_proj(x, act).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x, act).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.v_proj(x, act).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
-        else:
+        mask, causal = None, True
+        if cache is not None:
             p = cache.pos
             cache.k[layer, :, :, p:p + T] = k
             cache.v[layer, :, :, p:p + T] = v
-            ks, vs = cache.k[layer, :, :, :p + T], cache.v[layer, :, :, :p + T]  # (B, H, p+T, hd)
+            k, v = cache.k[layer, :, :, :p + T].to(q.dtype), cache.v[layer, :, :, :p + T].to(q.dtype)  # (B, Hkv, p+T, hd)
             # query i sits at absolute position p+i and may see keys 0..p+i
-            mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
-            y = F.scaled_dot_product_attention(q, ks.to(q.dtype), vs.to(q.dtype), attn_mask=mask)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+            mask, causal = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p), False
+        if self.n_kv_heads != self.n_heads:  # grouped-query attention: each key/value head serves a group
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, S, hd)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, T, hd)
+        return self.o_proj(self.sub_norm(y.transpose(1, 2).reshape(B, T, C)))
 
 
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        d, h, kw = cfg.d_model, cfg.ffn_hidden, dict(quant=cfg.quant, ablate=cfg.ablate, eps=cfg.norm_eps)
-        self.act = cfg.ffn_act
-        self.gate_proj, self.up_proj = BitLinear(d, h, **kw), BitLinear(d, h, **kw)
-        self.down_proj = BitLinear(h, d, **kw)  # its norm is the SubLN ffn_sub_norm
+        d, h = cfg.d_model, cfg.ffn_hidden
+        self.act, self.shared = cfg.ffn_act, cfg.layout == "official"
+        self.gate_proj, self.up_proj, self.down_proj = _linears(cfg, (d, h), (d, h), (h, d))
+        self.sub_norm = _norm(cfg, h)  # ffn_sub_norm (per-linear layout: down_proj's own norm)
 
     def forward(self, x):
-        g = self.gate_proj(x)  # (B, T, h)
+        act = self.gate_proj.quantize_input(x) if self.shared else None
+        g = self.gate_proj(x, act)  # (B, T, h)
         g = F.relu(g).square() if self.act == "relu2" else F.silu(g)
-        return self.down_proj(g * self.up_proj(x))
+        return self.down_proj(self.sub_norm(g * self.up_proj(x, act)))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.attn_norm, self.ffn_norm = _norm(cfg, cfg.d_model), _norm(cfg, cfg.d_model)  # input/post_attention
         self.attn, self.ffn = Attention(cfg), FeedForward(cfg)
 
     def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.attn(x, cos, sin, cache, layer)
-        return x + self.ffn(x)
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+        return x + self.ffn(self.ffn_norm(x))
 
 
 class Transformer(nn.Module):
@@ -309,7 +364,7 @@ class Transformer(nn.Module):
         if not 1 <= max_len <= self.cfg.context:
             raise ValueError(f"cache length {max_len} must be in [1, context={self.cfg.context}]")
         p = self.tok_emb.weight
-        return KVCache(self.cfg.n_layers, batch, self.cfg.n_heads, max_len, self.cfg.head_dim, p.dtype, p.device)
+        return KVCache(self.cfg.n_layers, batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device)
 
     def forward(self, idx, targets=None, cache=None):
         B, T = idx.shape

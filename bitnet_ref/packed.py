@@ -98,39 +98,65 @@ class PackedBitLinear(nn.Module):
         self.in_features, self.out_features = w.k, w.n
         self.beta_f = float(w.beta)  # exact: a float32 value round-trips through a Python float
 
-    def forward(self, x):
-        x = self.norm(x)  # (..., K)
-        if x.device.type != "cpu":
-            raise DecodeError("the packed kernel runs on the CPU; use --device cpu or --backend torch")
+    def quantize_input(self, x):
+        """(q int8 (..., K), gamma float32 (..., 1)) of norm(x), for layers that share one input (the official
+        layout's q/k/v and gate/up): the input is quantized once, then each layer runs only its matmul."""
+        if not self.scaled:
+            return None
+        x = self._cpu(self.norm(x))
+        if not (x.dtype == torch.float32 and fast_act_quant_ok()):
+            return Q.act_quant(x)
+        q, gamma = self._guard(kernels.act_quant, x.detach().reshape(-1, self.w.k).numpy())
+        lead = x.shape[:-1]
+        return torch.from_numpy(q).view(*lead, self.w.k), torch.from_numpy(gamma).view(*lead, 1)
+
+    def forward(self, x, act=None):
+        if act is not None:  # the shared input's codes: only this layer's matmul and scales are left
+            return self._scaled_product(*act).to(x.dtype)
+        x = self._cpu(self.norm(x))  # (..., K)
         if not (x.dtype == torch.float32 and fast_act_quant_ok()):
             return self._rest_reference(x)
         lead = x.shape[:-1]
         x2 = x.detach().reshape(-1, self.w.k).numpy()  # (M, K) float32
+        if self.scaled:
+            y = self._guard(kernels.quant_matmul, x2, self.w.packed, self.w.n, self.w.k, self.beta_f,
+                            threads=self.threads)  # (M, N) float32
+        else:  # no-dequant ablation: the integer product, never scaled back
+            q, _ = self._guard(kernels.act_quant, x2)  # (M, K) int8
+            y = kernels.ternary_matmul(q, self.w.packed, self.w.n, self.w.k, threads=self.threads)
+            y = y.astype(np.float32)  # (M, N), exact while |acc| < 2**24
+        return torch.from_numpy(y).view(*lead, self.w.n)
+
+    @staticmethod
+    def _cpu(x):
+        if x.device.type != "cpu":
+            raise DecodeError("the packed kernel runs on the CPU; use --device cpu or --backend torch")
+        return x
+
+    @staticmethod
+    def _guard(fn, *args, **kwargs):
+        """Call a kernel that quantizes activations; its non-finite-input ValueError becomes a DecodeError."""
         try:
-            if self.scaled:
-                y = kernels.quant_matmul(x2, self.w.packed, self.w.n, self.w.k, self.beta_f,
-                                         threads=self.threads)  # (M, N) float32
-            else:  # no-dequant ablation: the integer product, never scaled back
-                q, _ = kernels.act_quant(x2)  # (M, K) int8
-                y = kernels.ternary_matmul(q, self.w.packed, self.w.n, self.w.k, threads=self.threads)
-                y = y.astype(np.float32)  # (M, N), exact while |acc| < 2**24
+            return fn(*args, **kwargs)
         except ValueError as e:
             if "finite" not in str(e):
                 raise
             raise DecodeError(f"non-finite activations reached a packed layer ({e}); the checkpoint diverged") from None
-        return torch.from_numpy(y).view(*lead, self.w.n)
 
     def forward_reference(self, x):
         return self._rest_reference(self.norm(x))
 
     def _rest_reference(self, x):
-        q, gamma = Q.act_quant(x)  # (..., K) int8, (..., 1) float32
+        return self._scaled_product(*Q.act_quant(x)).to(x.dtype)
+
+    def _scaled_product(self, q, gamma):
+        """acc * (gamma * beta) for int8 codes q (..., K) and their scale gamma (..., 1): the order in which
+        quant.fake_quant_linear computes it; acc is the exact int32 product, exact in float32 below 2**24."""
         lead = q.shape[:-1]
         acc = kernels.ternary_matmul(q.reshape(-1, self.w.k).numpy(), self.w.packed, self.w.n, self.w.k,
                                      threads=self.threads)  # (M, N) int32, exact
-        acc = torch.from_numpy(acc).view(*lead, self.w.n).float()  # (..., N), exact while |acc| < 2**24
-        y = acc * (gamma * self.w.beta) if self.scaled else acc  # same order as quant.fake_quant_linear
-        return y.to(x.dtype)
+        acc = torch.from_numpy(acc).view(*lead, self.w.n).float()  # (..., N)
+        return acc * (gamma * self.w.beta) if self.scaled else acc
 
     def extra_repr(self):
         return f"in={self.w.k}, out={self.w.n}, packed={self.w.packed.nbytes} bytes, scaled={self.scaled}"
@@ -148,7 +174,10 @@ class DequantLinear(nn.Module):
         self.norm = norm
         self.register_buffer("weight", weight)  # (out, in) fp32, codes * beta
 
-    def forward(self, x):
+    def quantize_input(self, x):
+        return None  # no activation quantization here
+
+    def forward(self, x, act=None):
         return F.linear(self.norm(x), self.weight)
 
 

@@ -75,8 +75,8 @@ class _FakeQuantLinear(torch.autograd.Function):
     """Value: (q @ codes.T) * (gamma * beta), the integer kernel's arithmetic. Gradient: the reference STEs."""
 
     @staticmethod
-    def forward(ctx, x, w):
-        q, gamma = act_quant(x)  # (..., K) int8, (..., 1)
+    def forward(ctx, x, w, act=None):
+        q, gamma = act_quant(x) if act is None else act  # (..., K) int8, (..., 1)
         codes, beta = weight_quant(w)  # (N, K) int8, ()
         dt = gamma.dtype
         # integer-valued operands: every partial sum is an integer below 2**24 (K <= 2**17), so this matmul
@@ -100,11 +100,13 @@ class _FakeQuantLinear(torch.autograd.Function):
             if ctx.needs_input_grad[1]:  # ... and d/dw is x_hat: STE identity through weight_quant, every weight
                 x_hat = (q.to(dt) * gamma).reshape(-1, q.shape[-1])  # (M, K)
                 grad_w = (g.reshape(-1, g.shape[-1]).t() @ x_hat).to(w_dtype)  # (N, K)
-        return grad_x, grad_w
+        return grad_x, grad_w, None
 
 
-def fake_quant_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def fake_quant_linear(x: torch.Tensor, w: torch.Tensor, act=None) -> torch.Tensor:
     """F.linear(act_fake_quant(x), weight_fake_quant(w)): same gradients, value computed as the packed kernel does.
+
+    ``act`` is ``act_quant(x)`` when the caller already has it (layers sharing one input quantize it once).
 
     The FAQ form sums float products q*gamma*c*beta, so its rounding depends on the batch shape and BLAS
     kernel, and round() in the next layer turns that noise into code flips (KV-cache decoding and full
@@ -112,7 +114,7 @@ def fake_quant_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     scales multiply the result: y = acc * (gamma * beta). A runtime path that computes acc in int32 and scales
     it the same way reproduces this forward bit for bit.
     """
-    return _FakeQuantLinear.apply(x, w)
+    return _FakeQuantLinear.apply(x, w, act)
 
 
 # ---- deliberately broken variants, for ablations only ----------------------------------------------------------

@@ -46,7 +46,7 @@ from .config import (ConfigError, TrainConfig, check_config, check_memory, confi
 from .data import DataError, get_batch, load_corpus, text
 from .dist import DeviceError, Dist, barrier_and_close, init_distributed
 from .health import HealthTracker
-from .model import BitLinear, Transformer
+from .model import BitLinear, ModelConfig, Transformer
 from .probe import diversity, greedy_decode, probe_prompts
 from .schedule import lr_at, stage_at, wd_at
 
@@ -165,7 +165,11 @@ class TrainingRun:
                               f"exceed the context {mcfg.context}")
         check_memory(mcfg, cfg.batch_size // self.dist.world, self.device)
         if ckpt is not None:
-            if ckpt["config"] != asdict(mcfg):
+            try:
+                same = ModelConfig.from_dict(ckpt["config"]) == mcfg  # old checkpoints lack the newer fields
+            except ValueError:
+                same = False
+            if not same:
                 raise CheckpointError(f"{self.out / 'ckpt.pt'}: its model config does not match the run's settings")
             saved_data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
             if saved_data.get("fingerprint") != corpus.fingerprint:
