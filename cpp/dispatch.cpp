@@ -12,7 +12,6 @@
 // multiply-adds, so small decode shapes never pay a wake-up.
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -117,29 +116,6 @@ void set_default_threads(int threads) {
 }
 int default_threads() { return g_default_threads.load(); }
 int hardware_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
-
-double mac_peak(Backend b, int64_t iters) {
-  if (!backend_supported(b) || iters <= 0) return 0.0;
-  void (*loop)(int64_t) = nullptr;
-  double macs_per_iter = 0;  // twelve instructions of 64 (zmm) or 32 (ymm) byte products
-#if defined(BITNET_HAVE_AVX512_ASM)
-  if (b == Backend::kAvx512Vnni) {
-    loop = mac_loop_avx512vnni;
-    macs_per_iter = 12 * 64;
-  }
-#endif
-#if defined(BITNET_HAVE_AVX2_ASM)
-  if (b == Backend::kAvx2) {
-    loop = mac_loop_avx2;
-    macs_per_iter = 12 * 32;
-  }
-#endif
-  if (loop == nullptr) return 0.0;
-  const auto t0 = std::chrono::steady_clock::now();
-  loop(iters);
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return s > 0 ? macs_per_iter * static_cast<double>(iters) / s : 0.0;
-}
 
 void permute_x_avx512(const int8_t* x, int64_t k, int8_t* out) {
   const int64_t kp = round_up(k, 256);

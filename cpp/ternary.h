@@ -3,7 +3,8 @@
 // This header is the one place the packed format is written down. It declares the portable
 // reference kernels (ternary_ref.cpp), the SIMD row kernels (ternary_avx2.cpp, ternary_avx512.cpp),
 // and the dispatcher (dispatch.cpp) that picks one at run time and splits rows across threads.
-// It is not a general quantization library: no scales, no float math, no other bit widths.
+// It is not a general quantization library: no scales, no float math, no other bit widths. The
+// benchmark-only code (bitnet_ref._bench) is declared apart, in bench/bench.h.
 //
 // ---------------------------------------------------------------------------------------------
 // Packed format (2 bits per weight, ggml TQ2_0 bit order, no scale)
@@ -154,27 +155,5 @@ void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n,
 // bitnet_ref/packed.py. Returns -1, or the flat index of the first non-finite x (y not written).
 int64_t quant_matmul(const float* x, const uint8_t* w, float* y, int64_t m, int64_t n, int64_t k, float beta,
                      Backend backend, int threads);
-
-// ---- benchmark support (membench.cpp) ---------------------------------------------------------
-
-// Median streaming read bandwidth in GB/s over `reps` passes of a `bytes` buffer with `threads`.
-double measure_read_bandwidth(int64_t bytes, int threads, int reps);
-
-// The multiply ceiling of one core for the instruction a backend is built on, in multiply-adds per
-// second: twelve independent vpdpbusd zmm (avx512vnni) or vpmaddubsw ymm (avx2) per iteration, run
-// for `iters` iterations (in the *_asm.cpp files). For tools/bench_kernels.py; 0 for a backend this
-// build/CPU lacks, and 0 in builds without the inline-assembly loops (BITNET_INLINE_ASM=OFF, MSVC).
-double mac_peak(Backend b, int64_t iters);
-void mac_loop_avx2(int64_t iters);        // the timed loops (ternary_avx2_asm.cpp, ternary_avx512_asm.cpp)
-void mac_loop_avx512vnni(int64_t iters);
-
-// ---- bitnet.cpp-style baseline, for benchmarking only (bench_i2s_avx2.cpp) -------------------
-// Our re-implementation of the published I2_S AVX2 1x1 GEMV loop (see that file). NOT exact for
-// K > 2048 with adversarial activations (int16 wraps, as in the original). Only on x86 builds with
-// the AVX2 kernel (BITNET_HAVE_AVX2_KERNEL), and only to be called when cpu_has_avx2().
-// Repacks our format into the I2_S x86 layout: out has n * k / 4 bytes; k % 128 == 0.
-void i2s_repack_bench(const uint8_t* ours, int64_t n, int64_t k, uint8_t* out);
-// y (n) = x (k) . w^T with int16 accumulation over 32-block groups; k % 128 == 0.
-void i2s_gemv_bench(const uint8_t* w_i2s, const int8_t* x, int64_t n, int64_t k, int32_t* y);
 
 }  // namespace bitnet

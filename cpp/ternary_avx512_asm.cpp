@@ -354,32 +354,6 @@ int64_t gemm_rows_avx512vnni_asm(const KernelArgs& a, int64_t r0, int64_t r1, in
   return end;
 }
 
-// The loop mac_peak times (dispatch.cpp): in assembly so the compiler cannot merge or fold the chains
-// (it merges identical intrinsic ones). iters >= 1.
-void mac_loop_avx512vnni(int64_t iters) {
-  int64_t n = iters;
-  __asm__ volatile(
-      "vpternlogd $0xff, %%zmm12, %%zmm12, %%zmm12\n\t"
-      "vpabsb %%zmm12, %%zmm13\n\t"
-      BITNET_ZERO(0) BITNET_ZERO(1) BITNET_ZERO(2) BITNET_ZERO(3) BITNET_ZERO(4) BITNET_ZERO(5)
-      BITNET_ZERO(6) BITNET_ZERO(7) BITNET_ZERO(8) BITNET_ZERO(9) BITNET_ZERO(10) BITNET_ZERO(11)
-      ".p2align 5\n"
-      "1:\n\t"
-      "vpdpbusd %%zmm12, %%zmm13, %%zmm0\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm1\n\t"
-      "vpdpbusd %%zmm12, %%zmm13, %%zmm2\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm3\n\t"
-      "vpdpbusd %%zmm12, %%zmm13, %%zmm4\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm5\n\t"
-      "vpdpbusd %%zmm12, %%zmm13, %%zmm6\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm7\n\t"
-      "vpdpbusd %%zmm12, %%zmm13, %%zmm8\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm9\n\t"
-      "vpdpbusd %%zmm12, %%zmm13, %%zmm10\n\t" "vpdpbusd %%zmm12, %%zmm13, %%zmm11\n\t"
-      "decq %[n]\n\t"
-      "jnz 1b\n\t"
-      "vzeroupper\n\t"
-      : [n] "+r"(n)
-      :
-      : "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
-        "xmm12", "xmm13");
-}
-
 }  // namespace bitnet
 
 #endif  // x86-64 GCC/Clang

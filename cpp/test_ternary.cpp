@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench.h"
 #include "ternary.h"
 
 namespace {
@@ -315,7 +316,7 @@ void test_quant_matmul() {
         "quant_matmul reports non-finite x and writes nothing");
 }
 
-// The bitnet.cpp-style I2_S baseline (bench_i2s_avx2.cpp, benchmark only): equal to the oracle where
+// The bitnet.cpp-style I2_S baseline (bench/i2s_avx2.cpp, benchmark only): equal to the oracle where
 // int16 cannot wrap (random activations; any activations for K <= 2048), and wrapping where the
 // published loop wraps (K = 4096, +1 weights, x = -128), while our kernels stay exact there.
 void test_i2s_baseline() {

@@ -1,4 +1,5 @@
-"""Run by test_hostile.py in a child process: throw random shapes, dtypes and strides at every kernel binding.
+"""Run by test_hostile.py in a child process: throw random shapes, dtypes and strides at every binding of the
+kernels extension (bitnet_ref._core) and of the benchmark extension (bitnet_ref._bench).
 
 Each call must return or raise TypeError/ValueError/OverflowError; anything else is reported and the process
 exits 1. A crash (segfault, abort) kills the process, which the parent sees as a negative return code.
@@ -11,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitnet_ref import _core, kernels
+from bitnet_ref import _bench, _core, kernels
 
 DTYPES = [np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64, np.float16, np.float32, np.float64,
           np.bool_, np.complex64, object]
@@ -75,13 +76,14 @@ def fuzz(a, b, n, k, beta, th, impl, r):
     call(_core.matmul, a, packed, n, k)
     call(_core.quant_matmul, a, packed, n, k, beta)
     call(_core.act_quant, a)
-    # the benchmark-only bindings check their arguments too (reps and iters kept small: they run loops)
-    if hasattr(_core, "_bench_i2s_gemv"):
-        call(_core._bench_i2s_repack, packed, n, k)
-        call(_core._bench_i2s_gemv, a, packed, n, k)
-        call(_core._bench_gemv_seconds, impl, a, [packed, b], n, k, r)
-        call(_core._bench_gemv_seconds, impl, a, packed, n, k, 1)  # not a list
-    call(_core.mac_peak, impl, r if isinstance(r, int) and r < 4 else 3)
+    # the benchmark-only bindings check their arguments too (reps, iters and bytes kept small: they run loops)
+    if hasattr(_bench, "i2s_gemv"):
+        call(_bench.i2s_repack, packed, n, k)
+        call(_bench.i2s_gemv, a, packed, n, k)
+        call(_bench.gemv_seconds, impl, a, [packed, b], n, k, r)
+        call(_bench.gemv_seconds, impl, a, packed, n, k, 1)  # not a list
+    call(_bench.mac_peak, impl, r if isinstance(r, int) and r < 4 else 3)
+    call(_bench.measure_read_bandwidth, n if isinstance(n, int) and n < 1 << 16 else 4096, th, r)
     if a.ndim == 2 and a.dtype == np.int8:  # a real pack of a's shape against a wrong-shaped x
         codes = np.clip(a, -1, 1).astype(np.int8)
         good = kernels.pack_ternary(codes)

@@ -263,8 +263,9 @@ def test_env_var_forces_scalar_path():
 
 
 def test_package_import_does_not_load_extension():
-    code = "import sys, bitnet_ref, bitnet_ref.kernels; print('bitnet_ref._core' in sys.modules)"
-    assert run_python(code) == "False"
+    code = ("import sys, bitnet_ref, bitnet_ref.kernels; "
+            "print('bitnet_ref._core' in sys.modules, 'bitnet_ref._bench' in sys.modules)")
+    assert run_python(code) == "False False"
 
 
 # ---- fused float path: act_quant and quant_matmul ----------------------------------------------------------------
@@ -429,16 +430,47 @@ def test_core_quant_matmul_checks_before_reading():
         _core.quant_matmul(np.zeros((1, 1), np.float32), GOOD_PACKED, 1, (1 << 22) + 1, 1.0)
 
 
-# ---- the bitnet.cpp-style I2_S baseline (benchmark only: cpp/bench_i2s_avx2.cpp) ---------------------------------
+# ---- benchmark-only code: the bitnet_ref._bench extension (cpp/bench/) -------------------------------------------
 
-def _i2s_core():
+def _bench():
+    """bitnet_ref._bench. The same install builds it with _core, so (as in test_extension_is_available) a missing
+    one is a failure, not a skip."""
+    from bitnet_ref import _bench
+    return _bench
+
+
+def _i2s_bench():
     if not kernels.available():
         return None
+    bench = _bench()
+    return bench if hasattr(bench, "i2s_gemv") and kernels.has_avx2() else None
+
+
+needs_i2s = pytest.mark.skipif(_i2s_bench() is None, reason="I2_S baseline needs the extension on an AVX2 x86 CPU")
+
+# The benchmark-only functions, by the names they are (or were) bound and exported under.
+BENCH_NAMES = ("measure_read_bandwidth", "mac_peak", "mac_loop", "i2s_gemv", "i2s_repack", "gemv_seconds")
+
+
+def test_core_carries_no_benchmark_code():
+    """The shipped extension is the kernels and their bindings only: no benchmark binding, and no benchmark
+    function among the names in the module file (its exported symbols), so linking a bench source into _core
+    again fails here. They are all in _bench."""
     from bitnet_ref import _core
-    return _core if hasattr(_core, "_bench_i2s_gemv") and kernels.has_avx2() else None
+    assert [n for n in dir(_core) if "bench" in n or any(b in n for b in BENCH_NAMES)] == []
+    with open(_core.__file__, "rb") as f:
+        binary = f.read()
+    assert [b for b in BENCH_NAMES if b.encode() in binary] == []
+    assert hasattr(_bench(), "measure_read_bandwidth") and hasattr(_bench(), "mac_peak")
 
 
-needs_i2s = pytest.mark.skipif(_i2s_core() is None, reason="I2_S baseline needs the extension on an AVX2 x86 CPU")
+def test_measure_read_bandwidth_is_positive_and_refuses_bad_input():
+    assert _bench().measure_read_bandwidth(1 << 20, 1, 1) > 0
+    with pytest.raises(ValueError, match=">= 1"):
+        _bench().measure_read_bandwidth(0, 1, 1)
+
+
+# ---- the bitnet.cpp-style I2_S baseline (benchmark only: cpp/bench/i2s_avx2.cpp) ---------------------------------
 
 
 def pack_i2s_py(codes: np.ndarray) -> np.ndarray:
@@ -450,11 +482,11 @@ def pack_i2s_py(codes: np.ndarray) -> np.ndarray:
 
 
 def i2s_gemv(x, codes):
-    core = _i2s_core()
+    bench = _i2s_bench()
     n, k = codes.shape
-    w = core._bench_i2s_repack(kernels.pack_ternary(codes), n, k)
+    w = bench.i2s_repack(kernels.pack_ternary(codes), n, k)
     np.testing.assert_array_equal(w, pack_i2s_py(codes))
-    return core._bench_i2s_gemv(x, w, n, k)
+    return bench.i2s_gemv(x, w, n, k)
 
 
 @needs_i2s
@@ -487,50 +519,50 @@ def test_i2s_baseline_exact_at_k_2048_but_wraps_at_4096_where_ours_stays_exact(w
 
 @needs_i2s
 def test_i2s_baseline_refuses_bad_input():
-    core = _i2s_core()
+    bench = _i2s_bench()
     p = kernels.pack_ternary(np.zeros((2, 200), np.int8))
     with pytest.raises(ValueError, match="multiple of 128"):
-        core._bench_i2s_repack(p, 2, 200)
+        bench.i2s_repack(p, 2, 200)
     p = kernels.pack_ternary(np.zeros((2, 256), np.int8))
     with pytest.raises(ValueError, match="shape"):
-        core._bench_i2s_gemv(np.zeros((2, 256), np.int8), p, 2, 256)
+        bench.i2s_gemv(np.zeros((2, 256), np.int8), p, 2, 256)
     with pytest.raises(ValueError, match="truncated"):
-        core._bench_i2s_gemv(np.zeros((1, 256), np.int8), p[:-1], 2, 256)
+        bench.i2s_gemv(np.zeros((1, 256), np.int8), p[:-1], 2, 256)
 
 
 @needs_i2s
-def test_bench_gemv_seconds_times_each_implementation_and_refuses_bad_input():
-    core = _i2s_core()
+def test_gemv_seconds_times_each_implementation_and_refuses_bad_input():
+    bench = _i2s_bench()
     codes = np.random.default_rng(0).integers(-1, 2, size=(8, 256), dtype=np.int8)
     x = np.ones((1, 256), np.int8)
     p = kernels.pack_ternary(codes)
-    w = core._bench_i2s_repack(p, 8, 256)
+    w = bench.i2s_repack(p, 8, 256)
     impls = {"i2s": [w, w.copy()], **{b: [p, p.copy()] for b in BACKENDS if b != "scalar"}}
     for impl, bufs in impls.items():
-        secs = core._bench_gemv_seconds(impl, x, bufs, 8, 256, 5)
+        secs = bench.gemv_seconds(impl, x, bufs, 8, 256, 5)
         assert len(secs) == 5 and all(0 < s < 1 for s in secs), impl
     with pytest.raises(ValueError, match="impl"):
-        core._bench_gemv_seconds("scalar", x, [p], 8, 256, 1)
+        bench.gemv_seconds("scalar", x, [p], 8, 256, 1)
     with pytest.raises(ValueError, match="unknown backend"):
-        core._bench_gemv_seconds("fast", x, [p], 8, 256, 1)
+        bench.gemv_seconds("fast", x, [p], 8, 256, 1)
     with pytest.raises(ValueError, match="at least one"):
-        core._bench_gemv_seconds("i2s", x, [], 8, 256, 1)
+        bench.gemv_seconds("i2s", x, [], 8, 256, 1)
     with pytest.raises(ValueError, match="truncated"):
-        core._bench_gemv_seconds("i2s", x, [w, w[:-1]], 8, 256, 1)
+        bench.gemv_seconds("i2s", x, [w, w[:-1]], 8, 256, 1)
     with pytest.raises(ValueError, match="reps"):
-        core._bench_gemv_seconds("i2s", x, [w], 8, 256, 0)
+        bench.gemv_seconds("i2s", x, [w], 8, 256, 0)
     with pytest.raises(TypeError, match="uint8"):
-        core._bench_gemv_seconds("i2s", x, [w.view(np.int8)], 8, 256, 1)
+        bench.gemv_seconds("i2s", x, [w.view(np.int8)], 8, 256, 1)
 
 
 def test_mac_peak_measures_each_simd_backend():
-    from bitnet_ref import _core
+    bench = _bench()
     for b in BACKENDS:
         if b == "scalar":
             with pytest.raises(ValueError, match="SIMD"):
-                _core.mac_peak(b)
+                bench.mac_peak(b)
         else:  # 0 only in builds without the assembly loops; any real core does > 1 G MAC/s
-            peak = _core.mac_peak(b, 100000)
+            peak = bench.mac_peak(b, 100000)
             assert peak == 0.0 or peak > 1e9, (b, peak)
     with pytest.raises(ValueError, match="iters"):
-        _core.mac_peak(BACKENDS[-1], 0)
+        bench.mac_peak(BACKENDS[-1], 0)

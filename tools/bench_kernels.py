@@ -16,13 +16,16 @@ machine, calls longer than a scheduler time slice get preempted and their wall t
 about the neighbours than about the kernel.
 
 A second section times our AVX2 and AVX-512 kernels side by side with a bitnet.cpp-style I2_S GEMV loop: our
-own re-implementation of bitnet.cpp's published AVX2 I2_S 1x1 algorithm (cpp/bench_i2s_avx2.cpp, benchmark
+own re-implementation of bitnet.cpp's published AVX2 I2_S 1x1 algorithm (cpp/bench/i2s_avx2.cpp, benchmark
 only, same AVX2 compile flags, int16 accumulation as published, not exact for K > 2048 with adversarial input),
 at 256x256, 4096x4096 and 11008x4096, M = 1, one thread, hot and cold, with the ratio of each to the I2_S
-loop. Every call goes through a pybind11 call (ours: ternary_matmul; I2_S: _core._bench_i2s_gemv, which also
+loop. Every call goes through a pybind11 call (ours: ternary_matmul; I2_S: _bench.i2s_gemv, which also
 computes the activation sum, as bitnet.cpp's quantizer does), and the same calls are timed again inside C++
-(_core._bench_gemv_seconds), without the Python call around each: those columns compare with figures
+(_bench.gemv_seconds), without the Python call around each: those columns compare with figures
 measured in C, such as bitnet.cpp's.
+
+The bandwidth probe, the multiply ceiling and the I2_S-style loop are benchmark-only code in their own
+extension, bitnet_ref._bench (cpp/bench/), built by the same pip install as the kernels' bitnet_ref._core.
 
 The implementations are timed in interleaved rounds, case by case, so that noise from a
 shared machine hits them alike; medians, not means. Timings include the Python call overhead of
@@ -152,16 +155,16 @@ def bench_case(kernels, torch, n, k, m, threads, cold, cold_bytes, min_time, rng
     return t, cpu, packed.nbytes
 
 
-def bench_i2s_case(kernels, core, n, k, cold, cold_bytes, min_time, rng):
+def bench_i2s_case(kernels, bench, n, k, cold, cold_bytes, min_time, rng):
     """Median wall seconds per M = 1, one-thread call: our kernels and the I2_S-style loop on the same weights."""
     codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)  # (N, K)
     x = rng.integers(-127, 128, size=(1, k), dtype=np.int8)  # (1, K); random: the I2_S loop cannot wrap
     packed = kernels.pack_ternary(codes)
-    w_i2s = core._bench_i2s_repack(packed, n, k)
+    w_i2s = bench.i2s_repack(packed, n, k)
     copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
     packs = [packed] + [packed.copy() for _ in range(copies - 1)]
     ws = [w_i2s] + [w_i2s.copy() for _ in range(copies - 1)]
-    fns = {"i2s": rotating(lambda w: core._bench_i2s_gemv(x, w, n, k), ws)}
+    fns = {"i2s": rotating(lambda w: bench.i2s_gemv(x, w, n, k), ws)}
     for b in ("avx2", "avx512vnni"):
         if b in kernels.supported_backends():
             fns[b] = rotating(lambda p, b=b: kernels.ternary_matmul(x, p, n, k, threads=1, backend=b), packs)
@@ -172,19 +175,17 @@ def bench_i2s_case(kernels, core, n, k, cold, cold_bytes, min_time, rng):
     t, _ = time_rounds(fns, min_time)
     # The same calls timed inside C++, without the Python call around each: comparable to figures
     # measured in C (bitnet.cpp's). Interleaved rounds again; median per call.
-    t_cpp = {}
-    if hasattr(core, "_bench_gemv_seconds"):
-        samples = {name: [] for name in fns}
-        reps = {name: max(1, min(5000, int(min_time / 5 / max(t[name], 1e-7)))) for name in fns}
-        for _ in range(5):
-            for name in fns:
-                bufs = ws if name == "i2s" else packs
-                samples[name] += core._bench_gemv_seconds(name, x, bufs, n, k, reps[name])
-        t_cpp = {name: statistics.median(v) for name, v in samples.items()}
+    samples = {name: [] for name in fns}
+    reps = {name: max(1, min(5000, int(min_time / 5 / max(t[name], 1e-7)))) for name in fns}
+    for _ in range(5):
+        for name in fns:
+            bufs = ws if name == "i2s" else packs
+            samples[name] += bench.gemv_seconds(name, x, bufs, n, k, reps[name])
+    t_cpp = {name: statistics.median(v) for name, v in samples.items()}
     return t, t_cpp
 
 
-def run_i2s_section(kernels, core, cold_bytes, min_time, rng) -> list:
+def run_i2s_section(kernels, bench, cold_bytes, min_time, rng) -> list:
     print()
     print("side by side, M = 1, 1 thread: ours vs a bitnet.cpp-style I2_S loop (our re-implementation of the "
           "published algorithm, same -mavx2 flags)")
@@ -196,21 +197,19 @@ def run_i2s_section(kernels, core, cold_bytes, min_time, rng) -> list:
     rows = []
     for n, k in I2S_SHAPES:
         for cold in (False, True):
-            t, tc = bench_i2s_case(kernels, core, n, k, cold, cold_bytes, min_time, rng)
+            t, tc = bench_i2s_case(kernels, bench, n, k, cold, cold_bytes, min_time, rng)
             for name in ("i2s", "avx2", "avx512vnni"):
                 if name not in t:
                     continue
                 row = {"n": n, "k": k, "m": 1, "threads": 1, "cache": "cold" if cold else "hot",
                        "impl": "i2s_style" if name == "i2s" else name, "us": t[name] * 1e6,
                        "gweights_s": n * k / t[name] / 1e9, "x_i2s": t["i2s"] / t[name],
-                       "cpp_us": tc[name] * 1e6 if tc else None,
-                       "cpp_gweights_s": n * k / tc[name] / 1e9 if tc else None,
-                       "cpp_x_i2s": tc["i2s"] / tc[name] if tc else None}
+                       "cpp_us": tc[name] * 1e6, "cpp_gweights_s": n * k / tc[name] / 1e9,
+                       "cpp_x_i2s": tc["i2s"] / tc[name]}
                 rows.append(row)
-                cpp = (f" {row['cpp_us']:>9.1f} {row['cpp_gweights_s']:>9.1f} {row['cpp_x_i2s']:>7.2f}"
-                       if tc else "")
                 print(f"{n:>5} x {k:<5} {row['cache']:>5} {row['impl']:>11} {row['us']:>9.1f}"
-                      f" {row['gweights_s']:>7.1f} {row['x_i2s']:>7.2f}{cpp}", flush=True)
+                      f" {row['gweights_s']:>7.1f} {row['x_i2s']:>7.2f}"
+                      f" {row['cpp_us']:>9.1f} {row['cpp_gweights_s']:>9.1f} {row['cpp_x_i2s']:>7.2f}", flush=True)
     return rows
 
 
@@ -243,8 +242,12 @@ def run(args) -> int:
 
     if not kernels.available():
         raise BenchError(f"the C++ extension is not available: {kernels.import_error()}")
+    try:
+        from bitnet_ref import _bench
+    except ImportError as exc:  # _core loaded but not _bench: a partial or stale build
+        raise BenchError(f"the benchmark extension bitnet_ref._bench is not available ({exc}); "
+                         "reinstall with `pip install -e .`") from None
     import torch
-    from bitnet_ref import _core
 
     all_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads_list = args.threads or sorted({1, all_cores})
@@ -274,13 +277,12 @@ def run(args) -> int:
     bw_bytes = (64 << 20) if args.quick else max(8 * llc, 256 << 20)
 
     def measure_bandwidth():
-        return {t: _core.measure_read_bandwidth(bw_bytes, t, 3 if args.quick else 7) for t in threads_list}
+        return {t: _bench.measure_read_bandwidth(bw_bytes, t, 3 if args.quick else 7) for t in threads_list}
 
     # Measured before the table (the roofline column) and again after it, to show the drift.
     bandwidth = measure_bandwidth()
     # The multiply ceiling of one core (0 where the build has no assembly loops to measure it with).
-    mac_peak = {b: _core.mac_peak(b) / 1e9 for b in kernels.supported_backends() if b != "scalar"} \
-        if hasattr(_core, "mac_peak") else {}
+    mac_peak = {b: _bench.mac_peak(b) / 1e9 for b in kernels.supported_backends() if b != "scalar"}
     peak = mac_peak.get(backend) or None
     info = {
         "cpu": cpu_name(), "backend": backend, "supported_backends": kernels.supported_backends(),
@@ -337,8 +339,8 @@ def run(args) -> int:
                           f" {row['roofline']:>8.2f} {op:>7}", flush=True)
     i2s_rows = []
     if not args.no_i2s:
-        if hasattr(_core, "_bench_i2s_gemv") and kernels.has_avx2():
-            i2s_rows = run_i2s_section(kernels, _core, cold_bytes, min_time, rng)
+        if hasattr(_bench, "i2s_gemv") and kernels.has_avx2():
+            i2s_rows = run_i2s_section(kernels, _bench, cold_bytes, min_time, rng)
         else:
             print("\nI2_S-style side by side skipped: needs an AVX2 x86 build")
     after = measure_bandwidth()

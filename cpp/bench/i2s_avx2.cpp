@@ -1,11 +1,12 @@
-// bench_i2s_avx2.cpp: a bitnet.cpp-style I2_S GEMV baseline, FOR BENCHMARKING ONLY.
+// i2s_avx2.cpp: a bitnet.cpp-style I2_S GEMV baseline, FOR BENCHMARKING ONLY.
 //
 // This is our own re-implementation of the published algorithm of bitnet.cpp's AVX2 I2_S 1x1
 // GEMV inner loop (microsoft/BitNet, src/ggml-bitnet-mad.cpp, ggml_vec_dot_i2_i8_s_1x1), written
 // from its description in shared/research/ternary-cpu-kernels.md §1; no bitnet.cpp code is copied.
 // It exists so that tools/bench_kernels.py can time "our kernel vs a bitnet.cpp-style kernel" in one
-// run on one machine, compiled with the same AVX2 flags as ternary_avx2.cpp. Nothing in bitnet_ref
-// uses it for computing; it is reachable only through _core._bench_i2s_* and test_ternary.cpp.
+// run on one machine, compiled with the same AVX2 flags as ../ternary_avx2.cpp. Nothing in bitnet_ref
+// uses it for computing; it is reachable only through bitnet_ref._bench (i2s_repack, i2s_gemv,
+// gemv_seconds) and test_ternary.cpp.
 //
 // I2_S x86 layout (what i2s_repack_bench writes): codes c = w + 1 in {0, 1, 2}, row stride K / 4
 // bytes (K must be a multiple of 128), blocks of 128 weights in 32 bytes, byte j of a block holds
@@ -23,7 +24,7 @@
 // x = -128 everywhere sums to -65536 in a lane, which wraps to 0. Random or real activations stay far
 // inside the range. Our kernels widen every 8 (AVX2 GEMV) or 16 (GEMM) blocks and are exact for every
 // K <= kMaxK; tests/test_kernels.py and test_ternary.cpp show both facts.
-#include "ternary.h"
+#include "bench.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>

@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "ternary.h"
+#include "bench.h"
 #include "threadpool.h"
 
 namespace bitnet {
