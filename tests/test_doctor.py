@@ -8,6 +8,8 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from bitnet_ref import doctor as D
+from bitnet_ref import metrics
+from bitnet_ref.thresholds import REPETITIVE_TOP_SHARE
 
 LN_V, UNI = math.log(256), 3.23
 
@@ -51,10 +53,19 @@ def make_records(steps=100, every=20, val=None, unique=None, layer=None, flips=N
     return recs
 
 
+def jsonl(records) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def as_run(records) -> D.Run:
+    """The Run that load_run makes of a metrics.jsonl holding these records (no checkpoint, no probe report)."""
+    return D.Run.from_metrics(metrics.parse(jsonl(records).encode()), "<records>")
+
+
 def diag(records, baseline=None, probe=None):
-    run = D.run_from_records(records)
+    run = as_run(records)
     run.probe = probe
-    base = D.run_from_records(baseline) if baseline is not None else None
+    base = as_run(baseline) if baseline is not None else None
     return D.diagnose(run, base)
 
 
@@ -112,6 +123,13 @@ def test_incomplete_run_is_noted_and_judged_from_recent_train_loss():
     d = diag(recs)  # only the step-0 eval (5.5) is there; the train loss has long fallen below unigram level
     assert d.verdict == "healthy" and d.evidence[0].startswith("final train loss")
     assert any("incomplete run: 60 of 100" in n for n in d.notes)
+
+
+def test_repetitive_greedy_output_is_a_note_not_a_verdict():
+    d = diag(make_records(top_share=lambda s: REPETITIVE_TOP_SHARE))
+    assert d.verdict == "healthy" and any("repetitive" in n for n in d.notes)
+    d = diag(make_records(top_share=lambda s: REPETITIVE_TOP_SHARE - 0.01))
+    assert not any("repetitive" in n for n in d.notes)
 
 
 def test_diverged_on_nonfinite_loss():
@@ -197,7 +215,7 @@ def test_all_causes_are_listed_and_the_first_is_the_cause():
 
 def write_run(tmp_path, records, tail=""):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    (tmp_path / "metrics.jsonl").write_text(jsonl(records) + tail)
     return tmp_path
 
 
