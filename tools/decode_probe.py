@@ -1,6 +1,7 @@
 """Command-line entry for the decode probe: `python tools/decode_probe.py RUN/ckpt.pt [--json] ...`.
 
-A thin wrapper; everything (options, report, verdict thresholds) lives in bitnet_ref/decode_probe.py.
+A thin wrapper; everything (options, report, verdict) lives in bitnet_ref/decode_probe.py, the verdict's
+thresholds in bitnet_ref/thresholds.py.
 """
 
 import sys
