@@ -44,6 +44,7 @@ import json
 import math
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ from . import data as D
 from . import kernels
 from . import packed as P
 from .checkpoint import CheckpointError, atomic_write
-from .cli import OneLineParser, whole_at_least
+from .cli import OneLineParser, run_quietly, whole_at_least
 from .probe import diversity, probe_prompts
 from .thresholds import COLLAPSE_TOP1, COLLAPSE_TOP_SHARE, COLLAPSE_UNIQUE, PROBE_LOSS_MARGIN, REPETITIVE_TOP_SHARE
 
@@ -388,5 +389,10 @@ def main(argv=None, prog=None) -> int:
     return 1 if report["parity"]["ok"] is False else 0
 
 
+def cli(prog=None) -> int:
+    """The console-script entry (bitnet-decode-probe): main on sys.argv, quiet when the reader stops early (| head)."""
+    return run_quietly(partial(main, prog=prog))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(prog="python -m bitnet_ref.decode_probe"))

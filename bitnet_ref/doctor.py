@@ -37,11 +37,13 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
 from . import metrics
 from .causes import CAUSE_TEXT, find_causes, flip_trend, fmt
+from .cli import run_quietly
 from .metrics import number_or_none
 from .thresholds import (BASELINE_GAP_FRAC, COLLAPSE_FRAC, DIP_FRAC, DIVERGE_RISE, FLIP_KEEP_FRAC, LOSS_FELL,
                          MIN_UNIQUE_SIGNAL, NEAR_LN_V_FRAC, NEAR_UNIGRAM_FRAC, RECOVER_FRAC, REPETITIVE_TOP_SHARE)
@@ -388,5 +390,10 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
     return 0
 
 
+def cli(prog=None) -> int:
+    """The console-script entry (bitnet-doctor): main on sys.argv, quiet when the reader stops early (| head)."""
+    return run_quietly(partial(main, prog=prog))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(prog="python -m bitnet_ref.doctor"))

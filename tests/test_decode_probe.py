@@ -177,6 +177,19 @@ def test_torch_backend_runs(trained):
     assert json.loads(r.stdout)["backend"] == "torch"
 
 
+def test_module_entry_and_a_reader_that_stops_early(trained):
+    args = [sys.executable, "-m", "bitnet_ref.decode_probe", str(trained[0]), "--no-save", "--backend", "torch",
+            "--max-new-tokens", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and "verdict" in r.stdout, r.stderr
+    # `| head` that has already gone when the report is printed: no BrokenPipeError traceback, exit 0
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0 and b"Traceback" not in err, err.decode()
+
+
 @pytest.fixture(scope="module")
 def bad_files(trained, tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")

@@ -3,6 +3,8 @@
 import json
 import math
 import multiprocessing
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -267,6 +269,21 @@ def test_cli_bad_baseline_is_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / "run", make_records())
     assert D.main([str(run), "--baseline", str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_cli_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
+    # `python -m bitnet_ref.doctor RUN | head -1`: a config line far larger than a pipe's buffer (64 KiB), so the
+    # doctor is still writing when the reader goes away
+    recs = make_records()
+    recs[0]["config"]["note"] = "x" * (1 << 20)
+    run = write_run(tmp_path / "run", recs)
+    p = subprocess.Popen([sys.executable, "-m", "bitnet_ref.doctor", str(run)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 0 and err == b"", err.decode()
+    assert first.startswith(b"verdict: healthy")
 
 
 # ---------------------------------------------------------------------------- real short runs

@@ -6,7 +6,7 @@ thresholds in bitnet_ref/thresholds.py.
 
 import sys
 
-from bitnet_ref.decode_probe import main
+from bitnet_ref.decode_probe import cli
 
 if __name__ == "__main__":
-    sys.exit(main(prog="decode_probe.py"))
+    sys.exit(cli(prog="decode_probe.py"))
