@@ -16,21 +16,23 @@ The report prints as a table, or ``--json`` as one object, and is written atomic
 beside the checkpoint (``--no-save`` skips that); ``bitnet_ref.doctor`` reads its ``parity`` object.
 Exit status: 0 done, 1 parity failure (the packed path disagrees with training: a bug), 2 bad input.
 
-Verdict rules, first match wins (thresholds are the constants below):
+Verdict rules, first match wins (each upper-case name is a number in thresholds.py, documented there):
 
 1. **collapsed**: the model is near-certain of one token whatever the context: mean top-1 probability along the
-   samples >= ``COLLAPSE_TOP1`` (0.9) and the generated tokens are >= ``COLLAPSE_TOP_SHARE`` (0.9) one token
-   or at most ``COLLAPSE_UNIQUE`` (2) distinct tokens over all samples.
-2. **not learning**: validation loss > unigram entropy - ``LEARN_MARGIN`` (0.05 nats): the model does no better
-   than a context-free table of token frequencies (a loss near ln V is no better than uniform guessing).
+   samples >= ``COLLAPSE_TOP1`` and the generated tokens are >= ``COLLAPSE_TOP_SHARE`` one token or at most
+   ``COLLAPSE_UNIQUE`` distinct tokens over all samples.
+2. **not learning**: validation loss > unigram entropy - ``PROBE_LOSS_MARGIN`` nats: the model does no better
+   than a context-free table of token frequencies (a loss within the margin of ln V is no better than uniform
+   guessing, and the reason says so). The doctor tells those two apart (its not_learning and stuck_unigram) and
+   judges a run's final loss against fractions of them instead (``NEAR_LN_V_FRAC``, ``NEAR_UNIGRAM_FRAC``).
 3. **healthy** otherwise: it beats the unigram baseline and is not stuck on one token. Greedy decoding of a small
-   model still repeats itself (a loop such as "te te te"); when one token is >= ``REPETITIVE_TOP_SHARE`` (0.5)
-   of the output, a note says so, but repetition under greedy decoding alone is not collapse.
+   model still repeats itself (a loop such as "te te te"); when one token is >= ``REPETITIVE_TOP_SHARE`` of the
+   output, a note says so (the doctor notes the same), but repetition under greedy decoding alone is not collapse.
 
 Why these: the unigram entropy is the loss of the best model that ignores context, so beating it is the
 least that "has learned something" can mean; the margin covers the noise of a few validation windows.
 Collapse is about the model's distribution, not its argmax: a weak model's greedy output loops at low
-confidence (top-1 ~0.5) and sampling from it is diverse; a collapsed one puts >= 90% on the same token.
+confidence and sampling from it is diverse; a collapsed one puts nearly all its probability on the same token.
 
 What this is not: a quality benchmark (a healthy verdict says the model is learning, not that it is good).
 """
@@ -42,6 +44,7 @@ import json
 import math
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,14 +54,10 @@ from . import generate as G
 from . import kernels
 from . import packed as P
 from .checkpoint import CheckpointError, atomic_write
-from .cli import OneLineParser, whole_at_least
+from .cli import OneLineParser, run_quietly, whole_at_least
 from .probe import diversity, probe_prompts
+from .thresholds import COLLAPSE_TOP1, COLLAPSE_TOP_SHARE, COLLAPSE_UNIQUE, PROBE_LOSS_MARGIN, REPETITIVE_TOP_SHARE
 
-COLLAPSE_TOP1 = 0.9  # mean top-1 probability along the samples, at or above which the model is near-certain
-COLLAPSE_TOP_SHARE = 0.9  # share of generated tokens taken by one token, at or above which output is one token
-COLLAPSE_UNIQUE = 2  # at most this many distinct tokens over all samples also counts as one-token output
-LEARN_MARGIN = 0.05  # nats: validation loss must be this far below the unigram entropy to count as learning
-REPETITIVE_TOP_SHARE = 0.5  # note (not a verdict): one token is at least half the output
 VAL_WINDOWS = 32  # validation windows (of the model's context) for the loss measured by the probe
 VAL_SEED = 0
 REPORT_NAME = "decode_probe.json"
@@ -82,10 +81,11 @@ def verdict(*, val_loss, unigram_entropy, ln_vocab, div: dict, mean_top1: float)
                   f"({div['unique_tokens']} distinct)")
     elif val_loss is None or unigram_entropy is None:
         v, reason = "unknown", "no validation loss or unigram entropy to judge learning by (data unavailable)"
-    elif val_loss > unigram_entropy - LEARN_MARGIN:
+    elif val_loss > unigram_entropy - PROBE_LOSS_MARGIN:
         v = "not learning"
-        near_uniform = ln_vocab is not None and val_loss >= ln_vocab - LEARN_MARGIN
-        reason = (f"val loss {val_loss:.3f} is not below the unigram entropy {unigram_entropy:.3f} - {LEARN_MARGIN}"
+        near_uniform = ln_vocab is not None and val_loss >= ln_vocab - PROBE_LOSS_MARGIN
+        reason = (f"val loss {val_loss:.3f} is not below the unigram entropy {unigram_entropy:.3f} - "
+                  f"{PROBE_LOSS_MARGIN}"
                   + (f" and is at ln V = {ln_vocab:.3f}: no better than uniform guessing" if near_uniform else
                      ": no better than a context-free token-frequency table"))
     else:
@@ -101,8 +101,9 @@ def verdict(*, val_loss, unigram_entropy, ln_vocab, div: dict, mean_top1: float)
 
 
 def thresholds() -> dict:
+    """The numbers the verdict went by, as recorded in decode_probe.json (the keys predate thresholds.py)."""
     return {"collapse_top1": COLLAPSE_TOP1, "collapse_top_share": COLLAPSE_TOP_SHARE,
-            "collapse_unique": COLLAPSE_UNIQUE, "learn_margin_nats": LEARN_MARGIN,
+            "collapse_unique": COLLAPSE_UNIQUE, "learn_margin_nats": PROBE_LOSS_MARGIN,
             "repetitive_top_share": REPETITIVE_TOP_SHARE}
 
 
@@ -389,5 +390,10 @@ def main(argv=None, prog=None) -> int:
     return 1 if report["parity"]["ok"] is False else 0
 
 
+def cli(prog=None) -> int:
+    """The console-script entry (bitnet-decode-probe): main on sys.argv, quiet when the reader stops early (| head)."""
+    return run_quietly(partial(main, prog=prog))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(prog="python -m bitnet_ref.decode_probe"))

@@ -21,6 +21,7 @@ from bitnet_ref.checkpoint import load_checkpoint
 from bitnet_ref.data import reload
 from bitnet_ref.model import ModelConfig, Transformer
 from bitnet_ref.probe import probe_prompts
+from bitnet_ref.thresholds import COLLAPSE_TOP1, PROBE_LOSS_MARGIN
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "decode_probe.py"
@@ -65,7 +66,7 @@ ONE_TOKEN = {**DIVERSE, "unique_tokens": 1, "top_token_share": 1.0, "max_repeat_
 
 @pytest.mark.parametrize("loss, div, top1, want", [
     (2.0, DIVERSE, 0.5, "healthy"),
-    (3.2, DIVERSE, 0.5, "not learning"),  # within LEARN_MARGIN of the unigram entropy
+    (3.2, DIVERSE, 0.5, "not learning"),  # within PROBE_LOSS_MARGIN of the unigram entropy
     (5.5, ONE_TOKEN, 0.2, "not learning"),  # greedy loop at low confidence, loss at ln V: the seed's symptom
     (2.0, ONE_TOKEN, 0.95, "collapsed"),
     (6.0, ONE_TOKEN, 0.99, "collapsed"),  # confidently one token: collapse is the more specific diagnosis
@@ -75,7 +76,7 @@ ONE_TOKEN = {**DIVERSE, "unique_tokens": 1, "top_token_share": 1.0, "max_repeat_
 def test_verdict_rules(loss, div, top1, want):
     v = DP.verdict(val_loss=loss, unigram_entropy=3.23, ln_vocab=5.545, div=div, mean_top1=top1)
     assert v["verdict"] == want and "\n" not in v["reason"]
-    assert v["thresholds"]["learn_margin_nats"] == DP.LEARN_MARGIN
+    assert v["thresholds"]["learn_margin_nats"] == PROBE_LOSS_MARGIN
 
 
 def test_verdict_notes_repetitive_output():
@@ -92,7 +93,7 @@ def test_trained_checkpoint_is_healthy(trained):
     # honest margin: the run really learned context, not a borderline pass
     assert c["val_loss_measured"] < c["unigram_entropy"] - 0.3
     assert abs(c["val_loss_measured"] - ckpt["last_val_loss"]) < 0.15  # measured now ~ what the trainer saw
-    assert r["next_token"]["mean_top1"] < DP.COLLAPSE_TOP1
+    assert r["next_token"]["mean_top1"] < COLLAPSE_TOP1
 
 
 def test_zeroed_head_is_not_learning(trained):
@@ -174,6 +175,19 @@ def test_torch_backend_runs(trained):
     r = cli(trained[0], "--no-save", "--json", "--backend", "torch", "--max-new-tokens", "8")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["backend"] == "torch"
+
+
+def test_module_entry_and_a_reader_that_stops_early(trained):
+    args = [sys.executable, "-m", "bitnet_ref.decode_probe", str(trained[0]), "--no-save", "--backend", "torch",
+            "--max-new-tokens", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and "verdict" in r.stdout, r.stderr
+    # `| head` that has already gone when the report is printed: no BrokenPipeError traceback, exit 0
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0 and b"Traceback" not in err, err.decode()
 
 
 @pytest.fixture(scope="module")

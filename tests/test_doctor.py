@@ -3,11 +3,15 @@
 import json
 import math
 import multiprocessing
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
 from bitnet_ref import doctor as D
+from bitnet_ref import metrics
+from bitnet_ref.thresholds import REPETITIVE_TOP_SHARE
 
 LN_V, UNI = math.log(256), 3.23
 
@@ -51,10 +55,19 @@ def make_records(steps=100, every=20, val=None, unique=None, layer=None, flips=N
     return recs
 
 
+def jsonl(records) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def as_run(records) -> D.Run:
+    """The Run that load_run makes of a metrics.jsonl holding these records (no checkpoint, no probe report)."""
+    return D.Run.from_metrics(metrics.parse(jsonl(records).encode()), "<records>")
+
+
 def diag(records, baseline=None, probe=None):
-    run = D.run_from_records(records)
+    run = as_run(records)
     run.probe = probe
-    base = D.run_from_records(baseline) if baseline is not None else None
+    base = as_run(baseline) if baseline is not None else None
     return D.diagnose(run, base)
 
 
@@ -112,6 +125,13 @@ def test_incomplete_run_is_noted_and_judged_from_recent_train_loss():
     d = diag(recs)  # only the step-0 eval (5.5) is there; the train loss has long fallen below unigram level
     assert d.verdict == "healthy" and d.evidence[0].startswith("final train loss")
     assert any("incomplete run: 60 of 100" in n for n in d.notes)
+
+
+def test_repetitive_greedy_output_is_a_note_not_a_verdict():
+    d = diag(make_records(top_share=lambda s: REPETITIVE_TOP_SHARE))
+    assert d.verdict == "healthy" and any("repetitive" in n for n in d.notes)
+    d = diag(make_records(top_share=lambda s: REPETITIVE_TOP_SHARE - 0.01))
+    assert not any("repetitive" in n for n in d.notes)
 
 
 def test_diverged_on_nonfinite_loss():
@@ -197,7 +217,7 @@ def test_all_causes_are_listed_and_the_first_is_the_cause():
 
 def write_run(tmp_path, records, tail=""):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    (tmp_path / "metrics.jsonl").write_text(jsonl(records) + tail)
     return tmp_path
 
 
@@ -249,6 +269,21 @@ def test_cli_bad_baseline_is_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / "run", make_records())
     assert D.main([str(run), "--baseline", str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_cli_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
+    # `python -m bitnet_ref.doctor RUN | head -1`: a config line far larger than a pipe's buffer (64 KiB), so the
+    # doctor is still writing when the reader goes away
+    recs = make_records()
+    recs[0]["config"]["note"] = "x" * (1 << 20)
+    run = write_run(tmp_path / "run", recs)
+    p = subprocess.Popen([sys.executable, "-m", "bitnet_ref.doctor", str(run)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 0 and err == b"", err.decode()
+    assert first.startswith(b"verdict: healthy")
 
 
 # ---------------------------------------------------------------------------- real short runs

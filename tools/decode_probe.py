@@ -1,11 +1,12 @@
 """Command-line entry for the decode probe: `python tools/decode_probe.py RUN/ckpt.pt [--json] ...`.
 
-A thin wrapper; everything (options, report, verdict thresholds) lives in bitnet_ref/decode_probe.py.
+A thin wrapper; everything (options, report, verdict) lives in bitnet_ref/decode_probe.py, the verdict's
+thresholds in bitnet_ref/thresholds.py.
 """
 
 import sys
 
-from bitnet_ref.decode_probe import main
+from bitnet_ref.decode_probe import cli
 
 if __name__ == "__main__":
-    sys.exit(main(prog="decode_probe.py"))
+    sys.exit(cli(prog="decode_probe.py"))

@@ -39,7 +39,9 @@ from pathlib import Path
 
 from bitnet_ref import doctor as D
 from bitnet_ref import metrics as M
+from bitnet_ref.metrics import number_or_none
 from bitnet_ref.model import ABLATIONS
+from bitnet_ref.thresholds import NEAR_UNIGRAM_FRAC
 
 EXPECTED_CAUSE = {"no-ste": "missing_ste", "clamp-ste": "clamp_ste", "quant-head": "quant_head",
                   "no-subln": "no_subln", "no-dequant": "missing_dequant", "const-wd": "const_wd"}
@@ -123,8 +125,8 @@ def run_arm(name: str, args: list, out: str, fresh: bool) -> dict:
 
 def summarize(arm: Arm, run: D.Run, uni: float) -> dict:
     """The numbers the report quotes for one arm."""
-    ev = [(r["step"], D._num(r.get("val_loss")), D._num(r.get("unique_tokens")), D._num(r.get("top_token_share")),
-           D._num(r.get("health_flip_rate")), D._num(r.get("health_frac_zero"))) for r in run.evals]
+    ev = [(r["step"], *(number_or_none(r.get(k)) for k in ("val_loss", "unique_tokens", "top_token_share",
+                                                            "health_flip_rate", "health_frac_zero"))) for r in run.evals]
     ev = [e for e in ev if e[1] is not None]
     s = {"evals": ev, "final_val": ev[-1][1] if ev else None, "final_unique": ev[-1][2] if ev else None,
          "final_top": ev[-1][3] if ev else None}
@@ -137,8 +139,9 @@ def summarize(arm: Arm, run: D.Run, uni: float) -> dict:
     flips = [(e[0], e[4]) for e in ev if e[4] is not None]
     s["flips"] = flips
     s["frac_zero"] = next((e[5] for e in reversed(ev) if e[5] is not None), None)
-    losses = [D._num(r.get("loss")) for r in run.steps if D._num(r.get("loss")) is not None]
-    s["train_steps"] = [(r["step"], D._num(r.get("loss"))) for r in run.steps if D._num(r.get("loss")) is not None]
+    losses = [number_or_none(r.get("loss")) for r in run.steps if number_or_none(r.get("loss")) is not None]
+    s["train_steps"] = [(r["step"], number_or_none(r.get("loss"))) for r in run.steps
+                        if number_or_none(r.get("loss")) is not None]
     s["final_train"] = sum(losses[-20:]) / len(losses[-20:]) if losses else None
     return s
 
@@ -256,7 +259,7 @@ def answers(by: dict, uni: float, quick: bool) -> list[str]:
         s = g(name)
         if s.get("min_unique") is None:
             continue
-        at_uni = s.get("min_val") is not None and s["min_val"] >= D.UNIGRAM_FRAC * uni
+        at_uni = s.get("min_val") is not None and s["min_val"] >= NEAR_UNIGRAM_FRAC * uni
         at_level += at_uni
         back += (s.get("final_unique") or 0) > s["min_unique"]
         dips.append(f"{name}: minimum {_u(s['min_unique'])} at step {s['min_step']} (val loss {_f(s['min_val'])}"
