@@ -197,10 +197,6 @@ def _encode_prompt(text, byte_level, vocab):
     return toks
 
 
-def _text(tokens, byte_level):
-    return D.decode(tokens) if byte_level else " ".join(map(str, tokens))
-
-
 def run(args) -> dict:
     """The whole probe for parsed CLI args; returns the JSON-able report. Raises CheckpointError/DecodeError/ProbeError."""
     if args.threads is not None:
@@ -257,7 +253,8 @@ def run(args) -> dict:
         **main,
         "speed": speed,
         "parity": par,
-        "samples": [{"prompt": _text(p, byte_level), "output": _text(t, byte_level)} for p, t in zip(prompts, g.tokens)],
+        "samples": [{"prompt": D.text(p, byte_level), "output": D.text(t, byte_level)}
+                    for p, t in zip(prompts, g.tokens)],
     }
     return _jsonable(report)
 
