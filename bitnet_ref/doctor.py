@@ -41,7 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-from . import metrics
+from . import metrics, runlog
 from .causes import CAUSE_TEXT, find_causes, flip_trend, fmt
 from .cli import run_quietly
 from .metrics import number_or_none
@@ -303,8 +303,9 @@ def _collapsed(c: _Case, past: list, best_u: float) -> str | None:
     vals, last = c.run.val_losses, past[-1]
     fell = len(vals) >= 2 and vals[-1][1] <= vals[0][1] - LOSS_FELL
     if last.unique <= COLLAPSE_FRAC * best_u and fell:
-        c.evidence.append(f"unique tokens {int(last.unique)} at the end vs {int(best_u)} earlier past the unigram "
-                          "phase" + (f"; top-token share {last.top_share:.2f}" if last.top_share is not None else ""))
+        where = "past the unigram phase" if c.uni else "(unigram entropy unknown: the unigram phase is not excluded)"
+        c.evidence.append(f"unique tokens {int(last.unique)} at the end vs {int(best_u)} earlier {where}"
+                          + (f"; top-token share {last.top_share:.2f}" if last.top_share is not None else ""))
         return "diversity_collapse"
     return None
 
@@ -373,19 +374,35 @@ def render(d: dict) -> str:
 
 
 def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description="Diagnose a bitnet_ref training run from its metrics.jsonl.")
-    ap.add_argument("run_dir", help="run directory holding metrics.jsonl (and ckpt.pt)")
+    ap = argparse.ArgumentParser(prog=prog, description="Diagnose a training run: a bitnet_ref run directory, or "
+                                 "with --log the CSV/TSV/JSONL/Markdown log of a run trained elsewhere.")
+    ap.add_argument("run_dir", nargs="?", help="run directory holding metrics.jsonl (and ckpt.pt)")
     ap.add_argument("--baseline", metavar="FP_RUN_DIR",
                     help="a full-precision run of the same data, to tell 'stuck at unigram level' apart")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    f = ap.add_argument_group("a run trained elsewhere (see bitnet_ref/runlog.py)")
+    f.add_argument("--log", metavar="FILE", help="its log: columns step, loss, val_loss, unique_tokens, lr, ...")
+    f.add_argument("--columns", metavar="OURS=THEIRS,...", help="column names the log uses, e.g. step=iter,loss=train")
+    f.add_argument("--vocab-size", type=int, metavar="V", help="its vocabulary size (for ln V)")
+    f.add_argument("--unigram-entropy", type=float, metavar="NATS", help="unigram entropy of its training tokens")
+    f.add_argument("--data", metavar="PATH", help="its training data, to compute the unigram entropy")
     args = ap.parse_args(argv)
+    if (args.run_dir is None) == (args.log is None):
+        ap.error("give a run directory or --log FILE (one of them)")
     try:
-        run = load_run(args.run_dir)
+        if args.log is not None:
+            m, notes = runlog.load(args.log, columns=runlog.parse_columns(args.columns), vocab_size=args.vocab_size,
+                                   unigram_entropy=args.unigram_entropy, data=args.data)
+            run = Run.from_metrics(m, args.log)
+        else:
+            run, notes = load_run(args.run_dir), []
         base = load_run(args.baseline) if args.baseline else None
-    except DoctorError as e:
+    except (DoctorError, runlog.LogError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    d = diagnose(run, base).as_dict(run)
+    diagnosis = diagnose(run, base)
+    diagnosis.notes += notes
+    d = diagnosis.as_dict(run)
     print(json.dumps(d, indent=2, default=str) if args.json else render(d))
     return 0
 
