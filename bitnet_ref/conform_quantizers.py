@@ -220,9 +220,9 @@ def check_grad_weights(p: Probing) -> Check:
 def check_grad_input(p: Probing) -> Check:
     """Loss <y, y_ref>: its gradient lies mostly along x, which the norm's Jacobian removes (scale invariance)."""
     kind, eps, note = p.facts.get("norm_kind"), p.norm_eps, ""
-    if p.inside and kind != "rms":
-        if kind != "none":
-            return skip("grad-input", "the gradient through the norm needs the reference RMSNorm (see norm)")
+    if kind not in ("rms", "none"):
+        return skip("grad-input", "the layer's norm is neither the reference RMSNorm nor absent (see norm)")
+    if kind == "none" and p.inside:
         eps, note = None, " (no norm inside: compared with the reference without one)"
     x, w = permuted(grid_token(p.k), 4), dense(p.n, p.k)
     g = simulate(x, w, eps).float()
