@@ -57,6 +57,7 @@ CHECKS = [
     ("degenerate-input", C.check_degenerate),
     ("grad-latent-weights", QC.check_grad_weights),
     ("grad-input", QC.check_grad_input),
+    ("latent-weights-kept", QC.check_latent_kept),
     ("bf16-input", C.check_bf16),
     ("input-shapes", C.check_input_shapes),
 ]

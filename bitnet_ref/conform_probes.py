@@ -275,6 +275,7 @@ class LayerUnderTest:
         self.init_kwargs, self.device, self.weight_name = dict(init_kwargs or {}), torch.device(device), weight_name
         self.label = getattr(factory, "__qualname__", None) or repr(factory)
         self.as_3d = False  # run 2-D probes as (1, T, in): set when the layer accepts only 3-D input
+        self.last_weight = None
 
     def build(self, k=None):
         """A fresh layer with in_features k, in train mode on the device; (layer, weight, bias or None)."""
@@ -366,4 +367,5 @@ class LayerUnderTest:
             raise ProbeError(f"forward on input {tuple(x.shape)} ({xd.dtype}) raised {_one_line(e)}",
                              needs_gpu=bool(_GPU_WORDS.search(str(e)))) from None
         cpu = lambda t: None if t is None else t.detach().double().cpu()
+        self.last_weight = cpu(wp).clone()  # what the latent weight holds after forward and backward
         return y.detach().double().cpu(), cpu(xd.grad), cpu(wp.grad)

@@ -262,3 +262,19 @@ def check_grad_input(p: Probing) -> Check:
                        f"after the STE", nums)
     return verdict("grad-input", True, f"the input gradient is the reference STE's (cosine {cos:.4f}), absmax "
                    f"elements included" + (note or ", through the norm"), nums)
+
+
+def check_latent_kept(p: Probing) -> Check:
+    """The latent weight must hold what was loaded after a forward and backward: quantize only inside forward."""
+    x, w = permuted(grid_token(p.k), 2), block_weights(p.n, p.k, GRAD_BLOCK)
+    p.run(w, x, grad=torch.ones(2, p.n))
+    after = p.lut.last_weight
+    changed = float((after != w.double()).double().mean())
+    nums = {"share_of_latent_weights_changed": round(changed, 4)}
+    if changed == 0:
+        return verdict("latent-weights-kept", True, "forward and backward leave the latent weights as loaded", nums)
+    ternary = bool(torch.isin(after.unique(), torch.tensor([-1.0, 0.0, 1.0], dtype=after.dtype)).all()) or \
+        after.abs().unique().numel() <= 2
+    what = "overwritten by their quantized values" if ternary else "changed"
+    return verdict("latent-weights-kept", False, f"{changed:.0%} of the latent weights are {what} by forward/"
+                   f"backward; reference: full-precision latent weights, quantized only inside forward", nums)

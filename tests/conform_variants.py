@@ -336,3 +336,55 @@ class NeedsCuda(Faq):
     def forward(self, x):
         x = x.to("cuda")  # a fused kernel would launch here
         return super().forward(x)
+
+
+class OverwritesLatent(Faq):
+    """Writes the quantized weight back into the parameter (research notes §3 #6)."""
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.weight.copy_(self.weight_quant(self.weight))
+        return super().forward(x)
+
+
+# ---- conforming layers whose norm lives in the model (check with --norm-outside) ----------------------------------
+
+class _WeightQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w):
+        dtype, w = w.dtype, w.float()
+        s = 1.0 / w.abs().mean().clamp(min=EPS)
+        return ((w * s).round().clamp(-1, 1) / s).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clone()
+
+
+class _ActQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        dtype, x = x.dtype, x.float()
+        s = 127 / x.abs().max(dim=-1, keepdim=True).values.clamp(min=EPS)
+        return ((x * s).round().clamp(-128, 127) / s).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clone()
+
+
+class HFOnline(nn.Linear):
+    """HF AutoBitLinear(online_quant=True): identity-backward quantizers in float32, no norm, bias added."""
+
+    def forward(self, x):
+        return F.linear(_ActQuant.apply(x), _WeightQuant.apply(self.weight).to(x.dtype),
+                        None if self.bias is None else self.bias.to(x.dtype))
+
+
+class OneBitLLM(nn.Linear):
+    """1bitLLM utils_quant.BitLinear: detach STEs, quantizers in float32, the norm outside, bias added."""
+
+    def forward(self, x):
+        wq = self.weight + (_WeightQuant.apply(self.weight) - self.weight).detach()
+        xq = x + (_ActQuant.apply(x) - x).detach()
+        return F.linear(xq, wq.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))

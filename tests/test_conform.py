@@ -58,13 +58,21 @@ CASES = {
     "bias ignored": (V.BiasIgnored, {"bias"}, "ignored", None),
     "3-D input only": (V.Only3D, {"input-shapes"}, "expected a 3-D", None),
     "3-D flattened in the wrong order": (V.WrongFlatten, {"input-shapes"}, "3-D input", "parity_mismatch"),
+    "latent weights overwritten": (V.OverwritesLatent, {"latent-weights-kept"}, "overwritten by their quantized",
+                                   None),
+    # layers whose norm lives in the model, checked with norm_outside: they conform except that they hand
+    # codes * beta to the matmul in the input dtype, so under bf16 beta is rounded to bf16
+    "HF AutoBitLinear online (norm outside)": (V.HFOnline, {"bf16-input"}, "codes * beta is rounded to bf16",
+                                               None, {"norm_outside": True}),
+    "1bitLLM BitLinear (norm outside)": (V.OneBitLLM, {"bf16-input"}, "codes * beta is rounded to bf16", None,
+                                         {"norm_outside": True}),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_deviation_fails_its_own_check_and_no_other(case):
-    factory, expected, phrase, cause = CASES[case]
-    result = conform.check(factory)
+    factory, expected, phrase, cause, *kwargs = CASES[case]
+    result = conform.check(factory, **(kwargs[0] if kwargs else {}))
     failed = {c.name for c in result.failures}
     assert failed == expected, result.render()
     assert result.exit_code == (1 if expected else 0)
