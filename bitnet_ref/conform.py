@@ -213,8 +213,8 @@ def load_factory(target: str):
     try:
         obj = importlib.import_module(mod_name)
     except Exception as e:  # the user's module: any import-time error is bad input
-        raise ConformError(f"cannot import {mod_name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                           ) from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConformError(f"cannot import {mod_name}: {type(e).__name__}: {first}".rstrip(": ")) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConformError(f"{mod_name} has no attribute {attr!r}")

@@ -231,7 +231,7 @@ def check_norm(p: Probing) -> Check:
                        f"(reference: RMSNorm before the quantizer, 1x)", nums, "no_subln")
     if not _near(r, 1):
         return verdict("norm", False, f"4x the input gives {r:.3g}x the output (reference: 1x, RMSNorm inside)",
-                       nums, "no_subln")
+                       nums)
     xm = mean_token(p.k)[None]
     ym = p.run(w, xm)
     fit_rms, fit_ln = misfit(ym, p.ref(xm, w)), misfit(ym, simulate(xm, w, p.norm_eps, norm="layer"))
@@ -258,6 +258,7 @@ def check_norm_eps(p: Probing) -> Check:
     xs = x * math.sqrt(eps)  # mean square = eps: the reference scales it by sqrt(1/2) relative to x
     r = ratio(p.run(w, xs), p.run(w, x))
     eps_hat = eps * (1 / r ** 2 - 1) if 0 < r <= 1 else 0.0
+    p.facts["measured_norm_eps"] = eps_hat
     nums = {"token_mean_square": eps, "output_ratio": round(r, 5), "reference_ratio": round(math.sqrt(0.5), 5),
             "measured_eps": float(f"{eps_hat:.3g}"), "reference_eps": eps}
     if eps / 1.5 <= eps_hat <= eps * 1.5:

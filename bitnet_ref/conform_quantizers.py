@@ -77,6 +77,11 @@ def check_act_rounding(p: Probing) -> Check:
                 fits_f[name_f] <= EXACT else f"activations round like {name_f}" if fits_f[name_f] <= EXACT else
                 f"activation values off the rounded grid by {fits_f['half-to-even']:.2%}")
         return verdict("act-rounding", False, f"{what}; reference torch.round", nums)
+    eps = p.facts.get("measured_norm_eps", p.norm_eps) if p.facts.get("norm_kind") == "rms" else 0.0
+    ms = float(xt.pow(2).mean())
+    if float(torch.tensor(ms + eps, dtype=torch.float32)) != ms:  # the norm's eps moves the ties off .5
+        return verdict("act-rounding", True, f"rounded (torch.round); .5 ties not checkable: the norm's eps "
+                       f"({eps:.2g}) is not negligible next to the probe's mean square {ms:g}", nums)
     if fits_t["half-to-even"] > EXACT:
         what = (f"activation .5 ties round {name_t}" if fits_t[name_t] <= EXACT else
                 f"activation .5 ties follow no known rule (misfit {fits_t['half-to-even']:.2%})")

@@ -47,6 +47,8 @@ CASES = {
     "LayerNorm": (V.LayerNormInside, {"norm"}, "subtracts the mean", None),
     "norm eps 1e-6": (V.NormEps1e6, {"norm-eps"}, "measured 1e-06", None),
     "norm eps 1e-8": (V.NormEps1e8, {"norm-eps"}, "measured 1e-08", None),
+    "norm eps 1e-3 (moves the exact ties: those are not judged)": (V.NormEps1e3, {"norm-eps"}, "measured 0.001",
+                                                                   None),
     "forward and STE on different tensors": (V.STEBypassesNorm, {"grad-input"}, "bypasses the norm", None),
     "activation scale not undone": (V.MissingActDequant, {"output-scale"}, "activation scale is not undone",
                                     "missing_dequant"),
@@ -108,6 +110,8 @@ def test_norm_outside_compares_with_the_reference_without_a_norm():
 
 def test_norm_eps_is_the_users_to_state():
     assert conform.check(V.NormEps1e6, norm_eps=1e-6).conforms
+    res = conform.check(V.NormEps1e3, norm_eps=1e-3)
+    assert res.conforms and "ties not checkable" in next(c for c in res.checks if c.name == "act-rounding").summary
     res = conform.check(BitLinear, norm_eps=1e-6)
     assert {c.name for c in res.failures} == {"norm-eps"} and "measured 1e-05" in res.failures[0].summary
 
@@ -184,7 +188,8 @@ def test_cli_reports_a_deviating_layer(capsys):
     assert "FAIL  weight-scale" in out and "in training:" in out and "verdict: 1 deviation" in out
     assert conform.main(["conform_variants:MaxScale", "--json"]) == 1
     d = json.loads(capsys.readouterr().out)
-    assert d["failures"] == ["weight-scale"] and d["checks"][8]["numbers"]["output_ratio"] == pytest.approx(1.505, abs=1e-3)
+    scale = next(c for c in d["checks"] if c["name"] == "weight-scale")
+    assert d["failures"] == ["weight-scale"] and scale["numbers"]["output_ratio"] == pytest.approx(1.505, abs=1e-3)
 
 
 def test_cli_options_reach_the_checker(capsys):
