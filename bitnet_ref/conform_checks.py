@@ -83,8 +83,17 @@ class Check:
     cause: str | None = None  # the doctor's cause name (doctor.CAUSES), where one fits
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "status": self.status, "summary": self.summary, "numbers": self.numbers,
-                "effect": self.effect, "cause": self.cause}
+        return {"name": self.name, "status": self.status, "summary": self.summary,
+                "numbers": _plain(self.numbers), "effect": self.effect, "cause": self.cause}
+
+
+def _plain(v):
+    """Numbers as JSON allows them: NaN and inf become None."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def verdict(name, ok, summary, numbers=None, cause=None) -> Check:

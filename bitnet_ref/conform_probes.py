@@ -280,9 +280,10 @@ class LayerUnderTest:
     def build(self, k=None):
         """A fresh layer with in_features k, in train mode on the device; (layer, weight, bias or None)."""
         k = k or self.k
-        torch.manual_seed(0)
         try:
-            layer = self.factory(k, self.n, **self.init_kwargs)
+            with torch.random.fork_rng(devices=[]):  # the same init every time, the caller's RNG untouched
+                torch.manual_seed(0)
+                layer = self.factory(k, self.n, **self.init_kwargs)
         except Exception as e:  # a user's constructor: anything it raises is a finding, not a crash
             raise ProbeError(f"{self.label}({k}, {self.n}) raised {_one_line(e)}",
                              needs_gpu=bool(_GPU_WORDS.search(str(e)))) from None

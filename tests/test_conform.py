@@ -238,3 +238,11 @@ def test_cli_as_a_subprocess_exit_codes_and_no_traceback():
     nothing = run("conform_variants:ConstructorRaises")
     assert nothing.returncode == 2 and nothing.stderr.startswith("error: could not construct")
     assert "Traceback" not in nothing.stderr + bad.stderr
+
+
+def test_check_leaves_the_callers_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    conform.check(BitLinear, 64, 8)
+    assert torch.equal(torch.rand(3), expected)
