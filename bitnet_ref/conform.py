@@ -39,27 +39,38 @@ from . import conform_quantizers as QC
 from .cli import OneLineParser, run_quietly, whole_at_least
 from .conform_probes import ConformError, LayerUnderTest, ProbeError
 
-# in order: later checks read facts earlier ones established (Probing.facts)
+# in order: later checks read facts earlier ones established (Probing.facts); (name, function, what it checks)
 CHECKS = [
-    ("forward", C.check_forward),
-    ("output-scale", C.check_output_scale),
-    ("output-scale-width", C.check_output_scale_width),
-    ("norm", C.check_norm),
-    ("norm-eps", C.check_norm_eps),
-    ("act-scale-per-token", QC.check_act_per_token),
-    ("act-range", QC.check_act_range),
-    ("act-rounding", QC.check_act_rounding),
-    ("weight-scale", QC.check_weight_scale),
-    ("weight-scale-per-tensor", QC.check_weight_per_tensor),
-    ("weight-codes", QC.check_weight_codes),
-    ("weight-rounding-ties", QC.check_weight_ties),
-    ("bias", C.check_bias),
-    ("degenerate-input", C.check_degenerate),
-    ("grad-latent-weights", QC.check_grad_weights),
-    ("grad-input", QC.check_grad_input),
-    ("latent-weights-kept", QC.check_latent_kept),
-    ("bf16-input", C.check_bf16),
-    ("input-shapes", C.check_input_shapes),
+    ("forward", C.check_forward, "the layer builds, takes (1, in) and returns a finite (1, out)"),
+    ("output-scale", C.check_output_scale, "output / reference = 1 on a unit-RMS token and +-3 weights, and "
+     "doubling W doubles the output: beta and 127/absmax both undone"),
+    ("output-scale-width", C.check_output_scale_width, "the same ratio at in_features 4096: no width-dependent "
+     "scale, no accumulator overflow"),
+    ("norm", C.check_norm, "an RMSNorm inside: 4x the input gives 1x the output and a mean offset is kept "
+     "(with --norm-outside: 4x gives 4x)"),
+    ("norm-eps", C.check_norm_eps, "a token of mean square eps comes out sqrt(1/2) of a unit one (eps measured)"),
+    ("act-scale-per-token", QC.check_act_per_token, "a token's output is the same alone and batched with an "
+     "outlier token (2-D batch, one 3-D sequence)"),
+    ("act-range", QC.check_act_range, "integer activations with absmax 127 come through exactly: the int8 "
+     "127/absmax grid (128, 255, 63, 15, 7 recognised)"),
+    ("act-rounding", QC.check_act_rounding, "quarter values are rounded, exact .5 ties go to even (half-up, "
+     "half-away, half-down, half-to-zero recognised)"),
+    ("weight-scale", QC.check_weight_scale, "beta = mean|W|, on weights whose median, max and rms differ from the "
+     "mean by known ratios"),
+    ("weight-scale-per-tensor", QC.check_weight_per_tensor, "rows, and halves of the input columns, of |W| 0.75 "
+     "and 1.25 share one beta"),
+    ("weight-codes", QC.check_weight_codes, "weights at 0.36 beta give code 0: ternary, not binary or unquantized"),
+    ("weight-rounding-ties", QC.check_weight_ties, "weights at exactly +-beta/2 give code 0 (torch.round)"),
+    ("bias", C.check_bias, "a bias parameter is added after the matmul, unscaled (ignored, beta-scaled recognised)"),
+    ("degenerate-input", C.check_degenerate, "zero, constant and 1e-30 tokens, all-zero weights and a zero weight "
+     "row: finite outputs and gradients, 0 where the reference gives 0"),
+    ("grad-latent-weights", QC.check_grad_weights, "every latent weight gets the STE gradient g^T x_hat: code 0, "
+     "+-1, exactly +-beta and clamped alike"),
+    ("grad-input", QC.check_grad_input, "the input gradient is the STE through the norm's Jacobian, absmax "
+     "elements included"),
+    ("latent-weights-kept", QC.check_latent_kept, "forward and backward leave the latent weight as loaded"),
+    ("bf16-input", C.check_bf16, "bf16 input gives the float32 output rounded to bf16: scales in float32"),
+    ("input-shapes", C.check_input_shapes, "2-D, 3-D and one-token-at-a-time inputs agree"),
 ]
 Check = C.Check
 MIN_IN, IN_MULTIPLE, MIN_OUT = 64, 16, 8
@@ -151,7 +162,7 @@ def check(factory, in_features: int = 128, out_features: int = 64, *, init_kwarg
             return result
         raise ConformError(f"could not construct the layer: {e}") from None
     probing = C.Probing(lut, None if norm_outside else norm_eps, wide)
-    for name, fn in CHECKS:
+    for name, fn, _ in CHECKS:
         if result.checks and not result.checks[0].status == "pass":
             result.checks.append(C.skip(name, "the layer does not run on an ordinary probe (see forward)"))
             continue
@@ -245,9 +256,11 @@ def _eps(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = OneLineParser(prog="python -m bitnet_ref.conform",
+    checks = "\n".join(f"  {name:<24} {what}" for name, _, what in CHECKS)
+    ap = OneLineParser(prog="python -m bitnet_ref.conform", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Check a BitLinear implementation against the BitNet b1.58 reference. "
-                                   "Exit 0: conforms; 1: deviations found; 2: bad input or not checkable here.")
+                                   "Exit 0: conforms; 1: deviations found; 2: bad input or not checkable here.",
+                       epilog=f"checks, in order:\n{checks}")
     ap.add_argument("target", metavar="MODULE:CLASS", help="the layer, built as CLASS(in, out, **init_kwargs)")
     ap.add_argument("--init-kwargs", type=_kwargs, default={}, metavar="JSON",
                     help='extra constructor arguments as a JSON object, e.g. \'{"bias": false}\'')

@@ -132,6 +132,10 @@ def _finite(t):
     return bool(torch.isfinite(t).all())
 
 
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if 0.01 <= abs(v) < 1000 else f"{v:.3g}"
+
+
 # ---- forward and output scale -------------------------------------------------------------------------------------
 
 def check_forward(p: Probing) -> Check:
@@ -181,7 +185,7 @@ def check_output_scale(p: Probing) -> Check:
         why.append(f"the output is 1/in_features of the reference (a norm scaled by dim**-0.5 on F.normalize)")
     elif not _near(rho_w, 1) and why == []:
         why.append("matching no known cause")
-    text = f"output / reference = {rho:.4g}"
+    text = f"output / reference = {_fmt(rho)}"
     if _near(rho, 1) and not why:
         return verdict("output-scale", True, text + "; doubling W doubles the output", nums)
     cause = "missing_dequant" if act_missing or not _near(wf, 2, 0.02) else None
@@ -207,11 +211,11 @@ def check_output_scale_width(p: Probing) -> Check:
         return verdict("output-scale-width", False, f"NaN/inf in the output at in_features={k} (accumulator "
                        f"overflow?)", nums)
     if _near(drift, 1) and fit < SCALE:
-        return verdict("output-scale-width", True, f"output / reference = {rho_w:.4g} at in_features={k}, as at "
-                       f"{p.k}", nums)
+        return verdict("output-scale-width", True, f"output / reference = {_fmt(rho_w)} at in_features={k}, as "
+                       f"at {p.k}", nums)
     if not _near(drift, 1):
-        return verdict("output-scale-width", False, f"output / reference = {rho_w:.4g} at in_features={k} but "
-                       f"{rho:.4g} at {p.k}: the scale goes as in_features**{expo:.2f}", nums)
+        return verdict("output-scale-width", False, f"output / reference = {_fmt(rho_w)} at in_features={k} but "
+                       f"{_fmt(rho)} at {p.k}: the scale goes as in_features**{expo:.2f}", nums)
     return verdict("output-scale-width", False, f"at in_features={k} the output differs from the reference by "
                    f"{fit:.2%} beyond a factor (accumulator precision?)", nums)
 
@@ -365,8 +369,9 @@ def check_bf16(p: Probing) -> Check:
     nums = {"mean_bf16_over_f32_minus_1": float(f"{bias:.3g}"), "relative_error_vs_f32_rounded": round(noise, 5),
             "expected_if_beta_in_bf16": float(f"{w_off:.3g}")}
     if abs(bias) <= BF16_BIAS and noise <= BF16_NOISE:
-        return verdict("bf16-input", True, f"bf16 input gives the float32 output rounded to bf16 (mean ratio "
-                       f"1{bias:+.1e}): scales in float32{note}", nums)
+        how = "exactly" if noise == 0 else f"within {noise:.1e} (mean ratio 1{bias:+.1e})"
+        return verdict("bf16-input", True, f"bf16 input gives the float32 output rounded to bf16, {how}: scales in "
+                       f"float32{note}", nums)
     if abs(bias) > BF16_BIAS:
         what = ("the dequantized weight codes * beta is rounded to bf16" if abs(bias - w_off) <= 2 * BF16_BIAS else
                 "the activation scale or the quantized activations are held in bf16")

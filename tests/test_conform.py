@@ -86,6 +86,11 @@ def test_each_deviation_fails_its_own_check_and_no_other(case):
         assert c.status in ("pass", "fail", "not-checkable") and c.summary
 
 
+def test_every_check_is_failed_by_some_variant():
+    caught = set().union(*(case[1] for case in CASES.values())) | {"forward"}  # forward: the bad-input tests
+    assert caught == {name for name, _, _ in conform.CHECKS}
+
+
 def test_not_checkable_only_where_a_finding_makes_the_question_moot():
     skipped = lambda f: {c.name for c in conform.check(f).checks if c.status == "not-checkable"}
     assert skipped(BitLinear) == set()
