@@ -231,7 +231,7 @@ class BitLinear(nn.Module):
             y = Q.fake_quant_linear(x, self.weight.detach())
             w_hat = self.wq(self.weight)
             if w_hat.requires_grad:
-                y = y + F.linear(Q.act_fake_quant(x).detach(), w_hat - w_hat.detach())
+                y = y + F.linear(Q.act_fake_quant(x).detach(), (w_hat - w_hat.detach()).to(x.dtype))
             return y
         return Q.fake_quant_linear(x, self.weight, act)  # = F.linear(act_fake_quant(x), weight_fake_quant(w))
 
