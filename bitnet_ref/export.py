@@ -127,6 +127,7 @@ def write_dir(out: Path, files: dict, force: bool) -> None:
     try:
         for name, write in files.items():
             write(tmp / name)
+            os.chmod(tmp / name, 0o666 & ~_umask())  # safetensors writes 0600; give what open() would
             fd = os.open(tmp / name, os.O_RDONLY)
             try:
                 os.fsync(fd)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -131,14 +132,16 @@ class _TensorSource:
             raise FormatError(f"{f} is not a readable safetensors file ({first})") from None
 
     def _add_pickle(self, f: Path):
-        try:
-            obj = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
-            try:  # mmap needs the zip format; older files are read whole
-                obj = torch.load(f, map_location="cpu", weights_only=True)
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-                raise FormatError(f"{f} is not a weights_only PyTorch state dict ({first})") from None
+        with warnings.catch_warnings():  # torch warns about a plain pickle's protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            try:
+                obj = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:
+                try:  # mmap needs the zip format; older files are read whole
+                    obj = torch.load(f, map_location="cpu", weights_only=True)
+                except Exception as e:
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                    raise FormatError(f"{f} is not a weights_only PyTorch state dict ({first})") from None
         if isinstance(obj, dict) and "format" in obj:
             self.ckpt = obj
             return
