@@ -256,7 +256,7 @@ def _ternary(kind: str, hf: str, src: _TensorSource):
     if not (ws > 0 and ws < float("inf")):
         raise FormatError(f"{hf}_scale is {ws}: a scale must be a positive finite number")
     beta = torch.tensor(ws if kind == "autobitlinear" else 1.0 / ws, dtype=torch.float32)  # bitlinear divides by it
-    if not Q.EPS <= float(beta) < float("inf"):
+    if not (beta >= torch.tensor(Q.EPS, dtype=torch.float32) and bool(torch.isfinite(beta))):  # float32 floor
         raise FormatError(f"{hf}_scale {ws:g} gives beta {float(beta):g}, outside the absmean range [{Q.EPS}, inf)")
     return codes, beta
 

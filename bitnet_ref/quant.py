@@ -177,7 +177,7 @@ def weight_latent(codes: torch.Tensor, beta) -> tuple[torch.Tensor, bool]:
     """
     codes = codes.to(torch.int8)
     b = _f32(beta)
-    if not float(b) >= EPS:
+    if not b >= _f32(EPS):  # the float32 floor weight_quant clamps to
         raise ValueError(f"beta {float(b)} is below the absmean floor {EPS}: weight_quant never produces it")
     mag = codes.abs().to(torch.float32)  # (N, K) 0/1
     n, nnz = codes.numel(), int(codes.count_nonzero())
