@@ -357,7 +357,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description="Decode a bitnet_ref checkpoint with the packed ternary kernel; report "
                 "token diversity, next-token statistics, a healthy/collapsed/not-learning verdict, speed and "
                 "packed-vs-training parity.")
-    p.add_argument("checkpoint", help="a ckpt.pt written by python -m bitnet_ref.train")
+    p.add_argument("checkpoint", help="a ckpt.pt written by python -m bitnet_ref.train, or a Hugging Face BitNet "
+                   "directory (config.json + safetensors; its tokenizer.json, if any, encodes --prompt)")
     p.add_argument("--backend", choices=P.BACKENDS, default="packed",
                    help="packed: int8 x 2-bit C++ kernel (default); torch: the training-time fake-quant forward")
     p.add_argument("--samples", type=whole_at_least(1),

@@ -88,10 +88,10 @@ def _weight_files(d: Path) -> list[Path]:
                 raise FormatError(f"{d / index} lists shard {bad!r:.80}, which is not a file in {d}")
             return [d / f for f in names]
     for pattern in ("model.safetensors", "*.safetensors", "pytorch_model.bin"):
-        found = sorted(d.glob(pattern))
+        found = sorted(f for f in d.glob(pattern) if f.is_file())  # regular files only: a FIFO would block
         if found:
             return found
-    loose = sorted([*d.glob("*.bin"), *d.glob("*.pt")])
+    loose = sorted(f for f in [*d.glob("*.bin"), *d.glob("*.pt")] if f.is_file())
     if len(loose) == 1:
         return loose
     raise FormatError(f"{d} has a config.json but no weights (model.safetensors, *.safetensors or pytorch_model.bin"
