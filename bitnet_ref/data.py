@@ -118,8 +118,11 @@ def decode(tokens) -> str:
     return bytes(ids).decode("utf-8", errors="replace")
 
 
-def text(tokens, byte_level: bool) -> str:
-    """Tokens for a person to read: the decoded text when they are bytes, else the ids separated by spaces."""
+def text(tokens, byte_level: bool, tokenizer=None) -> str:
+    """Tokens for a person to read: through ``tokenizer.decode`` when there is one (a tokenizer.json), the decoded
+    text when they are bytes, else the ids separated by spaces."""
+    if tokenizer is not None:
+        return tokenizer.decode([int(t) for t in tokens])
     return decode(tokens) if byte_level else " ".join(str(int(t)) for t in tokens)
 
 

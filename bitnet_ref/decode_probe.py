@@ -141,8 +141,8 @@ def probe_model(model, prompts, max_new_tokens, *, temperature=0.0, top_k=None, 
     }
 
 
-def _prompts_from_args(args, ckpt, cfg):
-    """(prompts, source line, corpus or None, data_note)."""
+def _prompts_from_args(args, ckpt, cfg, codec=None):
+    """(prompts, source line, corpus or None, data_note). ``codec``: a Hugging Face directory's tokenizer."""
     info = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else None
     corpus, note = None, None
     try:
@@ -162,7 +162,7 @@ def _prompts_from_args(args, ckpt, cfg):
             src = f"--prompt-file {args.prompt_file}"
         else:
             text, src = args.prompt, "--prompt"
-        toks = _encode_prompt(text, byte_level, cfg.vocab_size)
+        toks = _encode_prompt(text, byte_level, cfg.vocab_size, codec)
         room = cfg.context - args.max_new_tokens
         if room < 1:
             raise ProbeError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in context {cfg.context}")
@@ -182,8 +182,15 @@ def _prompts_from_args(args, ckpt, cfg):
     return prompts, f"validation data: {n} prompts of {length} tokens ({corpus.source})", corpus, note
 
 
-def _encode_prompt(text, byte_level, vocab):
-    if byte_level:
+def _encode_prompt(text, byte_level, vocab, codec=None):
+    if codec is not None:
+        try:
+            toks = codec.encode(text)
+        except ValueError as e:
+            raise ProbeError(str(e)) from None
+        if any(not 0 <= t < vocab for t in toks):
+            raise ProbeError(f"prompt token ids must be in [0, {vocab})")
+    elif byte_level:
         toks = [int(t) for t in D.encode(text)]
     else:
         try:
@@ -211,7 +218,7 @@ def run(args) -> dict:
     if args.max_new_tokens is None:  # the trainer's probe length, so the numbers match its eval lines
         tc = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
         args.max_new_tokens = max(1, min(int(tc.get("probe_tokens", 48) or 48), cfg.context - 1))
-    prompts, source, corpus, data_note = _prompts_from_args(args, ckpt, cfg)
+    prompts, source, corpus, data_note = _prompts_from_args(args, ckpt, cfg, loaded.tokenizer)
     byte_level = cfg.vocab_size == 256 and (corpus is None or corpus.byte_level)
     windows = val_windows(corpus.val, cfg.context) if corpus is not None and len(corpus.val) > cfg.context else None
 
@@ -253,7 +260,7 @@ def run(args) -> dict:
         **main,
         "speed": speed,
         "parity": par,
-        "samples": [{"prompt": D.text(p, byte_level), "output": D.text(t, byte_level)}
+        "samples": [{"prompt": D.text(p, byte_level, loaded.tokenizer), "output": D.text(t, byte_level, loaded.tokenizer)}
                     for p, t in zip(prompts, g.tokens)],
     }
     return _jsonable(report)
@@ -271,7 +278,8 @@ def _jsonable(x):
 
 def save_report(report: dict, checkpoint) -> Path:
     """Write ``decode_probe.json`` beside the checkpoint atomically (``checkpoint.atomic_write``)."""
-    out = Path(checkpoint).resolve().parent / REPORT_NAME
+    where = Path(checkpoint).resolve()
+    out = (where if where.is_dir() else where.parent) / REPORT_NAME  # a Hugging Face directory holds its own
     atomic_write(out, lambda f: f.write(json.dumps(report, indent=1) + "\n"), binary=False)
     return out
 
@@ -344,7 +352,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description="Decode a bitnet_ref checkpoint with the packed ternary kernel; report "
                 "token diversity, next-token statistics, a healthy/collapsed/not-learning verdict, speed and "
                 "packed-vs-training parity.")
-    p.add_argument("checkpoint", help="a ckpt.pt written by python -m bitnet_ref.train")
+    p.add_argument("checkpoint", help="a ckpt.pt written by python -m bitnet_ref.train, or a Hugging Face BitNet "
+                   "directory (config.json + safetensors; its tokenizer.json, if any, encodes --prompt)")
     p.add_argument("--backend", choices=P.BACKENDS, default="packed",
                    help="packed: int8 x 2-bit C++ kernel (default); torch: the training-time fake-quant forward")
     p.add_argument("--samples", type=whole_at_least(1),

@@ -204,14 +204,23 @@ def swap_bitlinears(model: Transformer, state: dict[str, PackedWeight], *, threa
     return model
 
 
-def to_packed(model: Transformer, *, threads: int | None = None) -> Transformer:
-    """packed_state + swap_bitlinears, in place. Needs the C++ extension."""
+def to_packed(model: Transformer, *, threads: int | None = None, ternary: dict | None = None) -> Transformer:
+    """packed_state + swap_bitlinears, in place. Needs the C++ extension.
+
+    ``ternary`` (BitLinear name -> (codes, beta), from a packed import) is packed as given instead of being
+    re-quantized from the latent weights, so the runtime multiplies with the stored beta.
+    """
     if not kernels.available():
         raise DecodeError(f"the packed backend needs the C++ extension ({kernels.import_error()}); build it with "
                           "`pip install --no-build-isolation -e .` or use --backend torch")
     if model.cfg.quant != "ternary":
         raise DecodeError(f"quant={model.cfg.quant!r} model: there are no ternary weights to pack")
-    return swap_bitlinears(model, packed_state(model), threads=threads)
+    if ternary is None:
+        state = packed_state(model)
+    else:
+        state = {name: PackedWeight(kernels.pack_ternary(codes), beta.to(torch.float32).reshape(()), *codes.shape)
+                 for name, (codes, beta) in ternary.items()}
+    return swap_bitlinears(model, state, threads=threads)
 
 
 def to_dequantized(model: Transformer) -> Transformer:
@@ -247,10 +256,12 @@ def weight_bytes_per_token(model: nn.Module) -> dict:
 @dataclass
 class Loaded:
     model: Transformer  # in eval mode, on `device`
-    ckpt: dict  # the checkpoint as load_checkpoint returned it (weights included)
+    ckpt: dict  # the checkpoint as load_checkpoint returned it (weights included); for a Hugging Face directory,
+    # interop's equivalent (config, model, step None)
     cfg: ModelConfig
     backend: str  # the backend actually used: "packed" or "torch"
     reason: str | None  # why the backend differs from the one asked for, else None
+    tokenizer: object = None  # a Hugging Face directory's text codec (hf.TextCodec, or hf.IdCodec without one)
 
 
 def build_model(ckpt: dict, path="checkpoint") -> Transformer:
@@ -271,12 +282,21 @@ def build_model(ckpt: dict, path="checkpoint") -> Transformer:
 def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threads: int | None = None) -> Loaded:
     """Load a checkpoint for decoding. Raises CheckpointError/DecodeError (one line) for anything unusable.
 
-    backend="packed" swaps in PackedBitLinear (CPU only, needs the extension); "torch" keeps the fake-quant
-    forward. A quant="none" checkpoint always decodes through torch, and ``reason`` says so.
+    ``path`` is a bitnet_ref checkpoint or a Hugging Face BitNet directory (``interop.read``); a packed one's
+    codes and beta go to the packed layers exactly as stored. backend="packed" swaps in PackedBitLinear (CPU
+    only, needs the extension); "torch" keeps the fake-quant forward. A quant="none" checkpoint always decodes
+    through torch, and ``reason`` says so.
     """
     if backend not in BACKENDS:
         raise DecodeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    ckpt = load_checkpoint(path)  # weights_only=True; missing/corrupt/foreign/unsafe/NaN -> CheckpointError
+    from . import interop
+
+    ternary = tokenizer = None
+    if interop.is_hf_source(path):
+        imported = interop.read(path)  # FormatError, a CheckpointError, for anything unusable
+        ckpt, ternary, tokenizer = imported.checkpoint(), imported.ternary, imported.tokenizer
+    else:
+        ckpt = load_checkpoint(path)  # weights_only=True; missing/corrupt/foreign/unsafe/NaN -> CheckpointError
     model = build_model(ckpt, path)
     cfg, reason = model.cfg, None
     try:
@@ -288,5 +308,5 @@ def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threa
     if backend == "packed":
         if dev.type != "cpu":
             raise DecodeError(f"the packed backend runs on the CPU, not {dev}; use --device cpu or --backend torch")
-        to_packed(model, threads=threads)
-    return Loaded(model.to(dev), ckpt, cfg, backend, reason)
+        to_packed(model, threads=threads, ternary=ternary)
+    return Loaded(model.to(dev), ckpt, cfg, backend, reason, tokenizer)

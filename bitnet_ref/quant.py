@@ -150,3 +150,97 @@ def act_codes_ste(x: torch.Tensor) -> torch.Tensor:
     q, gamma = act_quant(x)
     u = x / gamma.to(x.dtype)
     return u + (q.to(x.dtype) - u).detach()
+
+
+# ---- the inverse of weight_quant, for importing packed weights ---------------------------------------------------
+
+def _f32(x) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float32).reshape(())
+
+
+def _f32_step(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The float32 value k representable steps above (k > 0) or below (k < 0) the positive float32 x."""
+    return (x.reshape(1).view(torch.int32) + k).view(torch.float32).reshape(())
+
+
+def weight_latent(codes: torch.Tensor, beta) -> tuple[torch.Tensor, bool]:
+    """A float32 latent W with ``weight_quant(W) == (codes, beta')``, and whether ``beta' == beta`` exactly.
+
+    Packed checkpoints hold codes and beta, not latents, and ``codes * beta`` is the wrong latent: its absmean
+    is beta * p (p the share of nonzero codes). torch computes the mean as fl(fl(sum) / n), so W must have a
+    float32 sum S with fl(S / n) == beta. The nonzero magnitudes are made whole multiples of ulp(S) (k or k + 1
+    of them, adding up to S), so every partial sum is exact in float32 whatever the summation order, and
+    the mean is beta exactly. That works when such an S exists and the tensor has at most ~2**23 nonzeros.
+    Otherwise a search finds the nearest mean it can reach: beta itself for most larger tensors, else a beta'
+    a float32 step or so away, and the flag is False (with n not a power of two, about one float32 beta in
+    five is the mean of no float32 tensor at all). All-zero codes quantize the same whatever beta is: W is zero.
+    """
+    codes = codes.to(torch.int8)
+    b = _f32(beta)
+    if not b >= _f32(EPS):  # the float32 floor weight_quant clamps to
+        raise ValueError(f"beta {float(b)} is below the absmean floor {EPS}: weight_quant never produces it")
+    mag = codes.abs().to(torch.float32)  # (N, K) 0/1
+    n, nnz = codes.numel(), int(codes.count_nonzero())
+    if nnz == 0:
+        return torch.zeros(codes.shape, dtype=torch.float32), True
+    s0 = _f32(float(b) * n)
+    for k in (0, -1, 1, -2, 2, -3, 3):
+        s = _f32_step(s0, k)
+        if not torch.equal(s / n, b):
+            continue
+        q = _f32_step(s, 1) - s  # ulp(S): S / q < 2**24, so every multiple of q up to S is a float32
+        whole, extra = divmod(int(s / q), nnz)
+        if whole < 1:
+            break
+        rank = torch.cumsum(mag.flatten(), 0).view(mag.shape)  # 1..nnz at the nonzero positions
+        w = mag * torch.where(rank <= extra, whole + 1, whole).to(torch.float32) * q * codes
+        if _quantizes_to(w, codes, b):
+            return w, True
+    w = _nearest_latent(codes, mag, nnz, b)
+    return w, torch.equal(weight_quant(w)[1], b)
+
+
+def _quantizes_to(w, codes, beta) -> bool:
+    c, b = weight_quant(w)
+    return torch.equal(c, codes) and torch.equal(b, beta)
+
+
+def _nearest_latent(codes, mag, nnz, beta) -> torch.Tensor:
+    """codes * t with t (the first m nonzero magnitudes one float32 step higher) putting the mean nearest beta."""
+    def mean_of(w):  # the scale weight_quant computes (w >= 0 here, so |w| is w itself)
+        return w.mean().clamp(min=EPS)
+
+    buf = torch.empty_like(mag)  # reused: large tensors make fresh allocations the slow part
+
+    def scaled(t):
+        return torch.mul(mag, t, out=buf)
+
+    t = _f32(float(beta) * codes.numel() / nnz)
+    lo, hi = _f32_step(t, -64), _f32_step(t, 64)
+    while mean_of(scaled(lo)) > beta:
+        lo = _f32_step(lo, -(1 << 16))
+    while mean_of(scaled(hi)) <= beta:
+        hi = _f32_step(hi, 1 << 16)
+    bl, bh = int(lo.reshape(1).view(torch.int32)), int(hi.reshape(1).view(torch.int32))
+    while bh - bl > 1:  # the largest t with mean(mag * t) <= beta: bisection on the bit pattern (monotone)
+        mid = (bl + bh) // 2
+        bl, bh = (mid, bh) if mean_of(scaled(torch.tensor([mid]).int().view(torch.float32))) <= beta else (bl, mid)
+    t_lo = torch.tensor([bl]).int().view(torch.float32).reshape(())
+    low, high = mag * t_lo, mag * _f32_step(t_lo, 1)  # (N, K) each
+    ends = mag.flatten().nonzero().squeeze(1) + 1  # (nnz,) flat index just past each nonzero
+
+    def mixed(m):  # the first m nonzero magnitudes at t_hi, the rest at t_lo
+        buf.copy_(low)
+        if m:
+            buf.view(-1)[:ends[m - 1]] = high.view(-1)[:ends[m - 1]]
+        return buf
+
+    a, z = 0, nnz  # mean(mixed(a)) <= beta < mean(mixed(z)); the mean is monotone in m
+    while z - a > 1:
+        m = (a + z) // 2
+        a, z = (m, z) if mean_of(mixed(m)) <= beta else (a, m)
+    best = min((a, z), key=lambda m: abs(float(mean_of(mixed(m))) - float(beta)))
+    w = mixed(best).mul_(codes)
+    if not torch.equal(weight_quant(w)[0], codes):  # cannot happen: |W| >= mean|W| where codes are nonzero
+        raise AssertionError("weight_latent: the codes did not survive re-quantization")
+    return w

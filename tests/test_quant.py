@@ -241,3 +241,65 @@ def test_fake_quant_linear_accumulates_exactly_under_bf16_autocast():
         y = Q.fake_quant_linear(x, w)
     assert y.dtype == torch.float32  # x was float32, so the output keeps x's dtype
     assert torch.equal(y, expected)
+
+
+# ---- weight_latent: the latent of given codes and beta (packed imports) ----------------------------------------
+
+
+def _reachable(n: int, beta: torch.Tensor) -> bool:
+    """Is beta fl(S / n) for some float32 S? (torch's float32 mean is fl(fl(sum) / n), monotone in S.)"""
+    s0 = torch.tensor(float(beta) * n, dtype=torch.float32)
+    return any(torch.equal(Q._f32_step(s0, k) / n, beta) for k in range(-3, 4))
+
+
+@settings(max_examples=150)
+@given(st.integers(1, 96), st.integers(1, 96), st.integers(0, 2**32 - 1), st.floats(9.999999747378752e-06, 10.0, width=32), st.floats(0.0, 1.0))
+def test_weight_latent_gives_back_the_codes_and_beta(n, k, seed, beta, density):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)
+    codes[torch.rand(n, k, generator=g) > density] = 0
+    beta = torch.tensor(beta, dtype=torch.float32).clamp(min=Q.EPS)  # the float32 floor, 9.99999975e-06
+    w, exact = Q.weight_latent(codes, beta)
+    c2, b2 = Q.weight_quant(w)
+    assert w.dtype == torch.float32 and w.shape == codes.shape
+    assert torch.equal(c2, codes)  # always: the codes survive re-quantization
+    if not codes.any():  # zero codes quantize the same whatever beta is
+        assert exact and not w.any()
+        return
+    assert exact == torch.equal(b2, beta)
+    if _reachable(codes.numel(), beta):
+        assert exact  # whenever float32 can hold such a mean, it is found
+    else:  # otherwise the nearest reachable scale, a float32 step or two away
+        assert abs(float(b2) - float(beta)) <= 2.5e-7 * float(beta)
+
+
+def test_weight_latent_is_not_codes_times_beta():
+    """The naive latent codes * beta re-quantizes to beta * p (p = share of nonzero codes): why weight_latent exists."""
+    codes = torch.tensor([[1, 0, -1, 0], [0, 0, 1, 1]], dtype=torch.int8)
+    beta = torch.tensor(0.02)
+    assert torch.allclose(Q.weight_quant(codes * beta)[1], beta * 0.5)
+    w, exact = Q.weight_latent(codes, beta)
+    assert exact and torch.equal(Q.weight_quant(w)[1], beta) and torch.equal(Q.weight_quant(w)[0], codes)
+
+
+def test_weight_latent_unreachable_beta_is_flagged():
+    n = 3 * 4096  # 3 * 2**k elements: about one float32 beta in five is the mean of no float32 tensor
+    codes = torch.ones(3, 4096, dtype=torch.int8)
+    found = None
+    b = torch.tensor(1.9, dtype=torch.float32)
+    for _ in range(64):
+        if not _reachable(n, b):
+            found = b
+            break
+        b = Q._f32_step(b, 1)
+    assert found is not None
+    w, exact = Q.weight_latent(codes, found)
+    b2 = Q.weight_quant(w)[1]
+    assert not exact and torch.equal(Q.weight_quant(w)[0], codes) and abs(float(b2) - float(found)) <= 2.5e-7 * 1.9
+
+
+def test_weight_latent_refuses_a_beta_below_the_floor():
+    with pytest.raises(ValueError, match="below the absmean floor"):
+        Q.weight_latent(torch.ones(2, 2, dtype=torch.int8), 1e-6)
+    w, exact = Q.weight_latent(torch.zeros(2, 2, dtype=torch.int8), 0.5)  # all zero: any beta, W = 0
+    assert exact and not w.any()

@@ -1,0 +1,199 @@
+"""Export a bitnet_ref checkpoint as a Hugging Face BitNet model directory that transformers loads offline.
+
+    python -m bitnet_ref.export runs/x/ckpt.pt --format hf --out my-bitnet [--form latent|packed] [--force]
+
+then ``AutoModelForCausalLM.from_pretrained("my-bitnet")`` and ``AutoTokenizer.from_pretrained("my-bitnet")``.
+The directory holds config.json, model.safetensors and, for byte-level models, tokenizer.json +
+tokenizer_config.json (see ``hf.py`` for the forms and names). ``--form latent`` (default) keeps the fp32 latent
+weights (transformers' online mode: training can go on there); ``--form packed`` writes the ternary codes and
+beta exactly as ``quant.weight_quant`` gives them, packed 2 bits a weight (offline mode, about 16x smaller).
+
+Refused, one line and exit 2: checkpoints whose forward transformers cannot compute (ablations other than
+const-wd; a per-linear-norm model whose q/k/v or gate/up gains differ), ``--form packed`` of a quant="none"
+model or of a width that is not a multiple of 4, and an existing ``--out`` without ``--force`` (``--force``
+replaces only an earlier model directory). The directory is written beside its target and renamed into place,
+so a crash leaves the old directory or the new one, never a half-written one.
+
+What this is not: a GGUF/llama.cpp converter (interop notes in the research folder say why relu2 and our head
+would not survive that), or an importer (``interop.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import quant as Q
+from .checkpoint import CheckpointError, _fsync_dir, load_checkpoint
+from .cli import OneLineParser, run_quietly
+from .hf import FormatError, byte_tokenizer, hf_config, is_linear, name_pairs, official_state, pack_rows, tokenizer_config
+from .model import ModelConfig
+
+FORMS = ("latent", "packed")
+HARMLESS_ABLATIONS = {"const-wd"}  # changes the weight-decay schedule only, not the forward
+
+
+def hf_tensors(cfg: ModelConfig, state: dict, form: str) -> dict[str, torch.Tensor]:
+    """HF-named tensors of an official-layout state dict: fp32 latents, or packed codes + weight_scale = beta."""
+    out = {}
+    for ours, hf, _ in name_pairs(cfg):
+        if ours == "head.weight" and cfg.tie_embeddings:
+            continue  # tied: lm_head is embed_tokens (transformers' own save leaves it out too)
+        t = state[ours].detach().to(torch.float32)
+        if is_linear(ours) and form == "packed":
+            codes, beta = Q.weight_quant(t)  # what our forward multiplies with: (N, K) int8, () float32
+            out[hf] = pack_rows(codes)
+            out[hf + "_scale"] = beta.reshape(1).clone()  # autobitlinear offline: y = linear(x, codes) * beta
+        else:
+            out[hf] = t.clone().contiguous()
+    return out
+
+
+def refuse_unrepresentable(cfg: ModelConfig, form: str) -> None:
+    ablations = [a for a in cfg.ablate if a not in HARMLESS_ABLATIONS]
+    if ablations:
+        raise FormatError(f"the checkpoint was trained with ablation {', '.join(ablations)}, whose forward is not "
+                          "BitNet's; transformers would compute something else")
+    if form == "packed" and cfg.quant != "ternary":
+        raise FormatError(f"a quant={cfg.quant!r} checkpoint has no ternary weights to pack; use --form latent "
+                          "(a float BitNet model)")
+
+
+def export_hf(ckpt: dict, out, *, form: str = "latent", force: bool = False) -> dict:
+    """Write ``ckpt`` (as load_checkpoint returns it) to the directory ``out``; returns a summary dict."""
+    if form not in FORMS:
+        raise FormatError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    out = Path(out)
+    check_target(out, force)
+    cfg = ModelConfig.from_dict(ckpt["config"])
+    refuse_unrepresentable(cfg, form)
+    notes = [] if cfg.layout == "official" else ["per-linear-norm layout: q/k/v and gate/up gains are equal, "
+                                                 "written as the shared block norms"]
+    cfg, state = official_state(cfg, ckpt["model"])
+    tensors = hf_tensors(cfg, state, form)
+    if cfg.quant != "ternary":
+        notes.append("quant='none': no quantization_config, so transformers runs the linears in float, as we do")
+    step = ckpt.get("step")
+    files = {
+        "config.json": _json_writer(hf_config(cfg, form)),
+        "model.safetensors": lambda p: _save_safetensors(tensors, p, {"bitnet_ref_form": form,
+                                                                      "bitnet_ref_step": str(step)}),
+    }
+    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+    if cfg.vocab_size == 256 and data.get("kind", "stdlib") in ("stdlib", "text"):
+        files["tokenizer.json"] = lambda p: p.write_text(byte_tokenizer().to_str(), encoding="utf-8")
+        files["tokenizer_config.json"] = _json_writer(tokenizer_config(cfg.context))
+    else:
+        notes.append("no tokenizer: the checkpoint's tokens are ids from token files, not bytes")
+    write_dir(out, files, force)
+    return {"out": str(out), "form": form, "files": sorted(files), "tensors": len(tensors),
+            "bytes": sum((out / f).stat().st_size for f in files), "step": step, "notes": notes}
+
+
+def _json_writer(obj):
+    return lambda p: p.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def _save_safetensors(tensors, path, meta):
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt", **meta})  # transformers wants format=pt
+
+
+def check_target(out: Path, force: bool) -> None:
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise FormatError(f"{out} exists; pass --force to replace it")
+    if out.is_symlink() or not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file()):
+        raise FormatError(f"{out} exists and is not a model directory (no config.json); not replacing it, "
+                          "even with --force")
+
+
+def write_dir(out: Path, files: dict, force: bool) -> None:
+    """Write ``files`` (name -> writer(path)) to a new directory beside ``out``, fsync, then rename it into place
+    (an old ``out`` is moved aside first and removed after; put back if the rename fails)."""
+    parent = out.parent if str(out.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    old = None
+    try:
+        for name, write in files.items():
+            write(tmp / name)
+            os.chmod(tmp / name, 0o666 & ~_umask())  # safetensors writes 0600; give what open() would
+            fd = os.open(tmp / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the directory mkdir's permissions
+        _fsync_dir(tmp)
+        if out.exists() or out.is_symlink():
+            check_target(out, force)  # again, right before replacing it
+            old = tmp.with_suffix(".old")
+            os.rename(out, old)
+        os.rename(tmp, out)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not out.exists():
+            os.rename(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m bitnet_ref.export", description="Export a bitnet_ref checkpoint as a "
+                      "Hugging Face BitNet model directory (transformers' BitNetForCausalLM, loaded offline).")
+    p.add_argument("checkpoint", help="a ckpt.pt written by python -m bitnet_ref.train")
+    p.add_argument("--format", choices=("hf",), default="hf", help="output format: hf (the only one, default)")
+    p.add_argument("--out", required=True, help="the model directory to write (created; see --force)")
+    p.add_argument("--form", choices=FORMS, default="latent",
+                   help="latent: fp32 latent weights, transformers' online quantization, trainable there (default); "
+                        "packed: 2-bit ternary codes + beta, offline quantization, about 16x smaller")
+    p.add_argument("--force", action="store_true", help="replace --out if it is an earlier model directory")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = export_hf(load_checkpoint(args.checkpoint), args.out, form=args.form, force=args.force)
+    except CheckpointError as e:  # FormatError is one too
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {summary['out']}: Hugging Face BitNet, {summary['form']} form, step {summary['step']}, "
+              f"{summary['tensors']} tensors, {summary['bytes'] / 1e6:.2f} MB ({', '.join(summary['files'])})")
+        for n in summary["notes"]:
+            print(f"note: {n}")
+    return 0
+
+
+def cli() -> int:
+    """The ``bitnet-export`` console script."""
+    return run_quietly(main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
