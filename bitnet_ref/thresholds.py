@@ -51,11 +51,12 @@ FLOAT_GRID_MIN = 0.5  # share of logits that fit health.FLOAT_GRID_BITS signific
 #                       were rounded to a coarse float format (fp32: ~2^-13; bf16/fp8 rounding: 1). Such logits
 #                       also lie on a lattice (multiples of the smallest ulp), so the lattice alone is no proof
 #                       of an int8 x ternary head: quant_head needs the float grid below this
-DEAD_GRAD_FRAC = 0.5  # a BitLinear with this share of exactly-zero gradient elements has a broken gradient path
-#                       (healthy: a few %, from input columns that are all zero in the batch; clamp-STE: the
-#                       clip region only)
-UPDATE_GAP = 100.0  # a parameter group (or BitLinear) whose update ratio is this many times below the largest
-#                     group's (or the median layer's, or its FP twin's) is not being moved by the optimizer
+DEAD_GRAD_FRAC = 0.5  # median share of exactly-zero gradient elements over the BitLinears at or above which most
+#                       weights get no gradient (healthy median: ~0; one FFN layer reaches ~40% from dead ReLU^2
+#                       units, hence the median; clamp-STE zeroes only the clip region)
+UPDATE_GAP = 1000.0  # a parameter group (or BitLinear) whose update ratio is this many times below the largest
+#                      group's (or the median layer's, or its FP twin's) is not being moved by the optimizer
+#                      (healthy: norm gains, ~1 in size, sit ~30x below the latent weights, ~0.03)
 WD_ZERO = 1e-8  # stage-2 weight decay above this is "on"
 WD_KEPT_FRAC = 0.5  # without a stage 2: WD still at half its peak over the last 10% of steps = never decayed
 LR_DROP = 0.95  # a step-to-step LR ratio below this after warmup marks the stage-1 -> stage-2 drop
