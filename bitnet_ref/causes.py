@@ -10,11 +10,12 @@ its config or ablation list; their thresholds are in thresholds.py.
                    metrics, a flip rate of exactly 0 at every evaluation while the LR is > 0)
   clamp_ste        >= DEAD_CLIP_FRAC of clip-region gradients are exactly 0, at least DEAD_GAP more than the
                    share of exactly-zero gradients on 0 codes
+  low_precision    ckpt.pt holds master weights or AdamW moments below fp32 (before grad_flow: it explains
+                   updates that round away)
   grad_flow        where the gradient flow stops (health "groups" and layers): a parameter group (latent, norm,
                    embed, head) or a BitLinear with gradient norm <= GRAD_ZERO while others get one; a median over
                    BitLinears of >= DEAD_GRAD_FRAC exactly-zero gradient elements; a group or layer whose update ratio
                    is UPDATE_GAP x below the largest group's / the median layer's / the FP twin's
-  low_precision    ckpt.pt holds master weights or AdamW moments below fp32
   coarse_logits    >= FLOAT_GRID_MIN of the logits fit a coarse float format's significand (bf16/fp16/fp8-like
                    rounding in the full-precision path)
   missing_dequant  median BitLinear output RMS / FP-linear output RMS outside [OUT_RATIO_LOW, OUT_RATIO_HIGH]
@@ -333,10 +334,10 @@ CAUSES = (  # in priority order: the first that applies is "the" cause
           parity_mismatch),
     Cause("missing_ste", "missing STE: no gradient reaches the latent weights", missing_ste),
     Cause("clamp_ste", "clamp-STE bug: clipped (saturated) weights get zero gradient", clamp_ste),
-    Cause("grad_flow", "gradient flow stops: some parameters get no gradient, or the optimizer does not move them",
-          grad_flow, uses_baseline=True),
     Cause("low_precision", "low-precision master weights or optimizer state: small updates round away",
           low_precision),
+    Cause("grad_flow", "gradient flow stops: some parameters get no gradient, or the optimizer does not move them",
+          grad_flow, uses_baseline=True),
     Cause("coarse_logits", "coarse numerics in the full-precision path: logits rounded to a low-precision float "
           "format", coarse_logits),
     Cause("missing_dequant", "missing dequantization: BitLinear outputs are off by the weight/activation scales",
