@@ -10,9 +10,17 @@ its config or ablation list; their thresholds are in thresholds.py.
                    metrics, a flip rate of exactly 0 at every evaluation while the LR is > 0)
   clamp_ste        >= DEAD_CLIP_FRAC of clip-region gradients are exactly 0, at least DEAD_GAP more than the
                    share of exactly-zero gradients on 0 codes
+  low_precision    ckpt.pt holds master weights or AdamW moments below fp32 (before grad_flow: it explains
+                   updates that round away)
+  grad_flow        where the gradient flow stops (health "groups" and layers): a parameter group (latent, norm,
+                   embed, head) or a BitLinear with gradient norm <= GRAD_ZERO while others get one; a median over
+                   BitLinears of >= DEAD_GRAD_FRAC exactly-zero gradient elements; a group or layer whose update ratio
+                   is UPDATE_GAP x below the largest group's / the median layer's / the FP twin's
+  coarse_logits    >= FLOAT_GRID_MIN of the logits fit a coarse float format's significand (bf16/fp16/fp8-like
+                   rounding in the full-precision path)
   missing_dequant  median BitLinear output RMS / FP-linear output RMS outside [OUT_RATIO_LOW, OUT_RATIO_HIGH]
   quant_head       embedding vectors with <= EMBED_LEVELS_MAX distinct values, or >= LATTICE_MIN of the
-                   logits on an integer lattice (int8 x ternary head)
+                   logits on an integer lattice (int8 x ternary head) that is not a coarse float grid
   no_subln         median RMS of the activation quantizer's input outside [ACT_RMS_LOW, ACT_RMS_HIGH]
   const_wd         weight decay > WD_ZERO at stage-2 steps (stage 2 found from an LR ratio < LR_DROP), or,
                    without a stage 2, still >= WD_KEPT_FRAC of its peak over the last 10% of steps
@@ -32,9 +40,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from .metrics import number_or_none
-from .thresholds import (ACT_RMS_HIGH, ACT_RMS_LOW, DEAD_CLIP_FRAC, DEAD_GAP, EMBED_LEVELS_MAX, FLIP_MIN_EVALS,
-                         FLIP_RISE, GRAD_ZERO, LATTICE_MIN, LR_DROP, OUT_RATIO_HIGH, OUT_RATIO_LOW, WD_KEPT_FRAC,
-                         WD_ZERO, ZERO_HIGH, ZERO_LOW)
+from .doctor_checks import checkpoint_check, low_precision
+from .thresholds import (ACT_RMS_HIGH, ACT_RMS_LOW, DEAD_CLIP_FRAC, DEAD_GAP, DEAD_GRAD_FRAC, EMBED_LEVELS_MAX,
+                         FLIP_MIN_EVALS, FLIP_RISE, FLOAT_GRID_MIN, GRAD_ZERO, LATTICE_MIN, LR_DROP, OUT_RATIO_HIGH,
+                         OUT_RATIO_LOW, UPDATE_GAP, WD_KEPT_FRAC, WD_ZERO, ZERO_HIGH, ZERO_LOW)
 
 if TYPE_CHECKING:
     from .doctor import Run
@@ -189,11 +198,71 @@ def quant_head(run: Run) -> list | None:
     if rec is None:
         return None
     lv, lat = number_or_none(rec.get("health_embed_levels")), number_or_none(rec.get("health_logit_lattice"))
+    grid = number_or_none(rec.get("health_logit_float_grid"))
     lines = []
     if lv is not None and lv <= EMBED_LEVELS_MAX:
         lines.append(f"token embeddings reach the first block with {lv:.1f} distinct values per vector (ternary)")
-    if lat is not None and lat >= LATTICE_MIN:
-        lines.append(f"{lat:.0%} of logits lie on an integer lattice (int8 x ternary output head)")
+    if lat is not None and lat >= LATTICE_MIN and (grid is None or grid < FLOAT_GRID_MIN):
+        lines.append(f"{lat:.0%} of logits lie on an integer lattice with an fp32 unit (int8 x ternary output head"
+                     + (f"; only {grid:.0%} fit a coarse float format)" if grid is not None else ")"))
+    return lines or None
+
+
+def coarse_logits(run: Run) -> list | None:
+    rec = last_with(run.evals, "logit_float_grid")
+    grid = number_or_none(rec.get("health_logit_float_grid")) if rec is not None else None
+    if grid is None or grid < FLOAT_GRID_MIN:
+        return None
+    lines = [f"{grid:.0%} of logits fit a coarse float format (<= 11 significand bits: bf16/fp16/fp8-like rounding) "
+             f"at step {rec.get('step')}; fp32 logits almost never do"]
+    chk = checkpoint_check(run) if run.ckpt else {}
+    if chk.get("float_grid") is not None:
+        lines.append(f"the checkpoint's own forward gives {chk['float_grid']:.0%} such logits: the rounding is "
+                     + ("in the weights" if chk["float_grid"] >= FLOAT_GRID_MIN else "in the training code's forward, "
+                        "not in the weights"))
+    return lines
+
+
+def _ratio_lines(named: dict, what: str, ref: float, ref_what: str) -> list:
+    return [f"{what} {n}: update ratio {fmt(r)}, {ref_what} {fmt(ref)} (> {UPDATE_GAP:.0f}x apart): the optimizer "
+            "does not move it (dropped from AdamW, zero LR, or zero gradient)" for n, r in named.items()
+            if ref > 0 and r * UPDATE_GAP < ref]
+
+
+def grad_flow(run: Run, baseline: Run | None = None) -> list | None:
+    """Where the gradient flow stops, from the last eval with gradient metrics (parameter groups and layers)."""
+    rec = last_with(run.evals, "grad_norm")
+    if rec is None:
+        return None
+    step, lines = rec.get("step"), []
+    groups = {g: v for g, v in (rec.get("groups") or {}).items() if isinstance(v, dict) and v.get("numel")}
+    norms = {g: number_or_none(v.get("grad_norm")) for g, v in groups.items()}
+    if any(n is not None and n > GRAD_ZERO for n in norms.values()):
+        lines += [f"parameter group {g} gets no gradient (norm {fmt(n)}) while the others do, step {step}"
+                  for g, n in norms.items() if n is not None and n <= GRAD_ZERO]
+    layers = {k: v for k, v in (rec.get("layers") or {}).items() if isinstance(v, dict)}
+    lnorm = {k: number_or_none(v.get("grad_norm")) for k, v in layers.items()}
+    if any(n is not None and n > GRAD_ZERO for n in lnorm.values()):
+        lines += [f"BitLinear {k} gets no gradient (norm {fmt(n)}): the flow stops there, step {step}"
+                  for k, n in lnorm.items() if n is not None and n <= GRAD_ZERO]
+    zeros = {k: z for k, v in layers.items() if (z := number_or_none(v.get("grad_zero"))) is not None
+             and (lnorm.get(k) or 0) > GRAD_ZERO}
+    mz = median(zeros.values())
+    if mz is not None and mz >= DEAD_GRAD_FRAC:  # the median: dead ReLU^2 units zero a few FFN layers' rows
+        lines.append(f"{mz:.0%} of the latent-weight gradient elements are exactly zero (median over {len(zeros)} "
+                     f"BitLinears, range {min(zeros.values()):.0%}-{max(zeros.values()):.0%}), step {step}: most "
+                     "weights get no gradient")
+    gr = {g: r for g, v in groups.items() if (r := number_or_none(v.get("update_ratio"))) is not None}
+    if gr:
+        lines += _ratio_lines({g: r for g, r in gr.items() if r < max(gr.values())}, "parameter group",
+                              max(gr.values()), "largest group's")
+    lr = {k: r for k, v in layers.items() if (r := number_or_none(v.get("update_ratio"))) is not None}
+    if lr and not lines:
+        lines += _ratio_lines(lr, "BitLinear", median(lr.values()), "median layer's")
+    brec = last_with(baseline.evals, "grad_norm") if baseline is not None else None
+    bg = ((brec.get("groups") or {}).get("latent") or {}) if brec is not None else {}
+    if "latent" in gr and number_or_none(bg.get("update_ratio")) is not None and not lines:
+        lines += _ratio_lines({"latent": gr["latent"]}, "parameter group", bg["update_ratio"], "FP twin's")
     return lines or None
 
 
@@ -257,6 +326,7 @@ class Cause:
     name: str
     text: str  # what it means, for the report's cause line
     rule: Callable  # (Run) -> evidence lines, or None when it does not apply
+    uses_baseline: bool = False  # the rule also takes the FP baseline run (or None): rule(run, baseline)
 
 
 CAUSES = (  # in priority order: the first that applies is "the" cause
@@ -264,6 +334,12 @@ CAUSES = (  # in priority order: the first that applies is "the" cause
           parity_mismatch),
     Cause("missing_ste", "missing STE: no gradient reaches the latent weights", missing_ste),
     Cause("clamp_ste", "clamp-STE bug: clipped (saturated) weights get zero gradient", clamp_ste),
+    Cause("low_precision", "low-precision master weights or optimizer state: small updates round away",
+          low_precision),
+    Cause("grad_flow", "gradient flow stops: some parameters get no gradient, or the optimizer does not move them",
+          grad_flow, uses_baseline=True),
+    Cause("coarse_logits", "coarse numerics in the full-precision path: logits rounded to a low-precision float "
+          "format", coarse_logits),
     Cause("missing_dequant", "missing dequantization: BitLinear outputs are off by the weight/activation scales",
           missing_dequant),
     Cause("quant_head", "quantized embedding or output head: the full-precision path is ternary", quant_head),
@@ -276,6 +352,7 @@ CAUSES = (  # in priority order: the first that applies is "the" cause
 CAUSE_TEXT = {c.name: c.text for c in CAUSES}
 
 
-def find_causes(run: Run) -> list:
+def find_causes(run: Run, baseline: Run | None = None) -> list:
     """Every cause whose rule fires, in priority order: [{"cause", "evidence": [str]}]."""
-    return [{"cause": c.name, "evidence": ev} for c in CAUSES if (ev := c.rule(run))]
+    return [{"cause": c.name, "evidence": ev} for c in CAUSES
+            if (ev := (c.rule(run, baseline) if c.uses_baseline else c.rule(run)))]

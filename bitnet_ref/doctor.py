@@ -9,6 +9,10 @@ numbers; with ``--json`` one JSON object with the same content. Exit 0 for any d
 
 Verdicts (from the losses and the diversity probe; the first that applies; every upper-case name is a number
 in thresholds.py):
+  log_mismatch        the checkpoint's own next-token loss on validation windows (measured here, doctor_checks.py)
+                      or decode_probe.json's differs from the logged one by > LOG_MISMATCH_NATS
+  implausible_loss    the logged loss < IMPLAUSIBLE_LOSS_FRAC x unigram entropy (or < BASELINE_IMPLAUSIBLE_FRAC
+                      x the FP baseline's): better than held-out data allows
   diverged            a non-finite loss, or the train loss ends > DIVERGE_RISE nats above its best
   not_learning        final val loss >= NEAR_LN_V_FRAC x ln(vocab)
   stuck_unigram       final val loss >= NEAR_UNIGRAM_FRAC x unigram entropy, and the FP baseline (when given)
@@ -16,6 +20,8 @@ in thresholds.py):
   diversity_collapse  past the unigram phase (evals with val loss < NEAR_UNIGRAM_FRAC x unigram entropy), the
                       final unique tokens are <= COLLAPSE_FRAC of the best there (or of the baseline's final),
                       that best being >= MIN_UNIQUE_SIGNAL, while the val loss still fell by >= LOSS_FELL
+  diversity_collapse  (also) every greedy sample repeats one token (min_sample_top_share >= COLLAPSE_TOP_SHARE)
+                      with top-1 >= COLLAPSE_TOP1, or decode_probe.json says collapsed
   transient_dip       past the unigram phase, unique tokens fell to <= DIP_FRAC of an earlier value (itself
                       >= MIN_UNIQUE_SIGNAL), then came back to >= RECOVER_FRAC of it by the end
   A fall in unique tokens while the val loss is still at unigram level is the expected "unigram phase"
@@ -44,12 +50,15 @@ from typing import NamedTuple
 from . import metrics, runlog
 from .causes import CAUSE_TEXT, find_causes, flip_trend, fmt
 from .cli import run_quietly
+from .doctor_checks import log_check, sample_collapse
 from .metrics import number_or_none
 from .thresholds import (BASELINE_GAP_FRAC, COLLAPSE_FRAC, DIP_FRAC, DIVERGE_RISE, FLIP_KEEP_FRAC, LOSS_FELL,
                          MIN_UNIQUE_SIGNAL, NEAR_LN_V_FRAC, NEAR_UNIGRAM_FRAC, RECOVER_FRAC, REPETITIVE_TOP_SHARE)
 
 VERDICTS = {
     "healthy": "healthy",
+    "log_mismatch": "the log is not the model's next-token loss: a target/shift or evaluation bug",
+    "implausible_loss": "the logged loss is better than held-out data allows: targets leaking into inputs?",
     "faulty": "learning, but the health metrics show a known fault",
     "not_learning": "not learning: the loss stays near ln(vocab)",
     "stuck_unigram": "stuck at unigram level: no better than a context-free table of token frequencies",
@@ -74,6 +83,7 @@ class Run:
     ended: bool = False  # the trainer wrote its "end" record: the run completed
     ckpt: dict | None = None
     probe: dict | None = None
+    checked: dict | None = None  # doctor_checks.checkpoint_check's measurements, once measured
 
     @classmethod
     def from_metrics(cls, m: metrics.Metrics, path) -> Run:
@@ -332,7 +342,7 @@ def _note_plateau_and_repetition(c: _Case, last: _Eval) -> None:
                        "with --baseline")
 
 
-VERDICT_RULES = (diverged, loss_level, diversity)  # in order: the first verdict one returns is the verdict
+VERDICT_RULES = (log_check, diverged, loss_level, sample_collapse, diversity)  # in order: the first verdict one returns is the verdict
 
 
 def diagnose(run: Run, baseline: Run | None = None) -> Diagnosis:
@@ -344,7 +354,7 @@ def diagnose(run: Run, baseline: Run | None = None) -> Diagnosis:
     if isinstance(par, dict) and par.get("ok") is True:
         notes.append(f"decode_probe.json: the packed decode path matches training (max relative logit difference "
                      f"{fmt(number_or_none(par.get('max_rel_logit_diff')))})")
-    findings = find_causes(run)
+    findings = find_causes(run, baseline)
     cause = findings[0]["cause"] if findings else None
     c = _Case(run, baseline, cause, [line for f in findings for line in f["evidence"]], notes, *_baselines(run))
     for rule in VERDICT_RULES:

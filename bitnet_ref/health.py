@@ -15,7 +15,7 @@ and goes into the eval records of metrics.jsonl:
   ``grad_norm``   L2 norm of the latent weight's gradient (0 when it got none);
   ``grad_rms_zero``/``grad_rms_sat``  per-element gradient RMS on 0 codes / on +-1 codes;
   ``grad_dead_zero``/``grad_dead_sat``/``grad_dead_clip``  share of exactly-zero gradients on 0 codes,
-                  on +-1 codes, and in the clip region;
+                  on +-1 codes, and in the clip region; ``grad_zero`` the same over the whole matrix;
   ``update_ratio`` ||w_after - w_before|| / ||w_before|| over one optimizer step;
   ``act_in_rms``  RMS of the activation quantizer's input (~1 behind an RMSNorm);
   ``out_ratio``   RMS of the BitLinear output / RMS of an FP linear with the same latent weights on the
@@ -25,7 +25,13 @@ and goes into the eval records of metrics.jsonl:
   and ``health_top1`` are the mean next-token entropy (nats) and top-1 probability on the validation
   batch; ``health_embed_levels`` is the mean count of distinct values in a token's embedding vector as
   the first block receives it (<= 3: a ternary embedding); ``health_logit_lattice`` is the share of
-  logits lying on an integer lattice of their row (~1: an int8 x ternary output head, ~0: an FP head).
+  logits lying on an integer lattice of their row (~1: an int8 x ternary output head, ~0: an FP head);
+  ``health_logit_float_grid`` is the share of logits exactly representable with FLOAT_GRID_BITS significand
+  bits (~1: logits rounded to a coarse float format such as bf16/fp16/fp8; ~0: fp32 logits, and an int8 x
+  ternary head, whose lattice unit is an arbitrary fp32 scale).
+- ``groups``: ``{group: {"grad_norm", "grad_zero", "update_ratio", "numel"}}`` for every parameter group
+  (``latent``: BitLinear weights; ``norm``: RMSNorm gains; ``embed``: token embedding; ``head``: the output
+  head when untied): where the gradient flow stops and which parameters the optimizer does not move.
 
 What it is not: a profiler, or a judge. ``bitnet_ref.doctor`` turns these numbers into a verdict.
 """
@@ -43,7 +49,10 @@ CLIP = 1.5  # |w|/beta beyond which round() gives +-2 and the clamp saturates
 MARGIN = 0.05  # "near a threshold" means within this distance, in units of beta (issue 6)
 LEVELS_SAMPLE = 64  # token rows sampled for the embedding-level and logit-lattice probes
 LATTICE_TOL = 0.02  # a logit is "on the lattice" within this fraction of the lattice unit
-GRAD_FIELDS = ("grad_norm", "grad_rms_zero", "grad_rms_sat", "grad_dead_zero", "grad_dead_sat", "grad_dead_clip")
+FLOAT_GRID_BITS = 11  # significand bits of fp16 (bf16 has 8, fp8 e4m3 4): a "coarse float" logit fits in them
+GRAD_FIELDS = ("grad_norm", "grad_rms_zero", "grad_rms_sat", "grad_dead_zero", "grad_dead_sat", "grad_dead_clip",
+               "grad_zero")
+GROUPS = ("latent", "norm", "embed", "head")
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -108,7 +117,8 @@ def grad_split(grad: torch.Tensor | None, w: torch.Tensor, beta: float) -> dict:
     rs, ds = part(sat)
     _, dc = part(clip)
     return {"grad_norm": g.pow(2).sum().sqrt().item(), "grad_rms_zero": rz, "grad_rms_sat": rs,
-            "grad_dead_zero": dz, "grad_dead_sat": ds, "grad_dead_clip": dc}
+            "grad_dead_zero": dz, "grad_dead_sat": ds, "grad_dead_clip": dc,
+            "grad_zero": (g == 0).sum().item() / max(g.numel(), 1)}
 
 
 def update_ratio(before: torch.Tensor, after: torch.Tensor) -> float:
@@ -171,6 +181,48 @@ def lattice_share(rows: torch.Tensor, tol: float = LATTICE_TOL) -> float | None:
     return sum(shares) / len(shares) if shares else None
 
 
+def float_grid_share(values: torch.Tensor, bits: int = FLOAT_GRID_BITS) -> float | None:
+    """Share of the nonzero finite values exactly representable with ``bits`` significand bits.
+
+    fp32 values from real arithmetic need all 24 bits (share ~2^(bits-24)); values rounded to bf16 (8 bits),
+    fp16 (11) or an fp8-like format (4) all fit. Products k x s of integers k and an fp32 scale s do not,
+    so this tells a coarse float format from the integer lattice of an int8 x ternary head. None if no value counts.
+    """
+    v = values.detach().float().reshape(-1)
+    v = v[torch.isfinite(v) & (v != 0)]
+    if v.numel() == 0:
+        return None
+    m, _ = torch.frexp(v.double())  # v = m * 2^e, 0.5 <= |m| < 1
+    scaled = m * 2.0 ** bits
+    return (scaled == scaled.round()).double().mean().item()
+
+
+def param_groups_of(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The model's parameters by role (GROUPS); a tied head is the embedding; anything else goes to norm."""
+    latent = [m.weight for _, m in model.bitlinears()]
+    emb = getattr(model, "tok_emb", None)
+    head = getattr(model, "head", None)
+    embed = [emb.weight] if emb is not None else []
+    heads = [head.weight] if head is not None and all(head.weight is not p for p in embed) else []
+    taken = {id(p) for p in latent + embed + heads}
+    norm = [p for p in model.parameters() if id(p) not in taken]
+    return {"latent": latent, "norm": norm, "embed": embed, "head": heads}
+
+
+def group_grads(params: list) -> dict:
+    """Gradient norm and exactly-zero share over a group's elements (a missing gradient counts as zeros)."""
+    n = sum(p.numel() for p in params)
+    sq = zeros = 0.0
+    for p in params:
+        if p.grad is None:
+            zeros += p.numel()
+        else:
+            g = p.grad.detach().double()
+            sq += g.pow(2).sum().item()
+            zeros += (g == 0).sum().item()
+    return {"grad_norm": math.sqrt(sq), "grad_zero": zeros / n if n else None, "numel": n}
+
+
 def mean_over(layers: dict, key: str) -> float | None:
     """Mean of one per-layer field over the layers where it is a finite number; None if none are."""
     vals = [v[key] for v in layers.values()
@@ -205,6 +257,8 @@ class HealthTracker:
         self.grads: dict[str, dict] = {}  # name -> grad_split() of the last after_backward
         self.before: dict[str, torch.Tensor] = {}  # name -> weight snapshot taken in after_backward
         self.updates: dict[str, float] = {}  # name -> update_ratio of the last after_step
+        self.groups: dict[str, dict] = {}  # group -> group_grads() (+ update_ratio after after_step)
+        self.group_before: dict[str, list] = {}  # group -> weight snapshots taken in after_backward
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module) -> None:
@@ -216,6 +270,11 @@ class HealthTracker:
             grad = None if m.weight.grad is None else m.weight.grad.to("cpu")
             self.grads[name] = grad_split(grad, w, beta)
             self.before[name] = w
+        self.groups, self.group_before = {}, {}
+        for g, params in param_groups_of(model).items():
+            if params:
+                self.groups[g] = group_grads(params)
+                self.group_before[g] = [p.detach().to("cpu", torch.float32, copy=True) for p in params]
 
     @torch.no_grad()
     def after_step(self, model: nn.Module) -> None:
@@ -224,7 +283,12 @@ class HealthTracker:
         for name, m in _bitlinears(model):
             if name in self.before:
                 self.updates[name] = update_ratio(self.before[name], m.weight.detach().to("cpu", torch.float32))
-        self.before = {}
+        for g, params in param_groups_of(model).items():
+            if g in self.group_before and g in self.groups:
+                before = torch.cat([t.reshape(-1) for t in self.group_before[g]])
+                after = torch.cat([p.detach().to("cpu", torch.float32).reshape(-1) for p in params])
+                self.groups[g]["update_ratio"] = update_ratio(before, after)
+        self.before, self.group_before = {}, {}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, idx: torch.Tensor, step: int | None = None) -> dict:
@@ -283,9 +347,10 @@ class HealthTracker:
                 rec["out_ratio"] = rms(a["out"]) / ref if ref > 0 else None
             layers[name] = rec
         self.prev_step = step
-        self.grads, self.updates = {}, {}
+        groups = {g: {"update_ratio": None, **v} for g, v in self.groups.items()}
+        self.grads, self.updates, self.groups = {}, {}, {}
 
-        out: dict = {"layers": layers}
+        out: dict = {"layers": layers, "groups": groups}
         for k in sorted({k for rec in layers.values() for k in rec} - {"flip_steps"}):
             out[f"health_{k}"] = mean_over(layers, k)
         out["health_entropy"], out["health_top1"] = next_token_stats(logits)
@@ -293,6 +358,7 @@ class HealthTracker:
         out["health_embed_levels"] = (distinct_levels(emb.reshape(-1, emb.shape[-1])[:LEVELS_SAMPLE])
                                       if emb is not None else None)
         out["health_logit_lattice"] = lattice_share(logits.reshape(-1, logits.shape[-1])[:LEVELS_SAMPLE])
+        out["health_logit_float_grid"] = float_grid_share(logits.reshape(-1, logits.shape[-1])[:LEVELS_SAMPLE])
         return finite_or_none(out)
 
 

@@ -8,7 +8,8 @@ the same weights give the same numbers:
 - ``greedy_decode``: argmax continuation through the model's KV cache (``generate.generate``, greedy), run on the
   same fake-quant forward used in training, so there is no train/inference mismatch;
 - pure metrics over the generated tokens only (never the prompt): ``unique_tokens``, ``distinct_n``,
-  ``max_repeat_run``, ``top_token_share``, ``token_entropy``, and ``diversity`` bundling them.
+  ``max_repeat_run``, ``top_token_share``, ``min_sample_top_share``, ``token_entropy``, and ``diversity``
+  bundling them.
 
 A "sample" is a sequence of token ids; metrics take a list of samples. What this is not: a sampler with
 temperature/top-k (``generate.generate`` has those), or a quality metric -- a diverse model can still be wrong.
@@ -61,6 +62,13 @@ def top_token_share(samples) -> float:
     return max(h.values()) / total if total else 0.0
 
 
+def min_sample_top_share(samples) -> float:
+    """The least repetitive sample's top-token share: ~1 when every sample repeats one token, whichever token
+    each repeats (top_token_share is 1/n then for n prompts looping on n different tokens)."""
+    shares = [top_token_share([s]) for s in samples if len(s)]
+    return min(shares) if shares else 0.0
+
+
 def token_entropy(samples) -> float:
     """Entropy in nats of the generated-token histogram (0 for one repeated token, ln V at most)."""
     h = _histogram(samples)
@@ -77,6 +85,7 @@ def diversity(samples) -> dict:
         "max_repeat_run": max_repeat_run(samples),
         "top_token_share": top_token_share(samples),
         "token_entropy": token_entropy(samples),
+        "min_sample_top_share": min_sample_top_share(samples),
     }
 
 

@@ -28,6 +28,15 @@ MIN_UNIQUE_SIGNAL = 4  # a fall from fewer unique tokens than this (2 -> 1) is p
 DIP_FRAC = 0.5  # a dip: unique tokens at or below half of an earlier value...
 RECOVER_FRAC = 0.8  # ...recovered: back to at least 80% of that earlier value at the end
 
+# ---- the doctor's checks against the checkpoint (doctor_checks.py): distrust the log
+
+CHECK_WINDOWS = 8  # validation windows the doctor measures the checkpoint's loss on (cheap: one forward)
+LOG_MISMATCH_NATS = 0.5  # nats: measured vs logged val loss further apart than this = the log is not the model's
+#                          loss (healthy grid of tools/fault_zoo.py: <= 0.1 apart; window-sampling noise)
+IMPLAUSIBLE_LOSS_FRAC = 0.1  # a logged val loss below this x the unigram entropy is not reachable on held-out
+#                              text (byte-level Python: ~0.25 of it for very good models; a target leak: ~0.01)
+BASELINE_IMPLAUSIBLE_FRAC = 0.5  # ...or below half the FP baseline's: a ternary model does not beat FP by 2x
+
 # ---- the doctor's causes (causes.py), on the health metrics of the eval records
 
 GRAD_ZERO = 1e-12  # a latent-weight gradient norm this small is no gradient
@@ -38,6 +47,16 @@ OUT_RATIO_LOW, OUT_RATIO_HIGH = 0.2, 5.0  # healthy ternary/FP output RMS is ~0.
 ACT_RMS_LOW, ACT_RMS_HIGH = 0.25, 4.0  # behind an RMSNorm with gain ~1 the quantizer input RMS is ~1
 EMBED_LEVELS_MAX = 3.5  # a ternary embedding vector has at most 3 distinct values (FP: ~d_model)
 LATTICE_MIN = 0.5  # share of logits on an integer lattice: ~1 for an int8 x ternary head, ~0.05 for FP
+FLOAT_GRID_MIN = 0.5  # share of logits that fit health.FLOAT_GRID_BITS significand bits at or above which they
+#                       were rounded to a coarse float format (fp32: ~2^-13; bf16/fp8 rounding: 1). Such logits
+#                       also lie on a lattice (multiples of the smallest ulp), so the lattice alone is no proof
+#                       of an int8 x ternary head: quant_head needs the float grid below this
+DEAD_GRAD_FRAC = 0.5  # median share of exactly-zero gradient elements over the BitLinears at or above which most
+#                       weights get no gradient (healthy median: ~0; one FFN layer reaches ~40% from dead ReLU^2
+#                       units, hence the median; clamp-STE zeroes only the clip region)
+UPDATE_GAP = 1000.0  # a parameter group (or BitLinear) whose update ratio is this many times below the largest
+#                      group's (or the median layer's, or its FP twin's) is not being moved by the optimizer
+#                      (healthy: norm gains, ~1 in size, sit ~30x below the latent weights, ~0.03)
 WD_ZERO = 1e-8  # stage-2 weight decay above this is "on"
 WD_KEPT_FRAC = 0.5  # without a stage 2: WD still at half its peak over the last 10% of steps = never decayed
 LR_DROP = 0.95  # a step-to-step LR ratio below this after warmup marks the stage-1 -> stage-2 drop

@@ -352,3 +352,129 @@ def test_zero_drift_from_the_checkpoint_when_metrics_have_no_health(tmp_path, ca
     assert D.main([str(run), "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["cause"] == "zero_drift" and any("ckpt.pt" in e for e in obj["evidence"])
+
+
+# ---------------------------------------------------------------------------- issue 13: log, gradient, numbers
+
+
+def _groups(**over):
+    g = {k: {"grad_norm": 0.5, "grad_zero": 0.01, "update_ratio": r, "numel": 1000}
+         for k, r in (("latent", 3e-3), ("norm", 1e-4), ("embed", 2e-3), ("head", 2e-3))}
+    for k, v in over.items():
+        g[k] = {**g[k], **v}
+    return g
+
+
+def test_implausibly_good_logged_loss_is_its_own_verdict():
+    d = diag(make_records(val=lambda s: 5.5 * math.exp(-s / 10) + 0.02))
+    assert d.verdict == "implausible_loss" and "implausibly good" in d.evidence[0]
+
+
+def test_decode_probe_measured_loss_far_from_the_log_is_log_mismatch():
+    probe = {"context": {"step": 100, "val_loss_measured": 8.35}, "verdict": {"verdict": "not learning"}}
+    d = diag(make_records(), probe=probe)
+    assert d.verdict == "log_mismatch" and "8.350" in d.evidence[0] and "2.8" in d.evidence[0]
+    ok = {"context": {"step": 100, "val_loss_measured": 2.9}}
+    assert diag(make_records(), probe=ok).verdict == "healthy"
+
+
+def test_every_sample_repeating_its_own_token_with_top1_near_one_is_collapse():
+    d = diag(make_records(extra=dict(min_sample_top_share=1.0, health_top1=0.99)))
+    assert d.verdict == "diversity_collapse" and any("every greedy sample" in e for e in d.evidence)
+    # a weak model's greedy loops (unigram phase, "te te te") are not: its top-1 is low
+    assert diag(make_records(extra=dict(min_sample_top_share=1.0, health_top1=0.4))).verdict == "healthy"
+    assert diag(make_records(), probe={"verdict": {"verdict": "collapsed", "reason": "x"}}).verdict == \
+        "diversity_collapse"
+
+
+@pytest.mark.parametrize("layer, groups, needle", [
+    (None, _groups(norm=dict(grad_norm=0.0, grad_zero=1.0, update_ratio=0.0)), "group norm gets no gradient"),
+    (None, _groups(latent=dict(update_ratio=0.0)), "group latent: update ratio"),
+    (lambda s: dict(grad_zero=0.71) if s else {}, _groups(), "exactly zero"),
+])
+def test_grad_flow_says_where_the_flow_stops(layer, groups, needle):
+    d = diag(make_records(layer=layer, extra={"groups": groups}))
+    assert d.cause == "grad_flow", d.findings
+    assert any(needle in e for e in d.evidence), d.evidence
+
+
+def test_grad_flow_quiet_on_healthy_groups_and_one_layer_of_dead_relus():
+    rec = make_records(extra={"groups": _groups()})
+    rec[-2]["layers"]["l1"]["grad_zero"] = 0.4  # one FFN layer with dead ReLU^2 units
+    assert diag(rec).cause is None
+
+
+def test_grad_flow_against_the_fp_twin():
+    base = make_records(extra={"groups": _groups(latent=dict(update_ratio=8e-3))})
+    low = make_records(extra={"groups": _groups(latent=dict(update_ratio=2e-6), norm=dict(update_ratio=1e-6),
+                                                embed=dict(update_ratio=1e-6), head=dict(update_ratio=1e-6))})
+    assert diag(low).cause is None  # every group equally slow: no contrast inside the run
+    d = diag(low, baseline=base)
+    assert d.cause == "grad_flow" and any("FP twin" in e for e in d.evidence)
+
+
+def test_coarse_float_logits_are_not_a_quantized_head():
+    d = diag(make_records(extra=dict(health_logit_lattice=0.81, health_logit_float_grid=0.97)))
+    assert d.cause == "coarse_logits" and "quant_head" not in [f["cause"] for f in d.findings]
+    d = diag(make_records(extra=dict(health_logit_lattice=0.97, health_logit_float_grid=0.0)))
+    assert d.cause == "quant_head"
+
+
+def _ckpt_run(tmp_path, logged, dtype=None):
+    """A run directory with a real (untrained) tiny checkpoint on a small text corpus, logging ``logged``."""
+    import dataclasses
+
+    import torch
+
+    from bitnet_ref.checkpoint import save_checkpoint
+    from bitnet_ref.data import load_corpus
+    from bitnet_ref.model import ModelConfig, Transformer
+
+    text = tmp_path / "corpus"
+    text.mkdir(parents=True)
+    for i in range(10):
+        (text / f"f{i}.txt").write_text(("the quick brown fox jumps over the lazy dog %d\n" % i) * 40)
+    corpus = load_corpus(str(text))
+    cfg = ModelConfig.preset("tiny")
+    torch.manual_seed(0)
+    state = Transformer(cfg).state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    recs = make_records(val=lambda s: logged if s == 100 else 5.5 - 2.7 * (1 - math.exp(-s / 25)))
+    run = write_run(tmp_path / "run", recs)
+    save_checkpoint(run / "ckpt.pt", {"config": dataclasses.asdict(cfg), "model": state, "step": 100,
+                                      "data": corpus.info()})
+    return run
+
+
+def test_checkpoint_loss_far_from_the_log_is_log_mismatch(tmp_path, capsys):
+    run = _ckpt_run(tmp_path, logged=0.02)  # an untrained model measures ~ln V = 5.5
+    assert D.main([str(run), "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["verdict"] == "log_mismatch" and "ckpt.pt measured by the doctor" in obj["evidence"][0]
+
+
+def test_checkpoint_loss_that_agrees_with_the_log_is_a_note(tmp_path):
+    from bitnet_ref.doctor_checks import checkpoint_check
+
+    probe = D.load_run(_ckpt_run(tmp_path / "a", logged=5.5))
+    measured = checkpoint_check(probe)["measured"]
+    run = D.load_run(_ckpt_run(tmp_path / "b", logged=measured + 0.05))
+    d = D.diagnose(run)
+    assert d.verdict != "log_mismatch" and any("agrees with the log" in n for n in d.notes)
+
+
+def test_missing_data_degrades_to_a_note(tmp_path):
+    import shutil
+
+    run = _ckpt_run(tmp_path, logged=0.02)
+    shutil.rmtree(tmp_path / "corpus")
+    d = D.diagnose(D.load_run(run))
+    assert any("validation data unavailable" in n for n in d.notes)
+
+
+def test_low_precision_master_weights_from_the_checkpoint(tmp_path):
+    import torch
+
+    d = D.diagnose(D.load_run(_ckpt_run(tmp_path, logged=5.5, dtype=torch.bfloat16)))
+    assert "low_precision" in [f["cause"] for f in d.findings]

@@ -184,3 +184,27 @@ def test_tracker_restores_training_mode_and_leaves_no_hooks():
     H.HealthTracker().evaluate(model, torch.randint(0, 256, (2, 8)), step=0)
     assert model.training
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_float_grid_share_tells_coarse_float_rounding_from_fp32_and_int8_lattices():
+    torch.manual_seed(0)
+    x = torch.randn(64, 256) * 3  # fp32 logits
+    assert H.float_grid_share(x) < 0.01
+    assert H.float_grid_share(x.to(torch.bfloat16).float()) == 1.0
+    assert H.float_grid_share(x.to(torch.float16).float()) == 1.0
+    assert H.float_grid_share(x.clamp(-448, 448).to(torch.float8_e4m3fn).float()) == 1.0
+    ints = torch.randint(-5000, 5000, (64, 256)).float() * 0.0123457  # int8 x ternary: integers x an fp32 scale
+    assert H.lattice_share(ints) > 0.9 and H.float_grid_share(ints) < 0.1
+    assert H.float_grid_share(torch.zeros(3)) is None
+
+
+def test_tracker_groups_show_where_gradient_flows():
+    _, rec = _tracked()
+    g = rec["groups"]
+    assert set(g) == {"latent", "norm", "embed", "head"}
+    for v in g.values():
+        assert v["grad_norm"] > 0 and 0 <= v["grad_zero"] <= 1 and v["update_ratio"] > 0 and v["numel"] > 0
+    assert rec["health_grad_zero"] < 0.5
+    _, rec = _tracked(["no-ste"])
+    assert rec["groups"]["latent"]["grad_norm"] == 0.0 and rec["groups"]["latent"]["grad_zero"] == 1.0
+    assert rec["groups"]["norm"]["grad_norm"] > 0

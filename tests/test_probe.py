@@ -54,8 +54,9 @@ def test_top_token_share_and_entropy():
 def test_diversity_keys_and_ordering():
     bad, good = diversity(COLLAPSED), diversity(HEALTHY)
     assert set(bad) == {"unique_tokens", "distinct_1", "distinct_2", "max_repeat_run", "top_token_share",
-                        "token_entropy"}
+                        "token_entropy", "min_sample_top_share"}
     assert good["unique_tokens"] > bad["unique_tokens"]
+    assert good["min_sample_top_share"] < bad["min_sample_top_share"]
     assert good["distinct_2"] > bad["distinct_2"]
     assert good["token_entropy"] > bad["token_entropy"]
     assert good["max_repeat_run"] < bad["max_repeat_run"]
@@ -105,3 +106,11 @@ def test_greedy_decode_mixed_lengths_restores_mode_and_no_grad(tiny_model):
     assert greedy_decode(tiny_model, [[1]], 0) == [[]]
     with pytest.raises(ValueError):
         greedy_decode(tiny_model, [[1] * 60], 10)  # 70 positions > context 64
+
+
+def test_min_sample_top_share_sees_each_sample_repeat_its_own_token():
+    from bitnet_ref.probe import min_sample_top_share, top_token_share
+
+    loops = [[1] * 10, [2] * 10, [3] * 10, [4] * 9 + [5]]  # four prompts, four different repeated tokens
+    assert top_token_share(loops) == 0.25 and min_sample_top_share(loops) == 0.9
+    assert min_sample_top_share([[1, 2, 1, 2], [3] * 4]) == 0.5
