@@ -87,7 +87,10 @@ def lr_at(step: int, cfg: ScheduleConfig) -> float:
         return cfg.lr2 * ((N - step) / (N - S))  # fractions first: a factor of exactly 1.0 gives exactly lr2
     if step < W:
         return cfg.lr * ((step + 1) / W)
-    return cfg.lr + (cfg.lr2 - cfg.lr) * ((step - W) / (N - W))  # step < S <= N, so this stays above lr2
+    lr = cfg.lr + (cfg.lr2 - cfg.lr) * ((step - W) / (N - W))  # step < S <= N, so this stays above lr2...
+    if lr <= cfg.lr2 < cfg.lr:  # ...except where lr - lr2 is within float rounding: then the next float above
+        lr = math.nextafter(cfg.lr2, math.inf)
+    return lr
 
 
 def wd_at(step: int, cfg: ScheduleConfig) -> float:
