@@ -47,8 +47,12 @@ inline __m256i times3(__m256i s) { return _mm256_add_epi8(_mm256_add_epi8(s, s),
 template <int RT, int MT>
 inline void tile5(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, int32_t dot[RT][MT],
                   const uint8_t* pf) {
-  const __m256i lo = _mm256_set1_epi8(-43);
-  const __m256i hi = _mm256_set1_epi8(42);
+  __m256i lo = _mm256_set1_epi8(-43);
+  __m256i hi = _mm256_set1_epi8(42);
+#if defined(__GNUC__)
+  // Opaque to the optimizer: GCC 12 rewrites s > -43 as min(s, -42) == -42 (two instructions for one).
+  __asm__("" : "+x"(lo), "+x"(hi));
+#endif
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc32[RT][MT];
   for (int r = 0; r < RT; ++r)

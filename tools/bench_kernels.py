@@ -24,6 +24,11 @@ computes the activation sum, as bitnet.cpp's quantizer does), and the same calls
 (_bench.gemv_seconds), without the Python call around each: those columns compare with figures
 measured in C, such as bitnet.cpp's.
 
+A third section puts the two packed formats side by side (M = 1, each thread count, hot and cold, the same
+weights): the 2-bit format (cpp/ternary.h, the backend's kernel) and the 1.6-bit one (cpp/ternary5.h, five
+weights per byte, its AVX2 kernel), with each one's roofline computed from its own bytes per weight and the
+ratio of their speeds. The ceilings (read bandwidth, multiply rate) are the ones measured at the start of the run.
+
 The bandwidth probe, the multiply ceiling and the I2_S-style loop are benchmark-only code in their own
 extension, bitnet_ref._bench (cpp/bench/), built by the same pip install as the kernels' bitnet_ref._core.
 
@@ -36,6 +41,7 @@ shared machine hits them alike; medians, not means. Timings include the Python c
     python tools/bench_kernels.py --json out.json  # also write the table as JSON
     python tools/bench_kernels.py --backend avx2 --threads 1 --shapes 4096x4096 --m 1 8
     python tools/bench_kernels.py --i2s-only       # just the side-by-side with the I2_S-style loop
+    python tools/bench_kernels.py --formats-only --threads 1   # just 2-bit vs 1.6-bit
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ MS = [1, 8, 64]
 QUICK_SHAPES = [(256, 256), (2048, 2048)]
 QUICK_MS = [1, 8]
 I2S_SHAPES = [(256, 256), (4096, 4096), (11008, 4096)]
+FORMAT_SHAPES = [(2048, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
 
 
 class BenchError(Exception):
@@ -213,6 +220,54 @@ def run_i2s_section(kernels, bench, cold_bytes, min_time, rng) -> list:
     return rows
 
 
+def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, backend):
+    """Median wall seconds per M = 1 call of the 2-bit and the 1.6-bit kernels on the same weights and input."""
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)  # (N, K)
+    x = rng.integers(-128, 128, size=(1, k), dtype=np.int8)  # (1, K)
+    want = x.astype(np.int64) @ codes.astype(np.int64).T  # (1, N)
+    fns, nbytes = {}, {}
+    for fmt in ("2", "1.6"):
+        packed = kernels.pack_ternary(codes, format=fmt)
+        copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
+        packs = [packed] + [packed.copy() for _ in range(copies - 1)]
+        b = backend if fmt == "2" else ("avx2" if backend != "scalar" else "scalar")
+        fns[fmt] = rotating(lambda p, fmt=fmt, b=b: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=b,
+                                                                            format=fmt), packs)
+        nbytes[fmt] = packed.nbytes
+        if not np.array_equal(fns[fmt](), want):
+            raise AssertionError(f"format {fmt} result differs from numpy for N={n} K={k}")
+    t, _ = time_rounds(fns, min_time)
+    return t, nbytes
+
+
+def run_formats_section(kernels, shapes, threads_list, cold_bytes, min_time, rng, backend, bandwidth, peak) -> list:
+    print()
+    print(f"formats side by side, M = 1: 2-bit ({backend}) vs 1.6-bit (five weights per byte, "
+          f"{'avx2' if backend != 'scalar' else 'scalar'}); same weights, interleaved rounds")
+    header = (f"{'N x K':>12} {'thr':>3} {'cache':>5} {'format':>6} {'bits/w':>6} {'us':>9} {'G w/s':>7} {'GB/s':>6}"
+              f" {'roofline':>8} {'of peak':>7} {'x 2-bit':>7}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for n, k in shapes:
+        for threads in threads_list:
+            for cold in (False, True):
+                t, nbytes = bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, backend)
+                for fmt in ("2", "1.6"):
+                    rate = n * k / t[fmt] / 1e9
+                    row = {"n": n, "k": k, "m": 1, "threads": threads, "cache": "cold" if cold else "hot",
+                           "format": fmt, "bits_per_weight": 8 * nbytes[fmt] / (n * k), "us": t[fmt] * 1e6,
+                           "gweights_s": rate, "weight_gbs": nbytes[fmt] / t[fmt] / 1e9,
+                           "roofline": (nbytes[fmt] + k + 4 * n) / t[fmt] / 1e9 / bandwidth[threads],
+                           "of_peak": rate / (peak * threads) if peak else None, "x_2bit": t["2"] / t[fmt]}
+                    rows.append(row)
+                    op = f"{row['of_peak']:.2f}" if row["of_peak"] else "-"
+                    print(f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {fmt:>6} {row['bits_per_weight']:>6.3f}"
+                          f" {row['us']:>9.1f} {rate:>7.1f} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
+                          f" {op:>7} {row['x_2bit']:>7.2f}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,6 +284,9 @@ def main(argv=None) -> int:
     ap.add_argument("--m", type=int, nargs="+", default=None, help="activation rows M to run (default: 1 8 64)")
     ap.add_argument("--no-i2s", action="store_true", help="skip the side-by-side with the I2_S-style loop")
     ap.add_argument("--i2s-only", action="store_true", help="run only the side-by-side with the I2_S-style loop")
+    ap.add_argument("--no-formats", action="store_true", help="skip the 2-bit vs 1.6-bit side by side")
+    ap.add_argument("--formats-only", action="store_true",
+                    help="run only the 2-bit vs 1.6-bit side by side (shapes: --shapes, or 2048x2048 and up)")
     args = ap.parse_args(argv)
     try:
         return run(args)
@@ -301,14 +359,15 @@ def run(args) -> int:
     print(f"cold = rotating copies totalling >= {cold_bytes >> 20} MiB (4x the {llc >> 20} MiB last-level cache)")
     header = (f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
               f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8} {'of peak':>7}")
-    if not args.i2s_only:
+    only_formats = args.formats_only and not args.i2s_only
+    if not args.i2s_only and not only_formats:
         print(header)
         print("-" * len(header))
 
     rng = np.random.default_rng(0)
     rows = []
     gemv_rate = {}
-    for n, k in ([] if args.i2s_only else shapes):
+    for n, k in ([] if args.i2s_only or only_formats else shapes):
         for threads in threads_list:
             for cold in (False, True):
                 for m in ms:
@@ -338,18 +397,23 @@ def run(args) -> int:
                           f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
                           f" {row['roofline']:>8.2f} {op:>7}", flush=True)
     i2s_rows = []
-    if not args.no_i2s:
+    if not args.no_i2s and not only_formats:
         if hasattr(_bench, "i2s_gemv") and kernels.has_avx2():
             i2s_rows = run_i2s_section(kernels, _bench, cold_bytes, min_time, rng)
         else:
             print("\nI2_S-style side by side skipped: needs an AVX2 x86 build")
+    format_rows = []
+    if not args.no_formats and not args.i2s_only:
+        fshapes = shapes if args.shapes else ([(2048, 2048)] if args.quick else FORMAT_SHAPES)
+        format_rows = run_formats_section(kernels, fshapes, threads_list, cold_bytes, min_time, rng, backend,
+                                          bandwidth, peak)
     after = measure_bandwidth()
     print("read bandwidth after the run: " + ", ".join(f"{t}: {bw:.1f} GB/s" for t, bw in after.items())
           + " (the roofline column used the before-run figures)")
     info["read_bandwidth_after_gbs"] = {str(t): round(v, 2) for t, v in after.items()}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows, "i2s_rows": i2s_rows}, f, indent=1)
+            json.dump({"info": info, "rows": rows, "i2s_rows": i2s_rows, "format_rows": format_rows}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
 
