@@ -5,8 +5,8 @@
 // fewer weight bytes than the 2-bit format, which is what a decode GEMV that streams its weights from
 // DRAM pays for; the price is a dearer unpack (below). This header is the one place the format is
 // written down. Not a file format (nothing stores it) and not ggml's TQ1_0 (which has a per-block fp16
-// scale and a different order; the digit extraction is the same idea, compilade's, see
-// /work/shared/research/ternary-cpu-kernels.md).
+// scale, a different order and a tail of four weights per byte; the base-3 fraction is the same idea,
+// compilade's, see /work/shared/research/ternary-cpu-kernels.md).
 //
 // ---------------------------------------------------------------------------------------------
 // Packed format (1.6 bits per weight, no scale)
@@ -20,20 +20,18 @@
 //   * Inside a block, byte j (0 <= j < 32) holds the five elements j, j + 32, j + 64, j + 96, j + 128,
 //     with codes c0 .. c4 (c_i of element j + 32 i), as
 //         v = 81 c0 + 27 c1 + 9 c2 + 3 c3 + c4                       (0 .. 242, c0 most significant)
-//         q = ceil(v * 256 / 243)                                     (0 .. 255: v / 243 as an 8-bit fraction)
-//         byte = q XOR 0x80
-//     Five zero weights (all codes 1, v = 121, q = 128) are the byte 0x00: padding is zero bytes.
-//     Bytes whose q is not ceil(v * 256 / 243) for any v (13 of the 256) are invalid.
-//   * Decoding (exact for every valid byte; tested over all 243 values):
-//         r_0 = q,  r_{i+1} = 3 r_i mod 256,  c_i = (3 r_i) >> 8   (the top base-3 digit of the fraction)
-//     The stored XOR 0x80 makes this a signed-byte comparison: with s_0 = byte and s_{i+1} = 3 s_i mod 256
-//     (s_i is r_i XOR 0x80, since 3 (r - 128) + 128 = 3 r - 256), as signed bytes
-//         c_i = [s_i > -43] + [s_i > 42]
-//     i.e. two vpcmpgtb against constants, and the multiply by 3 is two byte adds. The AVX2 kernel
-//     (ternary5_avx2.cpp) decodes 32 bytes into five registers of 32 codes this way, in natural order,
-//     so the activations need no permutation; the portable reference (ternary5_ref.cpp) decodes with
-//     integer division and is the oracle.
-//   * Bits per weight: exactly 1.6 whenever K is a multiple of 160 (log2(3) = 1.585 is the floor).
+//         byte = q = ceil(v * 256 / 243)                             (0 .. 255: v / 243 as an 8-bit fraction)
+//     Five zero weights (all codes 1, v = 121) are the byte 128 (0x80): padding bytes are 0x80.
+//     Bytes that are not ceil(v * 256 / 243) for any v (13 of the 256) are invalid.
+//   * Decoding (exact for every valid byte; tested over all 243 values): the codes are the base-3 digits of
+//     the fraction q / 256, read by multiplying by 3:
+//         r_0 = q,   3 r_i = 256 c_i + r_{i+1}   (c_i = (3 r_i) >> 8, r_{i+1} = 3 r_i mod 256)
+//     One vpmaddubsw of the 16-bit word (r_i, anything) with the bytes (3, 0) is 3 r_i, i.e. c_i in the
+//     high byte and r_{i+1} in the low one: the AVX2 kernel (ternary5_avx2.cpp) decodes five times in a
+//     chain of multiplies, in natural element order, so the activations need no permutation. The portable
+//     reference (ternary5_ref.cpp) decodes with integer division and is the oracle.
+//   * Bits per weight: exactly 1.6 whenever K is a multiple of 160 (log2(3) = 1.585 is the floor); 1.625 at
+//     K = 2048 and 4096, 1.6047 at 11008 (the padded last block).
 //
 // Product computed by every kernel, exactly, in int32: y[m, n] = sum_k x[m, k] * w[n, k], as ternary.h;
 // the SIMD kernel multiplies codes (maddubs) and subtracts sum_k x[m, k] once per row, padding x with
@@ -49,7 +47,7 @@ namespace bitnet {
 
 constexpr int64_t kT5BlockWeights = 160;  // weights per block
 constexpr int64_t kT5BlockBytes = 32;     // bytes per block (five weights each)
-constexpr uint8_t kT5PadByte = 0x00;      // five zero weights
+constexpr uint8_t kT5PadByte = 0x80;      // five zero weights
 static_assert(kT5BlockWeights == 5 * kT5BlockBytes, "byte j of a block holds elements j + 32 i, i < 5");
 
 constexpr int64_t t5_blocks_per_row(int64_t k) { return (k + kT5BlockWeights - 1) / kT5BlockWeights; }
@@ -60,9 +58,9 @@ static_assert(t5_row_stride_bytes(1) == 32 && t5_row_stride_bytes(160) == 32 && 
 // The stored byte of five codes (each in {0, 1, 2}), and back (-1 for one of the 13 invalid bytes).
 constexpr uint8_t t5_encode(int c0, int c1, int c2, int c3, int c4) {
   const int v = 81 * c0 + 27 * c1 + 9 * c2 + 3 * c3 + c4;
-  return static_cast<uint8_t>(((v * 256 + 242) / 243) ^ 0x80);
+  return static_cast<uint8_t>((v * 256 + 242) / 243);
 }
-static_assert(t5_encode(1, 1, 1, 1, 1) == kT5PadByte, "padding (weight 0) is the zero byte");
+static_assert(t5_encode(1, 1, 1, 1, 1) == kT5PadByte, "padding (weight 0) is 0x80");
 
 // ---- portable reference (ternary5_ref.cpp) ----------------------------------------------------
 

@@ -4,14 +4,20 @@
 // #if. Nothing here may be called unless the dispatcher has checked the CPU. Only computes; the oracle is
 // rows5_ref (ternary5_ref.cpp).
 //
-// Unpacking one 32-byte block (160 weights) into five registers of 32 codes, element order j + 32 i:
-//   s_0 = the 32 stored bytes;  s_{i+1} = 3 s_i (two vpaddb: bytes wrap mod 256, which is the point)
-//   c_i = |cmpgt(s_i, -43) + cmpgt(s_i, 42)|        (each compare is 0 or -1; their sum is -c_i)
-// so a code register costs 4 vector ops (6 with the multiply by 3) where the 2-bit format needs 1.25.
-// Then maddubs(c_i, x_i) and an int16 add, as in ternary_avx2.cpp, and the offset trick (subtract
-// sum_k x once per row).
+// Unpacking one 32-byte block (160 weights) into five registers of 32 codes, element order j + 32 i, with
+// the multiplier itself. The stored bytes are q = r_0, and 3 r_i = 256 c_i + r_{i+1} (ternary5.h). For the
+// 16-bit word of bytes (lo, hi), vpmaddubsw(word, [3, 0]) = 3 lo: the code c_i in the high byte and the
+// next fraction r_{i+1} in the low one; applied to that word again it yields c_{i+1} and r_{i+2} (its high
+// byte is multiplied by 0). So the even bytes of a block run through maddubs(., [3, 0]) five times, the odd
+// bytes through maddubs(q, [0, 3]) once and maddubs(., [3, 0]) four times, and each step's codes are put
+// back in byte order with one shift and one blend:
+//   c_i = blendv(even_i >> 8, odd_i, 0xFF00)        (even codes to the low bytes, odd codes stay high)
+// 6 vector instructions per 32 weights, 3 of them multiplies, where the 2-bit kernel needs 3.25 with 1
+// multiply; a chain of byte adds (x3) and two signed compares per code register measured 1.2x slower here
+// (9 instructions per 32 weights, one multiply). Then maddubs(c_i, x_i) and an int16 add, as in
+// ternary_avx2.cpp, and the offset trick (subtract sum_k x once per row).
 //
-// Overflow, for every K and x in [-128, 127]: maddubs of codes 0..2 gives [-512, 508] per lane; a block adds
+// Overflow, for every K and x in [-128, 127]: the decoding maddubs give at most 3 * 255 = 765; maddubs of codes 0..2 gives [-512, 508] per lane; a block adds
 // five such terms to one int16 lane ([-2560, 2540]); after kT5Widen = 12 blocks the lane is in
 // [-30720, 30480], inside int16, and madd(acc, 1) widens it into int32, whose lanes stay below 2^29 for
 // K <= kMaxK (ternary.h).
@@ -35,24 +41,15 @@ inline int32_t hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-inline __m256i codes_of(__m256i s, __m256i lo, __m256i hi) {
-  return _mm256_abs_epi8(_mm256_add_epi8(_mm256_cmpgt_epi8(s, lo), _mm256_cmpgt_epi8(s, hi)));
-}
-
-inline __m256i times3(__m256i s) { return _mm256_add_epi8(_mm256_add_epi8(s, s), s); }
-
 // dot[r][m] = sum_k c(w[r], k) * x[m][k] for RT weight rows and MT activation rows over nblk 160-weight
-// blocks; each unpacked code register serves all MT activation rows. Prefetches `pf` onward (the rows
-// kPrefetchBytes ahead) at the rate it reads its own, as the 2-bit tiles do.
+// blocks (decoding as at the top of the file); each code register serves all MT activation rows. Prefetches
+// `pf` onward (the rows kPrefetchBytes ahead) at the rate it reads its own, as the 2-bit tiles do.
 template <int RT, int MT>
 inline void tile5(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, int32_t dot[RT][MT],
-                  const uint8_t* pf) {
-  __m256i lo = _mm256_set1_epi8(-43);
-  __m256i hi = _mm256_set1_epi8(42);
-#if defined(__GNUC__)
-  // Opaque to the optimizer: GCC 12 rewrites s > -43 as min(s, -42) == -42 (two instructions for one).
-  __asm__("" : "+x"(lo), "+x"(hi));
-#endif
+                   const uint8_t* pf) {
+  const __m256i k30 = _mm256_set1_epi16(3);
+  const __m256i k03 = _mm256_set1_epi16(3 << 8);
+  const __m256i hib = _mm256_set1_epi16(static_cast<int16_t>(0xFF00));
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i acc32[RT][MT];
   for (int r = 0; r < RT; ++r)
@@ -65,14 +62,20 @@ inline void tile5(const uint8_t* const* w, const int8_t* const* x, int64_t nblk,
     for (int64_t blk = b0; blk < b1; ++blk) {
       for (int i = 0; i < RT * 32; i += 64)
         _mm_prefetch(reinterpret_cast<const char*>(pf + blk * RT * 32 + i), _MM_HINT_T1);
-      __m256i s[RT];
-      for (int r = 0; r < RT; ++r)
-        s[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + blk * kT5BlockBytes));
+      __m256i e[RT], o[RT];
+      for (int r = 0; r < RT; ++r) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + blk * kT5BlockBytes));
+        e[r] = _mm256_maddubs_epi16(q, k30);
+        o[r] = _mm256_maddubs_epi16(q, k03);
+      }
       for (int i = 0; i < 5; ++i) {
         __m256i c[RT];
         for (int r = 0; r < RT; ++r) {
-          if (i > 0) s[r] = times3(s[r]);
-          c[r] = codes_of(s[r], lo, hi);
+          if (i > 0) {
+            e[r] = _mm256_maddubs_epi16(e[r], k30);
+            o[r] = _mm256_maddubs_epi16(o[r], k30);
+          }
+          c[r] = _mm256_blendv_epi8(_mm256_srli_epi16(e[r], 8), o[r], hib);
         }
         for (int m = 0; m < MT; ++m) {
           const __m256i xv =

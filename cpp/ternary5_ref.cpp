@@ -2,7 +2,7 @@
 //
 // Plain C++ at the baseline instruction set: the oracle the AVX2 kernel (ternary5_avx2.cpp) is tested
 // against, and the fallback on CPUs without AVX2. It decodes a byte the obvious way, with integer
-// division (v = floor(243 q / 256), then base-3 digits), not with the multiply-by-3 and compare chain of
+// division (v = floor(243 q / 256), then base-3 digits), not with the chain of multiplies of
 // the SIMD kernel, so a shared mistake is unlikely. The layout is in ternary5.h.
 #include <algorithm>
 #include <array>
@@ -16,14 +16,13 @@ namespace {
 struct Decode5 {
   std::array<std::array<int8_t, 5>, 256> codes{};
   Decode5() {
-    for (int b = 0; b < 256; ++b) {
-      const int q = b ^ 0x80;
+    for (int q = 0; q < 256; ++q) {
       const int v = q * 243 / 256;  // q = ceil(256 v / 243) => 243 q / 256 in [v, v + 1)
       const bool valid = (v * 256 + 242) / 243 == q;
       for (int i = 0; i < 5; ++i) {
         int p = 1;
         for (int e = 0; e < 4 - i; ++e) p *= 3;
-        codes[b][i] = valid ? static_cast<int8_t>(v / p % 3) : int8_t{-1};
+        codes[q][i] = valid ? static_cast<int8_t>(v / p % 3) : int8_t{-1};
       }
     }
   }

@@ -90,16 +90,16 @@ void check_matmul(const std::vector<int8_t>& x, const std::vector<int8_t>& codes
 
 void test_layout() {
   // Elements 0, 32, 64, 96, 128 = +1, -1, +1, 0, 0: codes 2, 0, 2, 1, 1, v = 162 + 18 + 3 + 1 = 184,
-  // q = ceil(184 * 256 / 243) = 194, byte = 194 ^ 0x80 = 0x42. Element 161 (block 1, byte 1, c0) = -1.
+  // byte = ceil(184 * 256 / 243) = 194. Element 161 (block 1, byte 1, c0) = -1.
   const int64_t k = 162;
   std::vector<int8_t> codes(k, 0);
   codes[0] = 1, codes[32] = -1, codes[64] = 1, codes[161] = -1;
   const auto p = pack5(codes, 1, k);
   check(p.size() == 64, "a row of K=162 takes two 32-byte blocks");
-  check(p[0] == 0x42, "byte 0 holds elements 0, 32, 64, 96, 128 as ceil(v * 256 / 243) ^ 0x80");
-  check(p[1] == 0x00, "five zero weights are the byte 0");
+  check(p[0] == 194, "byte 0 holds elements 0, 32, 64, 96, 128 as ceil(v * 256 / 243)");
+  check(p[1] == 0x80, "five zero weights are the byte 0x80");
   check(p[32 + 1] == bitnet::t5_encode(0, 1, 1, 1, 1), "element 161 is block 1, byte 1, the leading code");
-  check(p[32 + 2] == 0x00, "padding bytes are 0");
+  check(p[32 + 2] == 0x80, "padding bytes are 0x80");
 }
 
 // Every five-code group survives pack -> unpack and the SIMD decode (one row holding all 243 groups,
@@ -119,12 +119,12 @@ void test_every_byte() {
 
   int invalid = 0;
   for (int b = 0; b < 256; ++b) {
-    std::vector<uint8_t> one(32, 0);
+    std::vector<uint8_t> one(32, bitnet::kT5PadByte);
     one[5] = static_cast<uint8_t>(b);
     std::vector<int8_t> out(160);
     const int64_t bad = bitnet::unpack5_ref(one.data(), 1, 160, out.data());
     bool encodes = false;
-    for (int v = 0; v < 243; ++v) encodes |= ((v * 256 + 242) / 243 ^ 0x80) == b;
+    for (int v = 0; v < 243; ++v) encodes |= (v * 256 + 242) / 243 == b;
     invalid += !encodes;
     check(encodes ? bad == -1 : bad == 5, "unpack5_ref on byte " + std::to_string(b));
   }
@@ -153,7 +153,7 @@ void test_bad_input() {
   const auto good = pack5(random_ints(2 * 40, -1, 1), 2, 40);
   std::vector<int8_t> out(80);
   auto corrupt = good;
-  corrupt[32 + 5] = 0x80 ^ 1;  // q = 1: no group encodes it; row 1, element 5
+  corrupt[32 + 5] = 1;  // no group encodes 1 (ceil(256 v / 243) jumps from 0 to 2); row 1, element 5
   check(bitnet::unpack5_ref(corrupt.data(), 2, 40, out.data()) == 160 + 5, "unpack5_ref reports an invalid byte");
   corrupt = good;
   corrupt[10] = bitnet::t5_encode(1, 1, 1, 1, 2);  // element 10 is 0 (padding too); element 138, padding, is +1

@@ -580,7 +580,7 @@ def pack16_py(codes: np.ndarray) -> np.ndarray:
     c = c.reshape(n, nblk, 5, 32)  # [row, block, digit i, byte j] = element 32 i + j
     v = 81 * c[:, :, 0] + 27 * c[:, :, 1] + 9 * c[:, :, 2] + 3 * c[:, :, 3] + c[:, :, 4]
     q = -((-v * 256) // 243)  # ceil(v * 256 / 243)
-    return (q ^ 0x80).reshape(-1).astype(np.uint8)
+    return q.reshape(-1).astype(np.uint8)
 
 
 @settings(deadline=None, max_examples=150)
@@ -603,7 +603,7 @@ def test_pack16_every_group_of_five_round_trips_and_other_bytes_are_refused():
     used = set(packed.reshape(243, 32)[:, 0].tolist())
     assert len(used) == 243
     for b in sorted(set(range(256)) - used):  # the 13 bytes no group encodes
-        bad = np.zeros(32, np.uint8)
+        bad = np.full(32, 0x80, np.uint8)  # padding
         bad[3] = b
         with pytest.raises(ValueError, match="encodes no five ternary values"):
             kernels.unpack_ternary(bad, 1, 160, format="1.6")
@@ -679,8 +679,8 @@ def corrupt16(byte_index, value):
     (lambda: kernels.pack_ternary(np.array([[0, 2]], np.int8), format="1.6"), ValueError, r"\{-1, 0, 1\}"),
     (lambda: kernels.unpack_ternary(GOOD16[:-1], 2, 3, format="1.6"), ValueError, "truncated"),
     (lambda: kernels.unpack_ternary(GOOD_PACKED, 2, 200, format="1.6"), ValueError, "needs"),
-    (lambda: kernels.unpack_ternary(corrupt16(1, 0x81), 2, 3, format="1.6"), ValueError, "encodes no five"),
-    (lambda: kernels.unpack_ternary(corrupt16(3, 0x01), 2, 3, format="1.6"), ValueError, "padding"),
+    (lambda: kernels.unpack_ternary(corrupt16(1, 0x01), 2, 3, format="1.6"), ValueError, "encodes no five"),
+    (lambda: kernels.unpack_ternary(corrupt16(3, 0xD5), 2, 3, format="1.6"), ValueError, "padding"),
     (lambda: kernels.unpack_ternary(GOOD16, 2, 150, format="2"), ValueError, "needs"),  # a 1.6-bit buffer as 2-bit
     (lambda: kernels.ternary_matmul(GOOD_X, GOOD16[:-1], 2, 3, format="1.6"), ValueError, "truncated"),
     (lambda: kernels.ternary_matmul(GOOD_X, GOOD16, 2, 3, format="1.5"), ValueError, "format must be"),
@@ -704,9 +704,10 @@ def test_core_refuses_unknown_format_before_reading():
 
 def test_good16_example_by_hand():
     # Element j of a row is digit 0 of byte j; the other four digits are padding (code 1). Code 2 (w = +1):
-    # group (2, 1, 1, 1, 1), v = 202, q = ceil(202 * 256 / 243) = 213, byte 213 ^ 0x80 = 0x55; code 1: v = 121,
-    # q = 128, byte 0x00; code 0 (w = -1): v = 40, q = 43, byte 0xAB.
+    # group (2, 1, 1, 1, 1), v = 202, byte ceil(202 * 256 / 243) = 213; code 1: v = 121, byte 128 (also every
+    # padding byte); code 0 (w = -1): v = 40, byte 43.
     assert GOOD16.size == 64
-    assert GOOD16[:3].tolist() == [0x55, 0x00, 0xAB] and GOOD16[32:35].tolist() == [0x00, 0x55, 0x55]
+    assert GOOD16[:3].tolist() == [213, 128, 43] and GOOD16[32:35].tolist() == [128, 213, 213]
+    assert (GOOD16[3:32] == 128).all()
     for b in BACKENDS:
         np.testing.assert_array_equal(kernels.ternary_matmul(GOOD_X, GOOD16, 2, 3, backend=b, format="1.6"), [[-4, 2]])
