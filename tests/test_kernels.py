@@ -711,3 +711,33 @@ def test_good16_example_by_hand():
     assert (GOOD16[3:32] == 128).all()
     for b in BACKENDS:
         np.testing.assert_array_equal(kernels.ternary_matmul(GOOD_X, GOOD16, 2, 3, backend=b, format="1.6"), [[-4, 2]])
+
+
+FUZZ16 = """
+import numpy as np
+from bitnet_ref import _core
+OK = (TypeError, ValueError, OverflowError)
+rng = np.random.default_rng(0)
+fmts = ["1.6", "2", "", "1.60", "16", None, 1.6]
+for i in range(3000):
+    a = rng.integers(-130, 130, size=tuple(rng.integers(0, 6, size=rng.integers(0, 4)))).astype(
+        rng.choice([np.int8, np.uint8, np.int16, np.float32]))
+    packed = rng.integers(0, 256, size=rng.integers(0, 200)).astype(rng.choice([np.uint8, np.int8]))
+    n, k = (int(v) for v in rng.integers(-2, 40, size=2))
+    f = fmts[i % len(fmts)]
+    for call in (lambda: _core.pack(a, f), lambda: _core.unpack(packed, n, k, f),
+                 lambda: _core.matmul(a, packed, n, k, "", 0, f), lambda: _core.packed_nbytes(n, k, f),
+                 lambda: _core.quant_matmul(a, packed, n, k, 1.0, "", 0, f)):
+        try:
+            call()
+        except OK:
+            pass
+print("ok")
+"""
+
+
+def test_core_survives_random_arguments_for_the_16_format():
+    # Random shapes, dtypes, sizes and format names straight into the extension, in a child process (a crash
+    # would kill it): every call returns or raises TypeError/ValueError/OverflowError. Random bytes are
+    # mostly invalid 1.6-bit groups, which matmul must survive (garbage out, no crash).
+    assert run_python(FUZZ16) == "ok"
