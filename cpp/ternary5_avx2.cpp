@@ -46,7 +46,7 @@ inline int32_t hsum_epi32(__m256i v) {
 // `pf` onward (the rows kPrefetchBytes ahead) at the rate it reads its own, as the 2-bit tiles do.
 template <int RT, int MT>
 inline void tile5(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, int32_t dot[RT][MT],
-                   const uint8_t* pf) {
+                  const uint8_t* pf) {
   const __m256i k30 = _mm256_set1_epi16(3);
   const __m256i k03 = _mm256_set1_epi16(3 << 8);
   const __m256i hib = _mm256_set1_epi16(static_cast<int16_t>(0xFF00));
