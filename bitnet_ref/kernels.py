@@ -1,9 +1,11 @@
 """Packed ternary weights and the exact int8 x ternary matmul, on CPU.
 
 A thin wrapper over the C++ extension ``bitnet_ref._core``: it turns numpy arrays or CPU torch
-tensors into the numpy arrays the extension accepts, checks them, and gives clear errors. The
-packed format (2 bits per weight, blocks of 128, code = w + 1) is documented once, in
-``cpp/ternary.h``. The scale (beta) is not part of the packed buffer; the caller keeps it.
+tensors into the numpy arrays the extension accepts, checks them, and gives clear errors. Two packed
+formats, chosen with ``format=``: ``"2"`` (the default: 2 bits per weight, blocks of 128, code = w + 1,
+documented in ``cpp/ternary.h``) and ``"1.6"`` (five weights per byte, blocks of 160, documented in
+``cpp/ternary5.h``: 20% fewer bytes, a dearer unpack). A buffer must be used with the format it was packed
+in; both give the same exact products. The scale (beta) is not part of the packed buffer; the caller keeps it.
 
 Also the fused BitLinear core ``quant_matmul`` (float32 activations -> per-row int8 quantization -> exact
 int8 x ternary product -> float32 scaled by gamma * beta, all in one C++ call) and its quantizer alone,
@@ -32,6 +34,7 @@ import operator
 import numpy as np
 
 __all__ = [
+    "FORMATS",
     "available",
     "import_error",
     "pack_ternary",
@@ -52,6 +55,7 @@ _import_error: str | None = None
 _INT8 = np.dtype(np.int8)
 _UINT8 = np.dtype(np.uint8)
 _FLOAT32 = np.dtype(np.float32)
+FORMATS = ("2", "1.6")  # the packed formats: bits per weight, as strings
 
 
 def _load():
@@ -131,32 +135,40 @@ def _dim(v, name: str) -> int:
     return v
 
 
-def packed_nbytes(n: int, k: int) -> int:
-    """Bytes that pack_ternary uses for an (n, k) matrix: n * ceil(k / 128) * 32."""
-    return _load().packed_nbytes(_dim(n, "n"), _dim(k, "k"))
+def _format(format) -> str:
+    if format in FORMATS and type(format) is str:
+        return format
+    raise ValueError(f"format must be one of {', '.join(repr(f) for f in FORMATS)}, got {format!r}")
 
 
-def pack_ternary(codes) -> np.ndarray:
-    """Pack codes (N, K) with values in {-1, 0, 1} into a 1-D uint8 buffer of packed_nbytes(N, K)."""
+def packed_nbytes(n: int, k: int, *, format: str = "2") -> int:
+    """Bytes that pack_ternary uses for an (n, k) matrix: n * ceil(k / 128) * 32 ("2"), n * ceil(k / 160) * 32 ("1.6")."""
+    return _load().packed_nbytes(_dim(n, "n"), _dim(k, "k"), _format(format))
+
+
+def pack_ternary(codes, *, format: str = "2") -> np.ndarray:
+    """Pack codes (N, K) with values in {-1, 0, 1} into a 1-D uint8 buffer of packed_nbytes(N, K, format=format)."""
     core = _load()
+    format = _format(format)
     arr = _to_numpy(codes, "codes")
     if arr.dtype.kind not in "iu":
         raise TypeError(f"codes must be an integer array (int8) with values in {{-1, 0, 1}}, got dtype {arr.dtype}")
-    return core.pack(_int8_matrix(arr, "codes", -1, 1))
+    return core.pack(_int8_matrix(arr, "codes", -1, 1), format)
 
 
-def unpack_ternary(packed, n: int, k: int) -> np.ndarray:
+def unpack_ternary(packed, n: int, k: int, *, format: str = "2") -> np.ndarray:
     """Unpack to int8 (n, k). Raises ValueError on a wrong size or corrupt codes/padding."""
     core = _load()
-    return core.unpack(*_weights(packed, n, k))
+    return core.unpack(*_weights(packed, n, k), _format(format))
 
 
 def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, threads: int | None = None,
-                   backend: str | None = None) -> np.ndarray:
+                   backend: str | None = None, format: str = "2") -> np.ndarray:
     """Exact int32 (M, N): y[m, j] = sum_i x[m, i] * w[j, i] for x int8 (M, K) and packed w (N, K).
 
-    force_scalar=True uses the portable reference kernel; backend= names one kernel explicitly
-    ("scalar", "avx2", "avx512vnni"; ValueError if this CPU lacks it). threads=None uses
+    format= is the format packed was made in ("2" or "1.6"). force_scalar=True uses the portable reference
+    kernel; backend= names one kernel explicitly ("scalar", "avx2", "avx512vnni"; ValueError if this CPU
+    lacks it; the 1.6-bit format has no AVX-512 kernel and runs the AVX2 one). threads=None uses
     get_threads(). The packed buffer is trusted to come from pack_ternary (its size is checked,
     its codes are not, per call; unpack_ternary checks them).
     """
@@ -165,7 +177,9 @@ def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, thr
     # the extension itself re-checks dtype, shape, contiguity and sizes before touching data.
     if not (type(x) is np.ndarray and x.dtype is _INT8 and x.flags.c_contiguous):
         x = _int8_matrix(x, "x", -128, 127)
-    return core.matmul(x, *_weights(packed, n, k), *_dispatch(force_scalar, backend, threads))
+    if format != "2":
+        format = _format(format)
+    return core.matmul(x, *_weights(packed, n, k), *_dispatch(force_scalar, backend, threads), format)
 
 
 def _weights(packed, n, k) -> tuple[np.ndarray, int, int]:
@@ -228,14 +242,14 @@ def act_quant(x):
 
 
 def quant_matmul(x, packed, n: int, k: int, beta, *, force_scalar: bool = False, threads: int | None = None,
-                 backend: str | None = None) -> np.ndarray:
+                 backend: str | None = None, format: str = "2") -> np.ndarray:
     """Fused BitLinear core: float32 (M, N) = float(q @ w.T) * (gamma * beta), where (q, gamma) = act_quant(x).
 
     x is float32 (M, K); packed, n, k as for ternary_matmul; beta the weight scale (rounded to float32, must be
     finite and > 0). gamma * beta is one float32 multiply and the int32 product is converted to float32 before
     it is scaled, which is the order of quant.fake_quant_linear: the result equals that forward bit for bit.
     One C++ call, with the GIL released unless the call is tiny; ValueError if x holds NaN or inf.
-    force_scalar/backend/threads as for ternary_matmul.
+    force_scalar/backend/threads/format as for ternary_matmul.
     """
     core = _core if _core is not None else _load()
     if not (type(x) is np.ndarray and x.dtype is _FLOAT32 and x.flags.c_contiguous):
@@ -245,7 +259,9 @@ def quant_matmul(x, packed, n: int, k: int, beta, *, force_scalar: bool = False,
         if isinstance(beta, (str, bytes)) or not hasattr(beta, "__float__"):
             raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
         beta = float(beta)
-    return core.quant_matmul(x, packed, n, k, beta, *_dispatch(force_scalar, backend, threads))
+    if format != "2":
+        format = _format(format)
+    return core.quant_matmul(x, packed, n, k, beta, *_dispatch(force_scalar, backend, threads), format)
 
 
 def has_avx2() -> bool:

@@ -19,19 +19,21 @@
 namespace {
 
 using bitnet::Backend;
+using bitnet::PackedFormat;
 using namespace bitnet::bind;
 
-py::array_t<uint8_t> pack(const py::object& codes_obj) {
+py::array_t<uint8_t> pack(const py::object& codes_obj, const std::string& format_name) {
   py::array codes = checked_array(codes_obj, "codes", 'i', 2);
+  const auto format = parse_format(format_name);
   const int64_t n = codes.shape(0), k = codes.shape(1);
   check_nk(n, k);
-  py::array_t<uint8_t> out = aligned_bytes(bitnet::packed_nbytes(n, k));
+  py::array_t<uint8_t> out = aligned_bytes(packed_nbytes_of(format, n, k));
   const auto* src = static_cast<const int8_t*>(codes.data());
   uint8_t* dst = out.mutable_data();
   int64_t bad;
   {
     py::gil_scoped_release release;
-    bad = bitnet::pack_ref(src, n, k, dst);
+    bad = format == PackedFormat::k1_6Bit ? bitnet::pack5_ref(src, n, k, dst) : bitnet::pack_ref(src, n, k, dst);
   }
   if (bad >= 0)
     throw py::value_error("codes must be in {-1, 0, 1}; found " + std::to_string(src[bad]) + " at (" +
@@ -39,36 +41,40 @@ py::array_t<uint8_t> pack(const py::object& codes_obj) {
   return out;
 }
 
-py::array_t<int8_t> unpack(const py::object& packed_obj, int64_t n, int64_t k) {
+py::array_t<int8_t> unpack(const py::object& packed_obj, int64_t n, int64_t k, const std::string& format_name) {
   py::array packed = checked_array(packed_obj, "packed", 'u', 1);
+  const auto format = parse_format(format_name);
   check_nk(n, k);
-  check_packed_size(packed, n, k);
+  check_packed_size(packed, n, k, format);
   py::array_t<int8_t> out({n, k});
   const auto* src = static_cast<const uint8_t*>(packed.data());
   int8_t* dst = out.mutable_data();
   int64_t bad;
   {
     py::gil_scoped_release release;
-    bad = bitnet::unpack_ref(src, n, k, dst);
+    bad = format == PackedFormat::k1_6Bit ? bitnet::unpack5_ref(src, n, k, dst) : bitnet::unpack_ref(src, n, k, dst);
   }
   if (bad >= 0) {
-    const int64_t kpad = bitnet::blocks_per_row(k) * bitnet::kBlockWeights;
+    const int64_t kpad = format == PackedFormat::k1_6Bit ? bitnet::t5_blocks_per_row(k) * bitnet::kT5BlockWeights
+                                                         : bitnet::blocks_per_row(k) * bitnet::kBlockWeights;
     const int64_t row = bad / kpad, col = bad % kpad;
-    throw py::value_error(std::string("packed buffer is corrupt: ") +
-                          (col < k ? "code 3 (not a ternary value)" : "padding that is not weight 0") +
+    const char* what = format == PackedFormat::k1_6Bit ? "a byte that encodes no five ternary values"
+                                                       : "code 3 (not a ternary value)";
+    throw py::value_error(std::string("packed buffer is corrupt: ") + (col < k ? what : "padding that is not weight 0") +
                           " at row " + std::to_string(row) + ", column " + std::to_string(col));
   }
   return out;
 }
 
 py::array_t<int32_t> matmul(const py::object& x_obj, const py::object& packed_obj, int64_t n, int64_t k,
-                            const std::string& backend_name, int threads) {
+                            const std::string& backend_name, int threads, const std::string& format_name) {
   py::array x = checked_array(x_obj, "x", 'i', 2);
   py::array packed = checked_array(packed_obj, "packed", 'u', 1);
+  const auto format = parse_format(format_name);
   check_nk(n, k);
   if (x.shape(1) != k)
     throw py::value_error("x has " + std::to_string(x.shape(1)) + " columns but k=" + std::to_string(k));
-  check_packed_size(packed, n, k);
+  check_packed_size(packed, n, k, format);
   if (threads < 0) throw py::value_error("threads must be >= 1 (or 0 for the default)");
   const Backend backend = parse_backend(backend_name);
   const int64_t m = x.shape(0);
@@ -76,7 +82,12 @@ py::array_t<int32_t> matmul(const py::object& x_obj, const py::object& packed_ob
   const auto* xp = static_cast<const int8_t*>(x.data());
   const auto* wp = static_cast<const uint8_t*>(packed.data());
   int32_t* yp = out.mutable_data();
-  run_kernel(m * n * k, [&] { bitnet::matmul(xp, wp, yp, m, n, k, backend, threads); });
+  run_kernel(m * n * k, [&] {
+    if (format == PackedFormat::k1_6Bit)
+      bitnet::matmul5(xp, wp, yp, m, n, k, backend, threads);
+    else
+      bitnet::matmul(xp, wp, yp, m, n, k, backend, threads);
+  });
   return out;
 }
 
@@ -119,13 +130,15 @@ py::tuple act_quant(const py::object& x_obj) {
 }
 
 py::array_t<float> quant_matmul(const py::object& x_obj, const py::object& packed_obj, int64_t n, int64_t k,
-                                double beta, const std::string& backend_name, int threads) {
+                                double beta, const std::string& backend_name, int threads,
+                                const std::string& format_name) {
   py::array x = checked_float_matrix(x_obj, "x");
   py::array packed = checked_array(packed_obj, "packed", 'u', 1);
+  const auto format = parse_format(format_name);
   check_nk(n, k);
   if (x.shape(1) != k)
     throw py::value_error("x has " + std::to_string(x.shape(1)) + " columns but k=" + std::to_string(k));
-  check_packed_size(packed, n, k);
+  check_packed_size(packed, n, k, format);
   const float beta_f = static_cast<float>(beta);
   if (!std::isfinite(beta_f) || !(beta_f > 0.0f))
     throw py::value_error("beta must be a finite positive float32 value, got " + std::to_string(beta));
@@ -137,7 +150,7 @@ py::array_t<float> quant_matmul(const py::object& x_obj, const py::object& packe
   const auto* wp = static_cast<const uint8_t*>(packed.data());
   float* yp = out.mutable_data();
   const int64_t bad =
-      run_kernel(m * n * k, [&] { return bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads); });
+      run_kernel(m * n * k, [&] { return bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads, format); });
   if (bad >= 0) throw_nonfinite(x, bad);
   return out;
 }
@@ -156,19 +169,25 @@ PYBIND11_MODULE(_core, m) {
   m.attr("BLOCK_WEIGHTS") = bitnet::kBlockWeights;
   m.attr("BLOCK_BYTES") = bitnet::kBlockBytes;
   m.attr("MAX_K") = bitnet::kMaxK;
-  m.def("pack", &pack, py::arg("codes"), "Pack int8 codes (N, K) in {-1,0,1} into a 1-D uint8 buffer.");
-  m.def("unpack", &unpack, py::arg("packed"), py::arg("n"), py::arg("k"), "Unpack to int8 (N, K); checks every code.");
+  m.attr("T5_BLOCK_WEIGHTS") = bitnet::kT5BlockWeights;
+  m.def("pack", &pack, py::arg("codes"), py::arg("format") = "2",
+        "Pack int8 codes (N, K) in {-1,0,1} into a 1-D uint8 buffer; format \"2\" (2-bit) or \"1.6\".");
+  m.def("unpack", &unpack, py::arg("packed"), py::arg("n"), py::arg("k"), py::arg("format") = "2",
+        "Unpack to int8 (N, K); checks every code.");
   m.def("matmul", &matmul, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("k"),
-        py::arg("backend") = "", py::arg("threads") = 0,
+        py::arg("backend") = "", py::arg("threads") = 0, py::arg("format") = "2",
         "Exact int32 (M, N) = x (M, K) int8 times unpacked weights transposed. backend '' = best.");
   m.def("act_quant", &act_quant, py::arg("x"),
         "Per-row absmax int8 quantization of float32 (M, K): (q int8 (M, K), gamma float32 (M, 1)), "
         "bit-exact with bitnet_ref.quant.act_quant. ValueError on NaN/inf.");
   m.def("quant_matmul", &quant_matmul, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("k"),
-        py::arg("beta"), py::arg("backend") = "", py::arg("threads") = 0,
+        py::arg("beta"), py::arg("backend") = "", py::arg("threads") = 0, py::arg("format") = "2",
         "Fused BitLinear core: float32 (M, N) = float(act_quant(x).q . w^T) * (gamma * float32(beta)).");
-  m.def("packed_nbytes", [](int64_t n, int64_t k) { check_nk(n, k); return bitnet::packed_nbytes(n, k); },
-        py::arg("n"), py::arg("k"));
+  m.def("packed_nbytes", [](int64_t n, int64_t k, const std::string& format) {
+    const auto f = parse_format(format);
+    check_nk(n, k);
+    return packed_nbytes_of(f, n, k);
+  }, py::arg("n"), py::arg("k"), py::arg("format") = "2");
   m.def("has_avx2", &bitnet::cpu_has_avx2);
   m.def("has_avx512vnni", &bitnet::cpu_has_avx512vnni);
   m.def("default_backend", [] { return std::string(bitnet::backend_name(bitnet::default_backend())); });

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "ternary.h"
+#include "ternary5.h"
 
 namespace py = pybind11;
 
@@ -61,8 +62,20 @@ inline void check_nk(int64_t n, int64_t k) {
     throw py::value_error("n=" + std::to_string(n) + " is too large");
 }
 
-inline void check_packed_size(const py::array& packed, int64_t n, int64_t k) {
-  const int64_t want = bitnet::packed_nbytes(n, k);
+// "2" (ternary.h) or "1.6" (ternary5.h).
+inline bitnet::PackedFormat parse_format(const std::string& name) {
+  if (name == "2") return bitnet::PackedFormat::k2Bit;
+  if (name == "1.6") return bitnet::PackedFormat::k1_6Bit;
+  throw py::value_error("unknown packed format '" + name + "'; expected \"2\" or \"1.6\"");
+}
+
+inline int64_t packed_nbytes_of(bitnet::PackedFormat f, int64_t n, int64_t k) {
+  return f == bitnet::PackedFormat::k1_6Bit ? bitnet::t5_packed_nbytes(n, k) : bitnet::packed_nbytes(n, k);
+}
+
+inline void check_packed_size(const py::array& packed, int64_t n, int64_t k,
+                              bitnet::PackedFormat f = bitnet::PackedFormat::k2Bit) {
+  const int64_t want = packed_nbytes_of(f, n, k);
   if (packed.size() != want)
     throw py::value_error("packed buffer has " + std::to_string(packed.size()) + " bytes but n=" +
                           std::to_string(n) + ", k=" + std::to_string(k) + " needs " + std::to_string(want) +

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ternary.h"
+#include "ternary5.h"
 #include "threadpool.h"
 
 namespace bitnet {
@@ -129,6 +130,68 @@ void permute_x_avx512(const int8_t* x, int64_t k, int8_t* out) {
       }
 }
 
+namespace {
+
+// Fills a.xp / a.xp_stride / a.xsum from a.x: each activation row zero-padded to `pad` (padding weights
+// are zero weights, so padded x must be 0), permuted for the AVX-512 kernel if `avx512`, plus its row
+// sum for the offset trick. O(M*K): small next to the O(N*K) weight traffic. Uses this thread's scratch.
+void prepare_activations(KernelArgs& a, int64_t pad, bool avx512) {
+  thread_local Scratch scratch;
+  const int64_t kp = round_up(std::max<int64_t>(a.k, 1), pad);
+  // Rows of xp are 128 bytes longer than needed so that the activation rows of a GEMM tile do
+  // not all land in the same L1 sets when K is a multiple of 4096 (4K aliasing).
+  const int64_t xstride = round_up(kp, 64) + 128;
+  const size_t xbytes = static_cast<size_t>(a.m * xstride);
+  int8_t* buf = scratch.get(xbytes + static_cast<size_t>(a.m) * sizeof(int32_t));
+  int32_t* xsum = reinterpret_cast<int32_t*>(buf + xbytes);  // xbytes is a multiple of 64
+  for (int64_t i = 0; i < a.m; ++i) {
+    const int8_t* src = a.x + i * a.k;
+    int8_t* dst = buf + i * xstride;
+    if (avx512) {
+      permute_x_avx512(src, a.k, dst);
+    } else {
+      std::memcpy(dst, src, static_cast<size_t>(a.k));
+      std::memset(dst + a.k, 0, static_cast<size_t>(kp - a.k));
+    }
+    int32_t s = 0;
+    for (int64_t j = 0; j < a.k; ++j) s += src[j];
+    xsum[i] = s;
+  }
+  a.xp = buf;
+  a.xp_stride = xstride;
+  a.xsum = xsum;
+}
+
+// Runs kernel over all output rows of a, split across threads when the call is large enough.
+void run_rows(RowKernel kernel, const KernelArgs& a, int threads) {
+  if (threads <= 0) threads = default_threads();
+  threads = std::min(threads, kMaxThreads);
+  const int64_t work = a.m * a.n * std::max<int64_t>(a.k, 1);
+  if (threads == 1 || work < kMinParallelWork || a.n < 8) {
+    kernel(a, 0, a.n);
+    return;
+  }
+  // A few tasks per thread so a thread slowed by a neighbour on a shared machine does not hold
+  // up the call; rows per task a multiple of 4 to keep the kernels' row tiles whole.
+  int64_t rows = std::max<int64_t>(4, a.n / (int64_t{threads} * 4));
+  rows = round_up(rows, 4);
+  Job job{kernel, &a, rows};
+  parallel_for(threads, (a.n + rows - 1) / rows, run_task, &job);
+}
+
+KernelArgs make_args(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k) {
+  KernelArgs a;
+  a.x = x;
+  a.w = w;
+  a.y = y;
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  return a;
+}
+
+}  // namespace
+
 void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k,
             Backend backend, int threads) {
   if (m == 0 || n == 0) return;
@@ -137,43 +200,10 @@ void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n,
     return;
   }
   if (!backend_supported(backend)) backend = Backend::kScalar;  // callers check; stay safe anyway
-
-  KernelArgs a;
-  a.x = x;
-  a.w = w;
-  a.y = y;
-  a.m = m;
-  a.n = n;
-  a.k = k;
+  KernelArgs a = make_args(x, w, y, m, n, k);
   RowKernel kernel = rows_ref;
-
-  thread_local Scratch scratch;
   if (backend != Backend::kScalar) {
-    // Zero-padded activations (padding weights have code 1, so padded x must be 0) plus row sums
-    // for the offset trick. O(M*K): small next to the O(N*K) weight traffic.
-    const int64_t kp = round_up(std::max<int64_t>(k, 1), backend == Backend::kAvx512Vnni ? 256 : 128);
-    // Rows of xp are 128 bytes longer than needed so that the activation rows of a GEMM tile do
-    // not all land in the same L1 sets when K is a multiple of 4096 (4K aliasing).
-    const int64_t xstride = kp + 128;
-    const size_t xbytes = static_cast<size_t>(m * xstride);
-    int8_t* buf = scratch.get(xbytes + static_cast<size_t>(m) * sizeof(int32_t));
-    int32_t* xsum = reinterpret_cast<int32_t*>(buf + xbytes);  // xbytes is a multiple of 128
-    for (int64_t i = 0; i < m; ++i) {
-      const int8_t* src = x + i * k;
-      int8_t* dst = buf + i * xstride;
-      if (backend == Backend::kAvx512Vnni) {
-        permute_x_avx512(src, k, dst);
-      } else {
-        std::memcpy(dst, src, static_cast<size_t>(k));
-        std::memset(dst + k, 0, static_cast<size_t>(kp - k));
-      }
-      int32_t s = 0;
-      for (int64_t j = 0; j < k; ++j) s += src[j];
-      xsum[i] = s;
-    }
-    a.xp = buf;
-    a.xp_stride = xstride;
-    a.xsum = xsum;
+    prepare_activations(a, backend == Backend::kAvx512Vnni ? 256 : 128, backend == Backend::kAvx512Vnni);
 #if defined(BITNET_HAVE_AVX512_KERNEL)
     if (backend == Backend::kAvx512Vnni) kernel = rows_avx512vnni;
 #endif
@@ -181,24 +211,32 @@ void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n,
     if (backend == Backend::kAvx2) kernel = rows_avx2;
 #endif
   }
+  run_rows(kernel, a, threads);
+}
 
-  if (threads <= 0) threads = default_threads();
-  threads = std::min(threads, kMaxThreads);
-  const int64_t work = m * n * std::max<int64_t>(k, 1);
-  if (threads == 1 || work < kMinParallelWork || n < 8) {
-    kernel(a, 0, n);
+void matmul5(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k, Backend backend,
+             int threads) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    std::fill(y, y + m * n, 0);
     return;
   }
-  // A few tasks per thread so a thread slowed by a neighbour on a shared machine does not hold
-  // up the call; rows per task a multiple of 4 to keep the kernels' row tiles whole.
-  int64_t rows = std::max<int64_t>(4, n / (int64_t{threads} * 4));
-  rows = round_up(rows, 4);
-  Job job{kernel, &a, rows};
-  parallel_for(threads, (n + rows - 1) / rows, run_task, &job);
+  KernelArgs a = make_args(x, w, y, m, n, k);
+  RowKernel kernel = rows5_ref;
+#if defined(BITNET_HAVE_AVX2_KERNEL)
+  // An AVX-512 CPU runs the AVX2 kernel (cpu_has_avx2 is checked either way).
+  if (backend != Backend::kScalar && backend_supported(backend) && cpu_has_avx2()) {
+    prepare_activations(a, kT5BlockWeights, false);
+    kernel = rows5_avx2;
+  }
+#else
+  (void)backend;
+#endif
+  run_rows(kernel, a, threads);
 }
 
 int64_t quant_matmul(const float* x, const uint8_t* w, float* y, int64_t m, int64_t n, int64_t k, float beta,
-                     Backend backend, int threads) {
+                     Backend backend, int threads, PackedFormat format) {
   // Per-thread scratch, reused across calls: decode calls this once per layer per token.
   thread_local std::vector<int8_t> q;
   thread_local std::vector<float> gamma;
@@ -208,7 +246,10 @@ int64_t quant_matmul(const float* x, const uint8_t* w, float* y, int64_t m, int6
   acc.resize(static_cast<size_t>(m * n));
   const int64_t bad = act_quant_rows(x, m, k, q.data(), gamma.data());
   if (bad >= 0) return bad;
-  matmul(q.data(), w, acc.data(), m, n, k, backend, threads);
+  if (format == PackedFormat::k1_6Bit)
+    matmul5(q.data(), w, acc.data(), m, n, k, backend, threads);
+  else
+    matmul(q.data(), w, acc.data(), m, n, k, backend, threads);
   for (int64_t i = 0; i < m; ++i) {
     const float scale = gamma[i] * beta;  // float32, as (gamma * beta) in quant.fake_quant_linear
     const int32_t* a = acc.data() + i * n;

@@ -3,7 +3,8 @@
 // This header is the one place the packed format is written down. It declares the portable
 // reference kernels (ternary_ref.cpp), the SIMD row kernels (ternary_avx2.cpp, ternary_avx512.cpp),
 // and the dispatcher (dispatch.cpp) that picks one at run time and splits rows across threads.
-// It is not a general quantization library: no scales, no float math, no other bit widths. The
+// It is not a general quantization library: no scales, no float math. The one other bit width, the
+// 1.6-bit format (five weights per byte), is written down in ternary5.h. The
 // benchmark-only code (bitnet_ref._bench) is declared apart, in bench/bench.h.
 //
 // ---------------------------------------------------------------------------------------------
@@ -149,11 +150,14 @@ int hardware_threads();
 void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k,
             Backend backend, int threads);
 
+// The packed formats: this header's 2-bit one, and the 1.6-bit one of ternary5.h (w then holds that format).
+enum class PackedFormat { k2Bit = 0, k1_6Bit = 1 };
+
 // Fused BitLinear core: y (m, n) float32 = float(q . w^T) * (gamma[row] * beta), where (q, gamma) =
 // act_quant_rows(x) and the int32 product is exact (as matmul). gamma * beta is one float32 multiply,
 // then one more with the converted accumulator: the order of quant.fake_quant_linear and
 // bitnet_ref/packed.py. Returns -1, or the flat index of the first non-finite x (y not written).
 int64_t quant_matmul(const float* x, const uint8_t* w, float* y, int64_t m, int64_t n, int64_t k, float beta,
-                     Backend backend, int threads);
+                     Backend backend, int threads, PackedFormat format = PackedFormat::k2Bit);
 
 }  // namespace bitnet

@@ -566,3 +566,178 @@ def test_mac_peak_measures_each_simd_backend():
             assert peak == 0.0 or peak > 1e9, (b, peak)
     with pytest.raises(ValueError, match="iters"):
         bench.mac_peak(BACKENDS[-1], 0)
+
+
+# ---- the 1.6-bit format (cpp/ternary5.h) ------------------------------------------------------------
+
+
+def pack16_py(codes: np.ndarray) -> np.ndarray:
+    """The 1.6-bit layout documented in cpp/ternary5.h, written independently in numpy."""
+    n, k = codes.shape
+    nblk = -(-k // 160)
+    c = np.ones((n, nblk * 160), dtype=np.int64)  # padding: weight 0 = code 1
+    c[:, :k] = codes.astype(np.int64) + 1
+    c = c.reshape(n, nblk, 5, 32)  # [row, block, digit i, byte j] = element 32 i + j
+    v = 81 * c[:, :, 0] + 27 * c[:, :, 1] + 9 * c[:, :, 2] + 3 * c[:, :, 3] + c[:, :, 4]
+    q = -((-v * 256) // 243)  # ceil(v * 256 / 243)
+    return q.reshape(-1).astype(np.uint8)
+
+
+@settings(deadline=None, max_examples=150)
+@given(codes_arrays(max_k=400))
+def test_pack16_matches_documented_layout_and_round_trips(codes):
+    n, k = codes.shape
+    packed = kernels.pack_ternary(codes, format="1.6")
+    assert packed.dtype == np.uint8 and packed.ndim == 1
+    assert packed.size == kernels.packed_nbytes(n, k, format="1.6") == n * (-(-k // 160)) * 32
+    np.testing.assert_array_equal(packed, pack16_py(codes))
+    np.testing.assert_array_equal(kernels.unpack_ternary(packed, n, k, format="1.6"), codes)
+
+
+def test_pack16_every_group_of_five_round_trips_and_other_bytes_are_refused():
+    digits = np.array([[v // 3 ** (4 - i) % 3 for i in range(5)] for v in range(243)])  # (243, 5)
+    codes = np.zeros((243, 160), dtype=np.int8)
+    codes[:, [0, 32, 64, 96, 128]] = digits - 1  # byte 0 of row v encodes group v
+    packed = kernels.pack_ternary(codes, format="1.6")
+    np.testing.assert_array_equal(kernels.unpack_ternary(packed, 243, 160, format="1.6"), codes)
+    used = set(packed.reshape(243, 32)[:, 0].tolist())
+    assert len(used) == 243
+    for b in sorted(set(range(256)) - used):  # the 13 bytes no group encodes
+        bad = np.full(32, 0x80, np.uint8)  # padding
+        bad[3] = b
+        with pytest.raises(ValueError, match="encodes no five ternary values"):
+            kernels.unpack_ternary(bad, 1, 160, format="1.6")
+
+
+@settings(deadline=None, max_examples=150)
+@given(matmul_cases(), st.sampled_from([1, 159, 160, 161, 1920, 1921]))
+def test_matmul16_exact_and_equal_to_the_2bit_path(case, extra_k):
+    x, codes = case
+    if extra_k > 1:  # also K around the 160 block and the 12-block int16 widening
+        rng = np.random.default_rng(extra_k + codes.size)
+        codes = rng.integers(-1, 2, size=(codes.shape[0], extra_k), dtype=np.int8)
+        x = rng.integers(-128, 128, size=(x.shape[0], extra_k), dtype=np.int8)
+    n, k = codes.shape
+    want = product(x, codes)
+    p16 = kernels.pack_ternary(codes, format="1.6")
+    np.testing.assert_array_equal(kernels.ternary_matmul(x, kernels.pack_ternary(codes), n, k), want)
+    for b in BACKENDS:
+        got = kernels.ternary_matmul(x, p16, n, k, backend=b, format="1.6")
+        assert got.dtype == np.int32 and got.shape == (x.shape[0], n)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 160, 161, 1921, 4096, 11008, 20000])
+@pytest.mark.parametrize("w", [-1, 0, 1])
+@pytest.mark.parametrize("xv", [-128, 127])
+def test_matmul16_overflow_corners(backend, k, w, xv):
+    codes = np.full((3, k), w, dtype=np.int8)
+    x = np.full((2, k), xv, dtype=np.int8)
+    got = kernels.ternary_matmul(x, kernels.pack_ternary(codes, format="1.6"), 3, k, backend=backend, format="1.6")
+    np.testing.assert_array_equal(got, np.full((2, 3), w * xv * k))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 512, 4096), (8, 300, 1024), (64, 37, 1000), (1, 260, 11008)])
+def test_matmul16_threads_match(m, n, k):
+    rng = np.random.default_rng(11)
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+    x = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    packed = kernels.pack_ternary(codes, format="1.6")
+    want = product(x, codes)
+    for t in (1, 2, 3):
+        for b in BACKENDS:
+            np.testing.assert_array_equal(kernels.ternary_matmul(x, packed, n, k, threads=t, backend=b, format="1.6"),
+                                          want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_quant_matmul16_bit_identical_to_2bit(backend):
+    rng = np.random.default_rng(3)
+    n, k = 37, 1000
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
+    x = (rng.standard_normal((5, k)) * 3).astype(np.float32)
+    y2 = kernels.quant_matmul(x, kernels.pack_ternary(codes), n, k, 0.41, backend=backend)
+    y16 = kernels.quant_matmul(x, kernels.pack_ternary(codes, format="1.6"), n, k, 0.41, backend=backend,
+                               format="1.6")
+    assert y16.dtype == np.float32
+    np.testing.assert_array_equal(y16, y2)
+
+
+GOOD16 = kernels.pack_ternary(GOOD_CODES, format="1.6") if kernels.available() else np.zeros(64, np.uint8)
+
+
+def corrupt16(byte_index, value):
+    p = GOOD16.copy()
+    p[byte_index] = value
+    return p
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: kernels.pack_ternary(GOOD_CODES, format="1.58"), ValueError, "format must be"),
+    (lambda: kernels.pack_ternary(GOOD_CODES, format=2), ValueError, "format must be"),
+    (lambda: kernels.pack_ternary(np.array([[0, 2]], np.int8), format="1.6"), ValueError, r"\{-1, 0, 1\}"),
+    (lambda: kernels.unpack_ternary(GOOD16[:-1], 2, 3, format="1.6"), ValueError, "truncated"),
+    (lambda: kernels.unpack_ternary(GOOD_PACKED, 2, 200, format="1.6"), ValueError, "needs"),
+    (lambda: kernels.unpack_ternary(corrupt16(1, 0x01), 2, 3, format="1.6"), ValueError, "encodes no five"),
+    (lambda: kernels.unpack_ternary(corrupt16(3, 0xD5), 2, 3, format="1.6"), ValueError, "padding"),
+    (lambda: kernels.unpack_ternary(GOOD16, 2, 150, format="2"), ValueError, "needs"),  # a 1.6-bit buffer as 2-bit
+    (lambda: kernels.ternary_matmul(GOOD_X, GOOD16[:-1], 2, 3, format="1.6"), ValueError, "truncated"),
+    (lambda: kernels.ternary_matmul(GOOD_X, GOOD16, 2, 3, format="1.5"), ValueError, "format must be"),
+    (lambda: kernels.quant_matmul(GOOD_X.astype(np.float32), GOOD16, 2, 3, 1.0, format=None), ValueError,
+     "format must be"),
+    (lambda: kernels.packed_nbytes(2, 3, format="3"), ValueError, "format must be"),
+])
+def test_bad_input16_is_refused(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_core_refuses_unknown_format_before_reading():
+    from bitnet_ref import _core
+
+    with pytest.raises(ValueError, match="unknown packed format"):
+        _core.matmul(GOOD_X, GOOD16, 2, 3, "", 0, "1.7")
+    with pytest.raises(ValueError, match="unknown packed format"):
+        _core.pack(GOOD_CODES, "")
+
+
+def test_good16_example_by_hand():
+    # Element j of a row is digit 0 of byte j; the other four digits are padding (code 1). Code 2 (w = +1):
+    # group (2, 1, 1, 1, 1), v = 202, byte ceil(202 * 256 / 243) = 213; code 1: v = 121, byte 128 (also every
+    # padding byte); code 0 (w = -1): v = 40, byte 43.
+    assert GOOD16.size == 64
+    assert GOOD16[:3].tolist() == [213, 128, 43] and GOOD16[32:35].tolist() == [128, 213, 213]
+    assert (GOOD16[3:32] == 128).all()
+    for b in BACKENDS:
+        np.testing.assert_array_equal(kernels.ternary_matmul(GOOD_X, GOOD16, 2, 3, backend=b, format="1.6"), [[-4, 2]])
+
+
+FUZZ16 = """
+import numpy as np
+from bitnet_ref import _core
+OK = (TypeError, ValueError, OverflowError)
+rng = np.random.default_rng(0)
+fmts = ["1.6", "2", "", "1.60", "16", None, 1.6]
+for i in range(3000):
+    a = rng.integers(-130, 130, size=tuple(rng.integers(0, 6, size=rng.integers(0, 4)))).astype(
+        rng.choice([np.int8, np.uint8, np.int16, np.float32]))
+    packed = rng.integers(0, 256, size=rng.integers(0, 200)).astype(rng.choice([np.uint8, np.int8]))
+    n, k = (int(v) for v in rng.integers(-2, 40, size=2))
+    f = fmts[i % len(fmts)]
+    for call in (lambda: _core.pack(a, f), lambda: _core.unpack(packed, n, k, f),
+                 lambda: _core.matmul(a, packed, n, k, "", 0, f), lambda: _core.packed_nbytes(n, k, f),
+                 lambda: _core.quant_matmul(a, packed, n, k, 1.0, "", 0, f)):
+        try:
+            call()
+        except OK:
+            pass
+print("ok")
+"""
+
+
+def test_core_survives_random_arguments_for_the_16_format():
+    # Random shapes, dtypes, sizes and format names straight into the extension, in a child process (a crash
+    # would kill it): every call returns or raises TypeError/ValueError/OverflowError. Random bytes are
+    # mostly invalid 1.6-bit groups, which matmul must survive (garbage out, no crash).
+    assert run_python(FUZZ16) == "ok"

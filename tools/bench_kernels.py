@@ -8,7 +8,8 @@ throughput relative to M = 1 ("x GEMV": 2.0 means an M-row call does the work of
 separate GEMVs in the same time), and the roofline ratio: bytes a call must read (packed weights,
 activations, outputs) per second, divided by the measured streaming read bandwidth at that thread
 count. Hot rows can exceed 1.0 because cache is faster than DRAM. "of peak" divides the multiply-add
-rate by what the core's multiply instruction allows (measured at the start: vpdpbusd zmm for avx512vnni,
+rate (per CPU second of the calling thread on single-threaded rows, per wall second otherwise) by what the
+core's multiply instruction allows (measured at the start, per CPU second: vpdpbusd zmm for avx512vnni,
 vpmaddubsw ymm for avx2, times the thread count): no arrangement of the same instructions can pass 1.0,
 which bounds "x GEMV" at 1 / (the GEMV's "of peak") for hot weights. For single-threaded rows,
 "cpu G/s" uses the calling thread's CPU time instead of wall time: on a shared, oversubscribed
@@ -24,6 +25,11 @@ computes the activation sum, as bitnet.cpp's quantizer does), and the same calls
 (_bench.gemv_seconds), without the Python call around each: those columns compare with figures
 measured in C, such as bitnet.cpp's.
 
+A third section puts the two packed formats side by side (M = 1, each thread count, hot and cold, the same
+weights): the 2-bit format (cpp/ternary.h, the backend's kernel) and the 1.6-bit one (cpp/ternary5.h, five
+weights per byte, its AVX2 kernel), with each one's roofline computed from its own bytes per weight and the
+ratio of their speeds. The ceilings (read bandwidth, multiply rate) are the ones measured at the start of the run.
+
 The bandwidth probe, the multiply ceiling and the I2_S-style loop are benchmark-only code in their own
 extension, bitnet_ref._bench (cpp/bench/), built by the same pip install as the kernels' bitnet_ref._core.
 
@@ -36,6 +42,7 @@ shared machine hits them alike; medians, not means. Timings include the Python c
     python tools/bench_kernels.py --json out.json  # also write the table as JSON
     python tools/bench_kernels.py --backend avx2 --threads 1 --shapes 4096x4096 --m 1 8
     python tools/bench_kernels.py --i2s-only       # just the side-by-side with the I2_S-style loop
+    python tools/bench_kernels.py --formats-only --threads 1   # just 2-bit vs 1.6-bit
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ MS = [1, 8, 64]
 QUICK_SHAPES = [(256, 256), (2048, 2048)]
 QUICK_MS = [1, 8]
 I2S_SHAPES = [(256, 256), (4096, 4096), (11008, 4096)]
+FORMAT_SHAPES = [(2048, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
 
 
 class BenchError(Exception):
@@ -93,7 +101,8 @@ def llc_bytes() -> int:
 
 def time_rounds(fns: dict, min_time: float, rounds: int = 5, cpu_of: str | None = None) -> tuple[dict, float | None]:
     """Median wall seconds per call of each fn, timed in interleaved rounds, and the median CPU
-    time of the calling thread for fn `cpu_of` (only meaningful for single-threaded calls)."""
+    time of the calling thread for fn `cpu_of` (only meaningful for single-threaded calls; "*": a dict
+    of it for every fn)."""
     samples = {name: [] for name in fns}
     for name, fn in fns.items():  # warm-up, and a per-call estimate to size the rounds
         t0 = time.perf_counter()
@@ -102,7 +111,7 @@ def time_rounds(fns: dict, min_time: float, rounds: int = 5, cpu_of: str | None 
     reps = {name: max(1, min(2000, int(min_time / rounds / max(s[0], 1e-7)))) for name, s in samples.items()}
     for name in fns:
         samples[name] = []
-    cpu = []
+    cpu = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             for _ in range(reps[name]):
@@ -112,9 +121,11 @@ def time_rounds(fns: dict, min_time: float, rounds: int = 5, cpu_of: str | None 
                 t1 = time.perf_counter()
                 c1 = time.thread_time()
                 samples[name].append(t1 - t0)
-                if name == cpu_of:
-                    cpu.append(c1 - c0)
-    return {name: statistics.median(s) for name, s in samples.items()}, (statistics.median(cpu) if cpu else None)
+                cpu[name].append(c1 - c0)
+    walls = {name: statistics.median(s) for name, s in samples.items()}
+    if cpu_of == "*":
+        return walls, {name: statistics.median(c) for name, c in cpu.items()}
+    return walls, (statistics.median(cpu[cpu_of]) if cpu_of in cpu else None)
 
 
 def rotating(call, copies):
@@ -213,6 +224,57 @@ def run_i2s_section(kernels, bench, cold_bytes, min_time, rng) -> list:
     return rows
 
 
+def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, backend):
+    """Median wall seconds per M = 1 call of the 2-bit and the 1.6-bit kernels on the same weights and input."""
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)  # (N, K)
+    x = rng.integers(-128, 128, size=(1, k), dtype=np.int8)  # (1, K)
+    want = x.astype(np.int64) @ codes.astype(np.int64).T  # (1, N)
+    fns, nbytes = {}, {}
+    for fmt in ("2", "1.6"):
+        packed = kernels.pack_ternary(codes, format=fmt)
+        copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
+        packs = [packed] + [packed.copy() for _ in range(copies - 1)]
+        b = backend if fmt == "2" else ("avx2" if backend != "scalar" else "scalar")
+        fns[fmt] = rotating(lambda p, fmt=fmt, b=b: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=b,
+                                                                            format=fmt), packs)
+        nbytes[fmt] = packed.nbytes
+        if not np.array_equal(fns[fmt](), want):
+            raise AssertionError(f"format {fmt} result differs from numpy for N={n} K={k}")
+    t, cpu = time_rounds(fns, min_time, cpu_of="*")
+    return t, (cpu if threads == 1 else None), nbytes
+
+
+def run_formats_section(kernels, shapes, threads_list, cold_bytes, min_time, rng, backend, bandwidth, peak) -> list:
+    print()
+    print(f"formats side by side, M = 1: 2-bit ({backend}) vs 1.6-bit (five weights per byte, "
+          f"{'avx2' if backend != 'scalar' else 'scalar'}); same weights, interleaved rounds")
+    header = (f"{'N x K':>12} {'thr':>3} {'cache':>5} {'format':>6} {'bits/w':>6} {'us':>9} {'G w/s':>7} {'cpu G/s':>7}"
+              f" {'GB/s':>6} {'roofline':>8} {'of peak':>7} {'x 2-bit':>7}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for n, k in shapes:
+        for threads in threads_list:
+            for cold in (False, True):
+                t, cpu, nbytes = bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, backend)
+                for fmt in ("2", "1.6"):
+                    rate = n * k / t[fmt] / 1e9
+                    cpu_rate = n * k / cpu[fmt] / 1e9 if cpu and cpu[fmt] > 0 else None
+                    row = {"n": n, "k": k, "m": 1, "threads": threads, "cache": "cold" if cold else "hot",
+                           "format": fmt, "bits_per_weight": 8 * nbytes[fmt] / (n * k), "us": t[fmt] * 1e6,
+                           "gweights_s": rate, "gweights_s_cpu": cpu_rate, "weight_gbs": nbytes[fmt] / t[fmt] / 1e9,
+                           "roofline": (nbytes[fmt] + k + 4 * n) / t[fmt] / 1e9 / bandwidth[threads],
+                           "of_peak": (cpu_rate or rate) / (peak * threads) if peak else None,
+                           "x_2bit": t["2"] / t[fmt]}
+                    rows.append(row)
+                    op = f"{row['of_peak']:.2f}" if row["of_peak"] else "-"
+                    gc = f"{cpu_rate:.1f}" if cpu_rate else "-"
+                    print(f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {fmt:>6} {row['bits_per_weight']:>6.3f}"
+                          f" {row['us']:>9.1f} {rate:>7.1f} {gc:>7} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
+                          f" {op:>7} {row['x_2bit']:>7.2f}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,6 +291,9 @@ def main(argv=None) -> int:
     ap.add_argument("--m", type=int, nargs="+", default=None, help="activation rows M to run (default: 1 8 64)")
     ap.add_argument("--no-i2s", action="store_true", help="skip the side-by-side with the I2_S-style loop")
     ap.add_argument("--i2s-only", action="store_true", help="run only the side-by-side with the I2_S-style loop")
+    ap.add_argument("--no-formats", action="store_true", help="skip the 2-bit vs 1.6-bit side by side")
+    ap.add_argument("--formats-only", action="store_true",
+                    help="run only the 2-bit vs 1.6-bit side by side (shapes: --shapes, or 2048x2048 and up)")
     args = ap.parse_args(argv)
     try:
         return run(args)
@@ -276,13 +341,19 @@ def run(args) -> int:
     cold_bytes = 4 * llc
     bw_bytes = (64 << 20) if args.quick else max(8 * llc, 256 << 20)
 
+    # Both ceilings are the best of a few measurements: on a shared machine a neighbour can only make a probe
+    # slower, never faster, so the best one is the closest to what the hardware allows.
     def measure_bandwidth():
-        return {t: _bench.measure_read_bandwidth(bw_bytes, t, 3 if args.quick else 7) for t in threads_list}
+        tries = 1 if args.quick else 3
+        return {t: max(_bench.measure_read_bandwidth(bw_bytes, t, 3 if args.quick else 5) for _ in range(tries))
+                for t in threads_list}
 
     # Measured before the table (the roofline column) and again after it, to show the drift.
     bandwidth = measure_bandwidth()
-    # The multiply ceiling of one core (0 where the build has no assembly loops to measure it with).
-    mac_peak = {b: _bench.mac_peak(b) / 1e9 for b in kernels.supported_backends() if b != "scalar"}
+    # The multiply ceiling of one core (0 where the build has no assembly loops to measure it with): the best
+    # of seven short runs (4M iterations, about 10 ms each), short enough to fit between preemptions.
+    mac_peak = {b: max(_bench.mac_peak(b, 4_000_000) for _ in range(7)) / 1e9
+                for b in kernels.supported_backends() if b != "scalar"}
     peak = mac_peak.get(backend) or None
     info = {
         "cpu": cpu_name(), "backend": backend, "supported_backends": kernels.supported_backends(),
@@ -292,23 +363,24 @@ def run(args) -> int:
     }
     print(f"cpu: {info['cpu']} | backend: {info['backend']} (supported: {', '.join(info['supported_backends'])})"
           f" | torch {info['torch']}")
-    print("measured read bandwidth: " + ", ".join(f"{t} thread{'s' * (t > 1)}: {bw:.1f} GB/s"
+    print("measured read bandwidth (best of 3): " + ", ".join(f"{t} thread{'s' * (t > 1)}: {bw:.1f} GB/s"
                                                  for t, bw in bandwidth.items()))
     if mac_peak:
-        print("multiply ceiling of one core: " + ", ".join(
+        print("multiply ceiling of one core (best of 7): " + ", ".join(
             f"{b} {v:.1f} G MAC/s ({'vpdpbusd zmm' if b == 'avx512vnni' else 'vpmaddubsw ymm'})"
             for b, v in mac_peak.items()))
     print(f"cold = rotating copies totalling >= {cold_bytes >> 20} MiB (4x the {llc >> 20} MiB last-level cache)")
     header = (f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
               f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8} {'of peak':>7}")
-    if not args.i2s_only:
+    only_formats = args.formats_only and not args.i2s_only
+    if not args.i2s_only and not only_formats:
         print(header)
         print("-" * len(header))
 
     rng = np.random.default_rng(0)
     rows = []
     gemv_rate = {}
-    for n, k in ([] if args.i2s_only else shapes):
+    for n, k in ([] if args.i2s_only or only_formats else shapes):
         for threads in threads_list:
             for cold in (False, True):
                 for m in ms:
@@ -328,7 +400,8 @@ def run(args) -> int:
                         "x_torch": t["torch"] / t["ours"], "x_portable": t["portable"] / t["ours"],
                         "x_gemv": rate / gemv_rate[key] if key in gemv_rate else None,
                         "roofline": bytes_per_call / t["ours"] / 1e9 / bandwidth[threads],
-                        "of_peak": rate / (peak * threads) if peak else None,
+                        # per CPU second on single-threaded rows, like the ceiling (mac_peak counts thread CPU time)
+                        "of_peak": (work / cpu / 1e9 if cpu else rate) / (peak * threads) if peak else None,
                     }
                     rows.append(row)
                     xg = f"{row['x_gemv']:.2f}" if m > 1 and row["x_gemv"] else "-"
@@ -338,18 +411,23 @@ def run(args) -> int:
                           f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
                           f" {row['roofline']:>8.2f} {op:>7}", flush=True)
     i2s_rows = []
-    if not args.no_i2s:
+    if not args.no_i2s and not only_formats:
         if hasattr(_bench, "i2s_gemv") and kernels.has_avx2():
             i2s_rows = run_i2s_section(kernels, _bench, cold_bytes, min_time, rng)
         else:
             print("\nI2_S-style side by side skipped: needs an AVX2 x86 build")
+    format_rows = []
+    if not args.no_formats and not args.i2s_only:
+        fshapes = shapes if args.shapes else ([(2048, 2048)] if args.quick else FORMAT_SHAPES)
+        format_rows = run_formats_section(kernels, fshapes, threads_list, cold_bytes, min_time, rng, backend,
+                                          bandwidth, peak)
     after = measure_bandwidth()
     print("read bandwidth after the run: " + ", ".join(f"{t}: {bw:.1f} GB/s" for t, bw in after.items())
           + " (the roofline column used the before-run figures)")
     info["read_bandwidth_after_gbs"] = {str(t): round(v, 2) for t, v in after.items()}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows, "i2s_rows": i2s_rows}, f, indent=1)
+            json.dump({"info": info, "rows": rows, "i2s_rows": i2s_rows, "format_rows": format_rows}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
 

@@ -19,8 +19,8 @@ double measure_read_bandwidth(int64_t bytes, int threads, int reps);
 // ---- multiply ceiling (mac_peak.cpp) -----------------------------------------------------------
 
 // The multiply ceiling of one core for the instruction a backend is built on, in multiply-adds per
-// second: twelve independent vpdpbusd zmm (avx512vnni) or vpmaddubsw ymm (avx2) per iteration, run
-// for `iters` iterations. 0 for a backend this build/CPU lacks, and 0 in builds without the
+// second of the calling thread's CPU time (wall time where the platform has no per-thread clock): twelve
+// independent vpdpbusd zmm (avx512vnni) or vpmaddubsw ymm (avx2) per iteration, run for `iters` iterations. 0 for a backend this build/CPU lacks, and 0 in builds without the
 // inline-assembly loops (BITNET_INLINE_ASM=OFF, MSVC).
 double mac_peak(Backend b, int64_t iters);
 void mac_loop_avx2(int64_t iters);        // the timed loops (mac_loop_avx2_asm.cpp, mac_loop_avx512_asm.cpp)
