@@ -182,7 +182,7 @@ def check_output_scale(p: Probing) -> Check:
     if act_missing:
         why.append(f"the activation scale is not undone (output in int8 units, x127/absmax = x{1 / gamma:.1f})")
     elif _near(rho_w * p.k, 1, 0.02):
-        why.append(f"the output is 1/in_features of the reference (a norm scaled by dim**-0.5 on F.normalize)")
+        why.append("the output is 1/in_features of the reference (a norm scaled by dim**-0.5 on F.normalize)")
     elif not _near(rho_w, 1) and why == []:
         why.append("matching no known cause")
     text = f"output / reference = {_fmt(rho)}"

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 
-from . import quant as Q
 from .checkpoint import CheckpointError
 from .model import ModelConfig, Transformer
 

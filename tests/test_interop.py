@@ -32,7 +32,6 @@ from bitnet_ref import generate as G
 from bitnet_ref import hf as H
 from bitnet_ref import interop
 from bitnet_ref import packed as P
-from bitnet_ref import quant as Q
 from bitnet_ref.checkpoint import load_checkpoint, save_checkpoint
 from bitnet_ref.model import ModelConfig, Transformer
 

@@ -302,18 +302,8 @@ def main(argv=None) -> int:
         return 2
 
 
-def run(args) -> int:
-    from bitnet_ref import kernels
-
-    if not kernels.available():
-        raise BenchError(f"the C++ extension is not available: {kernels.import_error()}")
-    try:
-        from bitnet_ref import _bench
-    except ImportError as exc:  # _core loaded but not _bench: a partial or stale build
-        raise BenchError(f"the benchmark extension bitnet_ref._bench is not available ({exc}); "
-                         "reinstall with `pip install -e .`") from None
-    import torch
-
+def resolve_args(args, kernels) -> tuple:
+    """(thread counts, min time, shapes, M values, backend) from the flags, each checked (BenchError)."""
     all_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads_list = args.threads or sorted({1, all_cores})
     if any(t < 1 for t in threads_list):
@@ -337,6 +327,60 @@ def run(args) -> int:
         raise BenchError(f"backend {args.backend!r} is not available here; choose from "
                          f"{', '.join(kernels.supported_backends())}")
     backend = args.backend or kernels.backend()
+    return threads_list, min_time, shapes, ms, backend
+
+
+def run_main_table(kernels, torch, shapes, ms, threads_list, cold_bytes, min_time, rng, backend, bandwidth,
+                   peak) -> list:
+    """The main table: every shape, thread count, hot and cold, every M; printed row by row, returned as dicts."""
+    gemv_rate = {}
+    rows = []
+    for n, k in shapes:
+        for threads in threads_list:
+            for cold in (False, True):
+                for m in ms:
+                    t, cpu, nbytes = bench_case(kernels, torch, n, k, m, threads, cold, cold_bytes, min_time, rng,
+                                                backend)
+                    work = m * n * k
+                    rate = work / t["ours"] / 1e9
+                    key = (n, k, threads, cold)
+                    if m == 1:
+                        gemv_rate[key] = rate
+                    bytes_per_call = nbytes + m * k + 4 * m * n
+                    row = {
+                        "n": n, "k": k, "m": m, "threads": threads, "cache": "cold" if cold else "hot",
+                        "us": t["ours"] * 1e6, "gweights_s": rate,
+                        "cpu_us": cpu * 1e6 if cpu else None, "gweights_s_cpu": work / cpu / 1e9 if cpu else None,
+                        "torch_us": t["torch"] * 1e6, "portable_us": t["portable"] * 1e6,
+                        "x_torch": t["torch"] / t["ours"], "x_portable": t["portable"] / t["ours"],
+                        "x_gemv": rate / gemv_rate[key] if key in gemv_rate else None,
+                        "roofline": bytes_per_call / t["ours"] / 1e9 / bandwidth[threads],
+                        # per CPU second on single-threaded rows, like the ceiling (mac_peak counts thread CPU time)
+                        "of_peak": (work / cpu / 1e9 if cpu else rate) / (peak * threads) if peak else None,
+                    }
+                    rows.append(row)
+                    xg = f"{row['x_gemv']:.2f}" if m > 1 and row["x_gemv"] else "-"
+                    gc = f"{row['gweights_s_cpu']:.1f}" if row["gweights_s_cpu"] else "-"
+                    op = f"{row['of_peak']:.2f}" if row["of_peak"] else "-"  # no ceiling measured: no asm build
+                    print(f"{n:>5} x {k:<5} {m:>3} {threads:>3} {row['cache']:>5} {row['us']:>10.1f}"
+                          f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
+                          f" {row['roofline']:>8.2f} {op:>7}", flush=True)
+    return rows
+
+
+def run(args) -> int:
+    from bitnet_ref import kernels
+
+    if not kernels.available():
+        raise BenchError(f"the C++ extension is not available: {kernels.import_error()}")
+    try:
+        from bitnet_ref import _bench
+    except ImportError as exc:  # _core loaded but not _bench: a partial or stale build
+        raise BenchError(f"the benchmark extension bitnet_ref._bench is not available ({exc}); "
+                         "reinstall with `pip install -e .`") from None
+    import torch
+
+    threads_list, min_time, shapes, ms, backend = resolve_args(args, kernels)
     llc = llc_bytes()
     cold_bytes = 4 * llc
     bw_bytes = (64 << 20) if args.quick else max(8 * llc, 256 << 20)
@@ -379,37 +423,9 @@ def run(args) -> int:
 
     rng = np.random.default_rng(0)
     rows = []
-    gemv_rate = {}
-    for n, k in ([] if args.i2s_only or only_formats else shapes):
-        for threads in threads_list:
-            for cold in (False, True):
-                for m in ms:
-                    t, cpu, nbytes = bench_case(kernels, torch, n, k, m, threads, cold, cold_bytes, min_time, rng,
-                                                backend)
-                    work = m * n * k
-                    rate = work / t["ours"] / 1e9
-                    key = (n, k, threads, cold)
-                    if m == 1:
-                        gemv_rate[key] = rate
-                    bytes_per_call = nbytes + m * k + 4 * m * n
-                    row = {
-                        "n": n, "k": k, "m": m, "threads": threads, "cache": "cold" if cold else "hot",
-                        "us": t["ours"] * 1e6, "gweights_s": rate,
-                        "cpu_us": cpu * 1e6 if cpu else None, "gweights_s_cpu": work / cpu / 1e9 if cpu else None,
-                        "torch_us": t["torch"] * 1e6, "portable_us": t["portable"] * 1e6,
-                        "x_torch": t["torch"] / t["ours"], "x_portable": t["portable"] / t["ours"],
-                        "x_gemv": rate / gemv_rate[key] if key in gemv_rate else None,
-                        "roofline": bytes_per_call / t["ours"] / 1e9 / bandwidth[threads],
-                        # per CPU second on single-threaded rows, like the ceiling (mac_peak counts thread CPU time)
-                        "of_peak": (work / cpu / 1e9 if cpu else rate) / (peak * threads) if peak else None,
-                    }
-                    rows.append(row)
-                    xg = f"{row['x_gemv']:.2f}" if m > 1 and row["x_gemv"] else "-"
-                    gc = f"{row['gweights_s_cpu']:.1f}" if row["gweights_s_cpu"] else "-"
-                    op = f"{row['of_peak']:.2f}" if row["of_peak"] else "-"  # no ceiling measured: no asm build
-                    print(f"{n:>5} x {k:<5} {m:>3} {threads:>3} {row['cache']:>5} {row['us']:>10.1f}"
-                          f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
-                          f" {row['roofline']:>8.2f} {op:>7}", flush=True)
+    if not (args.i2s_only or only_formats):
+        rows = run_main_table(kernels, torch, shapes, ms, threads_list, cold_bytes, min_time, rng, backend,
+                              bandwidth, peak)
     i2s_rows = []
     if not args.no_i2s and not only_formats:
         if hasattr(_bench, "i2s_gemv") and kernels.has_avx2():
