@@ -1,12 +1,20 @@
 """A small LLaMA-style decoder built from BitLinear layers: the BitNet b1.58 training-time model.
 
-Architecture (following the FAQ's "remove RMSNorm before attention and SwiGLU because BitLinear has built-in
-RMSNorm"): blocks have no separate pre-norms. Every BitLinear normalises its own input with RMSNorm right
-before the int8 activation quantizer, so that norm *is* the pre-norm for q, k, v, gate and up, and the SubLN
-for o_proj (attn_sub_norm) and down_proj (ffn_sub_norm). q/k/v and gate/up are separate BitLinears, so each
-projection has its own weight scale, as the official converter does. Embeddings, the final RMSNorm and the
-output head stay full precision (untied by default). No biases anywhere; RoPE (half-split, LLaMA/HF
-convention); gated FFN with ReLU^2 (BitNet b1.58 2B4T) or SwiGLU.
+Architecture, two layouts (``ModelConfig.layout``):
+
+- ``official`` (default): the block of BitNet b1.58 2B-4T and Hugging Face's BitNetForCausalLM. Four RMSNorms
+  per block: ``attn_norm`` (input_layernorm) shared by q/k/v, ``attn.sub_norm`` (attn_sub_norm) before o_proj,
+  ``ffn_norm`` (post_attention_layernorm) shared by gate/up, ``ffn.sub_norm`` (ffn_sub_norm) before
+  down_proj. The BitLinears hold no norm; q/k/v (and gate/up) read one normalised input, which is quantized
+  to int8 once and shared.
+- ``per-linear-norm``: the FAQ's reading ("remove RMSNorm before attention and SwiGLU because BitLinear has
+  built-in RMSNorm"): every BitLinear normalises its own input with its own gain right before the int8
+  activation quantizer, seven per block. Checkpoints written before layouts existed use it.
+
+Either way q/k/v and gate/up are separate BitLinears, each with its own weight scale, as the official
+converter does; grouped-query attention with ``n_kv_heads``. Embeddings, the final RMSNorm and the output
+head stay full precision (untied by default). No biases anywhere; RoPE (half-split, LLaMA/HF convention,
+``rope_theta``); gated FFN with ReLU^2 (BitNet b1.58 2B4T) or SwiGLU.
 
 quant="none" is the same architecture with the quantizers off (RMSNorm + plain linear): the FP baseline.
 Init: every linear and embedding weight ~ N(0, 0.02), norms at 1 (the GPT-2/nanoGPT convention; absmean
