@@ -213,7 +213,7 @@ def run(args) -> dict:
     if args.backend == "packed" and not kernels.available():
         raise P.DecodeError(f"--backend packed needs the C++ extension bitnet_ref._core ({kernels.import_error()}); "
                             "build it with `pip install --no-build-isolation -e .` in the repository, or use --backend torch")
-    loaded = P.load_for_decode(args.checkpoint, args.backend, args.device, threads=args.threads)
+    loaded = P.load_for_decode(args.checkpoint, args.backend, args.device, threads=args.threads, format=args.format)
     ckpt, cfg, model = loaded.ckpt, loaded.cfg, loaded.model
     if args.max_new_tokens is None:  # the trainer's probe length, so the numbers match its eval lines
         tc = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
@@ -226,7 +226,8 @@ def run(args) -> dict:
     reference = P.build_model(ckpt, args.checkpoint)
     packed = None
     if cfg.quant == "ternary" and kernels.available():
-        packed = model if loaded.backend == "packed" else P.to_packed(P.build_model(ckpt), threads=args.threads)
+        packed = model if loaded.backend == "packed" else P.to_packed(P.build_model(ckpt), threads=args.threads,
+                                                                            format=args.format)
     for m in filter(None, (model, packed, reference)):  # warm-up: thread pool, allocator, first-call paths
         G.generate(m, [prompts[0][:1]], 2)
 
@@ -234,7 +235,8 @@ def run(args) -> dict:
                        seed=args.seed, windows=windows, ckpt=ckpt)
     g = main.pop("generation")
     speed = {"batch": len(prompts), "new_tokens": args.max_new_tokens, "threads": args.threads or 1,
-             "kernel": kernels.backend() if kernels.available() else None}
+             "kernel": kernels.backend() if kernels.available() else None,
+             "format": args.format if packed is not None else None}
     if packed is not None:
         par, gp, gr = G.parity(packed, reference, prompts, args.max_new_tokens, return_generations=True)
         speed.update(packed_tok_s=gp.tok_per_s, torch_tok_s=gr.tok_per_s,
@@ -311,7 +313,8 @@ def format_report(r: dict) -> str:
         f"entropy {d['token_entropy']:.3f} nats",
         f"next token   mean entropy {n['mean_entropy']:.3f} nats   mean top-1 probability {n['mean_top1']:.3f}",
         f"speed        packed {_f(s.get('packed_tok_s'), '.0f')} tok/s   torch fake-quant {_f(s.get('torch_tok_s'), '.0f')}"
-        f" tok/s   (decode, batch {s['batch']}, {s['threads']} thread(s), kernel {s['kernel']})",
+        f" tok/s   (decode, batch {s['batch']}, {s['threads']} thread(s), kernel {s['kernel']}"
+        + (f", {s['format']}-bit format)" if s.get("format") else ")"),
     ]
     if p.get("skipped"):
         rows.append(f"parity       skipped: {p['skipped']}")
@@ -356,6 +359,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
                    "directory (config.json + safetensors; its tokenizer.json, if any, encodes --prompt)")
     p.add_argument("--backend", choices=P.BACKENDS, default="packed",
                    help="packed: int8 x 2-bit C++ kernel (default); torch: the training-time fake-quant forward")
+    p.add_argument("--format", choices=kernels.FORMATS, default="2",
+                   help="packed format: 2 bits a weight (default) or 1.6 (five weights a byte); same logits")
     p.add_argument("--samples", type=whole_at_least(1),
                    help="number of prompts/samples (default: the trainer's probe count, or 1 with --prompt)")
     p.add_argument("--max-new-tokens", type=whole_at_least(1), default=None,

@@ -54,10 +54,11 @@ BACKENDS = ("packed", "torch")
 
 @dataclass
 class PackedWeight:
-    packed: np.ndarray  # (packed_nbytes(n, k),) uint8, from kernels.pack_ternary
+    packed: np.ndarray  # (packed_nbytes(n, k, format=format),) uint8, from kernels.pack_ternary
     beta: torch.Tensor  # () float32, the absmean scale exactly as quant.weight_quant computed it
     n: int  # out_features
     k: int  # in_features
+    format: str = "2"  # kernels.FORMATS: "2" (2 bits a weight) or "1.6" (five weights a byte); same products
 
 
 _FAST_OK = None
@@ -120,10 +121,10 @@ class PackedBitLinear(nn.Module):
         x2 = x.detach().reshape(-1, self.w.k).numpy()  # (M, K) float32
         if self.scaled:
             y = self._guard(kernels.quant_matmul, x2, self.w.packed, self.w.n, self.w.k, self.beta_f,
-                            threads=self.threads)  # (M, N) float32
+                            threads=self.threads, format=self.w.format)  # (M, N) float32
         else:  # no-dequant ablation: the integer product, never scaled back
             q, _ = self._guard(kernels.act_quant, x2)  # (M, K) int8
-            y = kernels.ternary_matmul(q, self.w.packed, self.w.n, self.w.k, threads=self.threads)
+            y = kernels.ternary_matmul(q, self.w.packed, self.w.n, self.w.k, threads=self.threads, format=self.w.format)
             y = y.astype(np.float32)  # (M, N), exact while |acc| < 2**24
         return torch.from_numpy(y).view(*lead, self.w.n)
 
@@ -154,7 +155,7 @@ class PackedBitLinear(nn.Module):
         quant.fake_quant_linear computes it; acc is the exact int32 product, exact in float32 below 2**24."""
         lead = q.shape[:-1]
         acc = kernels.ternary_matmul(q.reshape(-1, self.w.k).numpy(), self.w.packed, self.w.n, self.w.k,
-                                     threads=self.threads)  # (M, N) int32, exact
+                                     threads=self.threads, format=self.w.format)  # (M, N) int32, exact
         acc = torch.from_numpy(acc).view(*lead, self.w.n).float()  # (..., N)
         return acc * (gamma * self.w.beta) if self.scaled else acc
 
@@ -181,14 +182,15 @@ class DequantLinear(nn.Module):
         return F.linear(self.norm(x), self.weight)
 
 
-def packed_state(model: Transformer) -> dict[str, PackedWeight]:
-    """Step 1: the packed codes and beta of every BitLinear, by module name (CPU numpy buffers)."""
+def packed_state(model: Transformer, format: str = "2") -> dict[str, PackedWeight]:
+    """Step 1: the packed codes and beta of every BitLinear, by module name (CPU numpy buffers), in ``format``."""
     state = {}
     for name, m in model.bitlinears():
         if m.quant != "ternary":
             raise DecodeError(f"{name} is not a ternary BitLinear (quant={m.quant!r}); nothing to pack")
         codes, beta = Q.weight_quant(m.weight.detach().cpu().float())  # (N, K) int8, () float32
-        state[name] = PackedWeight(kernels.pack_ternary(codes), beta, m.out_features, m.in_features)
+        state[name] = PackedWeight(kernels.pack_ternary(codes, format=format), beta, m.out_features, m.in_features,
+                                   format)
     return state
 
 
@@ -204,8 +206,10 @@ def swap_bitlinears(model: Transformer, state: dict[str, PackedWeight], *, threa
     return model
 
 
-def to_packed(model: Transformer, *, threads: int | None = None, ternary: dict | None = None) -> Transformer:
-    """packed_state + swap_bitlinears, in place. Needs the C++ extension.
+def to_packed(model: Transformer, *, threads: int | None = None, ternary: dict | None = None,
+              format: str = "2") -> Transformer:
+    """packed_state + swap_bitlinears, in place. Needs the C++ extension. ``format`` is the packed format of
+    every layer ("2" or "1.6"): the products, and so the logits, are identical in both.
 
     ``ternary`` (BitLinear name -> (codes, beta), from a packed import) is packed as given instead of being
     re-quantized from the latent weights, so the runtime multiplies with the stored beta.
@@ -215,10 +219,13 @@ def to_packed(model: Transformer, *, threads: int | None = None, ternary: dict |
                           "`pip install --no-build-isolation -e .` or use --backend torch")
     if model.cfg.quant != "ternary":
         raise DecodeError(f"quant={model.cfg.quant!r} model: there are no ternary weights to pack")
+    if format not in kernels.FORMATS:
+        raise DecodeError(f"unknown packed format {format!r}; choose one of {', '.join(kernels.FORMATS)}")
     if ternary is None:
-        state = packed_state(model)
+        state = packed_state(model, format)
     else:
-        state = {name: PackedWeight(kernels.pack_ternary(codes), beta.to(torch.float32).reshape(()), *codes.shape)
+        state = {name: PackedWeight(kernels.pack_ternary(codes, format=format), beta.to(torch.float32).reshape(()),
+                                    *codes.shape, format)
                  for name, (codes, beta) in ternary.items()}
     return swap_bitlinears(model, state, threads=threads)
 
@@ -279,7 +286,8 @@ def build_model(ckpt: dict, path="checkpoint") -> Transformer:
     return model.eval()
 
 
-def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threads: int | None = None) -> Loaded:
+def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threads: int | None = None,
+                    format: str = "2") -> Loaded:
     """Load a checkpoint for decoding. Raises CheckpointError/DecodeError (one line) for anything unusable.
 
     ``path`` is a bitnet_ref checkpoint or a Hugging Face BitNet directory (``interop.read``); a packed one's
@@ -308,5 +316,5 @@ def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threa
     if backend == "packed":
         if dev.type != "cpu":
             raise DecodeError(f"the packed backend runs on the CPU, not {dev}; use --device cpu or --backend torch")
-        to_packed(model, threads=threads, ternary=ternary)
+        to_packed(model, threads=threads, ternary=ternary, format=format)
     return Loaded(model.to(dev), ckpt, cfg, backend, reason, tokenizer)

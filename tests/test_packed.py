@@ -189,3 +189,18 @@ def test_loader_refuses_unusable_devices_in_one_line(tmp_path):
         with pytest.raises(P.DecodeError, match="device") as e:
             P.load_for_decode(tmp_path / "ckpt.pt", "torch", device)
         assert "\n" not in str(e.value)
+
+
+@needs_ext
+def test_the_1_6_bit_format_decodes_bit_identically():
+    # five weights a byte instead of four: fewer bytes, the same integer products, so the same logits
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny", d_model=320, ffn_hidden=320, n_kv_heads=1)).eval()  # K = 320
+    ref = P.to_packed(copy.deepcopy(model))
+    small = P.to_packed(copy.deepcopy(model), format="1.6")
+    idx = torch.randint(0, 256, (2, 12))
+    assert torch.equal(small(idx)[0], ref(idx)[0]) and torch.equal(small(idx)[0], model(idx)[0])
+    assert P.weight_bytes_per_token(small)["linear"] < P.weight_bytes_per_token(ref)["linear"]
+    assert {m.w.format for m in small.modules() if isinstance(m, P.PackedBitLinear)} == {"1.6"}
+    with pytest.raises(P.DecodeError, match="unknown packed format"):
+        P.to_packed(copy.deepcopy(model), format="3")
