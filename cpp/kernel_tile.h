@@ -1,4 +1,5 @@
-// kernel_tile.h: what the intrinsic SIMD kernel files share (ternary_avx2.cpp, ternary_avx512.cpp).
+// kernel_tile.h: what the intrinsic SIMD kernel files share (ternary_avx2.cpp, ternary5_avx2.cpp,
+// ternary_avx512.cpp).
 //
 // Everything is in an anonymous namespace on purpose: each including file is compiled with its own
 // ISA flags, and an inline function with external linkage would let the linker keep one file's copy
@@ -7,11 +8,25 @@
 
 #include "ternary.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace bitnet {
 namespace {
 
 constexpr int64_t kPrefetchBytes = 8192;        // software prefetch distance for streaming weights
 constexpr int64_t kGemmChunkBytes = 96 * 1024;  // weight rows per GEMM chunk (see the rows_* functions)
+
+#if defined(__AVX2__)
+// The sum of a vector's eight int32 lanes (the end of every AVX2 row tile, 2-bit and 1.6-bit alike).
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+#endif
 
 // A row tile: dot[r][m] = sum_k c(w[r], k) * x[m][k] for RT weight rows w and MT activation rows x over
 // nblk 128-weight blocks, prefetching from pf onward at the rate it reads its own rows.

@@ -40,13 +40,6 @@ namespace {
 
 constexpr int kWiden = 8;  // blocks summed in int16 before widening (see the bound above)
 
-inline int32_t hsum_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
-
 // dot[r][m] = sum_k c(w[r], k) * x[m][k] for RT weight rows and MT activation rows over nblk
 // blocks; each unpacked weight register is reused for all MT activation rows.
 // The RT weight rows of a tile are contiguous in memory, and rows are 1-3 KB long: too short for
