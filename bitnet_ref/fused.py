@@ -92,6 +92,7 @@ class FusedTransformer(nn.Module):
                     vocab_size=cfg.vocab_size, context=cfg.context, n_layers=cfg.n_layers,
                     swiglu=cfg.ffn_act == "swiglu", eps=float(cfg.norm_eps))
         self.cfg, self.tok_emb, self.threads = cfg, model.tok_emb, threads
+        self.source = model  # the packed model whose buffers the decoder reads (kept alive; weight_bytes_per_token)
         self.decoder = kernels._load().FusedDecoder(
             dims, linears, norms, _f32(model.norm.weight), _rows(model.tok_emb), _rows(model.head),
             _f32(model.rope_cos), _f32(model.rope_sin), fmt or "2", "", threads or 0)

@@ -53,7 +53,7 @@ def quantize_rows_into(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) ->
     scale.copy_(s)
 
 
-def quantize_rows(w: torch.Tensor, chunk: int = 8192) -> Int8Rows:
+def quantize_rows(w: torch.Tensor, chunk: int = 1024) -> Int8Rows:
     """Int8Rows of a float (V, d) matrix, ``chunk`` rows at a time (no full-size float temporaries)."""
     V, d = w.shape
     rows = Int8Rows(torch.empty(V, d, dtype=torch.int8), torch.empty(V, dtype=torch.float32))

@@ -30,7 +30,7 @@ from .packed import PackedBitLinear, PackedWeight, _replace
 
 HEADS = ("int8", "fp32")
 ROW_STD = 0.02  # the trainer's init of embedding and head rows
-_ROW_CHUNK = 8192
+_ROW_CHUNK = 1024  # rows drawn and quantized at a time: ~10 MB of float temporaries at d 2560
 
 
 _CODE_OF_DRAW = np.array([-1, 0, 0, 1], dtype=np.int8)  # a uniform draw in 0..3 -> a code
@@ -55,21 +55,32 @@ def random_packed_bytes(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return out
 
 
-def random_rows(seed: int, V: int, d: int, head: str):
-    """V rows of width d ~ N(0, ROW_STD), drawn in chunks from ``seed``: an Int8Rows (head="int8") or a float32
-    (V, d) tensor (head="fp32"). The float values are the same either way."""
+def iter_random_rows(seed: int, V: int, d: int):
+    """(first row, float32 chunk (R, d)) over V rows ~ N(0, ROW_STD) drawn from ``seed``, _ROW_CHUNK at a time:
+    the float rows behind random_rows, for checks that need them without holding them all."""
     g = torch.Generator().manual_seed(seed)
+    for r in range(0, V, _ROW_CHUNK):
+        yield r, torch.randn(min(_ROW_CHUNK, V - r), d, generator=g) * ROW_STD
+
+
+def random_rows(seed: int, V: int, d: int, head: str):
+    """V rows of width d from iter_random_rows: an Int8Rows (head="int8") or a float32 (V, d) tensor
+    (head="fp32"). The float values are the same either way."""
     if head == "fp32":
         out = torch.empty(V, d)
     else:
         out = Int8Rows(torch.empty(V, d, dtype=torch.int8), torch.empty(V, dtype=torch.float32))
-    for r in range(0, V, _ROW_CHUNK):
-        chunk = torch.randn(min(_ROW_CHUNK, V - r), d, generator=g) * ROW_STD  # (R, d)
+    for r, chunk in iter_random_rows(seed, V, d):
         if head == "fp32":
             out[r:r + len(chunk)] = chunk
         else:
             quantize_rows_into(chunk, out.q[r:r + len(chunk)], out.scale[r:r + len(chunk)])
     return out
+
+
+def head_seed(cfg: ModelConfig, seed: int) -> int:
+    """The seed of the head's rows in random_packed_model (the embedding's when tied)."""
+    return seed + 1 if cfg.tie_embeddings else seed + 2
 
 
 def random_packed_model(cfg: ModelConfig | str, *, seed: int = 0, head: str = "int8", format: str = "2",
@@ -101,7 +112,7 @@ def random_packed_model(cfg: ModelConfig | str, *, seed: int = 0, head: str = "i
             _replace(model, name, RMSNorm(m.weight.numel(), m.eps))
     V, d = cfg.vocab_size, cfg.d_model
     emb = random_rows(seed + 1, V, d, head)
-    out = emb if cfg.tie_embeddings else random_rows(seed + 2, V, d, head)
+    out = emb if cfg.tie_embeddings else random_rows(head_seed(cfg, seed), V, d, head)
     if head == "int8":
         model.tok_emb, model.head = Int8Embedding(emb), Int8Head(out, threads)
     else:
