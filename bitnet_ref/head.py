@@ -40,6 +40,11 @@ class Int8Rows:
     q: torch.Tensor  # (V, d) int8, codes in [-127, 127]
     scale: torch.Tensor  # (V,) float32: row i is approximately q[i] * scale[i]
 
+    @classmethod
+    def empty(cls, V: int, d: int) -> "Int8Rows":
+        """Uninitialised rows (torch allocations: 64-byte aligned)."""
+        return cls(torch.empty(V, d, dtype=torch.int8), torch.empty(V, dtype=torch.float32))
+
     @property
     def nbytes(self) -> int:
         return self.q.numel() + 4 * self.scale.numel()
@@ -56,7 +61,7 @@ def quantize_rows_into(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) ->
 def quantize_rows(w: torch.Tensor, chunk: int = 1024) -> Int8Rows:
     """Int8Rows of a float (V, d) matrix, ``chunk`` rows at a time (no full-size float temporaries)."""
     V, d = w.shape
-    rows = Int8Rows(torch.empty(V, d, dtype=torch.int8), torch.empty(V, dtype=torch.float32))
+    rows = Int8Rows.empty(V, d)
     for r in range(0, V, chunk):
         quantize_rows_into(w[r:r + chunk], rows.q[r:r + chunk], rows.scale[r:r + chunk])
     return rows

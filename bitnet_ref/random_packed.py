@@ -69,7 +69,7 @@ def random_rows(seed: int, V: int, d: int, head: str):
     if head == "fp32":
         out = torch.empty(V, d)
     else:
-        out = Int8Rows(torch.empty(V, d, dtype=torch.int8), torch.empty(V, dtype=torch.float32))
+        out = Int8Rows.empty(V, d)
     for r, chunk in iter_random_rows(seed, V, d):
         if head == "fp32":
             out[r:r + len(chunk)] = chunk

@@ -3,7 +3,7 @@
 // Per 32 weights: one 32-byte load, two sign extensions to int16 (vpmovsxbw), two vpmaddwd against the
 // activations already widened to int16, two int32 adds. Both operands in int16 keep every int8 value exact
 // (-128 * -128 included; the vpmaddubsw sign trick would overflow there). Memory-bound at head sizes: four
-// weight rows share each activation load, and the rows ahead are prefetched. Not the oracle: int8_rows_ref is.
+// weight rows share each activation load, and the stream ahead is prefetched. Not the oracle: int8_rows_ref is.
 #include "int8_matmul.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -27,16 +27,19 @@ inline __m256i dot32(const int8_t* w, const int16_t* x, __m256i acc) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16))));
 }
 
-// Rows r .. r+RT-1 against one activation row.
+// Rows r .. r+RT-1 against one activation row. The RT rows are RT * k contiguous bytes, and consecutive tiles
+// are contiguous too: the whole head is one stream. Each step prefetches RT * 32 bytes kPrefetch ahead of the
+// tile's start, the rate at which the tile consumes its own, so the stream stays kPrefetch ahead of the loads.
+constexpr int64_t kPrefetch = 16384;
+
 template <int RT>
 inline void rows_tile(const int16_t* x, const int8_t* w, int32_t* y, int64_t k, int64_t r) {
   const int64_t kv = k / 32 * 32;
   __m256i acc[RT];
   for (int i = 0; i < RT; ++i) acc[i] = _mm256_setzero_si256();
-  const int8_t* pf = w + (r + RT) * k + 4096;  // a few rows ahead of this tile
+  const int8_t* pf = w + r * k + kPrefetch;
   for (int64_t c = 0; c < kv; c += 32) {
-    if (c % 64 == 0)
-      for (int i = 0; i < RT; ++i) _mm_prefetch(reinterpret_cast<const char*>(pf + i * k + c), _MM_HINT_T0);
+    for (int i = 0; i < RT * 32; i += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + c * RT + i), _MM_HINT_T0);
     for (int i = 0; i < RT; ++i) acc[i] = dot32(w + (r + i) * k + c, x + c, acc[i]);
   }
   for (int i = 0; i < RT; ++i) {

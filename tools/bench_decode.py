@@ -211,15 +211,15 @@ def real_shape_child(spec: dict) -> dict:
     G.generate(fused, [prompt], spec["tokens"])  # warm-up, and the full-length KV cache once
     out["rss_peak_mb"], out["rss_decode_mb"] = _rss_mb("VmHWM"), _rss_mb("VmRSS")  # before the probes' buffers
     out["threads"] = {}
+    torch.set_num_threads(1)  # torch runs only a few tiny ops per token here; its idle OpenMP threads spin, and
+    # at 2 threads they took a core from the kernel's worker (measured 2-3x slower fused decode on 2 cores)
     for th in spec["threads"]:
-        torch.set_num_threads(th)
         kernels.set_threads(th)
         bw = [dram_bandwidth([th], tries=1)[th]]  # the shared machine's bandwidth now, beside the decode
         rates = [G.generate(fused, [prompt], spec["tokens"]).tok_per_s for _ in range(spec["repeats"])]
         bw.append(dram_bandwidth([th], tries=1)[th])
         out["threads"][str(th)] = {"tok_s": statistics.median(rates), "tok_s_all": rates, "dram_gb_s": max(bw)}
     kernels.set_threads(1)
-    torch.set_num_threads(1)
     out["exact_tok_s_1"] = G.generate(model, [prompt], EXACT_TOKENS).tok_per_s
     if spec["head_check"]:
         out["head"] = head_check(model, cfg, spec["seed"], prompt, spec["tokens"], head_seed(cfg, spec["seed"]),
