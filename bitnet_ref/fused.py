@@ -40,10 +40,11 @@ FUSED_REL_TOL = 1e-2
 
 
 class FusedCache:
-    """The fused path's KV cache: k, v (n_layers, batch, max_len, n_kv_heads, head_dim) float32, preallocated."""
+    """The fused path's KV cache: k, v (batch, n_layers, max_len, n_kv_heads, head_dim) float32, preallocated
+    (each sequence's cache one contiguous block, so the C++ step reads it in place)."""
 
     def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim):
-        shape = (n_layers, batch, max_len, n_kv_heads, head_dim)
+        shape = (batch, n_layers, max_len, n_kv_heads, head_dim)
         self.k = np.zeros(shape, dtype=np.float32)
         self.v = np.zeros(shape, dtype=np.float32)
         self.batch, self.max_len, self.pos = batch, max_len, 0

@@ -135,7 +135,7 @@ class FusedDecoder {
     m.rope_sin = f32(rope_sin, "rope_sin", {m.context, m.head_dim});
   }
 
-  // tokens (B,) int64; kcache/vcache (n_layers, B, max_len, n_kv_heads, head_dim) float32 -> logits (B, vocab).
+  // tokens (B,) int64; kcache/vcache (B, n_layers, max_len, n_kv_heads, head_dim) float32 -> logits (B, vocab).
   py::array_t<float> step(const py::object& tokens_obj, int64_t pos, const py::object& k_obj,
                           const py::object& v_obj) {
     if (!py::isinstance<py::array>(tokens_obj)) throw py::type_error("tokens must be a numpy array");
@@ -147,7 +147,7 @@ class FusedDecoder {
     const auto ka = py::reinterpret_borrow<py::array>(k_obj);
     if (ka.ndim() != 5) throw py::value_error("kcache must be 5-D");
     const int64_t max_len = ka.shape(2);
-    const std::vector<int64_t> cshape = {static_cast<int64_t>(m_.layers.size()), b, max_len, m_.n_kv_heads,
+    const std::vector<int64_t> cshape = {b, static_cast<int64_t>(m_.layers.size()), max_len, m_.n_kv_heads,
                                          m_.head_dim};
     py::array kc = checked(k_obj, "kcache", 'f', 4, cshape);
     py::array vc = checked(v_obj, "vcache", 'f', 4, cshape);
@@ -164,32 +164,14 @@ class FusedDecoder {
     float* kp = static_cast<float*>(kc.mutable_data());
     float* vp = static_cast<float*>(vc.mutable_data());
     float* lp = out.mutable_data();
-    const int64_t per_row = max_len * m_.n_kv_heads * m_.head_dim;  // one layer, one sequence
+    // one sequence's cache, all layers: contiguous in the (B, L, S, Hkv, hd) layout
+    const int64_t per_seq = static_cast<int64_t>(m_.layers.size()) * max_len * m_.n_kv_heads * m_.head_dim;
     int64_t bad = -1;
     {
       py::gil_scoped_release release;
-      std::vector<float> kseq, vseq;
-      for (int64_t i = 0; i < b && bad < 0; ++i) {
-        // the cache is (L, B, S, Hkv, hd): sequence i's slice of every layer is strided, so a batch of more
-        // than one gathers it, steps, and scatters it back; a batch of one steps in place
-        float* kr = kp;
-        float* vr = vp;
-        const size_t L = m_.layers.size();
-        if (b > 1) {
-          kseq.resize(L * per_row), vseq.resize(L * per_row);
-          for (size_t l = 0; l < L; ++l) {
-            std::copy_n(kp + (l * b + i) * per_row, per_row, kseq.data() + l * per_row);
-            std::copy_n(vp + (l * b + i) * per_row, per_row, vseq.data() + l * per_row);
-          }
-          kr = kseq.data(), vr = vseq.data();
-        }
-        bad = bitnet::decode_step(m_, t[i], pos, kr, vr, max_len, lp + i * m_.vocab, backend_, threads_);
-        if (b > 1)
-          for (size_t l = 0; l < L; ++l) {
-            std::copy_n(kseq.data() + l * per_row, per_row, kp + (l * b + i) * per_row);
-            std::copy_n(vseq.data() + l * per_row, per_row, vp + (l * b + i) * per_row);
-          }
-      }
+      for (int64_t i = 0; i < b && bad < 0; ++i)
+        bad = bitnet::decode_step(m_, t[i], pos, kp + i * per_seq, vp + i * per_seq, max_len, lp + i * m_.vocab,
+                                  backend_, threads_);
     }
     if (bad >= 0)
       throw py::value_error("non-finite activations in layer " + std::to_string(bad) + " (x must be finite)");
