@@ -46,6 +46,19 @@ void ternary(const DecodeModel& m, const TernaryLinear& lin, Scratch& s, float* 
   for (int64_t j = 0; j < lin.n; ++j) y[j] = static_cast<float>(s.acc[j]) * scale;
 }
 
+// sum_i a[i] * b[i] in eight interleaved partial sums: independent chains the compiler turns into SIMD adds
+// (a single running sum cannot be vectorised without reassociation). Attention scores are the one place the
+// step does O(position) work per token, so this is what keeps long contexts cheap.
+float dot(const float* a, const float* b, int64_t n) {
+  float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  float r = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
 // RoPE on one head vector (half-split, model.apply_rope): out = x * cos + rotate(x) * sin.
 void rope(float* x, const float* cos, const float* sin, int64_t hd) {
   const int64_t h = hd / 2;
@@ -90,10 +103,7 @@ int64_t decode_step(const DecodeModel& m, int64_t token, int64_t pos, float* kca
       const int64_t j = hh / group;  // the key/value head serving this query head
       float mx = -INFINITY;
       for (int64_t t = 0; t <= pos; ++t) {
-        const float* kt = kl + t * kvd + j * hd;
-        float dot = 0.0f;
-        for (int64_t i = 0; i < hd; ++i) dot += qh[i] * kt[i];
-        scores[t] = dot * inv_sqrt_hd;
+        scores[t] = dot(qh, kl + t * kvd + j * hd, hd) * inv_sqrt_hd;
         mx = std::max(mx, scores[t]);
       }
       float sum = 0.0f;

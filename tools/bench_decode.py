@@ -231,10 +231,46 @@ def real_shape_child(spec: dict) -> dict:
         out["threads"][str(th)] = {"tok_s": statistics.median(rates), "tok_s_all": rates, "dram_gb_s": max(bw)}
     kernels.set_threads(1)
     out["exact_tok_s_1"] = G.generate(model, [prompt], EXACT_TOKENS).tok_per_s
+    out["exact_breakdown"] = breakdown(model, prompt, EXACT_TOKENS)  # where the torch-glue path's token goes
+    out["fused_split"] = fused_split(model, fused, len(prompt) + spec["tokens"])
     if spec["head_check"]:
         out["head"] = head_check(model, cfg, spec["seed"], prompt, spec["tokens"], head_seed(cfg, spec["seed"]),
                                  iter_random_rows)
     return out
+
+
+def fused_split(model, fused, positions: int, steps: int = 8) -> dict:
+    """Milliseconds of one fused step (1 thread, at position `positions`) beside its kernels called alone on the
+    same shapes: the ternary products (activation quantization included) and the int8 head. The difference is
+    everything else the step does (norms, RoPE, attention, cache, glue)."""
+    import numpy as np
+
+    cache = fused.new_cache(1, positions + steps)
+    cache.pos = positions  # attention over `positions` cached (zero) keys: the cost of a late token
+    tok = np.array([3], np.int64)
+    fused.decoder.step(tok, positions, cache.k, cache.v)
+    step = []
+    for i in range(steps):
+        t = time.perf_counter()
+        fused.decoder.step(tok, positions + i, cache.k, cache.v)
+        step.append(time.perf_counter() - t)
+    lins = [m for m in model.modules() if isinstance(m, P.PackedBitLinear)]
+    xs = {k: np.random.default_rng(0).standard_normal((1, k)).astype(np.float32) for k in {m.w.k for m in lins}}
+    lin = []
+    for _ in range(3):
+        t = time.perf_counter()
+        for m in lins:
+            kernels.quant_matmul(xs[m.w.k], m.w.packed, m.w.n, m.w.k, m.beta_f, format=m.w.format)
+        lin.append(time.perf_counter() - t)
+    q = kernels.act_quant(xs[model.cfg.d_model])[0]
+    head = []
+    for _ in range(3):
+        t = time.perf_counter()
+        kernels.int8_matmul(q, model.head.rows.q.numpy())
+        head.append(time.perf_counter() - t)
+    ms = lambda v: statistics.median(v) * 1e3
+    return {"step_ms": ms(step), "ternary_ms": ms(lin), "head_ms": ms(head),
+            "rest_ms": ms(step) - ms(lin) - ms(head)}
 
 
 def head_check(model, cfg, seed, prompt, tokens, rows_seed, iter_rows) -> dict:
@@ -329,6 +365,14 @@ def format_real_table(rows, bw_before, bw_after, meta) -> str:
             ms, by = hd["ms_per_token"], hd["bytes"]
             out.append("  head per token: " + ", ".join(f"{k} {ms[k]:.1f} ms ({by[k] / 1e6:.0f} MB)" for k in ms)
                        + " [one thread]")
+        if "fused_split" in r:
+            f = r["fused_split"]
+            out.append(f"  one fused step, 1 thread: {f['step_ms']:.1f} ms; its kernels alone: ternary "
+                       f"{f['ternary_ms']:.1f} ms + head {f['head_ms']:.1f} ms; the rest {f['rest_ms']:.1f} ms")
+        if "exact_breakdown" in r:
+            bd = r["exact_breakdown"]
+            parts = ", ".join(f"{k} {v / 1e3:.1f} ms ({bd['parts_share'][k]:.0%})" for k, v in bd["parts_us"].items())
+            out.append(f"  exact path, where one token's {bd['us_per_token'] / 1e3:.1f} ms go (with hooks): {parts}")
         out.append(f"  build {r['build_s']:.1f} s, {r['params'] / 1e9:.2f} B parameters")
     out.append("tok/s: median of the repeats, best: the fastest repeat; GB/s and roofline from the median: weight "
                "bytes read per token x tok/s over DRAM GB/s (the better of two probes just before and after that "
