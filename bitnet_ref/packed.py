@@ -240,7 +240,8 @@ def to_dequantized(model: Transformer) -> Transformer:
 
 def weight_bytes_per_token(model: nn.Module) -> dict:
     """Bytes of weights one decoded token reads: linear layers as stored (2-bit packed or fp32), plus the head
-    (float, or int8 rows + scales) and one embedding row. Norm weights are counted too; attention's KV cache is not (it is not a weight)."""
+    (float, or int8 rows + scales) and one embedding row. Norm weights are counted too; attention's KV cache is
+    not (it is not a weight)."""
     from .head import Int8Embedding, Int8Head
 
     lin, skip, other = 0, set(), 0
