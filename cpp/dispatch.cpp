@@ -21,6 +21,12 @@
 #include "ternary5.h"
 #include "threadpool.h"
 
+#if defined(BITNET_HAVE_NEON_DOTPROD_KERNEL) && defined(__linux__)
+#include <sys/auxv.h>  // getauxval(AT_HWCAP)
+#elif defined(BITNET_HAVE_NEON_DOTPROD_KERNEL) && defined(__APPLE__)
+#include <sys/sysctl.h>  // sysctlbyname
+#endif
+
 namespace bitnet {
 
 namespace {
@@ -70,6 +76,8 @@ const char* backend_name(Backend b) {
     case Backend::kAvx512Vnni: return "avx512vnni";
     case Backend::kAvx2: return "avx2";
     case Backend::kScalar: return "scalar";
+    case Backend::kNeon: return "neon";
+    case Backend::kNeonDotprod: return "dotprod";
   }
   return "unknown";
 }
@@ -93,11 +101,44 @@ bool cpu_has_avx512vnni() {
 #endif
 }
 
+bool cpu_has_neon() {
+#if defined(BITNET_HAVE_NEON_KERNEL) && (defined(__aarch64__) || defined(_M_ARM64))
+  return true;  // Advanced SIMD is part of every AArch64 CPU the ABI targets
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_neon_dotprod() {
+#if defined(BITNET_HAVE_NEON_DOTPROD_KERNEL) && defined(__aarch64__) && defined(__linux__)
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)  // linux/arch/arm64/include/uapi/asm/hwcap.h
+#endif
+  static const bool ok = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+  return ok;
+#elif defined(BITNET_HAVE_NEON_DOTPROD_KERNEL) && defined(__aarch64__) && defined(__APPLE__)
+  static const bool ok = [] {
+    // FEAT_DotProd from macOS 12; the older name on macOS 11. Every Apple M-series core has it.
+    for (const char* name : {"hw.optional.arm.FEAT_DotProd", "hw.optional.armv8_2_dotprod"}) {
+      int v = 0;
+      size_t len = sizeof v;
+      if (sysctlbyname(name, &v, &len, nullptr, 0) == 0) return v != 0;
+    }
+    return false;
+  }();
+  return ok;
+#else
+  return false;  // not built, or an OS whose CPU flags this file does not read (Windows, the BSDs)
+#endif
+}
+
 bool backend_supported(Backend b) {
   switch (b) {
     case Backend::kScalar: return true;
     case Backend::kAvx2: return cpu_has_avx2();
     case Backend::kAvx512Vnni: return cpu_has_avx512vnni();
+    case Backend::kNeon: return cpu_has_neon();
+    case Backend::kNeonDotprod: return cpu_has_neon_dotprod();
   }
   return false;
 }
@@ -107,6 +148,8 @@ Backend default_backend() {
     if (env_force_scalar()) return Backend::kScalar;
     if (cpu_has_avx512vnni()) return Backend::kAvx512Vnni;
     if (cpu_has_avx2()) return Backend::kAvx2;
+    if (cpu_has_neon_dotprod()) return Backend::kNeonDotprod;
+    if (cpu_has_neon()) return Backend::kNeon;
     return Backend::kScalar;
   }();
   return b;
@@ -209,6 +252,12 @@ void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n,
 #endif
 #if defined(BITNET_HAVE_AVX2_KERNEL)
     if (backend == Backend::kAvx2) kernel = rows_avx2;
+#endif
+#if defined(BITNET_HAVE_NEON_KERNEL)
+    if (backend == Backend::kNeon) kernel = rows_neon;
+#endif
+#if defined(BITNET_HAVE_NEON_DOTPROD_KERNEL)
+    if (backend == Backend::kNeonDotprod) kernel = rows_neon_dotprod;
 #endif
   }
   run_rows(kernel, a, threads);
