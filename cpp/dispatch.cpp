@@ -272,14 +272,25 @@ void matmul5(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n
   }
   KernelArgs a = make_args(x, w, y, m, n, k);
   RowKernel kernel = rows5_ref;
+  (void)backend;  // unused in builds with no SIMD kernel for this format
 #if defined(BITNET_HAVE_AVX2_KERNEL)
   // An AVX-512 CPU runs the AVX2 kernel (cpu_has_avx2 is checked either way).
   if (backend != Backend::kScalar && backend_supported(backend) && cpu_has_avx2()) {
     prepare_activations(a, kT5BlockWeights, false);
     kernel = rows5_avx2;
   }
-#else
-  (void)backend;
+#endif
+#if defined(BITNET_HAVE_NEON_KERNEL)
+  if (backend == Backend::kNeon && backend_supported(backend)) {
+    prepare_activations(a, kT5BlockWeights, false);
+    kernel = rows5_neon;
+  }
+#endif
+#if defined(BITNET_HAVE_NEON_DOTPROD_KERNEL)
+  if (backend == Backend::kNeonDotprod && backend_supported(backend)) {
+    prepare_activations(a, kT5BlockWeights, false);
+    kernel = rows5_neon_dotprod;
+  }
 #endif
   run_rows(kernel, a, threads);
 }
