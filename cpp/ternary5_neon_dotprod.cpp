@@ -65,7 +65,7 @@ inline void store_tile5(const KernelArgs& a, int64_t r0, int64_t m0) {
 }  // namespace
 
 void rows5_neon_dotprod(const KernelArgs& a, int64_t n0, int64_t n1) {
-  if (a.m == 1) {  // GEMV: two weight rows share each activation load (four: as many instructions, and spills)
+  if (a.m == 1) {  // GEMV: two weight rows share each activation load (four: no fewer instructions, more spills)
     int64_t r = n0;
     for (; r + 2 <= n1; r += 2) store_tile5<2, 1>(a, r, 0);
     for (; r < n1; ++r) store_tile5<1, 1>(a, r, 0);

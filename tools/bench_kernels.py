@@ -27,7 +27,7 @@ measured in C, such as bitnet.cpp's.
 
 A third section puts the two packed formats side by side (M = 1, each thread count, hot and cold, the same
 weights): the 2-bit format (cpp/ternary.h, the backend's kernel) and the 1.6-bit one (cpp/ternary5.h, five
-weights per byte, its AVX2 kernel), with each one's roofline computed from its own bytes per weight and the
+weights per byte, its AVX2 or NEON kernel), with each one's roofline computed from its own bytes per weight and the
 ratio of their speeds. The ceilings (read bandwidth, multiply rate) are the ones measured at the start of the run.
 
 The bandwidth probe, the multiply ceiling and the I2_S-style loop are benchmark-only code in their own
@@ -234,9 +234,9 @@ def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, 
         packed = kernels.pack_ternary(codes, format=fmt)
         copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
         packs = [packed] + [packed.copy() for _ in range(copies - 1)]
-        b = backend if fmt == "2" else ("avx2" if backend != "scalar" else "scalar")
-        fns[fmt] = rotating(lambda p, fmt=fmt, b=b: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=b,
-                                                                            format=fmt), packs)
+        # The same backend for both formats: an avx512vnni CPU runs the 1.6-bit format with its AVX2 kernel.
+        fns[fmt] = rotating(lambda p, fmt=fmt: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=backend,
+                                                                      format=fmt), packs)
         nbytes[fmt] = packed.nbytes
         if not np.array_equal(fns[fmt](), want):
             raise AssertionError(f"format {fmt} result differs from numpy for N={n} K={k}")
@@ -247,7 +247,7 @@ def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, 
 def run_formats_section(kernels, shapes, threads_list, cold_bytes, min_time, rng, backend, bandwidth, peak) -> list:
     print()
     print(f"formats side by side, M = 1: 2-bit ({backend}) vs 1.6-bit (five weights per byte, "
-          f"{'avx2' if backend != 'scalar' else 'scalar'}); same weights, interleaved rounds")
+          f"{'avx2' if backend == 'avx512vnni' else backend}); same weights, interleaved rounds")
     header = (f"{'N x K':>12} {'thr':>3} {'cache':>5} {'format':>6} {'bits/w':>6} {'us':>9} {'G w/s':>7} {'cpu G/s':>7}"
               f" {'GB/s':>6} {'roofline':>8} {'of peak':>7} {'x 2-bit':>7}")
     print(header)
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="thread counts to run (default: 1 and all cores)")
     ap.add_argument("--backend", default=None,
-                    help="kernel to time: avx512vnni, avx2 or scalar (default: the best this CPU has)")
+                    help="kernel to time: avx512vnni, avx2, dotprod, neon or scalar (default: the best this CPU has)")
     ap.add_argument("--shapes", nargs="+", default=None, metavar="NxK",
                     help="weight shapes to run, e.g. 4096x4096 11008x4096 (default: the full set)")
     ap.add_argument("--m", type=int, nargs="+", default=None, help="activation rows M to run (default: 1 8 64)")
@@ -394,10 +394,12 @@ def run(args) -> int:
 
     # Measured before the table (the roofline column) and again after it, to show the drift.
     bandwidth = measure_bandwidth()
-    # The multiply ceiling of one core (0 where the build has no assembly loops to measure it with): the best
-    # of seven short runs (4M iterations, about 10 ms each), short enough to fit between preemptions.
+    # The multiply ceiling of one core: the best of seven short runs (4M iterations, about 10 ms each), short
+    # enough to fit between preemptions. Only where the build has an assembly loop to measure it with (x86 with
+    # BITNET_INLINE_ASM; none for the NEON backends): elsewhere mac_peak is 0 and the column shows "-".
     mac_peak = {b: max(_bench.mac_peak(b, 4_000_000) for _ in range(7)) / 1e9
                 for b in kernels.supported_backends() if b != "scalar"}
+    mac_peak = {b: v for b, v in mac_peak.items() if v > 0}
     peak = mac_peak.get(backend) or None
     info = {
         "cpu": cpu_name(), "backend": backend, "supported_backends": kernels.supported_backends(),
