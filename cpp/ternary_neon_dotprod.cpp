@@ -13,13 +13,13 @@
 //   b & 0x30    = 16 c(j+64)    scale 16    (0, 16, 32)
 //   b >> 6      = c(j+96)       scale 1     (b & 0xC0 would be 128 = -128 as int8 for code 2: shifted instead)
 // sdot multiplies 16 codes by 16 activations (int8 x int8) and adds each group of four products into one
-// int32 lane. Each scale has its own accumulator; at the end A1 + (A4 >> 2) + (A16 >> 4) (exact: every term
-// of A4 is a multiple of 4, of A16 of 16). Four instructions per 16 bytes, where the ARMv8.0 kernel needs five
-// plus twice the multiplies.
+// int32 lane. Each field has its own accumulator; at the end A1 + B1 + (A4 >> 2) + (A16 >> 4) (exact: every
+// term of A4 is a multiple of 4, of A16 of 16). Four instructions per 16 bytes, where the ARMv8.0 kernel needs
+// five plus twice the multiplies.
 //
 // Overflow, for every K and every x in [-128, 127]: an A16 lane gains 4 products of at most 32 * 128 per
-// sdot, two sdot per block: |A16| <= 32768 per block, <= 256 K = 2^30 at K = kMaxK (ternary.h); A1 and A4
-// grow slower (16 * 256 and 8 * 1024 per block). int32 throughout, no widening step.
+// sdot, two sdot per block: |A16| <= 32768 per block, <= 256 K = 2^30 at K = kMaxK (ternary.h); the others
+// grow slower (A1 and B1 2048, A4 8192 per block). int32 throughout, no widening step.
 #include "kernel_tile.h"
 #include "ternary.h"
 
@@ -38,9 +38,11 @@ template <int RT, int MT>
 inline void tile(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, int32_t dot[RT][MT],
                  const uint8_t* /*pf*/) {
   const uint8x16_t m03 = vdupq_n_u8(0x03), m0c = vdupq_n_u8(0x0C), m30 = vdupq_n_u8(0x30);
-  int32x4_t a1[RT][MT], a4[RT][MT], a16[RT][MT];
+  // One accumulator per field (fields 0 and 3 both at scale 1, apart so no chain of sdot is longer than
+  // two per block: sdot has a 3-cycle latency on some cores).
+  int32x4_t a1[RT][MT], a4[RT][MT], a16[RT][MT], b1[RT][MT];
   for (int r = 0; r < RT; ++r)
-    for (int m = 0; m < MT; ++m) a1[r][m] = a4[r][m] = a16[r][m] = vdupq_n_s32(0);
+    for (int m = 0; m < MT; ++m) a1[r][m] = a4[r][m] = a16[r][m] = b1[r][m] = vdupq_n_s32(0);
   for (int64_t blk = 0; blk < nblk; ++blk) {
     for (int half = 0; half < 2; ++half) {  // bytes 0-15, then 16-31 of the block
       int8x16_t c0[RT], c1[RT], c2[RT], c3[RT];
@@ -58,14 +60,15 @@ inline void tile(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, 
           a1[r][m] = vdotq_s32(a1[r][m], c0[r], x0);
           a4[r][m] = vdotq_s32(a4[r][m], c1[r], x1);
           a16[r][m] = vdotq_s32(a16[r][m], c2[r], x2);
-          a1[r][m] = vdotq_s32(a1[r][m], c3[r], x3);
+          b1[r][m] = vdotq_s32(b1[r][m], c3[r], x3);
         }
       }
     }
   }
   for (int r = 0; r < RT; ++r)
     for (int m = 0; m < MT; ++m)
-      dot[r][m] = vaddvq_s32(vaddq_s32(a1[r][m], vaddq_s32(vshrq_n_s32(a4[r][m], 2), vshrq_n_s32(a16[r][m], 4))));
+      dot[r][m] = vaddvq_s32(vaddq_s32(vaddq_s32(a1[r][m], b1[r][m]),
+                                       vaddq_s32(vshrq_n_s32(a4[r][m], 2), vshrq_n_s32(a16[r][m], 4))));
 }
 
 }  // namespace
