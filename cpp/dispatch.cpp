@@ -1,9 +1,10 @@
 // dispatch.cpp: picks a kernel at run time, prepares activations, splits rows across threads; and
 // quant_matmul, the fused BitLinear core (float activations in, scaled float outputs out).
 //
-// Compiled at the baseline instruction set (no -mavx2), so it is safe to run on any CPU; it only calls
-// into ternary_avx2.cpp / ternary_avx512.cpp / ternary_neon_dotprod.cpp after checking the CPU once. It does not check
-// user arguments (bindings.cpp does) and does no arithmetic beyond the activation row sums.
+// Compiled at the baseline instruction set (no -mavx2, no -march), so it is safe to run on any CPU; it
+// only calls into ternary_avx2.cpp / ternary_avx512.cpp / ternary_neon_dotprod.cpp (and their 1.6-bit
+// twins) after checking the CPU once. It does not check user arguments (bindings.cpp does) and does no
+// arithmetic beyond the activation row sums.
 //
 // Threads: the default is 1. Decode (M = 1) at the sizes this project runs is a few to a few hundred
 // microseconds per call, the machine is shared with torch's own intra-op threads, and a single

@@ -1,8 +1,8 @@
 // ternary.h: the packed ternary weight format and the int8 x ternary kernels of bitnet_ref.
 //
 // This header is the one place the packed format is written down. It declares the portable
-// reference kernels (ternary_ref.cpp), the SIMD row kernels (ternary_avx2.cpp, ternary_avx512.cpp, ternary_neon*.cpp),
-// and the dispatcher (dispatch.cpp) that picks one at run time and splits rows across threads.
+// reference kernels (ternary_ref.cpp), the SIMD row kernels (ternary_avx2.cpp, ternary_avx512.cpp,
+// ternary_neon*.cpp), and the dispatcher (dispatch.cpp) that picks one at run time and splits rows across threads.
 // It is not a general quantization library: no scales, no float math. The one other bit width, the
 // 1.6-bit format (five weights per byte), is written down in ternary5.h. The
 // benchmark-only code (bitnet_ref._bench) is declared apart, in bench/bench.h.

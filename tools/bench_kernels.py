@@ -53,6 +53,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -78,6 +79,15 @@ def cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    # ARM: Linux's /proc/cpuinfo has no model name (lscpu names the core, e.g. Neoverse-N1); macOS has sysctl.
+    for cmd, prefix in ((["lscpu"], "Model name:"), (["sysctl", "-n", "machdep.cpu.brand_string"], "")):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        for line in (ln.strip() for ln in out.splitlines()):  # newer lscpu indents it under "Vendor ID"
+            if line.startswith(prefix) and line[len(prefix):].strip():
+                return line[len(prefix):].strip()
     return platform.processor() or platform.machine()
 
 
