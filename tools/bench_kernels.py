@@ -10,10 +10,10 @@ activations, outputs) per second, divided by the measured streaming read bandwid
 count. Hot rows can exceed 1.0 because cache is faster than DRAM. "of peak" divides the multiply-add
 rate (per CPU second of the calling thread on single-threaded rows, per wall second otherwise) by what the
 core's multiply instruction allows (measured at the start, per CPU second: vpdpbusd zmm for avx512vnni,
-vpmaddubsw ymm for avx2, times the thread count): no arrangement of the same instructions can pass 1.0,
-which bounds "x GEMV" at 1 / (the GEMV's "of peak") for hot weights. For single-threaded rows,
-"cpu G/s" uses the calling thread's CPU time instead of wall time: on a shared, oversubscribed
-machine, calls longer than a scheduler time slice get preempted and their wall time says more
+vpmaddubsw ymm for avx2, sdot for dotprod, smlal for neon, times the thread count): no arrangement of the
+same instructions can pass 1.0, which bounds "x GEMV" at 1 / (the GEMV's "of peak") for hot weights. For
+single-threaded rows, "cpu G/s" uses the calling thread's CPU time instead of wall time: on a shared,
+oversubscribed machine, calls longer than a scheduler time slice get preempted and their wall time says more
 about the neighbours than about the kernel.
 
 A second section times our AVX2 and AVX-512 kernels side by side with a bitnet.cpp-style I2_S GEMV loop: our
@@ -69,6 +69,10 @@ FORMAT_SHAPES = [(2048, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
 
 class BenchError(Exception):
     """A user-facing problem (no extension, bad flag value)."""
+
+
+# The multiply instruction each backend's ceiling is measured on (cpp/bench/mac_loop_*_asm.cpp).
+MAC_INSTRUCTION = {"avx512vnni": "vpdpbusd zmm", "avx2": "vpmaddubsw ymm", "dotprod": "sdot", "neon": "smlal"}
 
 
 def cpu_name() -> str:
@@ -405,8 +409,8 @@ def run(args) -> int:
     # Measured before the table (the roofline column) and again after it, to show the drift.
     bandwidth = measure_bandwidth()
     # The multiply ceiling of one core: the best of seven short runs (4M iterations, about 10 ms each), short
-    # enough to fit between preemptions. Only where the build has an assembly loop to measure it with (x86 with
-    # BITNET_INLINE_ASM; none for the NEON backends): elsewhere mac_peak is 0 and the column shows "-".
+    # enough to fit between preemptions. Only where the build has an assembly loop to measure it with (GCC/Clang
+    # with BITNET_INLINE_ASM): elsewhere mac_peak is 0 and the column shows "-".
     mac_peak = {b: max(_bench.mac_peak(b, 4_000_000) for _ in range(7)) / 1e9
                 for b in kernels.supported_backends() if b != "scalar"}
     mac_peak = {b: v for b, v in mac_peak.items() if v > 0}
@@ -423,8 +427,7 @@ def run(args) -> int:
                                                  for t, bw in bandwidth.items()))
     if mac_peak:
         print("multiply ceiling of one core (best of 7): " + ", ".join(
-            f"{b} {v:.1f} G MAC/s ({'vpdpbusd zmm' if b == 'avx512vnni' else 'vpmaddubsw ymm'})"
-            for b, v in mac_peak.items()))
+            f"{b} {v:.1f} G MAC/s ({MAC_INSTRUCTION[b]})" for b, v in mac_peak.items()))
     print(f"cold = rotating copies totalling >= {cold_bytes >> 20} MiB (4x the {llc >> 20} MiB last-level cache)")
     header = (f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
               f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8} {'of peak':>7}")
