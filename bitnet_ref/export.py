@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--approximate", action="store_true",
                    help="gguf only: write linears whose input width is not a multiple of 256 (which TQ2_0 cannot "
                         "hold) as F16 codes; llama.cpp then multiplies them with fp16 activations, not int8")
+    p.add_argument("--ids-only", action="store_true",
+                   help="gguf only: export a model trained with a subword tokenizer without its vocabulary "
+                        "(llama.cpp is then fed token ids); without it such a model is refused")
     p.add_argument("--force", action="store_true", help="replace --out if it is an earlier export of that format")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     return p
@@ -193,13 +196,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.format == "gguf" and args.form is not None:
         parser.error("--form applies to --format hf only (a GGUF holds the packed ternary codes)")
-    if args.format == "hf" and (args.emb_type is not None or args.approximate):
-        parser.error("--emb-type and --approximate apply to --format gguf only")
+    if args.format == "hf" and (args.emb_type is not None or args.approximate or args.ids_only):
+        parser.error("--emb-type, --approximate and --ids-only apply to --format gguf only")
     try:
         if args.format == "gguf":
             GF.gguf_module()  # before reading a large checkpoint: is the writer there at all?
             summary = GF.export_gguf(load_checkpoint(args.checkpoint), args.out, emb_type=args.emb_type or "f16",
-                                     approximate=args.approximate, force=args.force)
+                                     approximate=args.approximate, force=args.force, ids_only=args.ids_only)
         else:
             summary = export_hf(load_checkpoint(args.checkpoint), args.out, form=args.form or "latent",
                                 force=args.force)

@@ -283,10 +283,19 @@ def _umask() -> int:
     return mask
 
 
-def export_gguf(ckpt: dict, out, *, emb_type: str = "f16", approximate: bool = False, force: bool = False) -> dict:
+def export_gguf(ckpt: dict, out, *, emb_type: str = "f16", approximate: bool = False, force: bool = False,
+                ids_only: bool = False) -> dict:
     """Write a training checkpoint (as load_checkpoint returns it) as a GGUF: the codes and beta of
-    ``quant.weight_quant``, exactly what our forward multiplies with, never re-quantized from dequantized floats."""
+    ``quant.weight_quant``, exactly what our forward multiplies with, never re-quantized from dequantized floats.
+
+    A run trained with a subword tokenizer (``data.tokenizer`` in the checkpoint: a tokenizer.json beside it) is
+    refused: its BPE is not converted to GGUF vocabulary (yet). ``ids_only`` writes it anyway, as ``no_vocab``.
+    """
     cfg = ModelConfig.from_dict(ckpt["config"])
+    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+    if data.get("tokenizer") and not ids_only:
+        raise FormatError("the checkpoint was trained with a subword tokenizer (tokenizer.json), which the GGUF "
+                          "export does not convert to llama.cpp vocabulary; pass --ids-only to write token ids only")
     notes = []
     if cfg.layout != "official":
         check_representable(ModelConfig.from_dict({**asdict(cfg), "layout": "official"}), approximate)
@@ -299,11 +308,9 @@ def export_gguf(ckpt: dict, out, *, emb_type: str = "f16", approximate: bool = F
     for ours, _ in linear_names(cfg):
         codes, beta = Q.weight_quant(state[ours + ".weight"].detach().to(torch.float32))  # (N, K) int8, () float32
         packed[ours] = PackedWeight(pack_codes(codes.numpy()), beta, *codes.shape)
-    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
-    byte_vocab = cfg.vocab_size == 256 and data.get("kind", "stdlib") in ("stdlib", "text")
+    byte_vocab = cfg.vocab_size == 256 and data.get("kind", "stdlib") in ("stdlib", "text") and not data.get("tokenizer")
     if not byte_vocab:
-        notes.append("no vocabulary (no_vocab): the checkpoint's tokens are ids from token files, not bytes; "
-                     "feed llama.cpp token ids")
+        notes.append("no vocabulary (no_vocab): the checkpoint's tokens are not bytes; feed llama.cpp token ids")
     summary = write_gguf(out, cfg, packed, state, emb_type=emb_type, byte_vocab=byte_vocab, approximate=approximate,
                          force=force, step=ckpt.get("step"))
     if emb_type == "f16":

@@ -200,6 +200,8 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
     sd = m.state_dict()
     sd["blocks.0.attn.k_proj.norm.weight"] = sd["blocks.0.attn.k_proj.norm.weight"] * 2
     save_checkpoint("gains.pt", {"config": asdict(m.cfg), "model": sd, "step": 0})
+    write_ckpt("bpe.pt", ModelConfig(**{**CFG, "vocab_size": 512}),
+               data={"kind": "text", "tokenizer": {"spec": "bpe:512", "sha256": "0" * 64, "vocab_size": 512}})
     Path("notes.txt").write_text("mine")
     assert run_main(capsys, "ok.pt", "--format", "gguf", "--out", "done.gguf")[0] == 0
     cases = [
@@ -213,6 +215,7 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
         (("ok.pt", "--out", "notes.txt", "--force"), "is not a GGUF file; not replacing it"),
         (("ok.pt", "--form", "packed"), "--form applies to --format hf only"),
         (("missing.pt",), "no such checkpoint file"),
+        (("bpe.pt",), "trained with a subword tokenizer (tokenizer.json)"),
     ]
     for args, msg in cases:
         if "--out" not in args:
@@ -220,8 +223,12 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
         code, out, err = run_main(capsys, *args[:1], "--format", "gguf", *args[1:])
         assert code == 2 and out == "" and msg in err and err.count("\n") == 1, (args, err)
     assert sorted(os.listdir()) == sorted(["ok.pt", "relu2.pt", "untied.pt", "narrow.pt", "float.pt", "ablated.pt",
-                                           "gains.pt", "notes.txt", "done.gguf"])  # no x.gguf, no temp file
+                                           "gains.pt", "bpe.pt", "notes.txt", "done.gguf"])  # no x.gguf, no temp
     assert Path("notes.txt").read_text() == "mine"
+    code, _, err = run_main(capsys, "ok.pt", "--format", "hf", "--out", "y", "--ids-only")
+    assert code == 2 and "--ids-only apply to --format gguf only" in err
+    code, out, _ = run_main(capsys, "bpe.pt", "--format", "gguf", "--out", "ids.gguf", "--ids-only")
+    assert code == 0 and "vocabulary no_vocab" in out
     assert run_main(capsys, "ok.pt", "--format", "gguf", "--out", "done.gguf", "--force")[0] == 0
 
 
