@@ -33,6 +33,7 @@ llama.cpp (never imported here; tests and tools/bench_decode.py use llama-cpp-py
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from dataclasses import asdict
@@ -345,6 +346,7 @@ def read_gguf(path) -> tuple[ModelConfig, dict[str, PackedWeight], dict[str, tor
     floats = {}
     for ours, theirs in float_names(cfg):
         floats[ours] = torch.from_numpy(np.array(tensors[theirs].data, dtype=np.float32))
+        _drop_pages(r, tensors[theirs])
     packed = {}
     shapes = {"q_proj": (cfg.d_model, cfg.d_model), "k_proj": (cfg.kv_dim, cfg.d_model),
               "v_proj": (cfg.kv_dim, cfg.d_model), "o_proj": (cfg.d_model, cfg.d_model),
@@ -362,7 +364,21 @@ def read_gguf(path) -> tuple[ModelConfig, dict[str, PackedWeight], dict[str, tor
             buf = pack_codes(codes.astype(np.int8))
         beta = torch.tensor(float(np.asarray(tensors[theirs + ".scale"].data).reshape(-1)[0]), dtype=torch.float32)
         packed[ours] = PackedWeight(buf, beta, n, k)
+        _drop_pages(r, t)
     return cfg, packed, floats
+
+
+def _drop_pages(reader, t) -> None:
+    """Tell the kernel we are done with a copied tensor's pages of the file mapping, so they stop counting in
+    this process's resident memory (the file stays in the page cache). Without it, reading a file maps all of
+    it into the peak RSS on top of the copies."""
+    mm = getattr(reader.data, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = t.data_offset // mmap.PAGESIZE * mmap.PAGESIZE
+    end = min(t.data_offset + int(t.n_bytes), len(mm))
+    if end > start:
+        mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def packed_model(cfg: ModelConfig, packed: dict[str, PackedWeight], floats: dict[str, torch.Tensor], *,
@@ -375,8 +391,9 @@ def packed_model(cfg: ModelConfig, packed: dict[str, PackedWeight], floats: dict
     swap_bitlinears(model, packed, threads=threads)  # the official layout's BitLinears hold no norm of their own
     model.to_empty(device="cpu")
     with torch.no_grad():
-        for ours, _ in float_names(cfg):
-            model.get_parameter(ours).copy_(floats[ours])
+        for ours, _ in float_names(cfg):  # the tensors themselves, not copies: a 2B embedding is 1.3 GB
+            owner, _, leaf = ours.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, torch.nn.Parameter(floats[ours], requires_grad=False))
         if cfg.tie_embeddings:
             model.head.weight = model.tok_emb.weight  # to_empty gave the head its own (uninitialised) tensor
         cos, sin = rope_tables(cfg.head_dim, cfg.context, cfg.rope_theta)

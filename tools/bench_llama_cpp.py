@@ -97,7 +97,7 @@ def ours(path, threads: int, prompt: list[int], new_tokens: int, repeats: int) -
         gen = G.generate(model, [prompt], new_tokens)
         rates.append(gen.tok_per_s)
         tokens = gen.tokens[0]
-    return {"tok_s_all": rates, "tokens": tokens, "weight_bytes": linears + head + norms + d * 4}
+    return {"tok_s_all": rates, "tokens": tokens, "weight_bytes": linears + head + norms + d * 4, **memory()}
 
 
 def llama_cpp_side(path, threads: int, prompt: list[int], new_tokens: int, repeats: int) -> dict:
@@ -130,10 +130,11 @@ def llama_cpp_side(path, threads: int, prompt: list[int], new_tokens: int, repea
         rates.append(rate)
     weights = sum(int(t.n_bytes) for t in GF.gguf_module().GGUFReader(str(path)).tensors)
     return {"tok_s_all": rates, "tokens": tokens, "weight_bytes": weights,
-            "system_info": llama_cpp.llama_print_system_info().decode()}
+            "system_info": llama_cpp.llama_print_system_info().decode(), **memory()}
 
 
 def memory() -> dict:
+    """Peak (VmHWM) and current (VmRSS) resident memory of this process, in MB; called with the model loaded."""
     status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
     kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith(("VmHWM", "VmRSS"))}
     peak = kb.get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -144,7 +145,6 @@ def child(args) -> int:
     fn = ours if args.child == "ours" else llama_cpp_side
     prompt = json.loads(args.prompt)
     r = fn(args.gguf, args.threads, prompt, args.tokens, args.repeats)
-    r.update(memory())
     print(json.dumps(r))
     return 0
 
