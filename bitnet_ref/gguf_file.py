@@ -21,9 +21,9 @@ every 64 bytes. It needs rows of a multiple of 256 weights: a narrower linear is
 activations instead of int8 ones (the file records it in ``bitnet_ref.approximate``).
 
 Everything else: ``token_embd`` F16 (llama.cpp's own converter's choice; also its head) or F32, norms F32.
-Vocabulary: a byte-level model (256 tokens, trained on text) gets a SentencePiece-type vocabulary of the 256 byte
-tokens ``<0x00>`` .. ``<0xFF>`` (type BYTE, no BOS added, no space prefix), so llama.cpp's tokenizer maps text to
-exactly our ids; any other vocabulary is written as ``no_vocab`` with its size (feed token ids).
+Vocabulary: a byte-level model (256 tokens, trained on text) gets a byte-level BPE vocabulary of its 256 byte
+tokens and no merges (``_byte_vocab``), so llama.cpp's tokenizer maps text to exactly our ids; any other
+vocabulary is written as ``no_vocab`` with its size (feed token ids).
 
 Needs the ``gguf`` package (``pip install "bitnet_ref[gguf]"``), imported only when a file is written or read.
 What this is not: a converter for other people's GGUF files (``read_gguf`` reads what ``write_gguf`` wrote), or
@@ -44,7 +44,7 @@ import torch
 
 from . import quant as Q
 from .checkpoint import _fsync_dir
-from .hf import FormatError, official_state
+from .hf import FormatError, _byte_chars, official_state
 from .model import ModelConfig, Transformer, rope_tables
 from .packed import PackedWeight, swap_bitlinears
 
@@ -160,13 +160,20 @@ def check_representable(cfg: ModelConfig, approximate: bool = False) -> list[str
 
 
 def _byte_vocab(w, gguf) -> None:
-    w.add_tokenizer_model("llama")  # SentencePiece type: byte tokens <0xXX> are its byte fallback
-    w.add_token_list([f"<0x{b:02X}>" for b in range(256)])
-    w.add_token_scores([0.0] * 256)
-    w.add_token_types([gguf.TokenType.BYTE] * 256)
-    w.add_add_bos_token(False)  # we train with no BOS
+    """The 256 byte tokens as a GPT-2 style byte-level BPE with no effective merges: token b is the character
+    GPT-2 maps byte b to (hf.py's byte tokenizer, the same vocabulary), so llama.cpp's tokenizer turns text into our
+    ids. llama.cpp needs a merges list and gguf-py writes no empty array: the one merge joins two 2-character
+    symbols, which never exist when every symbol is one byte, so it never applies."""
+    chars = _byte_chars()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(chars)
+    w.add_token_types([gguf.TokenType.NORMAL] * 256)
+    w.add_token_merges([f"{chars[0] * 2} {chars[0] * 2}"])
+    w.add_bos_token_id(0)  # llama.cpp wants ids for them; we train with none, so nothing is ever added
+    w.add_eos_token_id(0)  # byte 0 (NUL), absent from text: llama.cpp's own generation loops stop there
+    w.add_add_bos_token(False)
     w.add_add_eos_token(False)
-    w.add_add_space_prefix(False)
 
 
 def write_gguf(out, cfg: ModelConfig, packed: dict[str, PackedWeight], floats: dict[str, torch.Tensor], *,

@@ -98,9 +98,12 @@ def test_tensors_are_what_llama_cpp_loads(exported):
             field("bitnet.attention.head_count"), field("bitnet.attention.head_count_kv")) == (256, 2, 512, 4, 2)
     assert field("bitnet.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
     assert field("bitnet.rope.freq_base") == cfg.rope_theta
-    assert field("tokenizer.ggml.model") == "llama" and field("tokenizer.ggml.add_bos_token") is False
-    assert field("tokenizer.ggml.tokens") == [f"<0x{b:02X}>" for b in range(256)]
-    assert set(field("tokenizer.ggml.token_type")) == {int(gguf.TokenType.BYTE)}
+    assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.add_bos_token") is False
+    from bitnet_ref.hf import byte_tokenizer
+
+    vocab = byte_tokenizer().get_vocab()  # the Hugging Face export's byte tokenizer: the same 256 token strings
+    assert field("tokenizer.ggml.tokens") == sorted(vocab, key=vocab.get)
+    assert set(field("tokenizer.ggml.token_type")) == {int(gguf.TokenType.NORMAL)}
     T = gguf.GGMLQuantizationType
     d_, kv, h = 256, cfg.kv_dim, 512
     want = {"token_embd.weight": ((d_, 256), T.F16), "output_norm.weight": ((d_,), T.F32)}
