@@ -5,7 +5,7 @@ What llama.cpp's bitnet graph computes (``src/models/bitnet.cpp``, llama.cpp as 
 0.3.36), and so what a model must be to be written here:
 
 - the official layout: ``attn_norm`` shared by q/k/v, ``attn_sub_norm`` before ``attn_output``, ``ffn_norm`` shared
-  by gate/up, ``ffn_sub_norm`` before ``ffn_down``, ``output_norm``; RMSNorm with ``attention.layer_norm_rms_eps``;
+  by gate/up, ``ffn_sub_norm`` before ``ffn_down``, ``output_norm``; RMSNorm with ``attention.layer_norm_rms_epsilon``;
   NEOX (half-split) RoPE, ours; grouped-query attention through ``attention.head_count_kv``;
 - a SiLU-gated FFN (``LLM_FFN_SILU, LLM_FFN_PAR``, hard-coded): ``ffn_act="swiglu"``. ReLU^2 is refused;
 - no ``output.weight``: the logits are ``token_embd`` times the final hidden state, so the head must be tied;
@@ -33,6 +33,7 @@ llama.cpp (never imported here; tests and tools/bench_decode.py use llama-cpp-py
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import tempfile
@@ -240,8 +241,6 @@ def write_gguf(out, cfg: ModelConfig, packed: dict[str, PackedWeight], floats: d
 
 
 def _config_json(cfg: ModelConfig) -> str:
-    import json
-
     return json.dumps(asdict(cfg), sort_keys=True)
 
 
@@ -338,8 +337,6 @@ def read_gguf(path) -> tuple[ModelConfig, dict[str, PackedWeight], dict[str, tor
     packed back; the embedding is read as float32 (an F16 one holds the values llama.cpp computes with).
     """
     gguf = gguf_module()
-    import json
-
     try:
         r = gguf.GGUFReader(str(path))
     except (OSError, ValueError) as e:
@@ -350,6 +347,10 @@ def read_gguf(path) -> tuple[ModelConfig, dict[str, PackedWeight], dict[str, tor
                           "those")
     cfg = ModelConfig.from_dict(json.loads(fields["bitnet_ref.config"].contents()))
     tensors = {t.name: t for t in r.tensors}
+    wanted = [n for _, n in float_names(cfg)] + [n + s for _, n in linear_names(cfg) for s in (".weight", ".scale")]
+    missing = [n for n in wanted if n not in tensors]
+    if missing:
+        raise FormatError(f"{path}: no tensor {missing[0]!r} ({len(missing)} missing); the file is damaged")
     floats = {}
     for ours, theirs in float_names(cfg):
         floats[ours] = torch.from_numpy(np.array(tensors[theirs].data, dtype=np.float32))
