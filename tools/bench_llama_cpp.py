@@ -228,6 +228,11 @@ def main(argv=None) -> int:
     if not kernels.available():
         print(f"error: the C++ extension is not available ({kernels.import_error()})", file=sys.stderr)
         return 2
+    try:
+        GF.gguf_module()
+    except GF.FormatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     threads = [int(t) for t in a.threads.split(",")]
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_llama_cpp_"))
     work.mkdir(parents=True, exist_ok=True)
