@@ -150,9 +150,10 @@ def test_write_from_a_packed_state(tmp_path):
         n, k = shapes[ours.rsplit(".", 1)[1]]
         packed[ours] = PackedWeight(GF.pack_codes(rng.integers(-1, 2, (n, k), dtype=np.int8)),
                                     torch.tensor(rng.uniform(0.001, 0.1), dtype=torch.float32), n, k)
-    sizes = {"tok_emb.weight": (1000, 256), "ffn.sub_norm.weight": (512,)}
-    floats = {ours: torch.randn(sizes.get(ours, sizes.get(ours.split(".", 2)[-1], (256,))))
-              for ours, _ in GF.float_names(cfg)}
+    floats = {}
+    for ours, _ in GF.float_names(cfg):  # the embedding, then norms of width d (256) or ffn_hidden (512)
+        shape = (1000, 256) if ours == "tok_emb.weight" else (512,) if ours.endswith("ffn.sub_norm.weight") else (256,)
+        floats[ours] = torch.randn(shape)
     s = GF.write_gguf(tmp_path / "r.gguf", cfg, packed, floats, emb_type="f32")
     assert s["vocab"] == "no_vocab" and s["tq2_0"] == 14
     cfg2, packed2, floats2 = GF.read_gguf(tmp_path / "r.gguf")
