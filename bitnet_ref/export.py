@@ -1,6 +1,12 @@
-"""Export a bitnet_ref checkpoint as a Hugging Face BitNet model directory that transformers loads offline.
+"""Export a bitnet_ref checkpoint as a Hugging Face BitNet model directory that transformers loads offline, or as a
+GGUF file for llama.cpp.
 
     python -m bitnet_ref.export runs/x/ckpt.pt --format hf --out my-bitnet [--form latent|packed] [--force]
+    python -m bitnet_ref.export runs/x/ckpt.pt --format gguf --out model.gguf [--emb-type f16|f32] [--approximate]
+
+The GGUF (llama.cpp's ``bitnet`` architecture, ternary linears as TQ2_0 with beta exact) is written by
+``gguf_file.py``, which says what llama.cpp's graph can compute and so what is refused; it needs the optional
+``gguf`` package. The rest of this docstring is about the Hugging Face directory.
 
 then ``AutoModelForCausalLM.from_pretrained("my-bitnet")`` and ``AutoTokenizer.from_pretrained("my-bitnet")``.
 The directory holds config.json, model.safetensors and, for byte-level models, tokenizer.json +
@@ -14,8 +20,7 @@ model or of a width that is not a multiple of 4, and an existing ``--out`` witho
 replaces only an earlier model directory). The directory is written beside its target and renamed into place,
 so a crash leaves the old directory or the new one, never a half-written one.
 
-What this is not: a GGUF/llama.cpp converter (interop notes in the research folder say why relu2 and our head
-would not survive that), or an importer (``interop.py``).
+What this is not: an importer (``interop.py``; ``gguf_file.read_gguf`` reads back only its own GGUF files).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from . import gguf_file as GF
 from . import quant as Q
 from .checkpoint import CheckpointError, _fsync_dir, load_checkpoint
 from .cli import OneLineParser, run_quietly
@@ -161,27 +167,56 @@ def _umask() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m bitnet_ref.export", description="Export a bitnet_ref checkpoint as a "
-                      "Hugging Face BitNet model directory (transformers' BitNetForCausalLM, loaded offline).")
+                      "Hugging Face BitNet model directory (transformers' BitNetForCausalLM, loaded offline) or as "
+                      "a GGUF file for llama.cpp's bitnet architecture.")
     p.add_argument("checkpoint", help="a ckpt.pt written by python -m bitnet_ref.train")
-    p.add_argument("--format", choices=("hf",), default="hf", help="output format: hf (the only one, default)")
-    p.add_argument("--out", required=True, help="the model directory to write (created; see --force)")
-    p.add_argument("--form", choices=FORMS, default="latent",
-                   help="latent: fp32 latent weights, transformers' online quantization, trainable there (default); "
-                        "packed: 2-bit ternary codes + beta, offline quantization, about 16x smaller")
-    p.add_argument("--force", action="store_true", help="replace --out if it is an earlier model directory")
+    p.add_argument("--format", choices=("hf", "gguf"), default="hf",
+                   help="hf: a Hugging Face model directory (default); gguf: one .gguf file for llama.cpp (needs the "
+                        "gguf package; the model must be SwiGLU with a tied head)")
+    p.add_argument("--out", required=True, help="the model directory (hf) or file (gguf) to write; see --force")
+    p.add_argument("--form", choices=FORMS, default=None,
+                   help="hf only. latent: fp32 latent weights, transformers' online quantization, trainable there "
+                        "(default); packed: 2-bit ternary codes + beta, offline quantization, about 16x smaller")
+    p.add_argument("--emb-type", choices=GF.EMB_TYPES, default=None,
+                   help="gguf only: the token embedding's type, which llama.cpp also uses as the output head: f16 "
+                        "(default, as llama.cpp's converter writes it) or f32 (exact)")
+    p.add_argument("--approximate", action="store_true",
+                   help="gguf only: write linears whose input width is not a multiple of 256 (which TQ2_0 cannot "
+                        "hold) as F16 codes; llama.cpp then multiplies them with fp16 activations, not int8")
+    p.add_argument("--ids-only", action="store_true",
+                   help="gguf only: export a model trained with a subword tokenizer without its vocabulary "
+                        "(llama.cpp is then fed token ids); without it such a model is refused")
+    p.add_argument("--force", action="store_true", help="replace --out if it is an earlier export of that format")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.format == "gguf" and args.form is not None:
+        parser.error("--form applies to --format hf only (a GGUF holds the packed ternary codes)")
+    if args.format == "hf" and (args.emb_type is not None or args.approximate or args.ids_only):
+        parser.error("--emb-type, --approximate and --ids-only apply to --format gguf only")
     try:
-        summary = export_hf(load_checkpoint(args.checkpoint), args.out, form=args.form, force=args.force)
+        if args.format == "gguf":
+            GF.gguf_module()  # before reading a large checkpoint: is the writer there at all?
+            summary = GF.export_gguf(load_checkpoint(args.checkpoint), args.out, emb_type=args.emb_type or "f16",
+                                     approximate=args.approximate, force=args.force, ids_only=args.ids_only)
+        else:
+            summary = export_hf(load_checkpoint(args.checkpoint), args.out, form=args.form or "latent",
+                                force=args.force)
     except CheckpointError as e:  # FormatError is one too
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(summary))
+    elif args.format == "gguf":
+        print(f"wrote {summary['out']}: GGUF for llama.cpp (arch bitnet), step {summary['step']}, "
+              f"{summary['tq2_0']} TQ2_0 + {summary['f16_linears']} F16 linears, token_embd "
+              f"{summary['emb_type'].upper()}, vocabulary {summary['vocab']}, {summary['bytes'] / 1e6:.2f} MB")
+        for n in summary["notes"]:
+            print(f"note: {n}")
     else:
         print(f"wrote {summary['out']}: Hugging Face BitNet, {summary['form']} form, step {summary['step']}, "
               f"{summary['tensors']} tensors, {summary['bytes'] / 1e6:.2f} MB ({', '.join(summary['files'])})")

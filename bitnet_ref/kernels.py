@@ -15,9 +15,10 @@ What it is not: no autograd, no float math beyond that quantizer and the final s
 ``import bitnet_ref`` and the trainer work without it; ``available()`` says whether it loaded and
 ``import_error()`` says why not.
 
-Paths: the best kernel the CPU has is chosen at run time (``backend()``: "avx512vnni", "avx2" or
-"scalar"). ``BITNET_REF_FORCE_SCALAR=1`` in the environment (read once, at the first kernel call)
-or ``force_scalar=True`` per call forces the portable reference path.
+Paths: the best kernel the CPU has is chosen at run time (``backend()``: "avx512vnni" or "avx2" on x86-64,
+"dotprod" (ARMv8.2 dot product) or "neon" (ARMv8.0) on 64-bit ARM, else "scalar").
+``BITNET_REF_FORCE_SCALAR=1`` in the environment (read once, at the first kernel call) or
+``force_scalar=True`` per call forces the portable reference path.
 
 Threads: one by default, ``set_threads(n)`` changes the default, ``threads=`` overrides it per
 call. Only calls with enough work (about 2M multiply-adds) are split across threads.
@@ -168,8 +169,8 @@ def ternary_matmul(x, packed, n: int, k: int, *, force_scalar: bool = False, thr
     """Exact int32 (M, N): y[m, j] = sum_i x[m, i] * w[j, i] for x int8 (M, K) and packed w (N, K).
 
     format= is the format packed was made in ("2" or "1.6"). force_scalar=True uses the portable reference
-    kernel; backend= names one kernel explicitly ("scalar", "avx2", "avx512vnni"; ValueError if this CPU
-    lacks it; the 1.6-bit format has no AVX-512 kernel and runs the AVX2 one). threads=None uses
+    kernel; backend= names one kernel explicitly ("scalar", "avx2", "avx512vnni", "neon", "dotprod"; ValueError
+    if this CPU lacks it; the 1.6-bit format has no AVX-512 kernel and runs the AVX2 one). threads=None uses
     get_threads(). The packed buffer is trusted to come from pack_ternary (its size is checked,
     its codes are not, per call; unpack_ternary checks them).
     """
@@ -271,7 +272,7 @@ def has_avx2() -> bool:
 
 
 def backend() -> str:
-    """The kernel used by default: "avx512vnni", "avx2" or "scalar" (forced by BITNET_REF_FORCE_SCALAR=1)."""
+    """The kernel used by default: "avx512vnni", "avx2", "dotprod", "neon" or "scalar" (BITNET_REF_FORCE_SCALAR=1)."""
     return _load().default_backend()
 
 

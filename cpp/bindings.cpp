@@ -157,7 +157,7 @@ py::array_t<float> quant_matmul(const py::object& x_obj, const py::object& packe
 
 std::vector<std::string> supported_backends() {
   std::vector<std::string> out;
-  for (Backend b : {Backend::kScalar, Backend::kAvx2, Backend::kAvx512Vnni})
+  for (Backend b : bitnet::kAllBackends)
     if (bitnet::backend_supported(b)) out.emplace_back(bitnet::backend_name(b));
   return out;
 }

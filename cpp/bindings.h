@@ -84,13 +84,13 @@ inline void check_packed_size(const py::array& packed, int64_t n, int64_t k,
 
 inline Backend parse_backend(const std::string& name) {
   if (name.empty()) return bitnet::default_backend();
-  for (Backend b : {Backend::kScalar, Backend::kAvx2, Backend::kAvx512Vnni})
+  for (Backend b : bitnet::kAllBackends)
     if (name == bitnet::backend_name(b)) {
       if (!bitnet::backend_supported(b))
         throw py::value_error("backend '" + name + "' is not supported on this CPU/build");
       return b;
     }
-  throw py::value_error("unknown backend '" + name + "'; expected one of scalar, avx2, avx512vnni");
+  throw py::value_error("unknown backend '" + name + "'; expected one of scalar, avx2, avx512vnni, neon, dotprod");
 }
 
 // A writable 1-D uint8 array of n bytes whose data starts on a 64-byte boundary (a view into a

@@ -1,9 +1,10 @@
 // dispatch.cpp: picks a kernel at run time, prepares activations, splits rows across threads; and
 // quant_matmul, the fused BitLinear core (float activations in, scaled float outputs out).
 //
-// Compiled at the baseline instruction set (no -mavx2), so it is safe to run on any CPU; it only
-// calls into ternary_avx2.cpp / ternary_avx512.cpp after checking the CPU once. It does not check
-// user arguments (bindings.cpp does) and does no arithmetic beyond the activation row sums.
+// Compiled at the baseline instruction set (no -mavx2, no -march), so it is safe to run on any CPU; it
+// only calls into ternary_avx2.cpp / ternary_avx512.cpp / ternary_neon_dotprod.cpp (and their 1.6-bit
+// twins) after checking the CPU once. It does not check user arguments (bindings.cpp does) and does no
+// arithmetic beyond the activation row sums.
 //
 // Threads: the default is 1. Decode (M = 1) at the sizes this project runs is a few to a few hundred
 // microseconds per call, the machine is shared with torch's own intra-op threads, and a single
@@ -20,6 +21,12 @@
 #include "ternary.h"
 #include "ternary5.h"
 #include "threadpool.h"
+
+#if defined(BITNET_HAVE_NEON_DOTPROD_KERNEL) && defined(__linux__)
+#include <sys/auxv.h>  // getauxval(AT_HWCAP)
+#elif defined(BITNET_HAVE_NEON_DOTPROD_KERNEL) && defined(__APPLE__)
+#include <sys/sysctl.h>  // sysctlbyname
+#endif
 
 namespace bitnet {
 
@@ -70,6 +77,8 @@ const char* backend_name(Backend b) {
     case Backend::kAvx512Vnni: return "avx512vnni";
     case Backend::kAvx2: return "avx2";
     case Backend::kScalar: return "scalar";
+    case Backend::kNeon: return "neon";
+    case Backend::kNeonDotprod: return "dotprod";
   }
   return "unknown";
 }
@@ -93,11 +102,44 @@ bool cpu_has_avx512vnni() {
 #endif
 }
 
+bool cpu_has_neon() {
+#if defined(BITNET_HAVE_NEON_KERNEL) && (defined(__aarch64__) || defined(_M_ARM64))
+  return true;  // Advanced SIMD is part of every AArch64 CPU the ABI targets
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_neon_dotprod() {
+#if defined(BITNET_HAVE_NEON_DOTPROD_KERNEL) && defined(__aarch64__) && defined(__linux__)
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)  // linux/arch/arm64/include/uapi/asm/hwcap.h
+#endif
+  static const bool ok = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+  return ok;
+#elif defined(BITNET_HAVE_NEON_DOTPROD_KERNEL) && defined(__aarch64__) && defined(__APPLE__)
+  static const bool ok = [] {
+    // FEAT_DotProd from macOS 12; the older name on macOS 11. Every Apple M-series core has it.
+    for (const char* name : {"hw.optional.arm.FEAT_DotProd", "hw.optional.armv8_2_dotprod"}) {
+      int v = 0;
+      size_t len = sizeof v;
+      if (sysctlbyname(name, &v, &len, nullptr, 0) == 0) return v != 0;
+    }
+    return false;
+  }();
+  return ok;
+#else
+  return false;  // not built, or an OS whose CPU flags this file does not read (Windows, the BSDs)
+#endif
+}
+
 bool backend_supported(Backend b) {
   switch (b) {
     case Backend::kScalar: return true;
     case Backend::kAvx2: return cpu_has_avx2();
     case Backend::kAvx512Vnni: return cpu_has_avx512vnni();
+    case Backend::kNeon: return cpu_has_neon();
+    case Backend::kNeonDotprod: return cpu_has_neon_dotprod();
   }
   return false;
 }
@@ -107,6 +149,8 @@ Backend default_backend() {
     if (env_force_scalar()) return Backend::kScalar;
     if (cpu_has_avx512vnni()) return Backend::kAvx512Vnni;
     if (cpu_has_avx2()) return Backend::kAvx2;
+    if (cpu_has_neon_dotprod()) return Backend::kNeonDotprod;
+    if (cpu_has_neon()) return Backend::kNeon;
     return Backend::kScalar;
   }();
   return b;
@@ -210,6 +254,12 @@ void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n,
 #if defined(BITNET_HAVE_AVX2_KERNEL)
     if (backend == Backend::kAvx2) kernel = rows_avx2;
 #endif
+#if defined(BITNET_HAVE_NEON_KERNEL)
+    if (backend == Backend::kNeon) kernel = rows_neon;
+#endif
+#if defined(BITNET_HAVE_NEON_DOTPROD_KERNEL)
+    if (backend == Backend::kNeonDotprod) kernel = rows_neon_dotprod;
+#endif
   }
   run_rows(kernel, a, threads);
 }
@@ -223,14 +273,25 @@ void matmul5(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n
   }
   KernelArgs a = make_args(x, w, y, m, n, k);
   RowKernel kernel = rows5_ref;
+  (void)backend;  // unused in builds with no SIMD kernel for this format
 #if defined(BITNET_HAVE_AVX2_KERNEL)
   // An AVX-512 CPU runs the AVX2 kernel (cpu_has_avx2 is checked either way).
   if (backend != Backend::kScalar && backend_supported(backend) && cpu_has_avx2()) {
     prepare_activations(a, kT5BlockWeights, false);
     kernel = rows5_avx2;
   }
-#else
-  (void)backend;
+#endif
+#if defined(BITNET_HAVE_NEON_KERNEL)
+  if (backend == Backend::kNeon && backend_supported(backend)) {
+    prepare_activations(a, kT5BlockWeights, false);
+    kernel = rows5_neon;
+  }
+#endif
+#if defined(BITNET_HAVE_NEON_DOTPROD_KERNEL)
+  if (backend == Backend::kNeonDotprod && backend_supported(backend)) {
+    prepare_activations(a, kT5BlockWeights, false);
+    kernel = rows5_neon_dotprod;
+  }
 #endif
   run_rows(kernel, a, threads);
 }

@@ -1,8 +1,8 @@
 // ternary.h: the packed ternary weight format and the int8 x ternary kernels of bitnet_ref.
 //
 // This header is the one place the packed format is written down. It declares the portable
-// reference kernels (ternary_ref.cpp), the SIMD row kernels (ternary_avx2.cpp, ternary_avx512.cpp),
-// and the dispatcher (dispatch.cpp) that picks one at run time and splits rows across threads.
+// reference kernels (ternary_ref.cpp), the SIMD row kernels (ternary_avx2.cpp, ternary_avx512.cpp,
+// ternary_neon*.cpp), and the dispatcher (dispatch.cpp) that picks one at run time and splits rows across threads.
 // It is not a general quantization library: no scales, no float math. The one other bit width, the
 // 1.6-bit format (five weights per byte), is written down in ternary5.h. The
 // benchmark-only code (bitnet_ref._bench) is declared apart, in bench/bench.h.
@@ -119,6 +119,9 @@ void rows_ref(const KernelArgs& a, int64_t n0, int64_t n1);
 void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1);
 // AVX-512 VNNI (vpdpbusd): a.xp permuted per 256 weights (see ternary_avx512.cpp), padded to 256.
 void rows_avx512vnni(const KernelArgs& a, int64_t n0, int64_t n1);
+// AArch64 NEON, ARMv8.0 (smlal) and ARMv8.2 dot product (sdot): a.xp as for AVX2 (ternary_neon*.cpp).
+void rows_neon(const KernelArgs& a, int64_t n0, int64_t n1);
+void rows_neon_dotprod(const KernelArgs& a, int64_t n0, int64_t n1);
 // The inline-assembly loops (ternary_avx2_asm.cpp, ternary_avx512_asm.cpp; built when
 // BITNET_HAVE_AVX2_ASM / BITNET_HAVE_AVX512_ASM): the M = 1 rows from r0 in whole tiles (two, four
 // rows), and the AVX-512 GEMM for activation rows m0 .. m0+7 in pairs of weight rows. Each returns
@@ -131,11 +134,15 @@ void permute_x_avx512(const int8_t* x, int64_t k, int8_t* out);
 
 // ---- dispatcher (dispatch.cpp) -----------------------------------------------------------------
 
-enum class Backend { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+enum class Backend { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2, kNeon = 3, kNeonDotprod = 4 };
+constexpr Backend kAllBackends[] = {Backend::kScalar, Backend::kAvx2, Backend::kAvx512Vnni, Backend::kNeon,
+                                    Backend::kNeonDotprod};
 
 const char* backend_name(Backend b);
 bool cpu_has_avx2();            // AVX2 + FMA present and this build contains the AVX2 kernel
 bool cpu_has_avx512vnni();      // AVX-512 F/BW/VL/VNNI present and this build contains the kernel
+bool cpu_has_neon();            // AArch64 (NEON is part of its base ISA) and this build contains the kernel
+bool cpu_has_neon_dotprod();    // the ARMv8.2 dot product present and this build contains the kernel
 bool backend_supported(Backend b);
 // Best supported backend, or kScalar when BITNET_REF_FORCE_SCALAR=1 (read once, at first use).
 Backend default_backend();

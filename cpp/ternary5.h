@@ -76,6 +76,9 @@ int64_t unpack5_ref(const uint8_t* packed, int64_t n, int64_t k, int8_t* out);
 // t5_row_stride_bytes(k)); for the AVX2 one a.xp is x zero-padded to a multiple of 160 and a.xsum its row sums.
 void rows5_ref(const KernelArgs& a, int64_t n0, int64_t n1);
 void rows5_avx2(const KernelArgs& a, int64_t n0, int64_t n1);
+// AArch64 NEON, ARMv8.0 and ARMv8.2 dot product (ternary5_neon*.cpp): a.xp and a.xsum as for the AVX2 one.
+void rows5_neon(const KernelArgs& a, int64_t n0, int64_t n1);
+void rows5_neon_dotprod(const KernelArgs& a, int64_t n0, int64_t n1);
 
 // y (m, n) = x (m, k) . w^T, exact, for w in this format (dispatch.cpp). Arguments must already be
 // validated (sizes, k <= kMaxK). Backend kAvx512Vnni runs the AVX2 kernel (there is no AVX-512 one).

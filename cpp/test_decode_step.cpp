@@ -119,7 +119,7 @@ int main() {
       const std::string label = std::string(int8_head ? "int8" : "fp32") + " head, " + (swiglu ? "swiglu" : "relu2");
       std::vector<float> kc;
       const auto want = run(m, Backend::kScalar, 1, &kc);
-      for (Backend b : {Backend::kScalar, Backend::kAvx2, Backend::kAvx512Vnni})
+      for (Backend b : bitnet::kAllBackends)
         for (int t : {1, 2}) {
           if (!bitnet::backend_supported(b)) continue;
           check(run(m, b, t, nullptr) == want, label + ": logits bit-identical on backend " +

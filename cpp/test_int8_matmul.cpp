@@ -40,7 +40,7 @@ void check_product(const std::vector<int8_t>& x, const std::vector<int8_t>& w, i
       for (int64_t c = 0; c < k; ++c) s += int64_t{x[i * k + c]} * w[r * k + c];
       want[i * n + r] = s;
     }
-  for (Backend b : {Backend::kScalar, Backend::kAvx2})
+  for (Backend b : bitnet::kAllBackends)  // the non-x86 ones run the reference: int8_matmul has AVX2 only
     for (int t : {1, 2}) {
       if (!bitnet::backend_supported(b)) continue;
       std::vector<int32_t> y(static_cast<size_t>(m * n), 0x5A5A5A5A);

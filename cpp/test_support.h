@@ -42,7 +42,7 @@ std::vector<int64_t> naive(const std::vector<int8_t>& x, const std::vector<int8_
 
 std::vector<Backend> backends() {
   std::vector<Backend> out;
-  for (Backend b : {Backend::kScalar, Backend::kAvx2, Backend::kAvx512Vnni})
+  for (Backend b : bitnet::kAllBackends)
     if (bitnet::backend_supported(b)) out.push_back(b);
   return out;
 }

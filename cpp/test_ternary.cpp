@@ -307,6 +307,18 @@ void test_i2s_baseline() {
 #endif
 }
 
+// The benchmark's ARM multiply-ceiling loops (cpp/bench/mac_loop_neon*_asm.cpp) run on every NEON backend this
+// CPU has (an sdot on a CPU without it would kill the test) and report a rate. (x86: tests/test_kernels.py.)
+void test_mac_peak_neon() {
+#if defined(BITNET_HAVE_NEON_ASM)
+  if (bitnet::backend_supported(Backend::kNeon)) check(bitnet::mac_peak(Backend::kNeon, 20000) > 1e6, "mac_peak neon");
+#endif
+#if defined(BITNET_HAVE_NEON_DOTPROD_ASM)
+  if (bitnet::backend_supported(Backend::kNeonDotprod))
+    check(bitnet::mac_peak(Backend::kNeonDotprod, 20000) > 1e6, "mac_peak dotprod");
+#endif
+}
+
 }  // namespace
 
 int main() {
@@ -323,6 +335,7 @@ int main() {
   test_act_quant();
   test_quant_matmul();
   test_i2s_baseline();
+  test_mac_peak_neon();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }

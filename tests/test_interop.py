@@ -518,7 +518,8 @@ def test_export_refusals_are_one_line(tmp_path, capsys, monkeypatch):
         (("ok.pt", "--out", "done"), "done exists; pass --force to replace it"),
         (("ok.pt", "--out", "keep", "--force"), "is not a model directory (no config.json); not replacing it"),
         (("missing.pt", "--out", "x"), "no such checkpoint file"),
-        (("ok.pt", "--out", "x", "--format", "gguf"), "invalid choice: 'gguf'"),
+        (("ok.pt", "--out", "x", "--format", "xml"), "invalid choice: 'xml'"),
+        (("ok.pt", "--out", "x", "--format", "hf", "--emb-type", "f32"), "apply to --format gguf only"),
     ]
     for args, needle in cases:
         code, out, err = run_main(capsys, *args)

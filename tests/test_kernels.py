@@ -1,7 +1,7 @@
 """Tests for bitnet_ref.kernels: packed layout, round trips, exact matmul on every path, bad input,
 and the fused float path (act_quant, quant_matmul) against bitnet_ref.quant, bit for bit.
 
-Every kernel the CPU supports (portable "scalar", "avx2", "avx512vnni") is compared with numpy's
+Every kernel the CPU supports (portable "scalar", "avx2", "avx512vnni", "neon", "dotprod") is compared with numpy's
 int64 product for exact equality; the C++ CTest suite (cpp/test_ternary.cpp) covers the same ground
 without Python.
 """
@@ -60,6 +60,7 @@ def test_extension_is_available():
     assert kernels.backend() in kernels.supported_backends()
     assert "scalar" in kernels.supported_backends()
     assert kernels.has_avx2() == ("avx2" in kernels.supported_backends())
+    assert set(kernels.supported_backends()) <= {"scalar", "avx2", "avx512vnni", "neon", "dotprod"}
 
 
 @settings(deadline=None, max_examples=150)

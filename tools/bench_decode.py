@@ -395,8 +395,16 @@ def cpu_name() -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--vs-llama-cpp" in argv:  # ours and llama.cpp on the same GGUF: its own options (--vs-llama-cpp --help)
+        import bench_llama_cpp
+
+        return bench_llama_cpp.main(argv)
     p = argparse.ArgumentParser(description="End-to-end decode tokens/s: packed (exact and fused) vs torch fp32 vs "
                                             "fake-quant; and models at real shapes (--preset).")
+    p.add_argument("--vs-llama-cpp", action="store_true",
+                   help="instead: ours and llama.cpp on the same GGUF (2B-4T and large shapes, 1 and 2 threads, "
+                        "tok/s, peak memory, GB/s); tools/bench_llama_cpp.py, see --vs-llama-cpp --help")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
                    help="a ckpt.pt to benchmark (repeatable); without it, random default and wide presets")
     p.add_argument("--presets", default=None,

@@ -10,10 +10,10 @@ activations, outputs) per second, divided by the measured streaming read bandwid
 count. Hot rows can exceed 1.0 because cache is faster than DRAM. "of peak" divides the multiply-add
 rate (per CPU second of the calling thread on single-threaded rows, per wall second otherwise) by what the
 core's multiply instruction allows (measured at the start, per CPU second: vpdpbusd zmm for avx512vnni,
-vpmaddubsw ymm for avx2, times the thread count): no arrangement of the same instructions can pass 1.0,
-which bounds "x GEMV" at 1 / (the GEMV's "of peak") for hot weights. For single-threaded rows,
-"cpu G/s" uses the calling thread's CPU time instead of wall time: on a shared, oversubscribed
-machine, calls longer than a scheduler time slice get preempted and their wall time says more
+vpmaddubsw ymm for avx2, sdot for dotprod, smlal for neon, times the thread count): no arrangement of the
+same instructions can pass 1.0, which bounds "x GEMV" at 1 / (the GEMV's "of peak") for hot weights. For
+single-threaded rows, "cpu G/s" uses the calling thread's CPU time instead of wall time: on a shared,
+oversubscribed machine, calls longer than a scheduler time slice get preempted and their wall time says more
 about the neighbours than about the kernel.
 
 A second section times our AVX2 and AVX-512 kernels side by side with a bitnet.cpp-style I2_S GEMV loop: our
@@ -27,7 +27,7 @@ measured in C, such as bitnet.cpp's.
 
 A third section puts the two packed formats side by side (M = 1, each thread count, hot and cold, the same
 weights): the 2-bit format (cpp/ternary.h, the backend's kernel) and the 1.6-bit one (cpp/ternary5.h, five
-weights per byte, its AVX2 kernel), with each one's roofline computed from its own bytes per weight and the
+weights per byte, its AVX2 or NEON kernel), with each one's roofline computed from its own bytes per weight and the
 ratio of their speeds. The ceilings (read bandwidth, multiply rate) are the ones measured at the start of the run.
 
 The bandwidth probe, the multiply ceiling and the I2_S-style loop are benchmark-only code in their own
@@ -53,6 +53,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -70,6 +71,10 @@ class BenchError(Exception):
     """A user-facing problem (no extension, bad flag value)."""
 
 
+# The multiply instruction each backend's ceiling is measured on (cpp/bench/mac_loop_*_asm.cpp).
+MAC_INSTRUCTION = {"avx512vnni": "vpdpbusd zmm", "avx2": "vpmaddubsw ymm", "dotprod": "sdot", "neon": "smlal"}
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -78,6 +83,15 @@ def cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    # ARM: Linux's /proc/cpuinfo has no model name (lscpu names the core, e.g. Neoverse-N1); macOS has sysctl.
+    for cmd, prefix in ((["lscpu"], "Model name:"), (["sysctl", "-n", "machdep.cpu.brand_string"], "")):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        for line in (ln.strip() for ln in out.splitlines()):  # newer lscpu indents it under "Vendor ID"
+            if line.startswith(prefix) and line[len(prefix):].strip():
+                return line[len(prefix):].strip()
     return platform.processor() or platform.machine()
 
 
@@ -234,9 +248,9 @@ def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, 
         packed = kernels.pack_ternary(codes, format=fmt)
         copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
         packs = [packed] + [packed.copy() for _ in range(copies - 1)]
-        b = backend if fmt == "2" else ("avx2" if backend != "scalar" else "scalar")
-        fns[fmt] = rotating(lambda p, fmt=fmt, b=b: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=b,
-                                                                            format=fmt), packs)
+        # The same backend for both formats: an avx512vnni CPU runs the 1.6-bit format with its AVX2 kernel.
+        fns[fmt] = rotating(lambda p, fmt=fmt: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=backend,
+                                                                      format=fmt), packs)
         nbytes[fmt] = packed.nbytes
         if not np.array_equal(fns[fmt](), want):
             raise AssertionError(f"format {fmt} result differs from numpy for N={n} K={k}")
@@ -247,7 +261,7 @@ def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, 
 def run_formats_section(kernels, shapes, threads_list, cold_bytes, min_time, rng, backend, bandwidth, peak) -> list:
     print()
     print(f"formats side by side, M = 1: 2-bit ({backend}) vs 1.6-bit (five weights per byte, "
-          f"{'avx2' if backend != 'scalar' else 'scalar'}); same weights, interleaved rounds")
+          f"{'avx2' if backend == 'avx512vnni' else backend}); same weights, interleaved rounds")
     header = (f"{'N x K':>12} {'thr':>3} {'cache':>5} {'format':>6} {'bits/w':>6} {'us':>9} {'G w/s':>7} {'cpu G/s':>7}"
               f" {'GB/s':>6} {'roofline':>8} {'of peak':>7} {'x 2-bit':>7}")
     print(header)
@@ -285,7 +299,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="thread counts to run (default: 1 and all cores)")
     ap.add_argument("--backend", default=None,
-                    help="kernel to time: avx512vnni, avx2 or scalar (default: the best this CPU has)")
+                    help="kernel to time: avx512vnni, avx2, dotprod, neon or scalar (default: the best this CPU has)")
     ap.add_argument("--shapes", nargs="+", default=None, metavar="NxK",
                     help="weight shapes to run, e.g. 4096x4096 11008x4096 (default: the full set)")
     ap.add_argument("--m", type=int, nargs="+", default=None, help="activation rows M to run (default: 1 8 64)")
@@ -394,10 +408,12 @@ def run(args) -> int:
 
     # Measured before the table (the roofline column) and again after it, to show the drift.
     bandwidth = measure_bandwidth()
-    # The multiply ceiling of one core (0 where the build has no assembly loops to measure it with): the best
-    # of seven short runs (4M iterations, about 10 ms each), short enough to fit between preemptions.
+    # The multiply ceiling of one core: the best of seven short runs (4M iterations, about 10 ms each), short
+    # enough to fit between preemptions. Only where the build has an assembly loop to measure it with (GCC/Clang
+    # with BITNET_INLINE_ASM): elsewhere mac_peak is 0 and the column shows "-".
     mac_peak = {b: max(_bench.mac_peak(b, 4_000_000) for _ in range(7)) / 1e9
                 for b in kernels.supported_backends() if b != "scalar"}
+    mac_peak = {b: v for b, v in mac_peak.items() if v > 0}
     peak = mac_peak.get(backend) or None
     info = {
         "cpu": cpu_name(), "backend": backend, "supported_backends": kernels.supported_backends(),
@@ -411,8 +427,7 @@ def run(args) -> int:
                                                  for t, bw in bandwidth.items()))
     if mac_peak:
         print("multiply ceiling of one core (best of 7): " + ", ".join(
-            f"{b} {v:.1f} G MAC/s ({'vpdpbusd zmm' if b == 'avx512vnni' else 'vpmaddubsw ymm'})"
-            for b, v in mac_peak.items()))
+            f"{b} {v:.1f} G MAC/s ({MAC_INSTRUCTION[b]})" for b, v in mac_peak.items()))
     print(f"cold = rotating copies totalling >= {cold_bytes >> 20} MiB (4x the {llc >> 20} MiB last-level cache)")
     header = (f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
               f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8} {'of peak':>7}")

@@ -20,11 +20,14 @@ double measure_read_bandwidth(int64_t bytes, int threads, int reps);
 
 // The multiply ceiling of one core for the instruction a backend is built on, in multiply-adds per
 // second of the calling thread's CPU time (wall time where the platform has no per-thread clock): twelve
-// independent vpdpbusd zmm (avx512vnni) or vpmaddubsw ymm (avx2) per iteration, run for `iters` iterations. 0 for a backend this build/CPU lacks, and 0 in builds without the
-// inline-assembly loops (BITNET_INLINE_ASM=OFF, MSVC).
+// independent vpdpbusd zmm (avx512vnni), vpmaddubsw ymm (avx2), sdot (dotprod) or smlal (neon) per iteration, run
+// for `iters` iterations. 0 for a backend this build/CPU lacks, and 0 in builds without the inline-assembly
+// loops (BITNET_INLINE_ASM=OFF, MSVC).
 double mac_peak(Backend b, int64_t iters);
-void mac_loop_avx2(int64_t iters);        // the timed loops (mac_loop_avx2_asm.cpp, mac_loop_avx512_asm.cpp)
-void mac_loop_avx512vnni(int64_t iters);
+void mac_loop_avx2(int64_t iters);        // the timed loops (mac_loop_avx2_asm.cpp, mac_loop_avx512_asm.cpp,
+void mac_loop_avx512vnni(int64_t iters);  // mac_loop_neon_asm.cpp, mac_loop_neon_dotprod_asm.cpp)
+void mac_loop_neon(int64_t iters);
+void mac_loop_neon_dotprod(int64_t iters);
 
 // ---- bitnet.cpp-style baseline (i2s_avx2.cpp) ----------------------------------------------------
 // Our re-implementation of the published I2_S AVX2 1x1 GEMV loop (see that file). NOT exact for

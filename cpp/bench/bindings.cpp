@@ -112,7 +112,8 @@ PYBIND11_MODULE(_bench, m) {
   m.def("mac_peak", [](const std::string& backend, int64_t iters) {
     if (iters < 1 || iters > (int64_t{1} << 32)) throw py::value_error("iters must be in [1, 2^32]");
     const Backend b = parse_backend(backend);
-    if (b == Backend::kScalar) throw py::value_error("mac_peak measures a SIMD backend (avx2 or avx512vnni)");
+    if (b == Backend::kScalar)
+      throw py::value_error("mac_peak measures a SIMD backend (avx2, avx512vnni, neon or dotprod)");
     py::gil_scoped_release release;
     return bitnet::mac_peak(b, iters);
   }, py::arg("backend"), py::arg("iters") = 20000000,

@@ -3,7 +3,8 @@
 // Times one of the mac_loop_*_asm.cpp loops (twelve independent multiply instructions per iteration,
 // no loads) and turns it into multiply-adds per second of the calling thread's CPU time. Compiled at the
 // baseline instruction set, like dispatch.cpp: it calls a loop only for a backend the CPU supports. The loops exist only where the
-// kernels' own loops are inline assembly (BITNET_HAVE_AVX2_ASM / BITNET_HAVE_AVX512_ASM); elsewhere 0.
+// kernels' own loops are inline assembly (BITNET_HAVE_AVX2_ASM / BITNET_HAVE_AVX512_ASM), and on 64-bit ARM
+// with GCC/Clang (BITNET_HAVE_NEON_ASM / BITNET_HAVE_NEON_DOTPROD_ASM; its kernels are intrinsics); elsewhere 0.
 #include <chrono>
 
 #include "bench.h"
@@ -30,7 +31,7 @@ double thread_seconds() {
 double mac_peak(Backend b, int64_t iters) {
   if (!backend_supported(b) || iters <= 0) return 0.0;
   void (*loop)(int64_t) = nullptr;
-  double macs_per_iter = 0;  // twelve instructions of 64 (zmm) or 32 (ymm) byte products
+  double macs_per_iter = 0;  // twelve instructions of 64 (zmm), 32 (ymm), 16 (sdot) or 8 (smlal) byte products
 #if defined(BITNET_HAVE_AVX512_ASM)
   if (b == Backend::kAvx512Vnni) {
     loop = mac_loop_avx512vnni;
@@ -41,6 +42,18 @@ double mac_peak(Backend b, int64_t iters) {
   if (b == Backend::kAvx2) {
     loop = mac_loop_avx2;
     macs_per_iter = 12 * 32;
+  }
+#endif
+#if defined(BITNET_HAVE_NEON_ASM)
+  if (b == Backend::kNeon) {  // twelve smlal of 8 products
+    loop = mac_loop_neon;
+    macs_per_iter = 12 * 8;
+  }
+#endif
+#if defined(BITNET_HAVE_NEON_DOTPROD_ASM)
+  if (b == Backend::kNeonDotprod) {  // twelve sdot of 16 products
+    loop = mac_loop_neon_dotprod;
+    macs_per_iter = 12 * 16;
   }
 #endif
   if (loop == nullptr) return 0.0;
