@@ -213,7 +213,8 @@ def run(args) -> dict:
     if args.backend == "packed" and not kernels.available():
         raise P.DecodeError(f"--backend packed needs the C++ extension bitnet_ref._core ({kernels.import_error()}); "
                             "build it with `pip install --no-build-isolation -e .` in the repository, or use --backend torch")
-    loaded = P.load_for_decode(args.checkpoint, args.backend, args.device, threads=args.threads, format=args.format)
+    loaded = P.load_for_decode(args.checkpoint, args.backend, args.device, threads=args.threads, format=args.format,
+                               head=args.head, fused=args.fused)
     ckpt, cfg, model = loaded.ckpt, loaded.cfg, loaded.model
     if args.max_new_tokens is None:  # the trainer's probe length, so the numbers match its eval lines
         tc = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
@@ -226,8 +227,8 @@ def run(args) -> dict:
     reference = P.build_model(ckpt, args.checkpoint)
     packed = None
     if cfg.quant == "ternary" and kernels.available():
-        packed = model if loaded.backend == "packed" else P.to_packed(P.build_model(ckpt), threads=args.threads,
-                                                                            format=args.format)
+        exact = loaded.backend == "packed" and args.head == "fp32" and not args.fused  # the bit-exact packed path
+        packed = model if exact else P.to_packed(P.build_model(ckpt), threads=args.threads, format=args.format)
     for m in filter(None, (model, packed, reference)):  # warm-up: thread pool, allocator, first-call paths
         G.generate(m, [prompts[0][:1]], 2)
 
@@ -236,7 +237,8 @@ def run(args) -> dict:
     g = main.pop("generation")
     speed = {"batch": len(prompts), "new_tokens": args.max_new_tokens, "threads": args.threads or 1,
              "kernel": kernels.backend() if kernels.available() else None,
-             "format": args.format if packed is not None else None}
+             "format": args.format if packed is not None else None, "head": args.head, "fused": args.fused,
+             "decoded_tok_s": g.tok_per_s}
     if packed is not None:
         par, gp, gr = G.parity(packed, reference, prompts, args.max_new_tokens, return_generations=True)
         speed.update(packed_tok_s=gp.tok_per_s, torch_tok_s=gr.tok_per_s,
@@ -316,6 +318,11 @@ def format_report(r: dict) -> str:
         f" tok/s   (decode, batch {s['batch']}, {s['threads']} thread(s), kernel {s['kernel']}"
         + (f", {s['format']}-bit format)" if s.get("format") else ")"),
     ]
+    if s.get("fused") or s.get("head") == "int8":
+        rows.append(f"             samples above decoded {_f(s.get('decoded_tok_s'), '.0f')} tok/s with "
+                    + " and ".join(x for x in ("the fused C++ step" if s["fused"] else "",
+                                              "the int8 head" if s["head"] == "int8" else "") if x)
+                    + "; parity below is the exact packed path's")
     if p.get("skipped"):
         rows.append(f"parity       skipped: {p['skipped']}")
     elif p["ok"]:
@@ -361,6 +368,12 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
                    help="packed: int8 x 2-bit C++ kernel (default); torch: the training-time fake-quant forward")
     p.add_argument("--format", choices=kernels.FORMATS, default="2",
                    help="packed format: 2 bits a weight (default) or 1.6 (five weights a byte); same logits")
+    p.add_argument("--head", choices=P.HEADS, default="fp32",
+                   help="output head for the samples: fp32 (default, bit-exact) or int8 rows (a quarter of the "
+                        "bytes; logits within ~1%%); parity always checks the exact packed path")
+    p.add_argument("--fused", action="store_true",
+                   help="decode the samples through the fused whole-token C++ step (faster; close to, not bit-exact "
+                        "with, the packed path); parity always checks the exact packed path")
     p.add_argument("--samples", type=whole_at_least(1),
                    help="number of prompts/samples (default: the trainer's probe count, or 1 with --prompt)")
     p.add_argument("--max-new-tokens", type=whole_at_least(1), default=None,

@@ -43,6 +43,7 @@ __all__ = [
     "ternary_matmul",
     "act_quant",
     "quant_matmul",
+    "int8_matmul",
     "packed_nbytes",
     "has_avx2",
     "backend",
@@ -291,3 +292,18 @@ def set_threads(n: int) -> None:
 def get_threads() -> int:
     """Current default thread count for ternary_matmul."""
     return _load().get_threads()
+
+
+def int8_matmul(x, w, *, force_scalar: bool = False, threads: int | None = None,
+                backend: str | None = None) -> np.ndarray:
+    """Exact int32 (M, N) = x (M, K) int8 @ w (N, K) int8 transposed, in C++ (the int8 head's product).
+
+    Any int8 values, K <= 65536 (the int32 bound). Portable reference or AVX2, picked like ternary_matmul;
+    the GIL is released unless the call is tiny. force_scalar/backend/threads as for ternary_matmul.
+    """
+    core = _core if _core is not None else _load()
+    if not (type(x) is np.ndarray and x.dtype is _INT8 and x.flags.c_contiguous):
+        x = _int8_matrix(x, "x", -128, 127)
+    if not (type(w) is np.ndarray and w.dtype is _INT8 and w.flags.c_contiguous):
+        w = _int8_matrix(w, "w", -128, 127)
+    return core.int8_matmul(x, w, *_dispatch(force_scalar, backend, threads))

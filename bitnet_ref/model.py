@@ -371,7 +371,7 @@ class Transformer(nn.Module):
         max_len = self.cfg.context if max_len is None else max_len
         if not 1 <= max_len <= self.cfg.context:
             raise ValueError(f"cache length {max_len} must be in [1, context={self.cfg.context}]")
-        p = self.tok_emb.weight
+        p = self.norm.weight  # float32 on the model's device (tok_emb may hold int8 rows when decoding)
         return KVCache(self.cfg.n_layers, batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device)
 
     def forward(self, idx, targets=None, cache=None):
@@ -382,8 +382,11 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {start + T} positions exceeds the limit of {limit}")
         if cache is not None and B != cache.batch:
             raise ValueError(f"batch {B} does not match the cache's batch {cache.batch}")
-        emb = Q.weight_fake_quant(self.tok_emb.weight) if self.quant_head else self.tok_emb.weight
-        x = F.embedding(idx, emb)  # (B, T, C)
+        # the module call (not F.embedding on .weight): a decoding model may hold int8 rows (head.Int8Embedding)
+        if self.quant_head:
+            x = F.embedding(idx, Q.weight_fake_quant(self.tok_emb.weight))  # (B, T, C)
+        else:
+            x = self.tok_emb(idx)  # (B, T, C)
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, i)

@@ -240,15 +240,21 @@ def to_dequantized(model: Transformer) -> Transformer:
 
 def weight_bytes_per_token(model: nn.Module) -> dict:
     """Bytes of weights one decoded token reads: linear layers as stored (2-bit packed or fp32), plus the head
-    and one embedding row. Norm weights are counted too; attention's KV cache is not (it is not a weight)."""
-    lin, skip = 0, set()
+    (float, or int8 rows + scales) and one embedding row. Norm weights are counted too; attention's KV cache is
+    not (it is not a weight)."""
+    from .head import Int8Embedding, Int8Head
+
+    lin, skip, other = 0, set(), 0
     for m in model.modules():
-        if isinstance(m, PackedBitLinear):
+        if isinstance(m, Int8Head):  # int8 rows and their scales, all of them
+            other += m.rows.nbytes
+        elif isinstance(m, Int8Embedding):  # one int8 row and its scale
+            other += m.embedding_dim + 4
+        elif isinstance(m, PackedBitLinear):
             lin += m.w.packed.nbytes + m.w.beta.element_size()
         elif isinstance(m, (DequantLinear, BitLinear)):
             lin += m.weight.numel() * m.weight.element_size()
             skip.add(id(m.weight))
-    other = 0
     for name, p in model.named_parameters():
         if id(p) in skip:
             continue
@@ -286,17 +292,27 @@ def build_model(ckpt: dict, path="checkpoint") -> Transformer:
     return model.eval()
 
 
+HEADS = ("fp32", "int8")
+
+
 def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threads: int | None = None,
-                    format: str = "2") -> Loaded:
+                    format: str = "2", head: str = "fp32", fused: bool = False) -> Loaded:
     """Load a checkpoint for decoding. Raises CheckpointError/DecodeError (one line) for anything unusable.
 
     ``path`` is a bitnet_ref checkpoint or a Hugging Face BitNet directory (``interop.read``); a packed one's
     codes and beta go to the packed layers exactly as stored. backend="packed" swaps in PackedBitLinear (CPU
     only, needs the extension); "torch" keeps the fake-quant forward. A quant="none" checkpoint always decodes
     through torch, and ``reason`` says so.
+
+    ``head="int8"`` stores the output head (and a tied embedding) as int8 rows (head.py: a quarter of the bytes
+    a token reads there; logits close to, not equal to, the float head's). ``fused=True`` runs each token in one
+    C++ call (fused.py: faster; close to, not bit-identical with, the exact packed path). Both need the packed
+    backend; the defaults keep the packed path bit-exact with the training forward.
     """
     if backend not in BACKENDS:
         raise DecodeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if head not in HEADS:
+        raise DecodeError(f"unknown head format {head!r}; choose one of {', '.join(HEADS)}")
     from . import interop
 
     ternary = tokenizer = None
@@ -317,4 +333,13 @@ def load_for_decode(path, backend: str = "packed", device: str = "cpu", *, threa
         if dev.type != "cpu":
             raise DecodeError(f"the packed backend runs on the CPU, not {dev}; use --device cpu or --backend torch")
         to_packed(model, threads=threads, ternary=ternary, format=format)
+        if head == "int8":
+            from .head import to_int8_head
+            to_int8_head(model, threads=threads)
+        if fused:
+            from .fused import FusedTransformer
+            model = FusedTransformer(model, threads=threads)
+    elif head != "fp32" or fused:
+        raise DecodeError(f"--head int8 and --fused need the packed backend (this decode runs on {backend}"
+                          + (f": {reason})" if reason else ")"))
     return Loaded(model.to(dev), ckpt, cfg, backend, reason, tokenizer)

@@ -164,6 +164,8 @@ std::vector<std::string> supported_backends() {
 
 }  // namespace
 
+void register_decode(py::module_& m);  // bindings_decode.cpp
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "bitnet_ref._core: packed ternary weights and exact int8 x ternary matmul (use bitnet_ref.kernels)";
   m.attr("BLOCK_WEIGHTS") = bitnet::kBlockWeights;
@@ -198,4 +200,5 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("threads"));
   m.def("get_threads", &bitnet::default_threads);
   m.def("hardware_threads", &bitnet::hardware_threads);
+  register_decode(m);
 }

@@ -76,6 +76,13 @@ def fuzz(a, b, n, k, beta, th, impl, r):
     call(_core.matmul, a, packed, n, k)
     call(_core.quant_matmul, a, packed, n, k, beta)
     call(_core.act_quant, a)
+    call(kernels.int8_matmul, a, b, threads=th)
+    call(_core.int8_matmul, a, b)
+    call(_core.int8_matmul, a, a)
+    # a real fused decoder: hostile tokens, positions and caches
+    call(FUSED.step, a, n, b, b)
+    call(FUSED.step, np.array([3], np.int64), n, CACHE_K, CACHE_V)
+    call(FUSED.step, a.reshape(-1) if a.ndim else a, 0, CACHE_K, CACHE_V)
     # the benchmark-only bindings check their arguments too (reps, iters and bytes kept small: they run loops)
     if hasattr(_bench, "i2s_gemv"):
         call(_bench.i2s_repack, packed, n, k)
@@ -90,6 +97,19 @@ def fuzz(a, b, n, k, beta, th, impl, r):
         call(_core.matmul, b, good, a.shape[0], a.shape[1])
         call(_core.quant_matmul, b, good, a.shape[0], a.shape[1], 1.0)
 
+
+def _fused_decoder():
+    """A tiny random fused decoder (the tiny preset, random packed weights) and a cache of 4 positions."""
+    from bitnet_ref.fused import FusedTransformer
+    from bitnet_ref.model import ModelConfig
+    from bitnet_ref.random_packed import random_packed_model
+
+    f = FusedTransformer(random_packed_model(ModelConfig.preset("tiny", context=8), seed=0))
+    c = f.new_cache(1, 4)
+    return f.decoder, c.k, c.v
+
+
+FUSED, CACHE_K, CACHE_V = _fused_decoder()
 
 if __name__ == "__main__":
     fuzz()

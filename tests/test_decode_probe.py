@@ -177,6 +177,16 @@ def test_torch_backend_runs(trained):
     assert json.loads(r.stdout)["backend"] == "torch"
 
 
+@needs_ext
+def test_fused_int8_head_samples_keep_the_exact_parity_check(trained):
+    r = cli(trained[0], "--no-save", "--fused", "--head", "int8", "--max-new-tokens", "16", "--samples", "2")
+    assert r.returncode == 0, r.stderr
+    assert "the fused C++ step and the int8 head" in r.stdout and "parity       ok" in r.stdout
+    assert "bit for bit" in r.stdout  # parity ran on the exact packed path, not on the fused one
+    r = cli(trained[0], "--no-save", "--backend", "torch", "--fused")
+    assert r.returncode == 2 and "need the packed backend" in r.stderr
+
+
 def test_module_entry_and_a_reader_that_stops_early(trained):
     args = [sys.executable, "-m", "bitnet_ref.decode_probe", str(trained[0]), "--no-save", "--backend", "torch",
             "--max-new-tokens", "8"]

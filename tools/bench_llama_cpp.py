@@ -12,7 +12,8 @@ reads and the GB/s that implies, against the read bandwidth the repo's probe (bi
 that thread count.
 
 - ours: ``ours()`` below, the one place to point at a faster path: ``gguf_file.read_gguf`` -> ``packed_model``
-  (PackedBitLinear layers, the fp32 tied head) -> ``generate.generate``;
+  (PackedBitLinear layers) -> by default the tied head as int8 rows and the fused whole-token C++ step
+  (``--ours fused``; ``--ours exact``: the bit-exact packed path with the fp32 tied head) -> ``generate.generate``;
 - llama.cpp: llama-cpp-python's ``Llama`` (default F16 KV cache), ``eval`` one token at a time, argmax in numpy.
 
 Needs the C++ extension, the gguf package and llama-cpp-python (``pip install -e ".[llama]"`` with
@@ -79,25 +80,39 @@ def random_packed(cfg: ModelConfig, seed: int = 0) -> tuple[dict, dict]:
 # ---------------------------------------------------------------------------------------------- the two sides
 
 
-def ours(path, threads: int, prompt: list[int], new_tokens: int, repeats: int) -> dict:
+OURS_PATHS = ("fused", "exact")
+
+
+def ours(path, threads: int, prompt: list[int], new_tokens: int, repeats: int, how: str = "fused") -> dict:
     """Our decode of the GGUF: the public API (read_gguf -> packed_model -> generate). The one place to point at a
-    faster decode path."""
-    torch.set_num_threads(threads)
+    faster decode path. how="fused" (the default): the tied head as int8 rows (head.to_int8_head) and each token
+    one C++ call (fused.FusedTransformer), torch on one thread beside it; how="exact": the bit-exact packed path
+    with the fp32 tied head."""
+    from bitnet_ref.fused import FusedTransformer
+    from bitnet_ref.head import to_int8_head
+
+    torch.set_num_threads(1 if how == "fused" else threads)
     kernels.set_threads(threads)
     cfg, packed, floats = GF.read_gguf(path)
     model = GF.packed_model(cfg, packed, floats, threads=threads)
     del packed, floats
     d, V = cfg.d_model, cfg.vocab_size
     linears = sum(m.w.packed.nbytes + 4 for _, m in model.named_modules() if hasattr(m, "w"))
-    head = V * d * model.head.weight.element_size()  # the tied embedding, read whole per token as the head
     norms = sum(p.numel() * 4 for n, p in model.named_parameters() if "norm" in n)
+    if how == "fused":
+        to_int8_head(model, threads=threads)  # the fp32 embedding is freed here (VmHWM keeps the loading peak)
+        head = model.head.rows.nbytes  # int8 rows + a float32 scale per row, read whole per token
+        model = FusedTransformer(model, threads=threads)
+    else:
+        head = V * d * model.head.weight.element_size()  # the tied embedding, read whole per token as the head
     G.generate(model, [prompt], 4)  # warm-up
     rates, tokens = [], None
     for _ in range(repeats):
         gen = G.generate(model, [prompt], new_tokens)
         rates.append(gen.tok_per_s)
         tokens = gen.tokens[0]
-    return {"tok_s_all": rates, "tokens": tokens, "weight_bytes": linears + head + norms + d * 4, **memory()}
+    return {"tok_s_all": rates, "tokens": tokens, "weight_bytes": linears + head + norms + d * 4, "path": how,
+            **memory()}
 
 
 def llama_cpp_side(path, threads: int, prompt: list[int], new_tokens: int, repeats: int) -> dict:
@@ -142,9 +157,11 @@ def memory() -> dict:
 
 
 def child(args) -> int:
-    fn = ours if args.child == "ours" else llama_cpp_side
     prompt = json.loads(args.prompt)
-    r = fn(args.gguf, args.threads, prompt, args.tokens, args.repeats)
+    if args.child == "ours":
+        r = ours(args.gguf, args.threads, prompt, args.tokens, args.repeats, args.ours)
+    else:
+        r = llama_cpp_side(args.gguf, args.threads, prompt, args.tokens, args.repeats)
     print(json.dumps(r))
     return 0
 
@@ -152,9 +169,9 @@ def child(args) -> int:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def run_child(side, path, threads, prompt, tokens, repeats) -> dict:
+def run_child(side, path, threads, prompt, tokens, repeats, how="fused") -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--gguf", str(path), "--threads", str(threads),
-           "--tokens", str(tokens), "--repeats", str(repeats), "--prompt", json.dumps(prompt)]
+           "--tokens", str(tokens), "--repeats", str(repeats), "--prompt", json.dumps(prompt), "--ours", how]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
@@ -183,7 +200,8 @@ def bandwidth(threads: int) -> float:
 
 def format_table(rows, meta) -> str:
     out = [f"decode, batch 1, {meta['prompt_len']}-token prompt + {meta['tokens']} greedy tokens, median of "
-           f"{meta['repeats']}; CPU {meta['cpu']} ({os.cpu_count()} logical), our kernel {meta['kernel']}",
+           f"{meta['repeats']}; CPU {meta['cpu']} ({os.cpu_count()} logical), our kernel {meta['kernel']}, our path "
+           f"{meta.get('ours', 'exact')}",
            f"llama.cpp: llama-cpp-python {meta['llama_cpp']}, {meta['llama_system_info']}",
            f"{'shape':<20}{'thr':>4} {'side':<10}{'tok/s':>8}{'ours/llama':>11}{'peak RSS MB':>13}"
            f"{'weight MB/tok':>15}{'GB/s':>7}{'DRAM GB/s':>11}{'of DRAM':>9}"]
@@ -212,6 +230,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per child; the median is reported (default 3)")
     p.add_argument("--keep", metavar="DIR", help="write the GGUF files here and keep them (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--ours", choices=OURS_PATHS, default="fused",
+                   help="our decode path: fused (int8 tied head, one C++ call a token; the default) or exact (the "
+                        "bit-exact packed path, fp32 tied head)")
     p.add_argument("--child", choices=("ours", "llama.cpp"), help=argparse.SUPPRESS)
     p.add_argument("--gguf", help=argparse.SUPPRESS)
     p.add_argument("--prompt", help=argparse.SUPPRESS)
@@ -250,14 +271,15 @@ def main(argv=None) -> int:
             for t in threads:
                 row = {"shape": preset, "threads": t, "dram_gb_s": bw[t]}
                 for side in SIDES:
-                    row[side] = run_child(side, path, t, prompt, a.tokens, a.repeats)
+                    row[side] = run_child(side, path, t, prompt, a.tokens, a.repeats, a.ours)
                 rows.append(row)
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     meta = {"cpu": cpu_name(), "kernel": kernels.backend(), "llama_cpp": llama_cpp.__version__,
             "llama_system_info": rows[0]["llama.cpp"]["system_info"].strip() if rows else "",
-            "tokens": a.tokens, "prompt_len": a.prompt_len, "repeats": a.repeats, "torch": torch.__version__}
+            "tokens": a.tokens, "prompt_len": a.prompt_len, "repeats": a.repeats, "torch": torch.__version__,
+            "ours": a.ours}
     print(json.dumps({"meta": meta, "rows": rows}) if a.json else format_table(rows, meta))
     return 0
 

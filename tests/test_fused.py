@@ -1,0 +1,122 @@
+"""The fused decode path (bitnet_ref/fused.py, cpp/decode_step.cpp) against the exact packed path, its oracle:
+identical greedy tokens on fixed prompts and logits within FUSED_REL_TOL (the float glue rounds differently from
+torch's, so not bit for bit); and the FusedDecoder binding refusing bad input before it reads anything."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from _decode_ckpt import needs_ext, trained_checkpoint
+from bitnet_ref import generate as G
+from bitnet_ref import kernels
+from bitnet_ref import packed as P
+from bitnet_ref.checkpoint import load_checkpoint
+from bitnet_ref.data import reload
+from bitnet_ref.fused import FUSED_REL_TOL, FusedTransformer
+from bitnet_ref.head import to_int8_head
+from bitnet_ref.model import ModelConfig, Transformer
+from bitnet_ref.probe import probe_prompts
+
+
+def rel_diff(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(scope="module")
+def trained():
+    path = trained_checkpoint()
+    prompts = probe_prompts(reload(load_checkpoint(path)["data"]).val, 6, 16)
+    return path, prompts
+
+
+@needs_ext
+@pytest.mark.parametrize("head", ["fp32", "int8"])
+def test_fused_matches_the_exact_packed_path_on_a_trained_checkpoint(trained, head):
+    path, prompts = trained
+    exact = P.load_for_decode(path, "packed", head=head).model
+    fused = P.load_for_decode(path, "packed", head=head, fused=True).model
+    assert isinstance(fused, FusedTransformer)
+    a, b = G.generate(exact, prompts, 48), G.generate(fused, prompts, 48)
+    assert a.tokens == b.tokens
+    seqs = [p + t for p, t in zip(prompts, a.tokens)]
+    la, lb = G.teacher_forced(exact, seqs), G.teacher_forced(fused, seqs)  # (B, T, V)
+    assert rel_diff(lb, la) <= FUSED_REL_TOL
+    assert not torch.equal(la, torch.zeros_like(la))
+
+
+@needs_ext
+@pytest.mark.parametrize("over", [dict(), dict(n_kv_heads=1, ffn_act="swiglu", tie_embeddings=True)])
+def test_fused_forward_is_close_to_the_exact_forward_on_random_models(over):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny", **over)).eval()
+    exact = to_int8_head(P.to_packed(copy.deepcopy(model))) if over else P.to_packed(copy.deepcopy(model))
+    fused = FusedTransformer(exact)
+    idx = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        assert rel_diff(fused(idx)[0], exact(idx)[0]) <= FUSED_REL_TOL
+    # through the cache, a position at a time, after a prompt: the same as one full forward
+    cache = fused.new_cache(2, 20)
+    steps = [fused(idx[:, :12], cache=cache)[0]] + [fused(idx[:, t:t + 1], cache=cache)[0] for t in range(12, 20)]
+    assert torch.equal(torch.cat(steps, 1), fused(idx)[0])
+
+
+@needs_ext
+def test_fused_runs_the_1_6_bit_format_to_the_same_logits():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny", d_model=320, ffn_hidden=320, n_kv_heads=1)).eval()
+    two = FusedTransformer(P.to_packed(copy.deepcopy(model)))
+    small = FusedTransformer(P.to_packed(copy.deepcopy(model), format="1.6"))
+    idx = torch.randint(0, 256, (1, 10))
+    assert torch.equal(two(idx)[0], small(idx)[0])  # the same integer products, the same float glue
+
+
+@needs_ext
+def test_fused_refuses_what_it_cannot_run():
+    model = Transformer(ModelConfig.preset("tiny", layout="per-linear-norm")).eval()
+    with pytest.raises(G.DecodeError, match="official layout"):
+        FusedTransformer(P.to_packed(model))
+    with pytest.raises(G.DecodeError, match="packed model"):
+        FusedTransformer(Transformer(ModelConfig.preset("tiny")).eval())
+
+
+@needs_ext
+def test_fused_decoder_checks_its_arguments_first():
+    torch.manual_seed(0)
+    fused = FusedTransformer(P.to_packed(Transformer(ModelConfig.preset("tiny")).eval()))
+    dec, cache = fused.decoder, fused.new_cache(1, 8)
+    tok = np.array([3], np.int64)
+    bad = [((np.array([256], np.int64), 0, cache.k, cache.v), ValueError, "vocabulary"),
+           ((np.array([-1], np.int64), 0, cache.k, cache.v), ValueError, "vocabulary"),
+           ((tok, 8, cache.k, cache.v), ValueError, "outside the cache"),
+           ((tok, -1, cache.k, cache.v), ValueError, "outside the cache"),
+           ((tok.astype(np.int32), 0, cache.k, cache.v), TypeError, "int64"),
+           ((tok, 0, np.zeros(cache.k.shape[:-1] + (3,), np.float32), cache.v), ValueError, "shape"),
+           ((tok, 0, cache.k.astype(np.float64), cache.v), TypeError, "float32"),
+           ((tok, 0, np.asfortranarray(cache.k), cache.v), ValueError, "contiguous"),
+           ((tok, 0, [0.0], cache.v), TypeError, "numpy array"),
+           ((np.array([3, 4], np.int64), 0, cache.k, cache.v), ValueError, "shape")]
+    for args, exc, msg in bad:
+        with pytest.raises(exc, match=msg) as e:
+            dec.step(*args)
+        assert "\n" not in str(e.value)
+    assert np.all(cache.k == 0)  # nothing was written by a refused call
+    assert dec.step(tok, 0, cache.k, cache.v).shape == (1, 256)
+    core = kernels._load()
+    with pytest.raises(ValueError, match="7 \\(packed, beta\\) pairs"):
+        core.FusedDecoder(dict(d_model=64, n_heads=2, n_kv_heads=2, ffn_hidden=192, vocab_size=256, context=64,
+                               n_layers=1, swiglu=False, eps=1e-5), [], [], np.ones(64, np.float32),
+                          (None, None, None), (None, None, None), np.ones((64, 32), np.float32),
+                          np.ones((64, 32), np.float32))
+
+
+@needs_ext
+def test_fused_reports_non_finite_activations_in_one_line():
+    torch.manual_seed(0)
+    model = P.to_packed(Transformer(ModelConfig.preset("tiny")).eval())
+    with torch.no_grad():
+        model.tok_emb.weight[7] = float("inf")
+    with pytest.raises(G.DecodeError, match="non-finite") as e:
+        FusedTransformer(model)(torch.tensor([[7]]))
+    assert "\n" not in str(e.value)
