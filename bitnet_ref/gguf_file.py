@@ -330,12 +330,20 @@ def export_gguf(ckpt: dict, out, *, emb_type: str = "f16", approximate: bool = F
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_gguf(path) -> tuple[ModelConfig, dict[str, PackedWeight], dict[str, torch.Tensor]]:
+HEADS = ("fp32", "int8")  # read_gguf's embedding (= tied head) formats
+
+
+def read_gguf(path, *, head: str = "fp32") -> tuple[ModelConfig, dict[str, PackedWeight], dict]:
     """(config, packed state, float tensors) of a GGUF that write_gguf wrote; FormatError for anything else.
 
     The TQ2_0 rows become our packed rows again (the bytes are the same); F16 codes of an approximate export are
-    packed back; the embedding is read as float32 (an F16 one holds the values llama.cpp computes with).
+    packed back. ``head="fp32"``: the embedding is read as float32 (an F16 one holds the values llama.cpp computes
+    with). ``head="int8"``: ``floats["tok_emb.weight"]`` is instead the ``head.Int8Rows`` of those float32 values,
+    made chunk by chunk from the file mapping, so the float32 matrix never exists (1.3 GB at the 2B-4T shape); the
+    same rows as ``head.quantize_rows`` of the float32 embedding. ``packed_model`` makes it the int8 tied head.
     """
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, not {head!r}")
     gguf = gguf_module()
     try:
         r = gguf.GGUFReader(str(path))
@@ -353,8 +361,15 @@ def read_gguf(path) -> tuple[ModelConfig, dict[str, PackedWeight], dict[str, tor
         raise FormatError(f"{path}: no tensor {missing[0]!r} ({len(missing)} missing); the file is damaged")
     floats = {}
     for ours, theirs in float_names(cfg):
-        floats[ours] = torch.from_numpy(np.array(tensors[theirs].data, dtype=np.float32))
-        _drop_pages(r, tensors[theirs])
+        t = tensors[theirs]
+        if ours == "tok_emb.weight" and head == "int8":
+            from .head import quantize_rows
+
+            row_bytes = int(t.n_bytes) // int(t.data.shape[0])
+            floats[ours] = quantize_rows(t.data, done=lambda r0, r1: _drop_pages(r, t, r0 * row_bytes, r1 * row_bytes))
+            continue
+        floats[ours] = torch.from_numpy(np.array(t.data, dtype=np.float32))
+        _drop_pages(r, t)
     packed = {}
     shapes = {"q_proj": (cfg.d_model, cfg.d_model), "k_proj": (cfg.kv_dim, cfg.d_model),
               "v_proj": (cfg.kv_dim, cfg.d_model), "o_proj": (cfg.d_model, cfg.d_model),
@@ -376,15 +391,16 @@ def read_gguf(path) -> tuple[ModelConfig, dict[str, PackedWeight], dict[str, tor
     return cfg, packed, floats
 
 
-def _drop_pages(reader, t) -> None:
-    """Tell the kernel we are done with a copied tensor's pages of the file mapping, so they stop counting in
-    this process's resident memory (the file stays in the page cache). Without it, reading a file maps all of
-    it into the peak RSS on top of the copies."""
+def _drop_pages(reader, t, lo: int = 0, hi: int | None = None) -> None:
+    """Tell the kernel we are done with a copied tensor's pages of the file mapping (bytes lo:hi of its data, by
+    default all), so they stop counting in this process's resident memory (the file stays in the page cache).
+    Without it, reading a file maps all of it into the peak RSS on top of the copies."""
     mm = getattr(reader.data, "_mmap", None)
     if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
         return
-    start = t.data_offset // mmap.PAGESIZE * mmap.PAGESIZE
-    end = min(t.data_offset + int(t.n_bytes), len(mm))
+    hi = int(t.n_bytes) if hi is None else hi
+    start = (t.data_offset + lo) // mmap.PAGESIZE * mmap.PAGESIZE
+    end = min(t.data_offset + hi, len(mm))
     if end > start:
         mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
@@ -393,16 +409,24 @@ def packed_model(cfg: ModelConfig, packed: dict[str, PackedWeight], floats: dict
                  threads: int | None = None) -> Transformer:
     """A packed Transformer (PackedBitLinear layers, on the CPU, eval mode) built straight from a packed state:
     the model is made on the meta device, so no fp32 latent weight is ever allocated (2.4 B of them would be
-    9.6 GB at the 2B-4T shape). ``floats`` holds the embedding and norms (the head is the tied embedding)."""
+    9.6 GB at the 2B-4T shape). ``floats`` holds the embedding and norms (the head is the tied embedding); an
+    embedding given as ``head.Int8Rows`` (``read_gguf(head="int8")``) becomes the int8 tied head and embedding."""
+    from .head import Int8Embedding, Int8Head, Int8Rows
+
     with torch.device("meta"):  # (the first meta-device build imports torch._dynamo: seconds, once)
         model = Transformer(cfg)
     swap_bitlinears(model, packed, threads=threads)  # the official layout's BitLinears hold no norm of their own
+    names = float_names(cfg)
+    if isinstance(floats["tok_emb.weight"], Int8Rows):  # swapped in before to_empty: no float32 (V, d) allocated
+        rows = floats["tok_emb.weight"]
+        model.tok_emb, model.head = Int8Embedding(rows), Int8Head(rows, threads)
+        names = names[1:]
     model.to_empty(device="cpu")
     with torch.no_grad():
-        for ours, _ in float_names(cfg):  # the tensors themselves, not copies: a 2B embedding is 1.3 GB
+        for ours, _ in names:  # the tensors themselves, not copies: a 2B embedding is 1.3 GB
             owner, _, leaf = ours.rpartition(".")
             setattr(model.get_submodule(owner), leaf, torch.nn.Parameter(floats[ours], requires_grad=False))
-        if cfg.tie_embeddings:
+        if cfg.tie_embeddings and len(names) == len(float_names(cfg)):
             model.head.weight = model.tok_emb.weight  # to_empty gave the head its own (uninitialised) tensor
         cos, sin = rope_tables(cfg.head_dim, cfg.context, cfg.rope_theta)
         model.rope_cos, model.rope_sin = cos, sin

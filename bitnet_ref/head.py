@@ -58,12 +58,22 @@ def quantize_rows_into(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) ->
     scale.copy_(s)
 
 
-def quantize_rows(w: torch.Tensor, chunk: int = 1024) -> Int8Rows:
-    """Int8Rows of a float (V, d) matrix, ``chunk`` rows at a time (no full-size float temporaries)."""
+def quantize_rows(w, chunk: int = 1024, *, done=None) -> Int8Rows:
+    """Int8Rows of a float (V, d) matrix, ``chunk`` rows at a time (no full-size float temporaries).
+
+    ``w``: a torch tensor or a numpy array of any float dtype, e.g. the F16 embedding of a GGUF file as its memory
+    map: each chunk alone is converted to float32 (exactly; the rows are quantized independently, so the result
+    does not depend on ``chunk``). ``done(r0, r1)``, if given, is called once rows r0:r1 are quantized (the GGUF
+    reader releases their file pages there)."""
     V, d = w.shape
     rows = Int8Rows.empty(V, d)
     for r in range(0, V, chunk):
-        quantize_rows_into(w[r:r + chunk], rows.q[r:r + chunk], rows.scale[r:r + chunk])
+        part = w[r:r + chunk]
+        if isinstance(part, np.ndarray):
+            part = torch.from_numpy(np.array(part, dtype=np.float32))  # (chunk, d): a copy of this chunk only
+        quantize_rows_into(part, rows.q[r:r + chunk], rows.scale[r:r + chunk])
+        if done is not None:
+            done(r, min(r + chunk, V))
     return rows
 
 

@@ -139,6 +139,32 @@ def test_round_trip_decodes_bit_for_bit(exported):
         assert G.generate(runtime, [PROMPT], 12).tokens == G.generate(ref, [PROMPT], 12).tokens
 
 
+@pytest.mark.skipif(not kernels.available(), reason="the int8 head needs the C++ extension")
+def test_int8_head_read_from_the_file_equals_the_one_made_from_float32(exported):
+    """read_gguf(head="int8") quantizes the embedding from the file mapping, chunk by chunk: the same rows as
+    quantize_rows of the float32 embedding read_gguf returns by default, and packed_model's int8 tied head and
+    embedding compute what to_int8_head makes of the float32 model. No float32 (V, d) tensor is in the model."""
+    from bitnet_ref.head import Int8Embedding, Int8Head, quantize_rows, to_int8_head
+
+    d, _ = exported
+    for name in ("f16.gguf", "f32.gguf"):
+        cfg, packed, floats = GF.read_gguf(d / name)
+        cfg8, packed8, floats8 = GF.read_gguf(d / name, head="int8")
+        rows, want = floats8["tok_emb.weight"], quantize_rows(floats["tok_emb.weight"])
+        assert torch.equal(rows.q, want.q) and torch.equal(rows.scale, want.scale), name
+        int8 = GF.packed_model(cfg8, packed8, floats8)
+        assert isinstance(int8.head, Int8Head) and isinstance(int8.tok_emb, Int8Embedding)
+        assert int8.head.rows is int8.tok_emb.rows
+        assert all(p.numel() < cfg.vocab_size * cfg.d_model for p in int8.parameters())
+        ref = to_int8_head(GF.packed_model(cfg, packed, floats))
+        with torch.no_grad():
+            a, _ = int8(torch.tensor([PROMPT]))
+            b, _ = ref(torch.tensor([PROMPT]))
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="head must be one of"):
+        GF.read_gguf(d / "f16.gguf", head="bf16")
+
+
 def test_write_from_a_packed_state(tmp_path):
     """write_gguf takes packed codes directly (random presets never have latents); read back equal."""
     cfg = ModelConfig(**{**CFG, "vocab_size": 1000})

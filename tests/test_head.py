@@ -65,6 +65,19 @@ def test_quantized_rows_are_in_range_and_close():
     assert torch.equal(rows.q, quantize_rows(w, chunk=1000).q)  # chunking changes nothing
 
 
+def test_rows_from_an_f16_numpy_map_chunk_by_chunk_equal_the_whole_float32_matrix():
+    """What read_gguf(head="int8") does with a file's F16 embedding: quantize numpy fp16 chunks as they come; the
+    rows are those of the whole matrix converted to float32 first, for any chunk size, and done() sees every row."""
+    w16 = (np.random.default_rng(2).standard_normal((1000, 96)) * 0.02).astype(np.float16)
+    w16[7] = 0
+    whole = quantize_rows(torch.from_numpy(w16.astype(np.float32)), chunk=1000)
+    for chunk in (1, 64, 333, 1000, 4096):
+        seen = []
+        rows = quantize_rows(w16, chunk=chunk, done=lambda r0, r1: seen.append((r0, r1)))
+        assert torch.equal(rows.q, whole.q) and torch.equal(rows.scale, whole.scale), chunk
+        assert seen[0][0] == 0 and seen[-1][1] == 1000 and all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
+
+
 @needs_ext
 def test_int8_head_cpp_path_equals_its_torch_reference_bit_for_bit():
     torch.manual_seed(1)

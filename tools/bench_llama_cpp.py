@@ -85,22 +85,22 @@ OURS_PATHS = ("fused", "exact")
 
 def ours(path, threads: int, prompt: list[int], new_tokens: int, repeats: int, how: str = "fused") -> dict:
     """Our decode of the GGUF: the public API (read_gguf -> packed_model -> generate). The one place to point at a
-    faster decode path. how="fused" (the default): the tied head as int8 rows (head.to_int8_head) and each token
-    one C++ call (fused.FusedTransformer), torch on one thread beside it; how="exact": the bit-exact packed path
-    with the fp32 tied head."""
+    faster decode path. how="fused" (the default): the tied head as int8 rows, made chunk by chunk from the file
+    (read_gguf(head="int8"); no float32 embedding ever exists), and each token one C++ call
+    (fused.FusedTransformer), torch on one thread beside it; how="exact": the bit-exact packed path with the fp32
+    tied head."""
     from bitnet_ref.fused import FusedTransformer
-    from bitnet_ref.head import to_int8_head
 
     torch.set_num_threads(1 if how == "fused" else threads)
     kernels.set_threads(threads)
-    cfg, packed, floats = GF.read_gguf(path)
+    # fused: the embedding is read straight into int8 rows (no float32 copy of it ever exists)
+    cfg, packed, floats = GF.read_gguf(path, head="int8" if how == "fused" else "fp32")
     model = GF.packed_model(cfg, packed, floats, threads=threads)
     del packed, floats
     d, V = cfg.d_model, cfg.vocab_size
     linears = sum(m.w.packed.nbytes + 4 for _, m in model.named_modules() if hasattr(m, "w"))
     norms = sum(p.numel() * 4 for n, p in model.named_parameters() if "norm" in n)
     if how == "fused":
-        to_int8_head(model, threads=threads)  # the fp32 embedding is freed here (VmHWM keeps the loading peak)
         head = model.head.rows.nbytes  # int8 rows + a float32 scale per row, read whole per token
         model = FusedTransformer(model, threads=threads)
     else:
