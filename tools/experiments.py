@@ -50,7 +50,10 @@ MODES = {  # preset, steps N, batch, evaluations per N steps in dense arms, prob
 
 def make_arms(m: dict) -> list[Arm]:
     n, e = m["steps"], max(1, m["steps"] // m["evals"])
-    common = ["--preset", m["preset"], "--batch-size", str(m["batch"]), "--warmup", str(max(1, n // 10)),
+    model = [a for k in ("d_model", "n_layers", "n_heads", "ffn_hidden", "context") if m.get(k)
+             for a in (f"--{k.replace('_', '-')}", str(m[k]))]
+    data = [a for k in ("data", "tokenizer") if m.get(k) for a in (f"--{k}", str(m[k]))]
+    common = ["--preset", m["preset"], *model, *data, "--batch-size", str(m["batch"]), "--warmup", str(max(1, n // 10)),
               "--eval-batches", str(m["eval_batches"]), "--probe-prompts", str(m["prompts"]),
               "--probe-tokens", str(m["tokens"]), "--seed", "1337", "--threads", "1", "--log-every", str(max(1, n // 4))]
     dense = ["--eval-every", str(e)]
@@ -121,6 +124,11 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="arms trained at once, one thread each (default 2)")
     ap.add_argument("--steps", type=int, help="override the mode's base step count N")
     ap.add_argument("--preset", help="override the mode's model preset")
+    ap.add_argument("--tokenizer", metavar="bpe:N|PATH", help="train every arm on BPE tokens (the trainer's "
+                    "--tokenizer); the tokenizer is trained once, before the arms start")
+    ap.add_argument("--data", metavar="PATH", help="the trainer's --data (default: the Python stdlib source)")
+    for k in ("d-model", "n-layers", "n-heads", "ffn-hidden", "context", "batch"):
+        ap.add_argument(f"--{k}", type=int, help=f"override the mode's {k.replace('-', ' ')}")
     ap.add_argument("--only", help="comma-separated arm names to run (ref and fp are always included)")
     ap.add_argument("--fresh", action="store_true", help="rerun arms even if a finished run of the same command exists")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -133,6 +141,9 @@ def main(argv=None) -> int:
         mode["steps"] = args.steps
     if args.preset:
         mode["preset"] = args.preset
+    for k in ("d_model", "n_layers", "n_heads", "ffn_hidden", "context", "batch", "tokenizer", "data"):
+        if getattr(args, k) is not None:
+            mode[k] = getattr(args, k)
     if args.jobs < 1:
         sys.exit("error: --jobs must be at least 1")
     arms = make_arms(mode)
@@ -145,6 +156,15 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if args.tokenizer:  # once here, so the workers find it in the cache instead of all training it at once
+        from bitnet_ref.data import DataError, load_corpus
+        from bitnet_ref.tokenizer import tokenize_corpus
+
+        try:
+            corpus = tokenize_corpus(load_corpus(args.data), args.tokenizer)
+        except DataError as e:
+            sys.exit(f"error: {e}")
+        print(f"tokenizer: {corpus.source} ({time.time() - t0:.0f}s)", flush=True)
     print(f"{len(arms)} arms, {args.jobs} at a time, into {out} ({mode_name} mode: {mode['preset']}, N={mode['steps']})", flush=True)
 
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
