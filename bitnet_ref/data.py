@@ -171,8 +171,8 @@ def load_corpus(path=None, vocab_size: int | None = None, val_fraction: float = 
             corpus = _load_tokens(p, vocab_size, val_fraction, str(path))
         else:
             if vocab_size not in (None, BYTE_VOCAB):
-                raise DataError(f"--vocab-size {vocab_size} applies to token files (*.bin) only; "
-                                f"text is read as bytes, vocab {BYTE_VOCAB}")
+                raise DataError(f"--vocab-size {vocab_size} applies to token files (*.bin) only; text is read "
+                                f"as bytes, vocab {BYTE_VOCAB}, or as subword tokens with --tokenizer")
             corpus = _load_text(p, val_fraction, str(path))
     if context is not None:
         corpus.require(context)

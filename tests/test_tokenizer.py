@@ -211,3 +211,52 @@ def test_experiments_quick_with_a_tokenizer(tmp_path, corpus_file):
     assert "ln V = 5.704" in report  # ln 300
     head = json.loads((out / "arms" / "ref" / "metrics.jsonl").read_text().splitlines()[0])
     assert head["config"]["vocab_size"] == 300 and head["tokenizer"]["spec"] == "bpe:300"
+
+
+# ---------------------------------------------------------------------------------------------- the readers
+
+
+SEED_LOG = "step,loss,unique_tokens\n1,11.0,20\n1000,10.8,19\n2000,10.8,9\n3000,10.2,4\n4000,10.25,2\n"
+
+
+def test_doctor_reads_a_foreign_run_in_its_token_space(tmp_path, corpus_file, small_text, capsys):
+    from bitnet_ref import doctor
+
+    tok = tmp_path / "tok.json"
+    tok.write_text(TK.train_bpe(small_text, 400))
+    log = tmp_path / "seed.csv"
+    log.write_text(SEED_LOG)
+    assert doctor.main(["--log", str(log), "--json", "--data", corpus_file, "--tokenizer", str(tok)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    uni = TK.tokenize_corpus(D.load_corpus(corpus_file), str(tok)).unigram_entropy()
+    assert f"unigram entropy {uni:.3f}" in d["evidence"][0] and f"ln(V) {math.log(400):.3f}" in d["evidence"][0]
+    # --vocab-size alone stays the only vocabulary fact it needs; text data with it points at --tokenizer
+    assert doctor.main(["--log", str(log), "--json", "--vocab-size", "50257"]) == 0
+    assert "ln(V) 10.825" in json.loads(capsys.readouterr().out)["evidence"][0]
+    assert doctor.main(["--log", str(log), "--vocab-size", "50257", "--data", corpus_file]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    assert doctor.main(["--log", str(log), "--vocab-size", "300", "--data", corpus_file, "--tokenizer", str(tok)]) == 2
+    assert "smaller than the 400 tokens" in capsys.readouterr().err
+
+
+def test_decode_probe_decodes_through_the_runs_tokenizer(tmp_path, corpus_file, capsys):
+    from bitnet_ref import decode_probe
+
+    cfg = tiny(tmp_path, corpus_file)
+    T.train(cfg, log=quiet)
+    ckpt = str(Path(cfg.out) / "ckpt.pt")
+    assert decode_probe.main([ckpt, "--json", "--no-save", "--max-new-tokens", "6"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["tokenizer"] == str(Path(cfg.out) / "tokenizer.json")
+    assert r["context"]["ln_vocab"] == pytest.approx(math.log(320))
+    codec = TK.load_codec(Path(cfg.out) / "tokenizer.json")
+    prompts = [codec.decode(p) for p in decode_probe.probe_prompts(
+        TK.tokenize_corpus(D.load_corpus(corpus_file), "bpe:320").val, 2, 8)]
+    assert [s["prompt"] for s in r["samples"]] == prompts
+    assert decode_probe.main([ckpt, "--json", "--no-save", "--max-new-tokens", "4", "--prompt", "def main():"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["samples"][0]["prompt"] == "def main():"
+    (Path(cfg.out) / "tokenizer.json").write_text(TK.train_bpe("x = 1\n" * 50 + "def f(): pass\n" * 50, 260))
+    assert decode_probe.main([ckpt, "--no-save"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not the tokenizer this checkpoint was trained with" in err and "\n" not in err
