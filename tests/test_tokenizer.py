@@ -260,3 +260,20 @@ def test_decode_probe_decodes_through_the_runs_tokenizer(tmp_path, corpus_file, 
     assert decode_probe.main([ckpt, "--no-save"]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not the tokenizer this checkpoint was trained with" in err and "\n" not in err
+
+
+def test_export_copies_the_runs_tokenizer(tmp_path, corpus_file, capsys):
+    from bitnet_ref import export, interop
+
+    cfg = tiny(tmp_path, corpus_file)
+    T.train(cfg, log=quiet)
+    out = tmp_path / "hf"
+    assert export.main([str(Path(cfg.out) / "ckpt.pt"), "--out", str(out)]) == 0
+    assert (out / "tokenizer.json").read_text() == (Path(cfg.out) / "tokenizer.json").read_text()
+    imported = interop.read(out)
+    codec = TK.load_codec(out / "tokenizer.json")
+    assert imported.tokenizer.encode("x = 1") == codec.encode("x = 1") and max(codec.encode("def __init__")) >= 256
+    (Path(cfg.out) / "tokenizer.json").write_text(TK.train_bpe("y = 2\n" * 40 + "def g(): pass\n" * 40, 260))
+    assert export.main([str(Path(cfg.out) / "ckpt.pt"), "--out", str(tmp_path / "hf2")]) == 2
+    assert "not the one it was trained with" in capsys.readouterr().err
+    assert not (tmp_path / "hf2").exists()
