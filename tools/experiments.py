@@ -2,6 +2,12 @@
 
     python tools/experiments.py --out runs/experiments            # full mode: d_model 256, about an hour on 2 cores
     python tools/experiments.py --quick --out /tmp/exp-quick      # tiny preset, a minute or two (used by the tests)
+    python tools/experiments.py --out runs/exp-bpe50257 --tokenizer bpe:50257 --steps 150 --d-model 64 \
+        --n-layers 4 --n-heads 4 --ffn-hidden 192 --context 64 --batch 8    # the seed's vocabulary, at CPU scale
+
+``--tokenizer bpe:N|PATH`` trains every arm on BPE tokens (the BPE is trained once, before the arms, and
+cached); ``--data`` and the model/batch flags override the mode's. At vocab 50257 the output head and the
+embedding hold most of the parameters and most of the FLOPs of any model this machine can train.
 
 Arms (every arm: same seed, so the same initial weights and the same batch at every step):
   ref          the reference recipe: two-stage LR/WD schedule, dense evaluations
