@@ -70,6 +70,7 @@ class TrainConfig:
     # data
     data: str | None = None
     vocab_size: int | None = None
+    tokenizer: str | None = None  # None = bytes; "bpe:N" or a tokenizer.json path
     val_fraction: float = 0.1
     # run
     seed: int = 1337
@@ -138,6 +139,16 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.stop_at is None or 1 <= cfg.stop_at <= cfg.steps, f"--stop-at must be in [1, --steps], got {cfg.stop_at}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
     need(cfg.resume is False or cfg.out is not None, "--resume continues the run in --out DIR: pass --out")
+    need(cfg.tokenizer is None or cfg.vocab_size is None, "--vocab-size is for token files; with --tokenizer the "
+         "tokenizer sets the vocabulary")
+    if cfg.tokenizer is not None:
+        from .data import DataError
+        from .tokenizer import parse_spec
+
+        try:
+            parse_spec(cfg.tokenizer)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
     schedule_config(cfg)
     eval_steps(cfg)
 
@@ -208,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     D = TrainConfig()
     p = OneLineParser(prog="python -m bitnet_ref.train", help_hint="python -m bitnet_ref.train --help",
                       argument_default=argparse.SUPPRESS,
-                      description="Train a BitNet b1.58 (or full-precision) byte-level LM; writes metrics.jsonl and "
-                      "ckpt.pt.")
+                      description="Train a BitNet b1.58 (or full-precision) LM on bytes or BPE tokens; writes metrics.jsonl "
+                      "and ckpt.pt.")
     m = p.add_argument_group("model")
     m.add_argument("--preset", choices=sorted(PRESETS), help=f"model size preset (default: {D.preset})")
     m.add_argument("--d-model", type=_positive, help="override the preset's hidden size")
@@ -250,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", metavar="PATH", help="text file, directory of text files, or dir with train.bin/val.bin "
                    "(default: this Python's standard library source)")
     d.add_argument("--vocab-size", type=_positive, help="vocab of uint16 token files (required for them, e.g. 50257)")
+    d.add_argument("--tokenizer", metavar="bpe:N|PATH", help="train a byte-level BPE of N tokens on the training "
+                   "split (cached; saved as tokenizer.json in the run) or load a tokenizer.json (default: bytes, "
+                   "vocab 256)")
     d.add_argument("--val-fraction", type=_finite, help=f"share of files/tokens held out for validation (default: {D.val_fraction})")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, help=f"seed for init and data order (default: {D.seed})")

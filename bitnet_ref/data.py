@@ -12,9 +12,13 @@ Three sources, all ending as two 1-D numpy arrays of token ids (``Corpus.train``
   non-regular files and empty files are ignored, and a *binary* file -- one containing a NUL byte or not valid
   UTF-8 -- is skipped (listed in ``Corpus.skipped``). A file that cannot be read (including a dangling
   symlink) is an error, not a skip; so is a directory with no usable file.
-- **Token files** nanoGPT-style: raw ``uint16`` ids in ``train.bin`` and ``val.bin`` (``path`` is the
-  directory holding them, or ``train.bin`` itself), or any single ``*.bin`` file (split like one text file).
-  Needs ``vocab_size``; an id ``>= vocab_size`` is an error.
+- **Token files** nanoGPT-style: raw little-endian ``uint16`` ids in ``train.bin`` and ``val.bin`` (``path`` is
+  the directory holding them, or ``train.bin`` itself), or any single ``*.bin`` file (split like one text file).
+  Needs ``vocab_size``; an id ``>= vocab_size`` is an error. With ``vocab_size > 65536`` the files hold
+  ``uint32`` ids instead (the ids no longer fit 16 bits).
+
+Text can be carried into a subword token space with ``tokenizer.tokenize_corpus`` (``--tokenizer``); the
+result is a ``Corpus`` with ``tokenizer`` set, and ``reload`` redoes that step from the recorded spec.
 
 The train/validation split is deterministic. With several files, usable file ``i`` (0-based, sorted order) goes to
 validation when ``floor((i + 1) * f) > floor(i * f)`` for ``f = val_fraction``: with the default 0.1 that is
@@ -22,7 +26,7 @@ files 9, 19, 29, ... When that would leave either side without a file (one file,
 concatenation is split instead: the last ``val_fraction`` of the tokens are validation.
 Files are concatenated in order, each followed by a newline if it does not end with one.
 
-What this module is not: a tokenizer (text is raw UTF-8 bytes) or a data pipeline with workers.
+What this module is not: a tokenizer (that is ``tokenizer.py``) or a data pipeline with workers.
 """
 
 from __future__ import annotations
@@ -57,20 +61,24 @@ class Corpus:
     val_fraction: float
     n_files: int = 1
     skipped: list[str] = field(default_factory=list)  # binary files left out of a directory
+    tokenizer: object = None  # tokenizer.Codec when the text was tokenized with --tokenizer
+    tokenizer_info: dict | None = None  # spec, sha256, vocab_size, ... (stored in checkpoints and the header)
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
     def byte_level(self) -> bool:
-        """True when ids are UTF-8 bytes, so samples can be shown as text."""
-        return self.kind in ("stdlib", "text")
+        """True when ids are UTF-8 bytes (no tokenizer), so samples can be shown as text."""
+        return self.kind in ("stdlib", "text") and self.tokenizer is None
 
     @property
     def fingerprint(self) -> str:
-        """First 16 hex digits of sha256 over the train ids then the val ids (as uint16 little-endian)."""
+        """First 16 hex digits of sha256 over the train ids then the val ids (as uint16 little-endian; uint32
+        when the vocabulary is over 65536)."""
         if self._fingerprint is None:
             h = hashlib.sha256()
+            dtype = "<u2" if self.vocab_size <= 1 << 16 else "<u4"
             for part in (self.train, self.val):
-                h.update(np.ascontiguousarray(part, dtype="<u2").tobytes())
+                h.update(np.ascontiguousarray(part, dtype=dtype).tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -102,7 +110,12 @@ class Corpus:
             "n_val": int(len(self.val)),
             "n_files": self.n_files,
             "skipped": list(self.skipped),
+            **({"tokenizer": dict(self.tokenizer_info)} if self.tokenizer_info else {}),
         }
+
+    def text(self, tokens) -> str:
+        """``tokens`` for a person to read: decoded text (bytes or through the tokenizer), else the ids."""
+        return text(tokens, self.byte_level, self.tokenizer)
 
 
 def encode(text: str) -> np.ndarray:
@@ -158,8 +171,8 @@ def load_corpus(path=None, vocab_size: int | None = None, val_fraction: float = 
             corpus = _load_tokens(p, vocab_size, val_fraction, str(path))
         else:
             if vocab_size not in (None, BYTE_VOCAB):
-                raise DataError(f"--vocab-size {vocab_size} applies to token files (*.bin) only; "
-                                f"text is read as bytes, vocab {BYTE_VOCAB}")
+                raise DataError(f"--vocab-size {vocab_size} applies to token files (*.bin) only; text is read "
+                                f"as bytes, vocab {BYTE_VOCAB}, or as subword tokens with --tokenizer")
             corpus = _load_text(p, val_fraction, str(path))
     if context is not None:
         corpus.require(context)
@@ -167,9 +180,18 @@ def load_corpus(path=None, vocab_size: int | None = None, val_fraction: float = 
 
 
 def reload(info: dict) -> Corpus:
-    """Rebuild the corpus a checkpoint was trained on and check it is the same data (fingerprint)."""
+    """Rebuild the corpus a checkpoint was trained on (tokenized again when it was) and check it is the same
+    data (fingerprint)."""
     vocab = info["vocab_size"] if info.get("kind") == "tokens" else None
     corpus = load_corpus(info.get("path"), vocab, info.get("val_fraction", 0.1))
+    tok = info.get("tokenizer")
+    if isinstance(tok, dict) and tok.get("spec"):
+        from .tokenizer import tokenize_corpus
+
+        corpus = tokenize_corpus(corpus, tok["spec"])
+        if corpus.tokenizer.sha256 != tok.get("sha256"):
+            raise DataError(f"--tokenizer {tok['spec']} now gives another tokenizer (sha256 "
+                            f"{corpus.tokenizer.sha256[:16]}, the run used {str(tok.get('sha256'))[:16]})")
     if corpus.fingerprint != info.get("fingerprint"):
         raise DataError(f"the data at {corpus.source} has changed since the checkpoint was written "
                         f"(fingerprint {corpus.fingerprint}, expected {info.get('fingerprint')})")
@@ -297,8 +319,10 @@ def _is_token_source(p: Path) -> bool:
 def _load_tokens(p: Path, vocab_size, val_fraction, shown) -> Corpus:
     if vocab_size is None:
         raise DataError(f"--data {shown} holds token ids: pass --vocab-size (50257 for GPT-2 tokens)")
-    if not isinstance(vocab_size, int) or not 2 <= vocab_size <= 65536:
-        raise DataError(f"--vocab-size must be an integer in [2, 65536] for uint16 token files, got {vocab_size}")
+    from .model import MAX_VOCAB
+
+    if not isinstance(vocab_size, int) or not 2 <= vocab_size <= MAX_VOCAB:
+        raise DataError(f"--vocab-size must be an integer in [2, {MAX_VOCAB}] for token files, got {vocab_size}")
     if p.is_dir():
         train_f, val_f = p / "train.bin", p / "val.bin"
     elif p.name == "train.bin" and (p.parent / "val.bin").exists():
@@ -315,18 +339,21 @@ def _load_tokens(p: Path, vocab_size, val_fraction, shown) -> Corpus:
     else:
         val = _read_bin(val_f, vocab_size)
         n_files = 2
-    return Corpus(train, val, vocab_size, f"{shown} (uint16 tokens, vocab {vocab_size})", "tokens", shown,
+    bits = 16 if vocab_size <= 1 << 16 else 32
+    return Corpus(train, val, vocab_size, f"{shown} (uint{bits} tokens, vocab {vocab_size})", "tokens", shown,
                   val_fraction, n_files, [])
 
 
 def _read_bin(f: Path, vocab_size: int) -> np.ndarray:
+    """The ids in ``f``: uint16 for a vocabulary up to 65536, uint32 above; every id checked < vocab_size."""
+    width = 2 if vocab_size <= 1 << 16 else 4
     try:
         size = f.stat().st_size
         if size == 0:
             raise DataError(f"{f}: the token file is empty")
-        if size % 2:
-            raise DataError(f"{f}: {size} bytes is not a whole number of uint16 tokens (truncated?)")
-        tokens = np.memmap(f, dtype=np.uint16, mode="r")
+        if size % width:
+            raise DataError(f"{f}: {size} bytes is not a whole number of uint{8 * width} tokens (truncated?)")
+        tokens = np.memmap(f, dtype=np.uint16 if width == 2 else np.uint32, mode="r")
     except OSError as e:
         raise DataError(f"cannot read {f}: {e.strerror or e}") from None
     chunk = 1 << 24

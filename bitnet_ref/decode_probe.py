@@ -141,6 +141,26 @@ def probe_model(model, prompts, max_new_tokens, *, temperature=0.0, top_k=None, 
     }
 
 
+def run_tokenizer(checkpoint, ckpt: dict):
+    """The tokenizer a ``--tokenizer`` run was trained with: the tokenizer.json beside its checkpoint, checked
+    against the sha256 the checkpoint records. None for byte-level and token-file runs."""
+    info = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+    tok = info.get("tokenizer") if isinstance(info.get("tokenizer"), dict) else None
+    if tok is None:
+        return None
+    from .tokenizer import load_codec
+
+    where = Path(checkpoint)
+    path = (where if where.is_dir() else where.parent) / "tokenizer.json"
+    if not path.is_file():
+        return None  # the data reload below rebuilds it from the recorded spec, if the data is still there
+    codec = load_codec(path)
+    if codec.sha256 != tok.get("sha256"):
+        raise ProbeError(f"{path} is not the tokenizer this checkpoint was trained with (sha256 "
+                         f"{codec.sha256[:16]}, recorded {str(tok.get('sha256'))[:16]})")
+    return codec
+
+
 def _prompts_from_args(args, ckpt, cfg, codec=None):
     """(prompts, source line, corpus or None, data_note). ``codec``: a Hugging Face directory's tokenizer."""
     info = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else None
@@ -219,8 +239,10 @@ def run(args) -> dict:
     if args.max_new_tokens is None:  # the trainer's probe length, so the numbers match its eval lines
         tc = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
         args.max_new_tokens = max(1, min(int(tc.get("probe_tokens", 48) or 48), cfg.context - 1))
-    prompts, source, corpus, data_note = _prompts_from_args(args, ckpt, cfg, loaded.tokenizer)
-    byte_level = cfg.vocab_size == 256 and (corpus is None or corpus.byte_level)
+    codec = loaded.tokenizer or run_tokenizer(args.checkpoint, ckpt)
+    prompts, source, corpus, data_note = _prompts_from_args(args, ckpt, cfg, codec)
+    codec = codec or (corpus.tokenizer if corpus is not None else None)
+    byte_level = cfg.vocab_size == 256 and codec is None and (corpus is None or corpus.byte_level)
     windows = val_windows(corpus.val, cfg.context) if corpus is not None and len(corpus.val) > cfg.context else None
 
     # a packed twin and a fake-quant reference on the CPU, for parity and the speed comparison
@@ -264,7 +286,8 @@ def run(args) -> dict:
         **main,
         "speed": speed,
         "parity": par,
-        "samples": [{"prompt": D.text(p, byte_level, loaded.tokenizer), "output": D.text(t, byte_level, loaded.tokenizer)}
+        "tokenizer": codec.source if codec is not None else ("bytes" if byte_level else "token ids"),
+        "samples": [{"prompt": D.text(p, byte_level, codec), "output": D.text(t, byte_level, codec)}
                     for p, t in zip(prompts, g.tokens)],
     }
     return _jsonable(report)

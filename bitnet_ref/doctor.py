@@ -396,13 +396,16 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
     f.add_argument("--vocab-size", type=int, metavar="V", help="its vocabulary size (for ln V)")
     f.add_argument("--unigram-entropy", type=float, metavar="NATS", help="unigram entropy of its training tokens")
     f.add_argument("--data", metavar="PATH", help="its training data, to compute the unigram entropy")
+    f.add_argument("--tokenizer", metavar="JSON|bpe:N", help="its tokenizer.json, to read text --data as its tokens "
+                   "(unigram entropy in token space; gives the vocabulary size when --vocab-size is not given)")
     args = ap.parse_args(argv)
     if (args.run_dir is None) == (args.log is None):
         ap.error("give a run directory or --log FILE (one of them)")
     try:
         if args.log is not None:
             m, notes = runlog.load(args.log, columns=runlog.parse_columns(args.columns), vocab_size=args.vocab_size,
-                                   unigram_entropy=args.unigram_entropy, data=args.data)
+                                   unigram_entropy=args.unigram_entropy, data=args.data,
+                                   tokenizer=args.tokenizer)
             run = Run.from_metrics(m, args.log)
         else:
             run, notes = load_run(args.run_dir), []

@@ -10,7 +10,8 @@ The GGUF (llama.cpp's ``bitnet`` architecture, ternary linears as TQ2_0 with bet
 
 then ``AutoModelForCausalLM.from_pretrained("my-bitnet")`` and ``AutoTokenizer.from_pretrained("my-bitnet")``.
 The directory holds config.json, model.safetensors and, for byte-level models, tokenizer.json +
-tokenizer_config.json (see ``hf.py`` for the forms and names). ``--form latent`` (default) keeps the fp32 latent
+tokenizer_config.json (see ``hf.py`` for the forms and names); a ``--tokenizer`` run's own tokenizer.json
+(beside its checkpoint, checked against the recorded sha256) is copied instead. ``--form latent`` (default) keeps the fp32 latent
 weights (transformers' online mode: training can go on there); ``--form packed`` writes the ternary codes and
 beta exactly as ``quant.weight_quant`` gives them, packed 2 bits a weight (offline mode, about 16x smaller).
 
@@ -26,6 +27,7 @@ What this is not: an importer (``interop.py``; ``gguf_file.read_gguf`` reads bac
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -72,8 +74,10 @@ def refuse_unrepresentable(cfg: ModelConfig, form: str) -> None:
                           "(a float BitNet model)")
 
 
-def export_hf(ckpt: dict, out, *, form: str = "latent", force: bool = False) -> dict:
-    """Write ``ckpt`` (as load_checkpoint returns it) to the directory ``out``; returns a summary dict."""
+def export_hf(ckpt: dict, out, *, form: str = "latent", force: bool = False, tokenizer_json: str | None = None) -> dict:
+    """Write ``ckpt`` (as load_checkpoint returns it) to the directory ``out``; returns a summary dict.
+    ``tokenizer_json``: the text of the run's tokenizer.json, for a ``--tokenizer`` run (checked against the
+    sha256 its checkpoint records)."""
     if form not in FORMS:
         raise FormatError(f"unknown form {form!r}; choose one of {', '.join(FORMS)}")
     out = Path(out)
@@ -93,7 +97,17 @@ def export_hf(ckpt: dict, out, *, form: str = "latent", force: bool = False) -> 
                                                                       "bitnet_ref_step": str(step)}),
     }
     data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
-    if cfg.vocab_size == 256 and data.get("kind", "stdlib") in ("stdlib", "text"):
+    tok = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else None
+    if tok is not None:
+        if tokenizer_json is None:
+            notes.append("no tokenizer: the run's tokenizer.json was not found beside the checkpoint")
+        elif hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest() != tok.get("sha256"):
+            raise FormatError("the tokenizer.json beside the checkpoint is not the one it was trained with "
+                              f"(sha256 recorded {str(tok.get('sha256'))[:16]})")
+        else:
+            files["tokenizer.json"] = lambda p: p.write_text(tokenizer_json, encoding="utf-8")
+            files["tokenizer_config.json"] = _json_writer(tokenizer_config(cfg.context))
+    elif cfg.vocab_size == 256 and data.get("kind", "stdlib") in ("stdlib", "text"):
         files["tokenizer.json"] = lambda p: p.write_text(byte_tokenizer().to_str(), encoding="utf-8")
         files["tokenizer_config.json"] = _json_writer(tokenizer_config(cfg.context))
     else:
@@ -204,8 +218,10 @@ def main(argv=None) -> int:
             summary = GF.export_gguf(load_checkpoint(args.checkpoint), args.out, emb_type=args.emb_type or "f16",
                                      approximate=args.approximate, force=args.force, ids_only=args.ids_only)
         else:
+            beside = Path(args.checkpoint).parent / "tokenizer.json"
+            tokenizer_json = beside.read_text(encoding="utf-8") if beside.is_file() else None
             summary = export_hf(load_checkpoint(args.checkpoint), args.out, form=args.form or "latent",
-                                force=args.force)
+                                force=args.force, tokenizer_json=tokenizer_json)
     except CheckpointError as e:  # FormatError is one too
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -179,13 +179,25 @@ NO_UNIGRAM = ("unigram entropy unknown (--unigram-entropy or --data): while the 
 
 
 def load(path, *, columns: dict | None = None, vocab_size: int | None = None, unigram_entropy: float | None = None,
-         data: str | None = None) -> tuple[metrics.Metrics, list]:
-    """A foreign log as parsed metrics (header first) and the notes on how it was read."""
+         data: str | None = None, tokenizer: str | None = None) -> tuple[metrics.Metrics, list]:
+    """A foreign log as parsed metrics (header first) and the notes on how it was read. ``data`` gives the
+    unigram entropy: token files with ``vocab_size``, or text, as bytes or through ``tokenizer`` (a
+    tokenizer.json, whose vocabulary also stands in for a missing ``vocab_size``)."""
+    if tokenizer is not None and data is None:
+        raise LogError("--tokenizer tokenizes --data to compute the unigram entropy: pass --data too")
     if data is not None:
         from .data import DataError, load_corpus
+        from .tokenizer import tokenize_corpus
 
         try:
-            unigram_entropy = load_corpus(data, vocab_size).unigram_entropy()
+            corpus = load_corpus(data, None if tokenizer else vocab_size)
+            if tokenizer is not None:
+                corpus = tokenize_corpus(corpus, tokenizer)
+                if vocab_size is not None and vocab_size < corpus.vocab_size:
+                    raise LogError(f"--vocab-size {vocab_size} is smaller than the {corpus.vocab_size} tokens of "
+                                   f"--tokenizer {tokenizer}")
+                vocab_size = vocab_size or corpus.vocab_size
+            unigram_entropy = corpus.unigram_entropy()
         except DataError as e:
             raise LogError(str(e)) from None
     head = header(vocab_size, unigram_entropy)

@@ -43,12 +43,13 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import run_quietly
 from .config import (ConfigError, TrainConfig, check_config, check_memory, config_from_args, eval_steps,
                      model_config, resume_mismatch, schedule_config)
-from .data import DataError, get_batch, load_corpus, text
+from .data import DataError, get_batch, load_corpus
 from .dist import DeviceError, Dist, barrier_and_close, init_distributed
 from .health import HealthTracker
 from .model import BitLinear, ModelConfig, Transformer
 from .probe import diversity, greedy_decode, probe_prompts
 from .schedule import lr_at, stage_at, wd_at
+from .tokenizer import tokenize_corpus, write_atomic
 
 
 class NonFiniteError(RuntimeError):
@@ -157,7 +158,10 @@ class TrainingRun:
                 raise ConfigError(f"the run in {self.out} is already complete ({ckpt['step']}/{cfg.steps} steps)")
             if cfg.stop_at is not None and cfg.stop_at <= ckpt["step"]:
                 raise ConfigError(f"--stop-at {cfg.stop_at} is not after the checkpoint's step {ckpt['step']}")
-        self.corpus = corpus = load_corpus(cfg.data, cfg.vocab_size, cfg.val_fraction)
+        corpus = load_corpus(cfg.data, cfg.vocab_size, cfg.val_fraction)
+        if cfg.tokenizer is not None:
+            corpus = tokenize_corpus(corpus, cfg.tokenizer)
+        self.corpus = corpus
         self.mcfg = mcfg = model_config(cfg, corpus.vocab_size)
         corpus.require(mcfg.context)
         if cfg.probe_prompt_len + cfg.probe_tokens > mcfg.context:
@@ -172,6 +176,11 @@ class TrainingRun:
             if not same:
                 raise CheckpointError(f"{self.out / 'ckpt.pt'}: its model config does not match the run's settings")
             saved_data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+            saved_tok = (saved_data.get("tokenizer") or {}).get("sha256")
+            now_tok = corpus.tokenizer.sha256 if corpus.tokenizer is not None else None
+            if saved_tok != now_tok:
+                raise DataError(f"the tokenizer ({cfg.tokenizer or 'bytes'}, sha256 {str(now_tok)[:16]}) differs from "
+                                f"the one the run in {self.out} was trained with (sha256 {str(saved_tok)[:16]})")
             if saved_data.get("fingerprint") != corpus.fingerprint:
                 raise DataError(f"the data ({corpus.source}) differs from the data the checkpoint was trained on")
         else:
@@ -223,9 +232,11 @@ class TrainingRun:
             self.log(f"resuming {out} at step {self.start}/{cfg.steps}"
                      + (f" ({dropped} metrics lines after it dropped)" if dropped else ""))
             return metrics
+        if self.corpus.tokenizer is not None:
+            write_atomic(out / "tokenizer.json", self.corpus.tokenizer.json_text.encode("utf-8"))
         metrics = M.MetricsLog(path)
         metrics.write({
-            "kind": M.HEADER, "config": asdict(self.mcfg), "train_config": asdict(cfg), "ln_vocab": self.ln_vocab,
+            "kind": M.HEADER, "tokenizer": self.corpus.tokenizer_info, "config": asdict(self.mcfg), "train_config": asdict(cfg), "ln_vocab": self.ln_vocab,
             "unigram_entropy": self.unigram, "data": self.corpus.info(), "params": n_params,
             "params_bitlinear": n_bitlinear, "params_other": n_params - n_bitlinear, "world_size": self.dist.world,
             "device": str(self.device), "torch": torch.__version__, "python": platform.python_version(),
@@ -309,7 +320,7 @@ class TrainingRun:
         if dist.main:
             samples = greedy_decode(model, self.prompts, cfg.probe_tokens)
             rec.update(diversity(samples))
-            rec["samples"] = [text(s, self.corpus.byte_level) for s in samples]
+            rec["samples"] = [self.corpus.text(s) for s in samples]
             rec.update(self.tracker.evaluate(model, first.to(self.device), step))
             self.metrics.write(rec)
             self.log(f"eval {step}/{cfg.steps} | val loss {rec['val_loss']:.4f} (unigram {self.unigram:.3f}, ln V "

@@ -2,6 +2,12 @@
 
     python tools/experiments.py --out runs/experiments            # full mode: d_model 256, about an hour on 2 cores
     python tools/experiments.py --quick --out /tmp/exp-quick      # tiny preset, a minute or two (used by the tests)
+    python tools/experiments.py --out runs/exp-bpe50257 --tokenizer bpe:50257 --steps 150 --d-model 64 \
+        --n-layers 4 --n-heads 4 --ffn-hidden 192 --context 64 --batch 8    # the seed's vocabulary, at CPU scale
+
+``--tokenizer bpe:N|PATH`` trains every arm on BPE tokens (the BPE is trained once, before the arms, and
+cached); ``--data`` and the model/batch flags override the mode's. At vocab 50257 the output head and the
+embedding hold most of the parameters and most of the FLOPs of any model this machine can train.
 
 Arms (every arm: same seed, so the same initial weights and the same batch at every step):
   ref          the reference recipe: two-stage LR/WD schedule, dense evaluations
@@ -50,7 +56,10 @@ MODES = {  # preset, steps N, batch, evaluations per N steps in dense arms, prob
 
 def make_arms(m: dict) -> list[Arm]:
     n, e = m["steps"], max(1, m["steps"] // m["evals"])
-    common = ["--preset", m["preset"], "--batch-size", str(m["batch"]), "--warmup", str(max(1, n // 10)),
+    model = [a for k in ("d_model", "n_layers", "n_heads", "ffn_hidden", "context") if m.get(k)
+             for a in (f"--{k.replace('_', '-')}", str(m[k]))]
+    data = [a for k in ("data", "tokenizer") if m.get(k) for a in (f"--{k}", str(m[k]))]
+    common = ["--preset", m["preset"], *model, *data, "--batch-size", str(m["batch"]), "--warmup", str(max(1, n // 10)),
               "--eval-batches", str(m["eval_batches"]), "--probe-prompts", str(m["prompts"]),
               "--probe-tokens", str(m["tokens"]), "--seed", "1337", "--threads", "1", "--log-every", str(max(1, n // 4))]
     dense = ["--eval-every", str(e)]
@@ -121,6 +130,11 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="arms trained at once, one thread each (default 2)")
     ap.add_argument("--steps", type=int, help="override the mode's base step count N")
     ap.add_argument("--preset", help="override the mode's model preset")
+    ap.add_argument("--tokenizer", metavar="bpe:N|PATH", help="train every arm on BPE tokens (the trainer's "
+                    "--tokenizer); the tokenizer is trained once, before the arms start")
+    ap.add_argument("--data", metavar="PATH", help="the trainer's --data (default: the Python stdlib source)")
+    for k in ("d-model", "n-layers", "n-heads", "ffn-hidden", "context", "batch"):
+        ap.add_argument(f"--{k}", type=int, help=f"override the mode's {k.replace('-', ' ')}")
     ap.add_argument("--only", help="comma-separated arm names to run (ref and fp are always included)")
     ap.add_argument("--fresh", action="store_true", help="rerun arms even if a finished run of the same command exists")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -133,6 +147,9 @@ def main(argv=None) -> int:
         mode["steps"] = args.steps
     if args.preset:
         mode["preset"] = args.preset
+    for k in ("d_model", "n_layers", "n_heads", "ffn_hidden", "context", "batch", "tokenizer", "data"):
+        if getattr(args, k) is not None:
+            mode[k] = getattr(args, k)
     if args.jobs < 1:
         sys.exit("error: --jobs must be at least 1")
     arms = make_arms(mode)
@@ -145,6 +162,15 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if args.tokenizer:  # once here, so the workers find it in the cache instead of all training it at once
+        from bitnet_ref.data import DataError, load_corpus
+        from bitnet_ref.tokenizer import tokenize_corpus
+
+        try:
+            corpus = tokenize_corpus(load_corpus(args.data), args.tokenizer)
+        except DataError as e:
+            sys.exit(f"error: {e}")
+        print(f"tokenizer: {corpus.source} ({time.time() - t0:.0f}s)", flush=True)
     print(f"{len(arms)} arms, {args.jobs} at a time, into {out} ({mode_name} mode: {mode['preset']}, N={mode['steps']})", flush=True)
 
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -180,7 +180,7 @@ def answers(by: dict, uni: float, quick: bool) -> list[str]:
     out.append("3. **Is the 2-token collapse permanent or temporary?** " + "; ".join(dips) + ". "
                f"In {at_level} of {len(dips)} arms the minimum came while the val loss was still at unigram level, "
                "where a model that knows little more than token frequencies decodes greedily to its most frequent "
-               "token (spaces, in this corpus); "
+               f"token ({'spaces, in this corpus' if vocab_note(by) is None else 'a whitespace or punctuation token'}); "
                + (f"the full-precision baseline dips too (to {_u(fp_min)}), so the dip is not a ternary effect; "
                   if fp_min is not None and fp_min <= 2 else "")
                + f"{back} of {len(dips)} arms ended above their minimum. "
@@ -210,7 +210,9 @@ def correct_bitnet(by: dict, uni: float, ln_v: float, mode: dict, quick: bool) -
     fp = by["fp"].result.get("summary") or {}
     d = by["ref"].result.get("diagnosis") or {}
     flips = ref.get("flips") or []
-    width = "tiny (d_model 64) model of quick mode" if quick else f"{mode['preset']} model (d_model 256)"
+    cfg = (by["ref"].result.get("run").header.get("config") or {}) if by["ref"].result.get("run") else {}
+    width = (f"{'quick-mode ' if quick else ''}model (d_model {cfg.get('d_model', '?')}, {cfg.get('n_layers', '?')} "
+             f"layers, vocab {cfg.get('vocab_size', '?')})")
     txt = (f"With the reference recipe, the {width} trained for {mode['steps']} steps ends at val loss "
            f"{_f(ref.get('final_val'))} nats: {(ref.get('final_val') or 0) / uni:.2f}x the unigram entropy ({uni:.3f}) "
            f"and far below ln V ({ln_v:.3f}); the same model in full precision ends at {_f(fp.get('final_val'))}. "
@@ -235,6 +237,13 @@ def correct_bitnet(by: dict, uni: float, ln_v: float, mode: dict, quick: bool) -
     return txt
 
 
+def vocab_note(by: dict) -> str | None:
+    """The tokenizer line of the reference arm's run (None for bytes)."""
+    run = by["ref"].result.get("run") if "ref" in by else None
+    tok = run.header.get("tokenizer") if run else None
+    return f"{tok['spec']} (sha256 {tok['sha256'][:16]}, vocab {tok['vocab_size']})" if isinstance(tok, dict) else None
+
+
 def write_report(arms: list, out: Path, mode_name: str, mode: dict, plots: bool = True) -> Path:
     by = {a.name: a for a in arms}
     order = ["ref", "fp", "t1-stage1", "t2-lr3", "t3-end-only", "t4-long", "t5-fractions", "t1-half"]
@@ -245,11 +254,17 @@ def write_report(arms: list, out: Path, mode_name: str, mode: dict, plots: bool 
     plot_note = make_plots(arms, out, uni, ln_v) if plots else "plots were not requested (--no-plots)"
     quick = mode_name == "quick"
     header = ref_run.header if ref_run else {}
-    L = [f"# The seed's experiments at this machine's scale ({mode_name} mode)", ""]
+    tok = vocab_note(by)
+    L = [f"# The seed's experiments at this machine's scale ({mode_name} mode"
+         + (f", tokenizer {mode.get('tokenizer')})" if tok else ", bytes)"), ""]
     L.append(f"Model preset **{mode['preset']}** ({json.dumps({k: header.get('config', {}).get(k) for k in ('d_model', 'n_layers', 'n_heads', 'ffn_hidden', 'context')})}), "
              f"{mode['steps']} steps (t4-long: {2 * mode['steps']}, t1-half: {mode['steps'] // 2}), batch {mode['batch']}, "
              f"seed 1337 for every arm. Data: {header.get('data', {}).get('source', 'n/a')}; "
              f"ln V = {ln_v:.3f} nats, unigram entropy = {uni:.3f} nats. "
+             + (f"Tokenizer: {tok}, trained on the training split. " if tok else "Tokens: UTF-8 bytes. ")
+             + f"Parameters: {header.get('params', 0) / 1e6:.2f} M, of which BitLinear "
+             f"{header.get('params_bitlinear', 0) / 1e6:.2f} M and embeddings/head/norms "
+             f"{header.get('params_other', 0) / 1e6:.2f} M. "
              f"torch {header.get('torch', '?')} on {header.get('device', '?')}.")
     L.append("")
     L.append("The seed's setup (GPT-2 vocabulary, loss 10.2-11.0 = ln 50257 = 10.82) never left the ln V level: "
