@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import atomic_write
 from .data import BYTE_VOCAB, Corpus, DataError
 from .model import MAX_VOCAB
 
@@ -152,21 +152,9 @@ def token_dtype(vocab_size: int):
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    """Write ``data`` to ``path`` (creating its directory) with ``checkpoint.atomic_write``: never a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: f.write(data))
 
 
 def get_codec(corpus: Corpus, spec: str) -> Codec:
