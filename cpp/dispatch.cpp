@@ -237,7 +237,7 @@ KernelArgs make_args(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, i
 }  // namespace
 
 void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k,
-            Backend backend, int threads) {
+            Backend backend, int threads, bool gemv_adjacent) {
   if (m == 0 || n == 0) return;
   if (k == 0) {  // empty sums; the kernels assume at least one block per row
     std::fill(y, y + m * n, 0);
@@ -245,6 +245,7 @@ void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n,
   }
   if (!backend_supported(backend)) backend = Backend::kScalar;  // callers check; stay safe anyway
   KernelArgs a = make_args(x, w, y, m, n, k);
+  a.gemv_adjacent = gemv_adjacent;
   RowKernel kernel = rows_ref;
   if (backend != Backend::kScalar) {
     prepare_activations(a, backend == Backend::kAvx512Vnni ? 256 : 128, backend == Backend::kAvx512Vnni);

@@ -108,6 +108,10 @@ struct KernelArgs {
   const uint8_t* w = nullptr;   // packed weights, row stride row_stride_bytes(k)
   int32_t* y = nullptr;         // (m, n) output, row stride n
   int64_t m = 0, n = 0, k = 0;
+  // The AVX2 assembly GEMV's row order: false (always, outside benchmarks) = the four rows of a tile a
+  // quarter of the range apart (four read streams), true = adjacent rows (one stream), the order it had
+  // before and the benchmark's baseline. Same result either way.
+  bool gemv_adjacent = false;
 };
 
 // A row kernel computes y[:, n0:n1] for all m.
@@ -124,7 +128,7 @@ void rows_neon(const KernelArgs& a, int64_t n0, int64_t n1);
 void rows_neon_dotprod(const KernelArgs& a, int64_t n0, int64_t n1);
 // The inline-assembly loops (ternary_avx2_asm.cpp, ternary_avx512_asm.cpp; built when
 // BITNET_HAVE_AVX2_ASM / BITNET_HAVE_AVX512_ASM): the M = 1 rows from r0 in whole tiles (two, four
-// rows), and the AVX-512 GEMM for activation rows m0 .. m0+7 in pairs of weight rows. Each returns
+// rows; see ternary_avx2_asm.cpp for the AVX2 row order), and the AVX-512 GEMM for activation rows m0 .. m0+7 in pairs of weight rows. Each returns
 // the first row it did not compute; the callers finish the rest with the intrinsic tiles.
 int64_t gemv_rows_avx2_asm(const KernelArgs& a, int64_t r0, int64_t r1);
 int64_t gemv_rows_avx512vnni_asm(const KernelArgs& a, int64_t r0, int64_t r1);
@@ -154,8 +158,9 @@ int hardware_threads();
 
 // y (m, n) = x (m, k) . w^T, exact. Arguments must already be validated (sizes, k <= kMaxK).
 // threads <= 0 uses default_threads(). Safe to call from several threads at once.
+// gemv_adjacent: KernelArgs::gemv_adjacent (benchmarks only).
 void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k,
-            Backend backend, int threads);
+            Backend backend, int threads, bool gemv_adjacent = false);
 
 // The packed formats: this header's 2-bit one, and the 1.6-bit one of ternary5.h (w then holds that format).
 enum class PackedFormat { k2Bit = 0, k1_6Bit = 1 };

@@ -141,13 +141,12 @@ inline void gemm_tile(const uint8_t* const* wr, const int8_t* const* x, int64_t 
 }  // namespace
 
 void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1) {
-  if (a.m == 1) {  // GEMV: two weight rows share each activation load
+  if (a.m == 1) {  // GEMV: tiles of four spread rows in assembly, else two weight rows share each activation load
     int64_t r = n0;
 #if defined(BITNET_HAVE_AVX2_ASM)
     r = gemv_rows_avx2_asm(a, r, n1);
-#else
-    for (; r + 2 <= n1; r += 2) store_tile<2, 1, tile<2, 1>>(a, r, 0);
 #endif
+    for (; r + 2 <= n1; r += 2) store_tile<2, 1, tile<2, 1>>(a, r, 0);
     for (; r < n1; ++r) store_tile<1, 1, tile<1, 1>>(a, r, 0);
     return;
   }

@@ -1,17 +1,26 @@
 // ternary_avx2_asm.cpp: the AVX2 GEMV loop as GCC/Clang inline assembly.
 //
 // Compiled, with the same flags as ternary_avx2.cpp (-mavx2 -mfma), only for x86-64 with GCC or Clang
-// when BITNET_INLINE_ASM is on (the default); rows_avx2 calls it for whole two-row tiles and falls back
+// when BITNET_INLINE_ASM is on (the default); rows_avx2 calls it for whole four-row tiles and falls back
 // to the intrinsic tiles in ternary_avx2.cpp for the rest and for other builds. Same packed format,
 // unpacking (one shift, four masks, fields at scale 1 and 4), maddubs and offset trick as there; only
 // computes.
 //
-// What differs: the two rows' instructions are interleaved, the activations are read straight from
-// memory by vpmaddubsw (no register held for them), all sixteen ymm registers are assigned by hand, and
-// the int16 -> int32 widening and the row sums are done in the same loop over tiles. GCC 12 compiled the
-// intrinsic tile with register copies and a call and horizontal sum per tile; measured here
-// (tools/bench_kernels.py, 4096 x 4096, one thread, hot) 119 -> 127 G weights/s. 13 vector instructions
-// per 128 weights and row on four vector pipes bound this loop at ~144 G weights/s at 3.7 GHz.
+// Row order: a tile's four rows are a quarter of the row range apart (rows t, t + q, t + 2q, t + 3q of
+// the range [r0, r0 + 4q)), so the loop reads four sequential streams at once. Measured on a Zen 3
+// (AVX2, no AVX-512; tools/bench_kernels.py, "row order" section): one core reads one sequential
+// stream at ~15.5 GB/s and four at ~22 GB/s, and a GEMV whose tiles are adjacent rows is one stream,
+// so with cold weights it ran at the one-stream rate (0.6 of the four-stream roofline) while its
+// hot-weight loop was ~1.6x faster than that. Four spread rows: cold +9% (4096 x 4096) to +30%
+// (2048 x 2048), hot unchanged. KernelArgs::gemv_adjacent keeps the adjacent order, as the
+// benchmark's baseline.
+//
+// The loop itself: each row's instructions as in ternary_avx2.cpp, activations read straight from
+// memory by vpmaddubsw (no register held for them), all sixteen ymm registers assigned by hand, int32
+// row accumulators in memory (touched once per 8 blocks). 13 vector instructions per 128 weights and
+// row: llvm-mca -mcpu=znver3 puts the loop at 6.5 cycles per 256 weights (four vector pipes full), the
+// vpmaddubsw ceiling at 4.0, so a hot GEMV built this way reaches at most 0.62 of the multiply ceiling
+// on Zen 3 (docs/kernels.md, "What bounds the AVX2 GEMV").
 #include "ternary.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -23,149 +32,159 @@
 namespace bitnet {
 namespace {
 
-// blocks summed in int16 before T is folded into S (8, as in ternary_avx2.cpp; the bound is below)
-#define BITNET_AVX2_WIDEN 8
-
-// GEMV over whole tiles of two rows, in assembly (see the top of the file).
+// Per call: constants the assembly reads at fixed offsets, and the four rows' int32 accumulators.
 //
-// Registers: ymm0/1 = S/T of row 0, ymm2/3 = S/T of row 1 (int16, scale 1 and 4), ymm4/5 = the
-// int32 row accumulators, ymm8-13 temporaries, ymm14/15 the 0x03/0x0C masks. The widening is cheaper
-// than the intrinsic tile's. After each W = BITNET_AVX2_WIDEN blocks, T (a sum of multiples of 4, in
-// [-32768, 32512]) is divided by 4 exactly and added into S; S then gains at most [-16384, 16256]
-// per W blocks and is widened into the int32 accumulator with vpmaddwd(S, 1) every 2W blocks
-// ([-32768, 32512], inside int16). Measured +1% over widening both every W blocks.
-struct alignas(32) Gemv2Params {
-  int16_t ones[16];  // the vpmaddwd widening constant, at offset 0
-  int64_t nblk;      // 128-weight blocks per row, offset 32
-  int32_t xsum;      // sum of the activations, offset 40
-  int32_t mask;      // 0x03 in every byte, offset 44
-  int64_t pf_dist;   // software prefetch distance in bytes, offset 48 (gemv_prefetch_bytes)
+// Overflow: S (scale-1 fields) and T (scale-4 fields) are int16. Per block each lane of S gains two
+// maddubs terms ([-1024, 1016]) and of T two scale-4 terms ([-4096, 4064]); after kChunk = 8 blocks
+// S is in [-8192, 8128] and T in [-32768, 32512] (inside int16). Then T / 4 (exact: a sum of
+// multiples of 4) is added to S ([-16384, 16256]) and S is widened with vpmaddwd(S, 1) into the int32
+// accumulator, whose lanes stay below 2^29 for K <= kMaxK (ternary.h).
+struct alignas(32) Gemv4Params {
+  int16_t ones[16];   // the vpmaddwd widening constant, offset 0
+  int64_t nblk;       // 128-weight blocks per row, offset 32
+  int32_t xsum;       // sum of the activations, offset 40
+  int32_t mask;       // 0x03 in every byte, offset 44
+  const int8_t* x;     // the zero-padded activation row, offset 48
+  int64_t wstep;      // bytes from one tile's first row to the next tile's, offset 56
+  int64_t ystep;      // bytes from one tile's first output to the next tile's, offset 64
+  int64_t unused[3];  // offsets 72-95
+  int32_t acc[4][8];  // the four rows' int32 accumulators, offset 96 (32 bytes each)
 };
-static_assert(offsetof(Gemv2Params, nblk) == 32 && offsetof(Gemv2Params, xsum) == 40 &&
-                  offsetof(Gemv2Params, mask) == 44 && offsetof(Gemv2Params, pf_dist) == 48,
+static_assert(offsetof(Gemv4Params, nblk) == 32 && offsetof(Gemv4Params, xsum) == 40 &&
+                  offsetof(Gemv4Params, mask) == 44 && offsetof(Gemv4Params, x) == 48 &&
+                  offsetof(Gemv4Params, wstep) == 56 && offsetof(Gemv4Params, ystep) == 64 &&
+                  offsetof(Gemv4Params, acc) == 96,
               "the assembly reads these offsets");
 
-// One block of two rows: row 0 codes from W0 into S0 = ymm0 / T0 = ymm1, row 1 from W1 into ymm2/ymm3.
-#define BITNET_GEMV2_BLOCK(W0, W1)                \
-  "vmovdqu " W0 ", %%ymm8\n\t"                    \
-  "vmovdqu " W1 ", %%ymm11\n\t"                   \
-  "vpsrlw $4, %%ymm8, %%ymm9\n\t"                 \
-  "vpsrlw $4, %%ymm11, %%ymm12\n\t"               \
-  "vpand %%ymm14, %%ymm8, %%ymm10\n\t"            \
-  "vpand %%ymm14, %%ymm11, %%ymm13\n\t"           \
-  "vpmaddubsw (%[xc]), %%ymm10, %%ymm10\n\t"      \
-  "vpmaddubsw (%[xc]), %%ymm13, %%ymm13\n\t"      \
-  "vpaddw %%ymm10, %%ymm0, %%ymm0\n\t"            \
-  "vpaddw %%ymm13, %%ymm2, %%ymm2\n\t"            \
-  "vpand %%ymm15, %%ymm8, %%ymm8\n\t"             \
-  "vpand %%ymm15, %%ymm11, %%ymm11\n\t"           \
-  "vpmaddubsw 32(%[xc]), %%ymm8, %%ymm8\n\t"      \
-  "vpmaddubsw 32(%[xc]), %%ymm11, %%ymm11\n\t"    \
-  "vpaddw %%ymm8, %%ymm1, %%ymm1\n\t"             \
-  "vpaddw %%ymm11, %%ymm3, %%ymm3\n\t"            \
-  "vpand %%ymm14, %%ymm9, %%ymm10\n\t"            \
-  "vpand %%ymm14, %%ymm12, %%ymm13\n\t"           \
-  "vpmaddubsw 64(%[xc]), %%ymm10, %%ymm10\n\t"    \
-  "vpmaddubsw 64(%[xc]), %%ymm13, %%ymm13\n\t"    \
-  "vpaddw %%ymm10, %%ymm0, %%ymm0\n\t"            \
-  "vpaddw %%ymm13, %%ymm2, %%ymm2\n\t"            \
-  "vpand %%ymm15, %%ymm9, %%ymm9\n\t"             \
-  "vpand %%ymm15, %%ymm12, %%ymm12\n\t"           \
-  "vpmaddubsw 96(%[xc]), %%ymm9, %%ymm9\n\t"      \
-  "vpmaddubsw 96(%[xc]), %%ymm12, %%ymm12\n\t"    \
-  "vpaddw %%ymm9, %%ymm1, %%ymm1\n\t"             \
-  "vpaddw %%ymm12, %%ymm3, %%ymm3\n\t"
-// Up to BITNET_AVX2_WIDEN blocks of two rows into T (ymm1, ymm3), then T / 4 (exact) folded into S.
-#define BITNET_GEMV2_CHUNK(L)                                        \
-  "vpxor %%xmm1, %%xmm1, %%xmm1\n\t"                                 \
-  "vpxor %%xmm3, %%xmm3, %%xmm3\n\t"                                 \
-  "movq $" BITNET_STR(BITNET_AVX2_WIDEN) ", %[cnt]\n\t"              \
-  "cmpq %[cnt], %[nb]\n\t"                                           \
-  "cmovlq %[nb], %[cnt]\n\t"                                         \
-  "subq %[cnt], %[nb]\n\t"                                           \
-  ".p2align 5\n"                                                     \
-  L ":\n\t"                                                          \
-  "prefetcht1 (%[pfc])\n\t"                                          \
-  BITNET_GEMV2_BLOCK("(%[wc])", "(%[wc],%[s])")                      \
-  "addq $32, %[wc]\n\t"                                              \
-  "addq $128, %[xc]\n\t"                                             \
-  "addq $64, %[pfc]\n\t"                                             \
-  "decq %[cnt]\n\t"                                                  \
-  "jnz " L "b\n\t"                                                   \
-  "vpsraw $2, %%ymm1, %%ymm1\n\t"                                    \
-  "vpsraw $2, %%ymm3, %%ymm3\n\t"                                    \
-  "vpaddw %%ymm1, %%ymm0, %%ymm0\n\t"                                \
-  "vpaddw %%ymm3, %%ymm2, %%ymm2\n\t"
 #define BITNET_STR2(v) #v
 #define BITNET_STR(v) BITNET_STR2(v)
+#define BITNET_GEMV_CHUNK 8  // blocks summed in int16 before T is folded into S (bound above)
 
-// y[2t + r] = sum_k c(w[2t + r], k) * x[k] - xsum for t < ntiles; rows `stride` bytes apart from w;
-// x is the zero-padded activation row.
-void gemv2_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntiles, int32_t* y,
-                 const Gemv2Params* p) {
-  if (ntiles <= 0) return;
+// One block of one row: codes from memory W into S = ymmS (scale 1) and T = ymmT (scale 4), with the
+// temporaries ymmA, ymmB, ymmC; ymm14 / ymm15 hold the 0x03 / 0x0C masks.
+#define BITNET_GEMV4_ROW(W, S, T, A, B, C)              \
+  "vmovdqu " W ", %%ymm" A "\n\t"                       \
+  "vpsrlw $4, %%ymm" A ", %%ymm" B "\n\t"               \
+  "vpand %%ymm14, %%ymm" A ", %%ymm" C "\n\t"           \
+  "vpand %%ymm15, %%ymm" A ", %%ymm" A "\n\t"           \
+  "vpmaddubsw (%[xc]), %%ymm" C ", %%ymm" C "\n\t"      \
+  "vpmaddubsw 32(%[xc]), %%ymm" A ", %%ymm" A "\n\t"    \
+  "vpaddw %%ymm" C ", %%ymm" S ", %%ymm" S "\n\t"       \
+  "vpaddw %%ymm" A ", %%ymm" T ", %%ymm" T "\n\t"       \
+  "vpand %%ymm14, %%ymm" B ", %%ymm" C "\n\t"           \
+  "vpand %%ymm15, %%ymm" B ", %%ymm" B "\n\t"           \
+  "vpmaddubsw 64(%[xc]), %%ymm" C ", %%ymm" C "\n\t"    \
+  "vpmaddubsw 96(%[xc]), %%ymm" B ", %%ymm" B "\n\t"    \
+  "vpaddw %%ymm" C ", %%ymm" S ", %%ymm" S "\n\t"       \
+  "vpaddw %%ymm" B ", %%ymm" T ", %%ymm" T "\n\t"
+// After a chunk: S += T / 4, then S widened and added into the row's int32 accumulator at OFF(p).
+#define BITNET_GEMV4_WIDEN(S, T, OFF)                   \
+  "vpsraw $2, %%ymm" T ", %%ymm" T "\n\t"               \
+  "vpaddw %%ymm" T ", %%ymm" S ", %%ymm" S "\n\t"       \
+  "vpmaddwd (%[p]), %%ymm" S ", %%ymm" S "\n\t"         \
+  "vpaddd " OFF "(%[p]), %%ymm" S ", %%ymm" S "\n\t"    \
+  "vmovdqa %%ymm" S ", " OFF "(%[p])\n\t"
+
+// Tile t < ntiles reads the four rows starting at w + t * p->wstep + i * rs bytes (i < 4) and writes
+// their sums minus xsum to the int32 at y + t * p->ystep + i * ys bytes.
+void gemv4_tiles(const uint8_t* w, int64_t rs, int64_t ntiles, int32_t* y, int64_t ys, Gemv4Params* p) {
+  if (ntiles <= 0 || p->nblk <= 0) return;
   const uint8_t* wc;
+  const uint8_t* wc3;
   const int8_t* xc;
-  const uint8_t* pfc;
   int64_t cnt, nb;
   __asm__ volatile(
       "vpbroadcastd 44(%[p]), %%ymm14\n\t"
       "vpsllw $2, %%ymm14, %%ymm15\n"
-      "2:\n\t"  // per tile of two rows
+      "2:\n\t"  // per tile of four rows
+      "vpxor %%xmm0, %%xmm0, %%xmm0\n\t"
+      "vmovdqa %%ymm0, 96(%[p])\n\t"
+      "vmovdqa %%ymm0, 128(%[p])\n\t"
+      "vmovdqa %%ymm0, 160(%[p])\n\t"
+      "vmovdqa %%ymm0, 192(%[p])\n\t"
+      "movq %[w], %[wc]\n\t"
+      "leaq (%[rs],%[rs],2), %[wc3]\n\t"
+      "addq %[w], %[wc3]\n\t"
+      "movq 48(%[p]), %[xc]\n\t"
+      "movq 32(%[p]), %[nb]\n"
+      "3:\n\t"  // per chunk of up to BITNET_GEMV_CHUNK blocks
+      "vpxor %%xmm0, %%xmm0, %%xmm0\n\t"
+      "vpxor %%xmm1, %%xmm1, %%xmm1\n\t"
+      "vpxor %%xmm2, %%xmm2, %%xmm2\n\t"
+      "vpxor %%xmm3, %%xmm3, %%xmm3\n\t"
       "vpxor %%xmm4, %%xmm4, %%xmm4\n\t"
       "vpxor %%xmm5, %%xmm5, %%xmm5\n\t"
-      "movq %[w], %[wc]\n\t"
-      "movq %[x], %[xc]\n\t"
-      // Rows are 0.25-3 KB, too short for the hardware prefetcher to ramp up on each; fetch the
-      // bytes pf_dist ahead at the rate this tile consumes its own.
-      "movq 48(%[p]), %[pfc]\n\t"
-      "addq %[w], %[pfc]\n\t"
-      "movq 32(%[p]), %[nb]\n"
-      "3:\n\t"  // per 2 * BITNET_AVX2_WIDEN blocks; S (ymm0, ymm2) collects both halves
-      "vpxor %%xmm0, %%xmm0, %%xmm0\n\t"
-      "vpxor %%xmm2, %%xmm2, %%xmm2\n\t"
-      BITNET_GEMV2_CHUNK("1")
-      "testq %[nb], %[nb]\n\t"
-      "jz 7f\n\t"
-      BITNET_GEMV2_CHUNK("6")
-      "7:\n\t"
-      "vpmaddwd (%[p]), %%ymm0, %%ymm0\n\t"
-      "vpmaddwd (%[p]), %%ymm2, %%ymm2\n\t"
-      "vpaddd %%ymm0, %%ymm4, %%ymm4\n\t"
-      "vpaddd %%ymm2, %%ymm5, %%ymm5\n\t"
+      "vpxor %%xmm6, %%xmm6, %%xmm6\n\t"
+      "vpxor %%xmm7, %%xmm7, %%xmm7\n\t"
+      "movq $" BITNET_STR(BITNET_GEMV_CHUNK) ", %[cnt]\n\t"
+      "cmpq %[cnt], %[nb]\n\t"
+      "cmovlq %[nb], %[cnt]\n\t"
+      "subq %[cnt], %[nb]\n\t"
+      ".p2align 5\n"
+      "1:\n\t"  // per block: rows 0 and 2 use temporaries ymm8-10, rows 1 and 3 ymm11-13
+      BITNET_GEMV4_ROW("(%[wc])", "0", "1", "8", "9", "10")
+      BITNET_GEMV4_ROW("(%[wc],%[rs])", "2", "3", "11", "12", "13")
+      BITNET_GEMV4_ROW("(%[wc],%[rs],2)", "4", "5", "8", "9", "10")
+      BITNET_GEMV4_ROW("(%[wc3])", "6", "7", "11", "12", "13")
+      "addq $32, %[wc]\n\t"
+      "addq $32, %[wc3]\n\t"
+      "addq $128, %[xc]\n\t"
+      "decq %[cnt]\n\t"
+      "jnz 1b\n\t"
+      BITNET_GEMV4_WIDEN("0", "1", "96")
+      BITNET_GEMV4_WIDEN("2", "3", "128")
+      BITNET_GEMV4_WIDEN("4", "5", "160")
+      BITNET_GEMV4_WIDEN("6", "7", "192")
       "testq %[nb], %[nb]\n\t"
       "jnz 3b\n\t"
-      // ymm4 = row 0, ymm5 = row 1: two int32 sums, minus xsum, stored side by side
-      "vphaddd %%ymm5, %%ymm4, %%ymm4\n\t"
-      "vextracti128 $1, %%ymm4, %%xmm8\n\t"
-      "vpaddd %%xmm8, %%xmm4, %%xmm4\n\t"
-      "vphaddd %%xmm4, %%xmm4, %%xmm4\n\t"
-      "vpbroadcastd 40(%[p]), %%xmm9\n\t"
-      "vpsubd %%xmm9, %%xmm4, %%xmm4\n\t"
-      "vmovq %%xmm4, (%[y])\n\t"
-      "addq $8, %[y]\n\t"
-      "leaq (%[w],%[s],2), %[w]\n\t"
+      // the four rows' sums, minus xsum, to y[0], y[ys], y[2 ys], y[3 ys]
+      "vphaddd %%ymm2, %%ymm0, %%ymm0\n\t"
+      "vphaddd %%ymm6, %%ymm4, %%ymm4\n\t"
+      "vphaddd %%ymm4, %%ymm0, %%ymm0\n\t"
+      "vextracti128 $1, %%ymm0, %%xmm1\n\t"
+      "vpaddd %%xmm1, %%xmm0, %%xmm0\n\t"
+      "vpbroadcastd 40(%[p]), %%xmm1\n\t"
+      "vpsubd %%xmm1, %%xmm0, %%xmm0\n\t"
+      "vmovd %%xmm0, (%[y])\n\t"
+      "vpextrd $1, %%xmm0, (%[y],%[ys])\n\t"
+      "vpextrd $2, %%xmm0, (%[y],%[ys],2)\n\t"
+      "leaq (%[ys],%[ys],2), %[cnt]\n\t"
+      "addq %[y], %[cnt]\n\t"
+      "vpextrd $3, %%xmm0, (%[cnt])\n\t"
+      "addq 64(%[p]), %[y]\n\t"
+      "addq 56(%[p]), %[w]\n\t"
       "decq %[nt]\n\t"
       "jnz 2b\n\t"
       "vzeroupper\n\t"
-      : [w] "+r"(w), [y] "+r"(y), [nt] "+r"(ntiles), [wc] "=&r"(wc), [xc] "=&r"(xc), [pfc] "=&r"(pfc),
+      : [w] "+r"(w), [y] "+r"(y), [nt] "+r"(ntiles), [wc] "=&r"(wc), [wc3] "=&r"(wc3), [xc] "=&r"(xc),
         [cnt] "=&r"(cnt), [nb] "=&r"(nb)
-      : [s] "r"(stride), [x] "r"(x), [p] "r"(p)
-      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm8", "xmm9", "xmm10", "xmm11",
-        "xmm12", "xmm13", "xmm14", "xmm15");
+      : [rs] "r"(rs), [ys] "r"(ys), [p] "r"(p)
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
 }  // namespace
 
 int64_t gemv_rows_avx2_asm(const KernelArgs& a, int64_t r0, int64_t r1) {
-  Gemv2Params p;
+  Gemv4Params p;
   std::fill(p.ones, p.ones + 16, int16_t{1});
   p.nblk = blocks_per_row(a.k);
   p.xsum = a.xsum[0];
   p.mask = 0x03030303;
-  p.pf_dist = gemv_prefetch_bytes(a.k);
-  const int64_t ntiles = (r1 - r0) / 2;
-  gemv2_tiles(a.w + r0 * row_stride_bytes(a.k), row_stride_bytes(a.k), a.xp, ntiles, a.y + r0, &p);
-  return r0 + 2 * ntiles;
+  std::fill(p.unused, p.unused + 3, int64_t{0});
+  p.x = a.xp;
+  const int64_t stride = row_stride_bytes(a.k);
+  const int64_t q = (r1 - r0) / 4;  // tiles
+  constexpr int64_t kY = sizeof(int32_t);
+  if (a.gemv_adjacent) {  // tile t: rows r0 + 4t .. r0 + 4t + 3 (one read stream; the benchmark's baseline)
+    p.wstep = 4 * stride;
+    p.ystep = 4 * kY;
+    gemv4_tiles(a.w + r0 * stride, stride, q, a.y + r0, kY, &p);
+  } else {  // tile t: rows r0 + t + i q (four read streams)
+    p.wstep = stride;
+    p.ystep = kY;
+    gemv4_tiles(a.w + r0 * stride, q * stride, q, a.y + r0, q * kY, &p);
+  }
+  return r0 + 4 * q;
 }
 
 }  // namespace bitnet

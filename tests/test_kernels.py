@@ -467,8 +467,12 @@ def test_core_carries_no_benchmark_code():
 
 def test_measure_read_bandwidth_is_positive_and_refuses_bad_input():
     assert _bench().measure_read_bandwidth(1 << 20, 1, 1) > 0
+    for streams in (1, 3, 8):  # the task's range in that many streams, the tail read after them
+        assert _bench().measure_read_bandwidth((1 << 20) + 24, 2, 1, streams) > 0
     with pytest.raises(ValueError, match=">= 1"):
         _bench().measure_read_bandwidth(0, 1, 1)
+    with pytest.raises(ValueError, match="streams"):
+        _bench().measure_read_bandwidth(1 << 20, 1, 1, 9)
 
 
 # ---- the bitnet.cpp-style I2_S baseline (benchmark only: cpp/bench/i2s_avx2.cpp) ---------------------------------
@@ -539,9 +543,14 @@ def test_gemv_seconds_times_each_implementation_and_refuses_bad_input():
     p = kernels.pack_ternary(codes)
     w = bench.i2s_repack(p, 8, 256)
     impls = {"i2s": [w, w.copy()], **{b: [p, p.copy()] for b in BACKENDS if b != "scalar"}}
+    if "avx2" in BACKENDS:
+        impls["avx2-adjacent"] = [p]  # the row-order baseline of tools/bench_kernels.py
     for impl, bufs in impls.items():
-        secs = bench.gemv_seconds(impl, x, bufs, 8, 256, 5)
-        assert len(secs) == 5 and all(0 < s < 1 for s in secs), impl
+        for threads in (1, 2):
+            secs = bench.gemv_seconds(impl, x, bufs, 8, 256, 5, threads)
+            assert len(secs) == 5 and all(0 < s < 1 for s in secs), impl
+    with pytest.raises(ValueError, match="threads"):
+        bench.gemv_seconds("i2s", x, [w], 8, 256, 1, 0)
     with pytest.raises(ValueError, match="impl"):
         bench.gemv_seconds("scalar", x, [p], 8, 256, 1)
     with pytest.raises(ValueError, match="unknown backend"):

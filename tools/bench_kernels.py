@@ -30,6 +30,13 @@ weights): the 2-bit format (cpp/ternary.h, the backend's kernel) and the 1.6-bit
 weights per byte, its AVX2 or NEON kernel), with each one's roofline computed from its own bytes per weight and the
 ratio of their speeds. The ceilings (read bandwidth, multiply rate) are the ones measured at the start of the run.
 
+A fourth section (AVX2 backend) times the AVX2 GEMV with its two row orders side by side (M = 1, each thread
+count, hot and cold, timed inside C++): tiles of four rows a quarter of each thread's range apart, the kernel's
+order, which reads four sequential weight streams at once, and tiles of four adjacent rows (one stream,
+hardware prefetch only), with the ratio. The header also gives the read bandwidth of one sequential stream per
+thread beside the four-stream probe the roofline column uses: a kernel that reads one stream cannot pass the
+first.
+
 The bandwidth probe, the multiply ceiling and the I2_S-style loop are benchmark-only code in their own
 extension, bitnet_ref._bench (cpp/bench/), built by the same pip install as the kernels' bitnet_ref._core.
 
@@ -43,6 +50,7 @@ shared machine hits them alike; medians, not means. Timings include the Python c
     python tools/bench_kernels.py --backend avx2 --threads 1 --shapes 4096x4096 --m 1 8
     python tools/bench_kernels.py --i2s-only       # just the side-by-side with the I2_S-style loop
     python tools/bench_kernels.py --formats-only --threads 1   # just 2-bit vs 1.6-bit
+    python tools/bench_kernels.py --order-only     # just the AVX2 GEMV's row orders
 """
 
 from __future__ import annotations
@@ -289,6 +297,48 @@ def run_formats_section(kernels, shapes, threads_list, cold_bytes, min_time, rng
     return rows
 
 
+def bench_order_case(bench, kernels, n, k, threads, cold, cold_bytes, min_time, rng):
+    """Median seconds per M = 1 call, timed inside C++, of the AVX2 GEMV in its two row orders, same weights."""
+    codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)  # (N, K)
+    x = rng.integers(-128, 128, size=(1, k), dtype=np.int8)  # (1, K)
+    packed = kernels.pack_ternary(codes)
+    copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
+    packs = [packed] + [packed.copy() for _ in range(copies - 1)]
+    # est. seconds per call at ~60 G weights/s per thread; then enough calls for min_time over 5 rounds
+    reps = max(3, min(5000, int(min_time / 5 / (n * k / (60e9 * threads)))))
+    samples = {"avx2": [], "avx2-adjacent": []}
+    for _ in range(5):
+        for impl in samples:
+            samples[impl] += bench.gemv_seconds(impl, x, packs, n, k, reps, threads)
+    return {impl: statistics.median(v) for impl, v in samples.items()}, packed.nbytes
+
+
+def run_order_section(kernels, bench, shapes, threads_list, cold_bytes, min_time, rng, bandwidth) -> list:
+    print()
+    print("AVX2 GEMV row order, M = 1 (timed in C++): four rows a quarter of the range apart (four read streams, "
+          "the kernel's order) vs four adjacent rows (one stream, hardware prefetch only)")
+    header = (f"{'N x K':>12} {'thr':>3} {'cache':>5} {'order':>8} {'us':>9} {'G w/s':>7} {'GB/s':>6}"
+              f" {'roofline':>8} {'x adjacent':>10}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for n, k in shapes:
+        for threads in threads_list:
+            for cold in (False, True):
+                t, nbytes = bench_order_case(bench, kernels, n, k, threads, cold, cold_bytes, min_time, rng)
+                for impl, order in (("avx2", "spread"), ("avx2-adjacent", "adjacent")):
+                    row = {"n": n, "k": k, "m": 1, "threads": threads, "cache": "cold" if cold else "hot",
+                           "order": order, "us": t[impl] * 1e6, "gweights_s": n * k / t[impl] / 1e9,
+                           "weight_gbs": nbytes / t[impl] / 1e9,
+                           "roofline": (nbytes + k + 4 * n) / t[impl] / 1e9 / bandwidth[threads],
+                           "x_adjacent": t["avx2-adjacent"] / t[impl]}
+                    rows.append(row)
+                    print(f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {order:>8} {row['us']:>9.1f}"
+                          f" {row['gweights_s']:>7.1f} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
+                          f" {row['x_adjacent']:>10.2f}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -308,6 +358,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-formats", action="store_true", help="skip the 2-bit vs 1.6-bit side by side")
     ap.add_argument("--formats-only", action="store_true",
                     help="run only the 2-bit vs 1.6-bit side by side (shapes: --shapes, or 2048x2048 and up)")
+    ap.add_argument("--no-order", action="store_true", help="skip the AVX2 GEMV row-order side by side")
+    ap.add_argument("--order-only", action="store_true",
+                    help="run only the AVX2 GEMV row-order side by side (shapes: --shapes, or 2048x2048 and up)")
     args = ap.parse_args(argv)
     try:
         return run(args)
@@ -408,6 +461,8 @@ def run(args) -> int:
 
     # Measured before the table (the roofline column) and again after it, to show the drift.
     bandwidth = measure_bandwidth()
+    one_stream = {t: max(_bench.measure_read_bandwidth(bw_bytes, t, 3, 1) for _ in range(1 if args.quick else 3))
+                  for t in threads_list}
     # The multiply ceiling of one core: the best of seven short runs (4M iterations, about 10 ms each), short
     # enough to fit between preemptions. Only where the build has an assembly loop to measure it with (GCC/Clang
     # with BITNET_INLINE_ASM): elsewhere mac_peak is 0 and the column shows "-".
@@ -419,46 +474,58 @@ def run(args) -> int:
         "cpu": cpu_name(), "backend": backend, "supported_backends": kernels.supported_backends(),
         "torch": torch.__version__, "llc_bytes": llc, "cold_bytes": cold_bytes,
         "read_bandwidth_gbs": {str(t): round(v, 2) for t, v in bandwidth.items()},
+        "read_bandwidth_one_stream_gbs": {str(t): round(v, 2) for t, v in one_stream.items()},
         "mac_peak_gmacs_per_core": {b: round(v, 1) for b, v in mac_peak.items()},
     }
     print(f"cpu: {info['cpu']} | backend: {info['backend']} (supported: {', '.join(info['supported_backends'])})"
           f" | torch {info['torch']}")
     print("measured read bandwidth (best of 3): " + ", ".join(f"{t} thread{'s' * (t > 1)}: {bw:.1f} GB/s"
-                                                 for t, bw in bandwidth.items()))
+                                                 for t, bw in bandwidth.items())
+          + " (four sequential streams per thread; one stream: "
+          + ", ".join(f"{bw:.1f}" for bw in one_stream.values()) + " GB/s)")
     if mac_peak:
         print("multiply ceiling of one core (best of 7): " + ", ".join(
             f"{b} {v:.1f} G MAC/s ({MAC_INSTRUCTION[b]})" for b, v in mac_peak.items()))
     print(f"cold = rotating copies totalling >= {cold_bytes >> 20} MiB (4x the {llc >> 20} MiB last-level cache)")
     header = (f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
               f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8} {'of peak':>7}")
+    only_order = args.order_only and not (args.i2s_only or args.formats_only)
     only_formats = args.formats_only and not args.i2s_only
-    if not args.i2s_only and not only_formats:
+    if not (args.i2s_only or only_formats or only_order):
         print(header)
         print("-" * len(header))
 
     rng = np.random.default_rng(0)
     rows = []
-    if not (args.i2s_only or only_formats):
+    if not (args.i2s_only or only_formats or only_order):
         rows = run_main_table(kernels, torch, shapes, ms, threads_list, cold_bytes, min_time, rng, backend,
                               bandwidth, peak)
     i2s_rows = []
-    if not args.no_i2s and not only_formats:
+    if not (args.no_i2s or only_formats or only_order):
         if hasattr(_bench, "i2s_gemv") and kernels.has_avx2():
             i2s_rows = run_i2s_section(kernels, _bench, cold_bytes, min_time, rng)
         else:
             print("\nI2_S-style side by side skipped: needs an AVX2 x86 build")
     format_rows = []
-    if not args.no_formats and not args.i2s_only:
-        fshapes = shapes if args.shapes else ([(2048, 2048)] if args.quick else FORMAT_SHAPES)
+    fshapes = shapes if args.shapes else ([(2048, 2048)] if args.quick else FORMAT_SHAPES)
+    if not (args.no_formats or args.i2s_only or only_order):
         format_rows = run_formats_section(kernels, fshapes, threads_list, cold_bytes, min_time, rng, backend,
                                           bandwidth, peak)
+    order_rows = []
+    if not (args.no_order or args.i2s_only or only_formats):
+        if backend == "avx2" and hasattr(_bench, "i2s_gemv"):
+            order_rows = run_order_section(kernels, _bench, fshapes, threads_list, cold_bytes, min_time, rng,
+                                           bandwidth)
+        else:
+            print(f"\nrow-order side by side skipped: it times the AVX2 backend's GEMV (this run: {backend})")
     after = measure_bandwidth()
     print("read bandwidth after the run: " + ", ".join(f"{t}: {bw:.1f} GB/s" for t, bw in after.items())
           + " (the roofline column used the before-run figures)")
     info["read_bandwidth_after_gbs"] = {str(t): round(v, 2) for t, v in after.items()}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows, "i2s_rows": i2s_rows, "format_rows": format_rows}, f, indent=1)
+            json.dump({"info": info, "rows": rows, "i2s_rows": i2s_rows, "format_rows": format_rows,
+                       "order_rows": order_rows}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
 

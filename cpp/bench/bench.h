@@ -13,8 +13,9 @@ namespace bitnet {
 
 // ---- memory (membench.cpp) ---------------------------------------------------------------------
 
-// Median streaming read bandwidth in GB/s over `reps` passes of a `bytes` buffer with `threads`.
-double measure_read_bandwidth(int64_t bytes, int threads, int reps);
+// Median streaming read bandwidth in GB/s over `reps` passes of a `bytes` buffer with `threads`, each
+// thread's tasks reading `streams` (1-8) sequential streams at once.
+double measure_read_bandwidth(int64_t bytes, int threads, int reps, int streams = 4);
 
 // ---- multiply ceiling (mac_peak.cpp) -----------------------------------------------------------
 

@@ -60,18 +60,23 @@ py::array_t<int32_t> i2s_gemv(const py::object& x_obj, const py::object& packed_
 // Per-call wall seconds of `reps` M = 1, one-thread GEMVs timed inside C++ (no Python call around each),
 // rotating through the weight copies in `packs`: impl "i2s" runs the I2_S-style loop on I2_S-layout
 // buffers, "avx2" / "avx512vnni" our kernel through bitnet::matmul (activation preparation included,
-// as in every call). For the side by side in tools/bench_kernels.py, next to the Python-call timings.
+// as in every call), "avx2-adjacent" the AVX2 kernel with its tiles' rows adjacent (one read stream; the
+// baseline of the row-order section). For the side by side in tools/bench_kernels.py, next to the
+// Python-call timings. `threads` as for matmul (the I2_S loop always runs on one).
 std::vector<double> gemv_seconds(const std::string& impl, const py::object& x_obj, const py::list& packs,
-                                 int64_t n, int64_t k, int64_t reps) {
+                                 int64_t n, int64_t k, int64_t reps, int threads) {
   py::array x = checked_array(x_obj, "x", 'i', 2);
   check_i2s(n, k);
   if (x.shape(0) != 1 || x.shape(1) != k)
     throw py::value_error("x must have shape (1, k) = (1, " + std::to_string(k) + ")");
   if (reps < 1 || reps > 1000000) throw py::value_error("reps must be in [1, 10^6]");
   if (packs.size() == 0) throw py::value_error("packs must hold at least one buffer");
+  if (threads < 1 || threads > 1024) throw py::value_error("threads must be in [1, 1024]");
   const bool i2s = impl == "i2s";
-  const Backend backend = i2s ? Backend::kScalar : parse_backend(impl);
-  if (!i2s && backend == Backend::kScalar) throw py::value_error("impl must be i2s, avx2 or avx512vnni");
+  const bool adjacent = impl == "avx2-adjacent";
+  const Backend backend = i2s ? Backend::kScalar : parse_backend(adjacent ? "avx2" : impl);
+  if (!i2s && backend == Backend::kScalar)
+    throw py::value_error("impl must be i2s, avx2, avx2-adjacent or avx512vnni");
   std::vector<py::array> held;  // keeps the buffers alive while the GIL is released
   std::vector<const uint8_t*> ws;
   for (const auto& obj : packs) {
@@ -91,7 +96,7 @@ std::vector<double> gemv_seconds(const std::string& impl, const py::object& x_ob
       if (i2s)
         bitnet::i2s_gemv_bench(w, xp, n, k, y.data());
       else
-        bitnet::matmul(xp, w, y.data(), 1, n, k, backend, 1);
+        bitnet::matmul(xp, w, y.data(), 1, n, k, backend, threads, adjacent);
       secs[static_cast<size_t>(r)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
   }
@@ -103,12 +108,14 @@ std::vector<double> gemv_seconds(const std::string& impl, const py::object& x_ob
 
 PYBIND11_MODULE(_bench, m) {
   m.doc() = "bitnet_ref._bench: benchmark-only code for tools/bench_kernels.py (not part of the kernels API)";
-  m.def("measure_read_bandwidth", [](int64_t bytes, int threads, int reps) {
+  m.def("measure_read_bandwidth", [](int64_t bytes, int threads, int reps, int streams) {
     if (bytes < 1 || threads < 1 || reps < 1) throw py::value_error("bytes, threads and reps must be >= 1");
+    if (streams < 1 || streams > 8) throw py::value_error("streams must be in [1, 8]");
     py::gil_scoped_release release;
-    return bitnet::measure_read_bandwidth(bytes, threads, reps);
-  }, py::arg("bytes"), py::arg("threads") = 1, py::arg("reps") = 5,
-  "Median streaming read bandwidth (GB/s) of a bytes-sized buffer; for tools/bench_kernels.py.");
+    return bitnet::measure_read_bandwidth(bytes, threads, reps, streams);
+  }, py::arg("bytes"), py::arg("threads") = 1, py::arg("reps") = 5, py::arg("streams") = 4,
+  "Median streaming read bandwidth (GB/s) of a bytes-sized buffer, read as `streams` sequential streams per "
+  "task; for tools/bench_kernels.py.");
   m.def("mac_peak", [](const std::string& backend, int64_t iters) {
     if (iters < 1 || iters > (int64_t{1} << 32)) throw py::value_error("iters must be in [1, 2^32]");
     const Backend b = parse_backend(backend);
@@ -120,8 +127,8 @@ PYBIND11_MODULE(_bench, m) {
   "Multiply-adds per second of one core on the multiply instruction of `backend`; for tools/bench_kernels.py.");
 #if defined(BITNET_HAVE_AVX2_KERNEL)
   m.def("gemv_seconds", &gemv_seconds, py::arg("impl"), py::arg("x"), py::arg("packs"), py::arg("n"), py::arg("k"),
-        py::arg("reps"),
-        "Per-call seconds of reps M = 1 one-thread GEMVs timed in C++ (impl i2s/avx2/avx512vnni).");
+        py::arg("reps"), py::arg("threads") = 1,
+        "Per-call seconds of reps M = 1 GEMVs timed in C++ (impl i2s/avx2/avx2-adjacent/avx512vnni).");
   m.def("i2s_repack", &i2s_repack, py::arg("packed"), py::arg("n"), py::arg("k"),
         "Our packed buffer rewritten in bitnet.cpp's I2_S x86 layout (k % 128 == 0).");
   m.def("i2s_gemv", &i2s_gemv, py::arg("x"), py::arg("packed_i2s"), py::arg("n"), py::arg("k"),
