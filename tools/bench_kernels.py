@@ -150,6 +150,29 @@ def time_rounds(fns: dict, min_time: float, rounds: int = 5, cpu_of: str | None 
     return walls, (statistics.median(cpu[cpu_of]) if cpu_of in cpu else None)
 
 
+def weight_copies(buf, cold: bool, cold_bytes: int, copy=lambda b: b.copy()) -> list:
+    """[buf] when hot; when cold, buf and enough copies of it (at least two) to total cold_bytes."""
+    nbytes = buf.nbytes if hasattr(buf, "nbytes") else buf.numel() * buf.element_size()
+    count = max(2, math.ceil(cold_bytes / nbytes)) if cold else 1
+    return [buf] + [copy(buf) for _ in range(count - 1)]
+
+
+def section(title: str, header: str) -> None:
+    """Prints a side-by-side section's title and column header."""
+    print()
+    print(title)
+    print(header)
+    print("-" * len(header))
+
+
+def cases(shapes, threads_list):
+    """(n, k, threads, cold) for every shape, thread count and cache state, in the order the sections print."""
+    for n, k in shapes:
+        for threads in threads_list:
+            for cold in (False, True):
+                yield n, k, threads, cold
+
+
 def rotating(call, copies):
     """A no-argument function that calls call(copy) with the next copy each time."""
     state = {"i": 0}
@@ -168,10 +191,8 @@ def bench_case(kernels, torch, n, k, m, threads, cold, cold_bytes, min_time, rng
     packed = kernels.pack_ternary(codes)
     wf = torch.from_numpy(codes.astype(np.float32))  # (N, K) fp32 weights, same values
     xf = torch.from_numpy(x.astype(np.float32))  # (M, K)
-    n_packed = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
-    n_fp32 = max(2, math.ceil(cold_bytes / (wf.numel() * 4))) if cold else 1
-    packs = [packed] + [packed.copy() for _ in range(n_packed - 1)]
-    wfs = [wf] + [wf.clone() for _ in range(n_fp32 - 1)]
+    packs = weight_copies(packed, cold, cold_bytes)
+    wfs = weight_copies(wf, cold, cold_bytes, copy=lambda w: w.clone())
     linear = torch.nn.functional.linear
     fns = {
         "ours": rotating(lambda p: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=backend), packs),
@@ -194,9 +215,8 @@ def bench_i2s_case(kernels, bench, n, k, cold, cold_bytes, min_time, rng):
     x = rng.integers(-127, 128, size=(1, k), dtype=np.int8)  # (1, K); random: the I2_S loop cannot wrap
     packed = kernels.pack_ternary(codes)
     w_i2s = bench.i2s_repack(packed, n, k)
-    copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
-    packs = [packed] + [packed.copy() for _ in range(copies - 1)]
-    ws = [w_i2s] + [w_i2s.copy() for _ in range(copies - 1)]
+    packs = weight_copies(packed, cold, cold_bytes)
+    ws = weight_copies(w_i2s, cold, cold_bytes)
     fns = {"i2s": rotating(lambda w: bench.i2s_gemv(x, w, n, k), ws)}
     for b in ("avx2", "avx512vnni"):
         if b in kernels.supported_backends():
@@ -219,14 +239,11 @@ def bench_i2s_case(kernels, bench, n, k, cold, cold_bytes, min_time, rng):
 
 
 def run_i2s_section(kernels, bench, cold_bytes, min_time, rng) -> list:
-    print()
-    print("side by side, M = 1, 1 thread: ours vs a bitnet.cpp-style I2_S loop (our re-implementation of the "
-          "published algorithm, same -mavx2 flags)")
-    print("(python: timed around each Python call, like the table above; C++: the same calls timed inside C++)")
-    header = (f"{'N x K':>12} {'cache':>5} {'impl':>11} {'us':>9} {'G w/s':>7} {'x I2_S':>7}"
-              f" {'C++ us':>9} {'C++ G w/s':>9} {'x I2_S':>7}")
-    print(header)
-    print("-" * len(header))
+    section("side by side, M = 1, 1 thread: ours vs a bitnet.cpp-style I2_S loop (our re-implementation of the "
+            "published algorithm, same -mavx2 flags)\n(python: timed around each Python call, like the table above; "
+            "C++: the same calls timed inside C++)",
+            f"{'N x K':>12} {'cache':>5} {'impl':>11} {'us':>9} {'G w/s':>7} {'x I2_S':>7}"
+            f" {'C++ us':>9} {'C++ G w/s':>9} {'x I2_S':>7}")
     rows = []
     for n, k in I2S_SHAPES:
         for cold in (False, True):
@@ -254,8 +271,7 @@ def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, 
     fns, nbytes = {}, {}
     for fmt in ("2", "1.6"):
         packed = kernels.pack_ternary(codes, format=fmt)
-        copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
-        packs = [packed] + [packed.copy() for _ in range(copies - 1)]
+        packs = weight_copies(packed, cold, cold_bytes)
         # The same backend for both formats: an avx512vnni CPU runs the 1.6-bit format with its AVX2 kernel.
         fns[fmt] = rotating(lambda p, fmt=fmt: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=backend,
                                                                       format=fmt), packs)
@@ -267,33 +283,28 @@ def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, 
 
 
 def run_formats_section(kernels, shapes, threads_list, cold_bytes, min_time, rng, backend, bandwidth, peak) -> list:
-    print()
-    print(f"formats side by side, M = 1: 2-bit ({backend}) vs 1.6-bit (five weights per byte, "
-          f"{'avx2' if backend == 'avx512vnni' else backend}); same weights, interleaved rounds")
-    header = (f"{'N x K':>12} {'thr':>3} {'cache':>5} {'format':>6} {'bits/w':>6} {'us':>9} {'G w/s':>7} {'cpu G/s':>7}"
-              f" {'GB/s':>6} {'roofline':>8} {'of peak':>7} {'x 2-bit':>7}")
-    print(header)
-    print("-" * len(header))
+    section(f"formats side by side, M = 1: 2-bit ({backend}) vs 1.6-bit (five weights per byte, "
+            f"{'avx2' if backend == 'avx512vnni' else backend}); same weights, interleaved rounds",
+            f"{'N x K':>12} {'thr':>3} {'cache':>5} {'format':>6} {'bits/w':>6} {'us':>9} {'G w/s':>7} {'cpu G/s':>7}"
+            f" {'GB/s':>6} {'roofline':>8} {'of peak':>7} {'x 2-bit':>7}")
     rows = []
-    for n, k in shapes:
-        for threads in threads_list:
-            for cold in (False, True):
-                t, cpu, nbytes = bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, backend)
-                for fmt in ("2", "1.6"):
-                    rate = n * k / t[fmt] / 1e9
-                    cpu_rate = n * k / cpu[fmt] / 1e9 if cpu and cpu[fmt] > 0 else None
-                    row = {"n": n, "k": k, "m": 1, "threads": threads, "cache": "cold" if cold else "hot",
-                           "format": fmt, "bits_per_weight": 8 * nbytes[fmt] / (n * k), "us": t[fmt] * 1e6,
-                           "gweights_s": rate, "gweights_s_cpu": cpu_rate, "weight_gbs": nbytes[fmt] / t[fmt] / 1e9,
-                           "roofline": (nbytes[fmt] + k + 4 * n) / t[fmt] / 1e9 / bandwidth[threads],
-                           "of_peak": (cpu_rate or rate) / (peak * threads) if peak else None,
-                           "x_2bit": t["2"] / t[fmt]}
-                    rows.append(row)
-                    op = f"{row['of_peak']:.2f}" if row["of_peak"] else "-"
-                    gc = f"{cpu_rate:.1f}" if cpu_rate else "-"
-                    print(f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {fmt:>6} {row['bits_per_weight']:>6.3f}"
-                          f" {row['us']:>9.1f} {rate:>7.1f} {gc:>7} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
-                          f" {op:>7} {row['x_2bit']:>7.2f}", flush=True)
+    for n, k, threads, cold in cases(shapes, threads_list):
+        t, cpu, nbytes = bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, backend)
+        for fmt in ("2", "1.6"):
+            rate = n * k / t[fmt] / 1e9
+            cpu_rate = n * k / cpu[fmt] / 1e9 if cpu and cpu[fmt] > 0 else None
+            row = {"n": n, "k": k, "m": 1, "threads": threads, "cache": "cold" if cold else "hot",
+                   "format": fmt, "bits_per_weight": 8 * nbytes[fmt] / (n * k), "us": t[fmt] * 1e6,
+                   "gweights_s": rate, "gweights_s_cpu": cpu_rate, "weight_gbs": nbytes[fmt] / t[fmt] / 1e9,
+                   "roofline": (nbytes[fmt] + k + 4 * n) / t[fmt] / 1e9 / bandwidth[threads],
+                   "of_peak": (cpu_rate or rate) / (peak * threads) if peak else None,
+                   "x_2bit": t["2"] / t[fmt]}
+            rows.append(row)
+            op = f"{row['of_peak']:.2f}" if row["of_peak"] else "-"
+            gc = f"{cpu_rate:.1f}" if cpu_rate else "-"
+            print(f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {fmt:>6} {row['bits_per_weight']:>6.3f}"
+                  f" {row['us']:>9.1f} {rate:>7.1f} {gc:>7} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
+                  f" {op:>7} {row['x_2bit']:>7.2f}", flush=True)
     return rows
 
 
@@ -302,8 +313,7 @@ def bench_order_case(bench, kernels, n, k, threads, cold, cold_bytes, min_time, 
     codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)  # (N, K)
     x = rng.integers(-128, 128, size=(1, k), dtype=np.int8)  # (1, K)
     packed = kernels.pack_ternary(codes)
-    copies = max(2, math.ceil(cold_bytes / packed.nbytes)) if cold else 1
-    packs = [packed] + [packed.copy() for _ in range(copies - 1)]
+    packs = weight_copies(packed, cold, cold_bytes)
     # est. seconds per call at ~60 G weights/s per thread; then enough calls for min_time over 5 rounds
     reps = max(3, min(5000, int(min_time / 5 / (n * k / (60e9 * threads)))))
     samples = {"avx2": [], "avx2-adjacent": []}
@@ -314,28 +324,23 @@ def bench_order_case(bench, kernels, n, k, threads, cold, cold_bytes, min_time, 
 
 
 def run_order_section(kernels, bench, shapes, threads_list, cold_bytes, min_time, rng, bandwidth) -> list:
-    print()
-    print("AVX2 GEMV row order, M = 1 (timed in C++): four rows a quarter of the range apart (four read streams, "
-          "the kernel's order) vs four adjacent rows (one stream, hardware prefetch only)")
-    header = (f"{'N x K':>12} {'thr':>3} {'cache':>5} {'order':>8} {'us':>9} {'G w/s':>7} {'GB/s':>6}"
-              f" {'roofline':>8} {'x adjacent':>10}")
-    print(header)
-    print("-" * len(header))
+    section("AVX2 GEMV row order, M = 1 (timed in C++): four rows a quarter of the range apart (four read streams, "
+            "the kernel's order) vs four adjacent rows (one stream, hardware prefetch only)",
+            f"{'N x K':>12} {'thr':>3} {'cache':>5} {'order':>8} {'us':>9} {'G w/s':>7} {'GB/s':>6}"
+            f" {'roofline':>8} {'x adjacent':>10}")
     rows = []
-    for n, k in shapes:
-        for threads in threads_list:
-            for cold in (False, True):
-                t, nbytes = bench_order_case(bench, kernels, n, k, threads, cold, cold_bytes, min_time, rng)
-                for impl, order in (("avx2", "spread"), ("avx2-adjacent", "adjacent")):
-                    row = {"n": n, "k": k, "m": 1, "threads": threads, "cache": "cold" if cold else "hot",
-                           "order": order, "us": t[impl] * 1e6, "gweights_s": n * k / t[impl] / 1e9,
-                           "weight_gbs": nbytes / t[impl] / 1e9,
-                           "roofline": (nbytes + k + 4 * n) / t[impl] / 1e9 / bandwidth[threads],
-                           "x_adjacent": t["avx2-adjacent"] / t[impl]}
-                    rows.append(row)
-                    print(f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {order:>8} {row['us']:>9.1f}"
-                          f" {row['gweights_s']:>7.1f} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
-                          f" {row['x_adjacent']:>10.2f}", flush=True)
+    for n, k, threads, cold in cases(shapes, threads_list):
+        t, nbytes = bench_order_case(bench, kernels, n, k, threads, cold, cold_bytes, min_time, rng)
+        for impl, order in (("avx2", "spread"), ("avx2-adjacent", "adjacent")):
+            row = {"n": n, "k": k, "m": 1, "threads": threads, "cache": "cold" if cold else "hot",
+                   "order": order, "us": t[impl] * 1e6, "gweights_s": n * k / t[impl] / 1e9,
+                   "weight_gbs": nbytes / t[impl] / 1e9,
+                   "roofline": (nbytes + k + 4 * n) / t[impl] / 1e9 / bandwidth[threads],
+                   "x_adjacent": t["avx2-adjacent"] / t[impl]}
+            rows.append(row)
+            print(f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {order:>8} {row['us']:>9.1f}"
+                  f" {row['gweights_s']:>7.1f} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
+                  f" {row['x_adjacent']:>10.2f}", flush=True)
     return rows
 
 
