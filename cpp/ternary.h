@@ -59,10 +59,11 @@ constexpr int64_t packed_nbytes(int64_t n, int64_t k) { return n * row_stride_by
 
 static_assert(row_stride_bytes(1) == 32 && row_stride_bytes(128) == 32 && row_stride_bytes(129) == 64, "");
 
-// How far ahead (bytes) the assembly GEMV loops prefetch weights: rows are 0.25-3 KB, too short for
-// the hardware prefetcher to ramp up on each, so they fetch eight rows ahead at the rate they consume
-// their own, and at least 8 KB so short rows still keep enough DRAM requests in flight (2048 x 2048
-// cold, one thread: 68 -> 85 G weights/s).
+// How far ahead (bytes) the AVX-512 assembly GEMV prefetches weights (its tiles are adjacent rows, one
+// read stream): rows are 0.25-3 KB, too short for the hardware prefetcher to ramp up on each, so it
+// fetches eight rows ahead at the rate it consumes its own, and at least 8 KB so short rows still keep
+// enough DRAM requests in flight (Zen 5, 2048 x 2048 cold, one thread: 68 -> 85 G weights/s). The AVX2
+// assembly GEMV reads four streams instead and needs no software prefetch (ternary_avx2_asm.cpp).
 constexpr int64_t gemv_prefetch_bytes(int64_t k) {
   return 8 * row_stride_bytes(k) > 8192 ? 8 * row_stride_bytes(k) : 8192;
 }

@@ -11,16 +11,17 @@
 // (AVX2, no AVX-512; tools/bench_kernels.py, "row order" section): one core reads one sequential
 // stream at ~15.5 GB/s and four at ~22 GB/s, and a GEMV whose tiles are adjacent rows is one stream,
 // so with cold weights it ran at the one-stream rate (0.6 of the four-stream roofline) while its
-// hot-weight loop was ~1.6x faster than that. Four spread rows: cold +9% (4096 x 4096) to +30%
-// (2048 x 2048), hot unchanged. KernelArgs::gemv_adjacent keeps the adjacent order, as the
-// benchmark's baseline.
+// hot-weight loop was ~1.6x faster than that. Four spread rows, cold, one thread: 68-74 G weights/s
+// against 57-64 for the two-adjacent-row loop with software prefetch they replaced (same machine, same
+// day), and 1.8-2.5x this loop in the adjacent order without prefetch, which KernelArgs::gemv_adjacent
+// keeps as the benchmark's baseline.
 //
 // The loop itself: each row's instructions as in ternary_avx2.cpp, activations read straight from
 // memory by vpmaddubsw (no register held for them), all sixteen ymm registers assigned by hand, int32
 // row accumulators in memory (touched once per 8 blocks). 13 vector instructions per 128 weights and
 // row: llvm-mca -mcpu=znver3 puts the loop at 6.5 cycles per 256 weights (four vector pipes full), the
-// vpmaddubsw ceiling at 4.0, so a hot GEMV built this way reaches at most 0.62 of the multiply ceiling
-// on Zen 3 (docs/kernels.md, "What bounds the AVX2 GEMV").
+// vpmaddubsw ceiling at 4.0, so a hot GEMV built this way reaches at most 0.61 of the multiply ceiling
+// on Zen 3 (docs/kernels.md, "What bounds the AVX2 kernels").
 #include "ternary.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
