@@ -16,12 +16,14 @@
 // day), and 1.8-2.5x this loop in the adjacent order without prefetch, which KernelArgs::gemv_adjacent
 // keeps as the benchmark's baseline.
 //
-// The loop itself: each row's instructions as in ternary_avx2.cpp, activations read straight from
-// memory by vpmaddubsw (no register held for them), all sixteen ymm registers assigned by hand, int32
-// row accumulators in memory (touched once per 8 blocks). 13 vector instructions per 128 weights and
-// row: llvm-mca -mcpu=znver3 puts the loop at 6.5 cycles per 256 weights (four vector pipes full), the
-// vpmaddubsw ceiling at 4.0, so a hot GEMV built this way reaches at most 0.61 of the multiply ceiling
-// on Zen 3 (docs/kernels.md, "What bounds the AVX2 kernels").
+// The loop itself: each row's instructions as in ternary_avx2.cpp, the block's four activation vectors
+// loaded once into registers and shared by the four rows (8 loads per 512 weights; with vpmaddubsw reading
+// them from memory for each row it was 20, and the GEMV was 6-7% slower hot and 9-30% slower cold, measured
+// side by side), all sixteen ymm registers assigned by hand, int32 row accumulators in memory (touched once
+// per 8 blocks). 13 vector instructions per 128 weights and row: llvm-mca -mcpu=znver3 puts the loop at
+// 6.5 cycles per 256 weights (four vector pipes full), the vpmaddubsw ceiling at 4.0, so a hot GEMV built
+// this way reaches at most 0.61 of the multiply ceiling on Zen 3 (docs/kernels.md, "What bounds the AVX2
+// kernels").
 #include "ternary.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -61,23 +63,24 @@ static_assert(offsetof(Gemv4Params, nblk) == 32 && offsetof(Gemv4Params, xsum) =
 #define BITNET_STR(v) BITNET_STR2(v)
 #define BITNET_GEMV_CHUNK 8  // blocks summed in int16 before T is folded into S (bound above)
 
-// One block of one row: codes from memory W into S = ymmS (scale 1) and T = ymmT (scale 4), with the
-// temporaries ymmA, ymmB, ymmC; ymm14 / ymm15 hold the 0x03 / 0x0C masks.
-#define BITNET_GEMV4_ROW(W, S, T, A, B, C)              \
-  "vmovdqu " W ", %%ymm" A "\n\t"                       \
-  "vpsrlw $4, %%ymm" A ", %%ymm" B "\n\t"               \
-  "vpand %%ymm14, %%ymm" A ", %%ymm" C "\n\t"           \
-  "vpand %%ymm15, %%ymm" A ", %%ymm" A "\n\t"           \
-  "vpmaddubsw (%[xc]), %%ymm" C ", %%ymm" C "\n\t"      \
-  "vpmaddubsw 32(%[xc]), %%ymm" A ", %%ymm" A "\n\t"    \
-  "vpaddw %%ymm" C ", %%ymm" S ", %%ymm" S "\n\t"       \
-  "vpaddw %%ymm" A ", %%ymm" T ", %%ymm" T "\n\t"       \
-  "vpand %%ymm14, %%ymm" B ", %%ymm" C "\n\t"           \
-  "vpand %%ymm15, %%ymm" B ", %%ymm" B "\n\t"           \
-  "vpmaddubsw 64(%[xc]), %%ymm" C ", %%ymm" C "\n\t"    \
-  "vpmaddubsw 96(%[xc]), %%ymm" B ", %%ymm" B "\n\t"    \
-  "vpaddw %%ymm" C ", %%ymm" S ", %%ymm" S "\n\t"       \
-  "vpaddw %%ymm" B ", %%ymm" T ", %%ymm" T "\n\t"
+// One block of one row: codes from memory W into S = ymmS (scale 1) and T = ymmT (scale 4). The block's four
+// activation vectors are in ymm8-11 (loaded once per block for the four rows), ymm12 / ymm13 are the
+// temporaries, ymm14 / ymm15 hold the 0x03 / 0x0C masks.
+#define BITNET_GEMV4_ROW(W, S, T)                       \
+  "vmovdqu " W ", %%ymm12\n\t"                          \
+  "vpand %%ymm14, %%ymm12, %%ymm13\n\t"                 \
+  "vpmaddubsw %%ymm8, %%ymm13, %%ymm13\n\t"             \
+  "vpaddw %%ymm13, %%ymm" S ", %%ymm" S "\n\t"          \
+  "vpand %%ymm15, %%ymm12, %%ymm13\n\t"                 \
+  "vpmaddubsw %%ymm9, %%ymm13, %%ymm13\n\t"             \
+  "vpaddw %%ymm13, %%ymm" T ", %%ymm" T "\n\t"          \
+  "vpsrlw $4, %%ymm12, %%ymm12\n\t"                     \
+  "vpand %%ymm14, %%ymm12, %%ymm13\n\t"                 \
+  "vpmaddubsw %%ymm10, %%ymm13, %%ymm13\n\t"            \
+  "vpaddw %%ymm13, %%ymm" S ", %%ymm" S "\n\t"          \
+  "vpand %%ymm15, %%ymm12, %%ymm12\n\t"                 \
+  "vpmaddubsw %%ymm11, %%ymm12, %%ymm12\n\t"            \
+  "vpaddw %%ymm12, %%ymm" T ", %%ymm" T "\n\t"
 // After a chunk: S += T / 4, then S widened and added into the row's int32 accumulator at OFF(p).
 #define BITNET_GEMV4_WIDEN(S, T, OFF)                   \
   "vpsraw $2, %%ymm" T ", %%ymm" T "\n\t"               \
@@ -122,11 +125,15 @@ void gemv4_tiles(const uint8_t* w, int64_t rs, int64_t ntiles, int32_t* y, int64
       "cmovlq %[nb], %[cnt]\n\t"
       "subq %[cnt], %[nb]\n\t"
       ".p2align 5\n"
-      "1:\n\t"  // per block: rows 0 and 2 use temporaries ymm8-10, rows 1 and 3 ymm11-13
-      BITNET_GEMV4_ROW("(%[wc])", "0", "1", "8", "9", "10")
-      BITNET_GEMV4_ROW("(%[wc],%[rs])", "2", "3", "11", "12", "13")
-      BITNET_GEMV4_ROW("(%[wc],%[rs],2)", "4", "5", "8", "9", "10")
-      BITNET_GEMV4_ROW("(%[wc3])", "6", "7", "11", "12", "13")
+      "1:\n\t"  // per block: the four activation vectors, then the four rows
+      "vmovdqu (%[xc]), %%ymm8\n\t"
+      "vmovdqu 32(%[xc]), %%ymm9\n\t"
+      "vmovdqu 64(%[xc]), %%ymm10\n\t"
+      "vmovdqu 96(%[xc]), %%ymm11\n\t"
+      BITNET_GEMV4_ROW("(%[wc])", "0", "1")
+      BITNET_GEMV4_ROW("(%[wc],%[rs])", "2", "3")
+      BITNET_GEMV4_ROW("(%[wc],%[rs],2)", "4", "5")
+      BITNET_GEMV4_ROW("(%[wc3])", "6", "7")
       "addq $32, %[wc]\n\t"
       "addq $32, %[wc3]\n\t"
       "addq $128, %[xc]\n\t"
