@@ -101,28 +101,9 @@ inline void store_tile5(const KernelArgs& a, int64_t r0, int64_t m0) {
 }  // namespace
 
 void rows5_avx2(const KernelArgs& a, int64_t n0, int64_t n1) {
-  if (a.m == 1) {  // GEMV: two weight rows share each activation load
-    int64_t r = n0;
-    for (; r + 2 <= n1; r += 2) store_tile5<2, 1>(a, r, 0);
-    for (; r < n1; ++r) store_tile5<1, 1>(a, r, 0);
-    return;
-  }
-  // GEMM: each decoded weight row serves up to 4 activation rows; rows in L2-sized chunks, as rows_avx2.
-  const int64_t chunk = std::max<int64_t>(1, kGemmChunkBytes / t5_row_stride_bytes(a.k));
-  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
-    const int64_t c1 = std::min(n1, c0 + chunk);
-    for (int64_t m = 0; m < a.m; m += 4) {
-      for (int64_t r = c0; r < c1; ++r) {
-        switch (std::min<int64_t>(4, a.m - m)) {
-          case 4: store_tile5<1, 4>(a, r, m); break;
-          case 3: store_tile5<1, 3>(a, r, m); break;
-          case 2: store_tile5<1, 2>(a, r, m); break;
-          case 1: store_tile5<1, 1>(a, r, m); break;
-          default: break;
-        }
-      }
-    }
-  }
+  run_row_tiles(a, n0, n1, t5_row_stride_bytes(a.k), [&a](int64_t r, int64_t m, auto rt, auto mt) {
+    store_tile5<decltype(rt)::value, decltype(mt)::value>(a, r, m);
+  });
 }
 
 }  // namespace bitnet

@@ -141,35 +141,20 @@ inline void gemm_tile(const uint8_t* const* wr, const int8_t* const* x, int64_t 
 }  // namespace
 
 void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1) {
-  if (a.m == 1) {  // GEMV: tiles of four spread rows in assembly, else two weight rows share each activation load
-    int64_t r = n0;
+  // GEMV: tiles of four rows a quarter of the range apart in assembly, then pairs of adjacent rows (tile).
+  // GEMM: each unpacked weight row serves up to 4 activation rows at a time (gemm_tile; 8 would need 8 int16
+  // and 8 int32 accumulators, all 16 ymm registers, and GCC spills them: measured 131 G MAC/s at M = 8 against
+  // 158 with tiles of 4).
+  int64_t r = n0;
 #if defined(BITNET_HAVE_AVX2_ASM)
-    r = gemv_rows_avx2_asm(a, r, n1);
+  if (a.m == 1) r = gemv_rows_avx2_asm(a, r, n1);
 #endif
-    for (; r + 2 <= n1; r += 2) store_tile<2, 1, tile<2, 1>>(a, r, 0);
-    for (; r < n1; ++r) store_tile<1, 1, tile<1, 1>>(a, r, 0);
-    return;
-  }
-  // GEMM: each unpacked weight row serves up to 4 activation rows at a time (8 would need 8 int16
-  // and 8 int32 accumulators, all 16 ymm registers, and GCC spills them: measured 131 G MAC/s at
-  // M = 8 against 158 with tiles of 4). Rows go in chunks of about kGemmChunkBytes of weights
-  // (L2-resident) and every activation tile sweeps the whole chunk before the next, so nothing is
-  // streamed from far away more than once.
-  const int64_t chunk = std::max<int64_t>(1, kGemmChunkBytes / row_stride_bytes(a.k));
-  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
-    const int64_t c1 = std::min(n1, c0 + chunk);
-    for (int64_t m = 0; m < a.m; m += 4) {
-      for (int64_t r = c0; r < c1; ++r) {
-        switch (std::min<int64_t>(4, a.m - m)) {
-          case 4: store_tile<1, 4, gemm_tile<4>>(a, r, m); break;
-          case 3: store_tile<1, 3, gemm_tile<3>>(a, r, m); break;
-          case 2: store_tile<1, 2, gemm_tile<2>>(a, r, m); break;
-          case 1: store_tile<1, 1, gemm_tile<1>>(a, r, m); break;
-          default: break;
-        }
-      }
-    }
-  }
+  run_row_tiles(a, r, n1, row_stride_bytes(a.k), [&a](int64_t row, int64_t m, auto rt, auto mt) {
+    if (a.m == 1)
+      store_tile<decltype(rt)::value, 1, tile<decltype(rt)::value, 1>>(a, row, m);
+    else
+      store_tile<1, decltype(mt)::value, gemm_tile<decltype(mt)::value>>(a, row, m);
+  });
 }
 
 }  // namespace bitnet

@@ -29,8 +29,6 @@
 namespace bitnet {
 namespace {
 
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 // dot[r][m] = sum_k c(w[r], k) * x[m][k] for RT weight rows and MT activation rows over nblk blocks; each
 // unpacked weight register is reused for all MT activation rows. Same contract as the AVX2 tiles
 // (kernel_tile.h); no software prefetch (pf unused): nothing was measured on ARM to justify one.
@@ -74,29 +72,10 @@ inline void tile(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, 
 }  // namespace
 
 void rows_neon_dotprod(const KernelArgs& a, int64_t n0, int64_t n1) {
-  if (a.m == 1) {  // GEMV: two weight rows share each activation load (four: as many instructions, and spills)
-    int64_t r = n0;
-    for (; r + 2 <= n1; r += 2) store_tile<2, 1, tile<2, 1>>(a, r, 0);
-    for (; r < n1; ++r) store_tile<1, 1, tile<1, 1>>(a, r, 0);
-    return;
-  }
-  // GEMM: each unpacked weight row serves up to 4 activation rows at a time; rows in L2-sized chunks and
-  // every activation tile sweeps the whole chunk before the next, as rows_avx2.
-  const int64_t chunk = kGemmChunkBytes / row_stride_bytes(a.k) > 1 ? kGemmChunkBytes / row_stride_bytes(a.k) : 1;
-  for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
-    const int64_t c1 = min64(n1, c0 + chunk);
-    for (int64_t m = 0; m < a.m; m += 4) {
-      for (int64_t r = c0; r < c1; ++r) {
-        switch (min64(4, a.m - m)) {
-          case 4: store_tile<1, 4, tile<1, 4>>(a, r, m); break;
-          case 3: store_tile<1, 3, tile<1, 3>>(a, r, m); break;
-          case 2: store_tile<1, 2, tile<1, 2>>(a, r, m); break;
-          case 1: store_tile<1, 1, tile<1, 1>>(a, r, m); break;
-          default: break;
-        }
-      }
-    }
-  }
+  // GEMV tiles of two weight rows (four: as many instructions, and spills)
+  run_row_tiles(a, n0, n1, row_stride_bytes(a.k), [&a](int64_t r, int64_t m, auto rt, auto mt) {
+    store_tile<decltype(rt)::value, decltype(mt)::value, tile<decltype(rt)::value, decltype(mt)::value>>(a, r, m);
+  });
 }
 
 }  // namespace bitnet
