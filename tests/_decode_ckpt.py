@@ -1,5 +1,6 @@
-"""A short real training run shared by test_packed.py, test_generate.py and test_decode_probe.py (trained once
-per session).
+"""What several test modules share: a short real training run (test_packed.py, test_generate.py,
+test_decode_probe.py, ...; trained once per session), and the export command run in-process (test_interop.py,
+test_gguf.py).
 
 Not a test module (the leading underscore keeps pytest from collecting it).
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bitnet_ref import export as E
 from bitnet_ref import kernels
 
 needs_ext = pytest.mark.skipif(not kernels.available(),
@@ -32,3 +34,14 @@ def trained_checkpoint() -> Path:
               log=lambda *a, **k: None)
         _CACHE["path"] = out / "ckpt.pt"
     return _CACHE["path"]
+
+
+def run_export(capsys, *args):
+    """bitnet_ref.export's main in this process (a subprocess costs seconds of torch import): (exit status,
+    stdout, stderr)."""
+    try:
+        code = E.main([str(a) for a in args])
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

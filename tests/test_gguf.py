@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bitnet_ref import export as E
+from _decode_ckpt import run_export
 from bitnet_ref import generate as G
 from bitnet_ref import gguf_file as GF
 from bitnet_ref import kernels
@@ -38,13 +38,6 @@ def write_ckpt(path, cfg: ModelConfig, seed=0, **extra):
     return model.eval()
 
 
-def run_main(capsys, *args):
-    try:
-        code = E.main([str(a) for a in args])
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ---------------------------------------------------------------------------------------------- bytes
@@ -193,7 +186,7 @@ def test_write_from_a_packed_state(tmp_path):
 def test_approximate_writes_narrow_linears_as_f16_codes(tmp_path, capsys):
     cfg = ModelConfig(**{**CFG, "ffn_hidden": 320})  # down_proj K = 320: no TQ2_0
     model = write_ckpt(tmp_path / "c.pt", cfg)
-    code, out, err = run_main(capsys, tmp_path / "c.pt", "--format", "gguf", "--out", tmp_path / "a.gguf",
+    code, out, err = run_export(capsys, tmp_path / "c.pt", "--format", "gguf", "--out", tmp_path / "a.gguf",
                               "--approximate", "--emb-type", "f32")
     assert code == 0, err
     assert "approximate: linears of input width 320" in out and "2 F16 linears" in out
@@ -210,7 +203,7 @@ def test_approximate_writes_narrow_linears_as_f16_codes(tmp_path, capsys):
 def test_per_linear_norm_with_shared_gains_exports(tmp_path, capsys):
     cfg = ModelConfig(**{**CFG, "layout": "per-linear-norm"})
     write_ckpt(tmp_path / "p.pt", cfg)  # gains all start at 1: equal, so the block norms represent them
-    code, out, err = run_main(capsys, tmp_path / "p.pt", "--format", "gguf", "--out", tmp_path / "p.gguf")
+    code, out, err = run_export(capsys, tmp_path / "p.pt", "--format", "gguf", "--out", tmp_path / "p.gguf")
     assert code == 0, err
     assert "per-linear-norm layout" in out and "token_embd (also llama.cpp's output head) is F16" in out
 
@@ -233,7 +226,7 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
     write_ckpt("bpe.pt", ModelConfig(**{**CFG, "vocab_size": 512}),
                data={"kind": "text", "tokenizer": {"spec": "bpe:512", "sha256": "0" * 64, "vocab_size": 512}})
     Path("notes.txt").write_text("mine")
-    assert run_main(capsys, "ok.pt", "--format", "gguf", "--out", "done.gguf")[0] == 0
+    assert run_export(capsys, "ok.pt", "--format", "gguf", "--out", "done.gguf")[0] == 0
     cases = [
         (("relu2.pt",), "computes a SiLU-gated FFN only, and this model's is relu2"),
         (("untied.pt",), "this model's head is untied; train with --tie-embeddings"),
@@ -250,22 +243,22 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
     for args, msg in cases:
         if "--out" not in args:
             args = (*args, "--out", "x.gguf")
-        code, out, err = run_main(capsys, *args[:1], "--format", "gguf", *args[1:])
+        code, out, err = run_export(capsys, *args[:1], "--format", "gguf", *args[1:])
         assert code == 2 and out == "" and msg in err and err.count("\n") == 1, (args, err)
     assert sorted(os.listdir()) == sorted(["ok.pt", "relu2.pt", "untied.pt", "narrow.pt", "float.pt", "ablated.pt",
                                            "gains.pt", "bpe.pt", "notes.txt", "done.gguf"])  # no x.gguf, no temp
     assert Path("notes.txt").read_text() == "mine"
-    code, _, err = run_main(capsys, "ok.pt", "--format", "hf", "--out", "y", "--ids-only")
+    code, _, err = run_export(capsys, "ok.pt", "--format", "hf", "--out", "y", "--ids-only")
     assert code == 2 and "--ids-only apply to --format gguf only" in err
-    code, out, _ = run_main(capsys, "bpe.pt", "--format", "gguf", "--out", "ids.gguf", "--ids-only")
+    code, out, _ = run_export(capsys, "bpe.pt", "--format", "gguf", "--out", "ids.gguf", "--ids-only")
     assert code == 0 and "vocabulary no_vocab" in out
-    assert run_main(capsys, "ok.pt", "--format", "gguf", "--out", "done.gguf", "--force")[0] == 0
+    assert run_export(capsys, "ok.pt", "--format", "gguf", "--out", "done.gguf", "--force")[0] == 0
 
 
 def test_missing_gguf_package_is_one_line(tmp_path, capsys, monkeypatch):
     write_ckpt(tmp_path / "ok.pt", ModelConfig(**CFG))
     monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError, as when not installed
-    code, out, err = run_main(capsys, tmp_path / "ok.pt", "--format", "gguf", "--out", tmp_path / "x.gguf")
+    code, out, err = run_export(capsys, tmp_path / "ok.pt", "--format", "gguf", "--out", tmp_path / "x.gguf")
     assert code == 2 and 'pip install "bitnet_ref[gguf]"' in err and err.count("\n") == 1
     assert not (tmp_path / "x.gguf").exists()
 

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import bitnet_ref
-from _decode_ckpt import needs_ext, trained_checkpoint
+from _decode_ckpt import needs_ext, run_export, trained_checkpoint
 from bitnet_ref import decode_probe as DP
 from bitnet_ref import export as E
 from bitnet_ref import generate as G
@@ -491,14 +491,6 @@ def export_cli(*args, cwd=None):
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def run_main(capsys, *args):
-    """E.main in this process (a subprocess costs seconds of torch import): (exit status, stdout, stderr)."""
-    try:
-        code = E.main([str(a) for a in args])
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_export_refusals_are_one_line(tmp_path, capsys, monkeypatch):
@@ -522,12 +514,12 @@ def test_export_refusals_are_one_line(tmp_path, capsys, monkeypatch):
         (("ok.pt", "--out", "x", "--format", "hf", "--emb-type", "f32"), "apply to --format gguf only"),
     ]
     for args, needle in cases:
-        code, out, err = run_main(capsys, *args)
+        code, out, err = run_export(capsys, *args)
         assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, (args, err)
         assert needle in err, (args, err)
     assert not Path("x").exists() and sorted(os.listdir("keep")) == ["notes.txt"]
     assert Path("done/config.json").read_text() == "{}"
-    code, out, err = run_main(capsys, "ok.pt", "--out", "done", "--force", "--form", "packed")
+    code, out, err = run_export(capsys, "ok.pt", "--out", "done", "--force", "--form", "packed")
     assert code == 0 and "packed form" in out and "note: no tokenizer" in out, err
     assert sorted(os.listdir("done")) == ["config.json", "model.safetensors"]
     mode = 0o666 & ~_umask()
