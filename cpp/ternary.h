@@ -128,9 +128,10 @@ void rows_avx512vnni(const KernelArgs& a, int64_t n0, int64_t n1);
 void rows_neon(const KernelArgs& a, int64_t n0, int64_t n1);
 void rows_neon_dotprod(const KernelArgs& a, int64_t n0, int64_t n1);
 // The inline-assembly loops (ternary_avx2_asm.cpp, ternary_avx512_asm.cpp; built when
-// BITNET_HAVE_AVX2_ASM / BITNET_HAVE_AVX512_ASM): the M = 1 rows from r0 in whole tiles (two, four
-// rows; see ternary_avx2_asm.cpp for the AVX2 row order), and the AVX-512 GEMM for activation rows m0 .. m0+7 in pairs of weight rows. Each returns
-// the first row it did not compute; the callers finish the rest with the intrinsic tiles.
+// BITNET_HAVE_AVX2_ASM / BITNET_HAVE_AVX512_ASM): the M = 1 rows from r0 in whole tiles of four rows
+// (AVX2: a quarter of the range apart, see ternary_avx2_asm.cpp; AVX-512: adjacent), and the AVX-512 GEMM
+// for activation rows m0 .. m0+7 in pairs of weight rows. Each returns the first row it did not compute;
+// the callers finish the rest with the intrinsic tiles.
 int64_t gemv_rows_avx2_asm(const KernelArgs& a, int64_t r0, int64_t r1);
 int64_t gemv_rows_avx512vnni_asm(const KernelArgs& a, int64_t r0, int64_t r1);
 int64_t gemm_rows_avx512vnni_asm(const KernelArgs& a, int64_t r0, int64_t r1, int64_t m0);

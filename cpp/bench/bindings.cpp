@@ -57,7 +57,7 @@ py::array_t<int32_t> i2s_gemv(const py::object& x_obj, const py::object& packed_
   return out;
 }
 
-// Per-call wall seconds of `reps` M = 1, one-thread GEMVs timed inside C++ (no Python call around each),
+// Per-call wall seconds of `reps` M = 1 GEMVs timed inside C++ (no Python call around each),
 // rotating through the weight copies in `packs`: impl "i2s" runs the I2_S-style loop on I2_S-layout
 // buffers, "avx2" / "avx512vnni" our kernel through bitnet::matmul (activation preparation included,
 // as in every call), "avx2-adjacent" the AVX2 kernel with its tiles' rows adjacent (one read stream; the
