@@ -18,15 +18,17 @@ What this is not: a format for sharing packed ternary weights (the decode path p
 
 from __future__ import annotations
 
-import os
 import pickle
 import pickletools
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
+
+from bitnet_ref.files import atomic_write
+from bitnet_ref.generate import DecodeError
+from bitnet_ref.model import ModelConfig, Transformer
 
 FORMAT = "bitnet_ref.ckpt"
 VERSION = 1
@@ -48,55 +50,6 @@ def save_checkpoint(path, payload: dict) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def atomic_write(path, write, *, binary: bool = True) -> None:
-    """Write a file so that ``path`` holds either its old content or the complete new one, never a torn file.
-
-    ``write(f)`` fills a temp file in the same directory; it is flushed, fsynced, renamed over ``path`` and the
-    directory fsynced. Temp files left by a process killed mid-write are removed by the next write.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-    for stale in directory.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        try:
-            stale.unlink()
-        except OSError:
-            pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms where directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def load_checkpoint(path, *, check_config: bool = True) -> dict:
     """Load and validate a bitnet_ref checkpoint; any problem raises CheckpointError (one line)."""
     path = Path(path)
@@ -116,14 +69,28 @@ def load_checkpoint(path, *, check_config: bool = True) -> dict:
         msg = str(e)
         op = re.search(r"Unsupported operand (\d+)", msg)
         if op and int(op.group(1)) not in _PICKLE_OPCODES:  # random bytes, not a pickle asking for too much
-            raise CheckpointError(f"{path} is corrupt or not a PyTorch file (byte {op.group(1)} is no pickle "
-                                  "opcode)") from None
+            raise CheckpointError(
+                f"{path} is corrupt or not a PyTorch file (byte {op.group(1)} is no pickle opcode)"
+            ) from None
         if "Weights only load failed" in msg or "Unsupported global" in msg or op:
-            raise CheckpointError(f"refused to load {path}: it holds Python objects that would run code when "
-                                  "unpickled; bitnet_ref checkpoints never do") from None
+            raise CheckpointError(
+                f"refused to load {path}: it holds Python objects that would run code when "
+                "unpickled; bitnet_ref checkpoints never do"
+            ) from None
         raise CheckpointError(f"{path} is corrupt or not a PyTorch file ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError,
-            AttributeError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        KeyError,
+        IndexError,
+        TypeError,
+        AttributeError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+    ) as e:
         raise CheckpointError(f"{path} is truncated, corrupt or not a PyTorch file ({_first_line(e)})") from None
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or _first_line(e)}") from None
@@ -139,14 +106,13 @@ def validate(ckpt, path="checkpoint", *, check_config: bool = True) -> None:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bitnet_ref checkpoint (no format={FORMAT!r} key)")
     if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')!r}; this bitnet_ref reads "
-                              f"version {VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {ckpt.get('version')!r}; this bitnet_ref reads version {VERSION}"
+        )
     for key, kind in (("config", dict), ("model", dict), ("step", int)):
         if not isinstance(ckpt.get(key), kind):
             raise CheckpointError(f"{path} is damaged: {key!r} is missing or not a {kind.__name__}")
     if check_config:
-        from .model import ModelConfig  # late import: checkpoint files do not need the model to be read
-
         try:
             ModelConfig.from_dict(ckpt["config"])
         except (ValueError, TypeError) as e:
@@ -176,3 +142,18 @@ def _first_nonfinite(tree, prefix=""):
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
+
+
+def build_model(ckpt: dict, path="checkpoint") -> Transformer:
+    """The fake-quant Transformer of a loaded checkpoint, weights in, eval mode, on the CPU."""
+    try:
+        cfg = ModelConfig.from_dict(ckpt["config"])
+        model = Transformer(cfg)
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DecodeError(f"{path}: cannot build the model from its stored config and weights ({first})") from None
+    for name, p in model.state_dict().items():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise DecodeError(f"{path} holds NaN or inf in {name!r}; it cannot be decoded")
+    return model.eval()

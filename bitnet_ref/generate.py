@@ -87,15 +87,24 @@ def _groups(prompts, max_new_tokens: int, top_k: int | None, context: int) -> di
         if len(p) == 0:
             raise DecodeError("every prompt needs at least one token")
         if len(p) + max_new_tokens > context:
-            raise DecodeError(f"prompt ({len(p)} tokens) + {max_new_tokens} new tokens exceed the model's "
-                              f"context of {context}; shorten the prompt or lower --max-new-tokens")
+            raise DecodeError(
+                f"prompt ({len(p)} tokens) + {max_new_tokens} new tokens exceed the model's "
+                f"context of {context}; shorten the prompt or lower --max-new-tokens"
+            )
         groups.setdefault(len(p), []).append(i)
     return groups
 
 
 @torch.no_grad()
-def generate(model: Transformer, prompts, max_new_tokens: int, *, temperature: float = 0.0,
-             top_k: int | None = None, seed: int = 0) -> Generation:
+def generate(
+    model: Transformer,
+    prompts,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> Generation:
     """Continue each prompt by ``max_new_tokens`` through the model's KV cache (one token per forward after
     the prompt). temperature <= 0 is greedy; otherwise sampling at ``temperature`` from the ``top_k`` most
     likely tokens (all when None) with a torch.Generator seeded by ``seed``. Prompts of one length share a batch.
@@ -144,7 +153,7 @@ def generate_reference(model: Transformer, prompts, max_new_tokens: int) -> list
         for _ in range(max_new_tokens):
             logits, _ = model(torch.tensor([seq], dtype=torch.long, device=device))  # (1, T, V)
             seq.append(int(logits[0, -1].argmax()))
-        out.append(seq[len(p):])
+        out.append(seq[len(p) :])
     return out
 
 
@@ -163,8 +172,9 @@ def val_loss(model: Transformer, windows: torch.Tensor) -> float:
     return float(loss)
 
 
-def parity(runtime: Transformer, reference: Transformer, prompts, max_new_tokens: int, *,
-           return_generations: bool = False):
+def parity(
+    runtime: Transformer, reference: Transformer, prompts, max_new_tokens: int, *, return_generations: bool = False
+):
     """Does the runtime model compute what the reference (fake-quant) model computes?
 
     Both decode ``prompts`` greedily through their KV caches; tokens must be identical. Then both run one full

@@ -50,8 +50,15 @@ MARGIN = 0.05  # "near a threshold" means within this distance, in units of beta
 LEVELS_SAMPLE = 64  # token rows sampled for the embedding-level and logit-lattice probes
 LATTICE_TOL = 0.02  # a logit is "on the lattice" within this fraction of the lattice unit
 FLOAT_GRID_BITS = 11  # significand bits of fp16 (bf16 has 8, fp8 e4m3 4): a "coarse float" logit fits in them
-GRAD_FIELDS = ("grad_norm", "grad_rms_zero", "grad_rms_sat", "grad_dead_zero", "grad_dead_sat", "grad_dead_clip",
-               "grad_zero")
+GRAD_FIELDS = (
+    "grad_norm",
+    "grad_rms_zero",
+    "grad_rms_sat",
+    "grad_dead_zero",
+    "grad_dead_sat",
+    "grad_dead_clip",
+    "grad_zero",
+)
 GROUPS = ("latent", "norm", "embed", "head")
 
 
@@ -116,9 +123,15 @@ def grad_split(grad: torch.Tensor | None, w: torch.Tensor, beta: float) -> dict:
     rz, dz = part(zero)
     rs, ds = part(sat)
     _, dc = part(clip)
-    return {"grad_norm": g.pow(2).sum().sqrt().item(), "grad_rms_zero": rz, "grad_rms_sat": rs,
-            "grad_dead_zero": dz, "grad_dead_sat": ds, "grad_dead_clip": dc,
-            "grad_zero": (g == 0).sum().item() / max(g.numel(), 1)}
+    return {
+        "grad_norm": g.pow(2).sum().sqrt().item(),
+        "grad_rms_zero": rz,
+        "grad_rms_sat": rs,
+        "grad_dead_zero": dz,
+        "grad_dead_sat": ds,
+        "grad_dead_clip": dc,
+        "grad_zero": (g == 0).sum().item() / max(g.numel(), 1),
+    }
 
 
 def update_ratio(before: torch.Tensor, after: torch.Tensor) -> float:
@@ -193,7 +206,7 @@ def float_grid_share(values: torch.Tensor, bits: int = FLOAT_GRID_BITS) -> float
     if v.numel() == 0:
         return None
     m, _ = torch.frexp(v.double())  # v = m * 2^e, 0.5 <= |m| < 1
-    scaled = m * 2.0 ** bits
+    scaled = m * 2.0**bits
     return (scaled == scaled.round()).double().mean().item()
 
 
@@ -225,8 +238,11 @@ def group_grads(params: list) -> dict:
 
 def mean_over(layers: dict, key: str) -> float | None:
     """Mean of one per-layer field over the layers where it is a finite number; None if none are."""
-    vals = [v[key] for v in layers.values()
-            if isinstance(v.get(key), (int, float)) and not isinstance(v.get(key), bool) and math.isfinite(v[key])]
+    vals = [
+        v[key]
+        for v in layers.values()
+        if isinstance(v.get(key), (int, float)) and not isinstance(v.get(key), bool) and math.isfinite(v[key])
+    ]
     return sum(vals) / len(vals) if vals else None
 
 
@@ -355,8 +371,9 @@ class HealthTracker:
             out[f"health_{k}"] = mean_over(layers, k)
         out["health_entropy"], out["health_top1"] = next_token_stats(logits)
         emb = seen.get("emb")
-        out["health_embed_levels"] = (distinct_levels(emb.reshape(-1, emb.shape[-1])[:LEVELS_SAMPLE])
-                                      if emb is not None else None)
+        out["health_embed_levels"] = (
+            distinct_levels(emb.reshape(-1, emb.shape[-1])[:LEVELS_SAMPLE]) if emb is not None else None
+        )
         out["health_logit_lattice"] = lattice_share(logits.reshape(-1, logits.shape[-1])[:LEVELS_SAMPLE])
         out["health_logit_float_grid"] = float_grid_share(logits.reshape(-1, logits.shape[-1])[:LEVELS_SAMPLE])
         return finite_or_none(out)

@@ -35,17 +35,17 @@ from . import quant as Q
 
 ABLATIONS = {
     "no-ste": "weights quantized with no straight-through estimator, so latent weights get no gradient "
-              "(research notes §3 #1: kyegomez/BitNet sign/round without STE)",
+    "(research notes §3 #1: kyegomez/BitNet sign/round without STE)",
     "clamp-ste": "STE on round() then a plain clamp, so clipped weights lose their gradient "
-                 "(§3 #1b: pytorch/ao PR #4806, pytorch/pytorch #184574)",
+    "(§3 #1b: pytorch/ao PR #4806, pytorch/pytorch #184574)",
     "quant-head": "ternary embedding and output head, head input int8 too "
-                  "(§3 #4: kyegomez replace_hf.py; HF keeps lm_head FP 'for numerical stability')",
+    "(§3 #4: kyegomez replace_hf.py; HF keeps lm_head FP 'for numerical stability')",
     "no-subln": "no RMSNorm inside BitLinear: no pre-norms and no SubLN before the activation quant "
-                "(§3 #5: b1 paper §2.1, HF blog PPL 6.3 vs 5.9)",
+    "(§3 #5: b1 paper §2.1, HF blog PPL 6.3 vs 5.9)",
     "no-dequant": "F.linear on raw int8/ternary codes, never multiplying gamma*beta back "
-                  "(§3 #2: Mrw33554432/bitLinear-phi-1.5, 7.5 vs 2.5 loss)",
+    "(§3 #2: Mrw33554432/bitLinear-phi-1.5, 7.5 vs 2.5 loss)",
     "const-wd": "weight decay held at its peak for the whole run, schedule only "
-                "(§3 #8: FAQ rationale, parameter-golf #367 plateau)",
+    "(§3 #8: FAQ rationale, parameter-golf #367 plateau)",
 }
 _NEEDS_QUANT = ("no-ste", "clamp-ste", "no-dequant")  # meaningless with quant="none": refused, not ignored
 
@@ -54,10 +54,21 @@ PRESETS = {
     "default": dict(d_model=256, n_layers=4, n_heads=4, ffn_hidden=704, context=128),
     "wide": dict(d_model=2048, n_layers=4, n_heads=16, ffn_hidden=5504, context=256),
     # the shapes of two public models, for benchmarks (random init; their vocabularies need their tokenizers)
-    "bitnet-b1.58-2b-4t": dict(d_model=2560, n_layers=30, n_heads=20, n_kv_heads=5, ffn_hidden=6912, context=4096,
-                               vocab_size=128256, rope_theta=500000.0, ffn_act="relu2", tie_embeddings=True),
-    "bitnet-b1.58-large": dict(d_model=1536, n_layers=24, n_heads=16, ffn_hidden=4096, context=2048,
-                               vocab_size=32002, ffn_act="swiglu"),
+    "bitnet-b1.58-2b-4t": dict(
+        d_model=2560,
+        n_layers=30,
+        n_heads=20,
+        n_kv_heads=5,
+        ffn_hidden=6912,
+        context=4096,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        ffn_act="relu2",
+        tie_embeddings=True,
+    ),
+    "bitnet-b1.58-large": dict(
+        d_model=1536, n_layers=24, n_heads=16, ffn_hidden=4096, context=2048, vocab_size=32002, ffn_act="swiglu"
+    ),
 }
 LAYOUTS = ("official", "per-linear-norm")
 
@@ -147,15 +158,26 @@ class ModelConfig:
     def validate(self):
         def bad(msg):
             raise ValueError(f"model config: {msg}")
-        for k, lo, hi in [("vocab_size", 2, MAX_VOCAB), ("d_model", 2, MAX_D_MODEL), ("n_layers", 1, MAX_LAYERS),
-                          ("n_heads", 1, MAX_D_MODEL), ("ffn_hidden", 1, MAX_FFN), ("context", 1, MAX_CONTEXT)]:
+
+        for k, lo, hi in [
+            ("vocab_size", 2, MAX_VOCAB),
+            ("d_model", 2, MAX_D_MODEL),
+            ("n_layers", 1, MAX_LAYERS),
+            ("n_heads", 1, MAX_D_MODEL),
+            ("ffn_hidden", 1, MAX_FFN),
+            ("context", 1, MAX_CONTEXT),
+        ]:
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
                 bad(f"{k} must be an integer in [{lo}, {hi}], got {v!r}")
         if self.d_model % self.n_heads:
             bad(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if not isinstance(self.n_kv_heads, int) or isinstance(self.n_kv_heads, bool) or self.n_kv_heads < 1 \
-                or self.n_heads % self.n_kv_heads:
+        if (
+            not isinstance(self.n_kv_heads, int)
+            or isinstance(self.n_kv_heads, bool)
+            or self.n_kv_heads < 1
+            or self.n_heads % self.n_kv_heads
+        ):
             bad(f"n_kv_heads must divide n_heads {self.n_heads}, got {self.n_kv_heads!r}")
         if self.layout not in LAYOUTS:
             bad(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
@@ -217,8 +239,13 @@ class BitLinear(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
         self.norm = RMSNorm(in_features, eps) if norm and "no-subln" not in ablate else nn.Identity()
         self.dequant = "no-dequant" not in ablate
-        self.wq = (Q.weight_fake_quant_no_ste if "no-ste" in ablate else
-                   Q.weight_fake_quant_clamp_ste if "clamp-ste" in ablate else None)
+        self.wq = (
+            Q.weight_fake_quant_no_ste
+            if "no-ste" in ablate
+            else Q.weight_fake_quant_clamp_ste
+            if "clamp-ste" in ablate
+            else None
+        )
 
     def quantize_input(self, x):
         """The int8 codes and scale of x (after this layer's norm), to share among layers reading the same x;
@@ -307,9 +334,12 @@ class Attention(nn.Module):
         mask, causal = None, True
         if cache is not None:
             p = cache.pos
-            cache.k[layer, :, :, p:p + T] = k
-            cache.v[layer, :, :, p:p + T] = v
-            k, v = cache.k[layer, :, :, :p + T].to(q.dtype), cache.v[layer, :, :, :p + T].to(q.dtype)  # (B, Hkv, p+T, hd)
+            cache.k[layer, :, :, p : p + T] = k
+            cache.v[layer, :, :, p : p + T] = v
+            k, v = (
+                cache.k[layer, :, :, : p + T].to(q.dtype),
+                cache.v[layer, :, :, : p + T].to(q.dtype),
+            )  # (B, Hkv, p+T, hd)
             # query i sits at absolute position p+i and may see keys 0..p+i
             mask, causal = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p), False
         if self.n_kv_heads != self.n_heads:  # grouped-query attention: each key/value head serves a group
@@ -387,7 +417,7 @@ class Transformer(nn.Module):
             x = F.embedding(idx, Q.weight_fake_quant(self.tok_emb.weight))  # (B, T, C)
         else:
             x = self.tok_emb(idx)  # (B, T, C)
-        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hd)
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, hd)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, i)
         if cache is not None:

@@ -61,6 +61,7 @@ def act_dequant(x: torch.Tensor) -> torch.Tensor:
 
 # ---- reference straight-through estimators -------------------------------------------------------------------
 
+
 def weight_fake_quant(w: torch.Tensor) -> torch.Tensor:
     """Value codes * beta; gradient identity to every latent weight (the FAQ's STE)."""
     return w + (weight_dequant(w) - w).detach()
@@ -119,6 +120,7 @@ def fake_quant_linear(x: torch.Tensor, w: torch.Tensor, act=None) -> torch.Tenso
 
 # ---- deliberately broken variants, for ablations only ----------------------------------------------------------
 
+
 def weight_fake_quant_clamp_ste(w: torch.Tensor) -> torch.Tensor:
     """Ablation `clamp-ste`: STE on round() only, then a plain clamp, as many home-made BitLinears do.
 
@@ -153,6 +155,7 @@ def act_codes_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---- the inverse of weight_quant, for importing packed weights ---------------------------------------------------
+
 
 def _f32(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float32).reshape(())
@@ -207,6 +210,7 @@ def _quantizes_to(w, codes, beta) -> bool:
 
 def _nearest_latent(codes, mag, nnz, beta) -> torch.Tensor:
     """codes * t with t (the first m nonzero magnitudes one float32 step higher) putting the mean nearest beta."""
+
     def mean_of(w):  # the scale weight_quant computes (w >= 0 here, so |w| is w itself)
         return w.mean().clamp(min=EPS)
 
@@ -232,7 +236,7 @@ def _nearest_latent(codes, mag, nnz, beta) -> torch.Tensor:
     def mixed(m):  # the first m nonzero magnitudes at t_hi, the rest at t_lo
         buf.copy_(low)
         if m:
-            buf.view(-1)[:ends[m - 1]] = high.view(-1)[:ends[m - 1]]
+            buf.view(-1)[: ends[m - 1]] = high.view(-1)[: ends[m - 1]]
         return buf
 
     a, z = 0, nnz  # mean(mixed(a)) <= beta < mean(mixed(z)); the mean is monotone in m

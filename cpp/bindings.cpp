@@ -58,10 +58,11 @@ py::array_t<int8_t> unpack(const py::object& packed_obj, int64_t n, int64_t k, c
     const int64_t kpad = format == PackedFormat::k1_6Bit ? bitnet::t5_blocks_per_row(k) * bitnet::kT5BlockWeights
                                                          : bitnet::blocks_per_row(k) * bitnet::kBlockWeights;
     const int64_t row = bad / kpad, col = bad % kpad;
-    const char* what = format == PackedFormat::k1_6Bit ? "a byte that encodes no five ternary values"
-                                                       : "code 3 (not a ternary value)";
-    throw py::value_error(std::string("packed buffer is corrupt: ") + (col < k ? what : "padding that is not weight 0") +
-                          " at row " + std::to_string(row) + ", column " + std::to_string(col));
+    const char* what =
+        format == PackedFormat::k1_6Bit ? "a byte that encodes no five ternary values" : "code 3 (not a ternary value)";
+    throw py::value_error(std::string("packed buffer is corrupt: ") +
+                          (col < k ? what : "padding that is not weight 0") + " at row " + std::to_string(row) +
+                          ", column " + std::to_string(col));
   }
   return out;
 }
@@ -99,8 +100,7 @@ py::array checked_float_matrix(const py::object& obj, const char* what) {
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (a.dtype().kind() != 'f' || a.itemsize() != 4)
     throw py::type_error(std::string(what) + " must have dtype float32, got " + dtype_name(a));
-  if (a.ndim() != 2)
-    throw py::value_error(std::string(what) + " must be 2-D, got " + std::to_string(a.ndim()) + "-D");
+  if (a.ndim() != 2) throw py::value_error(std::string(what) + " must be 2-D, got " + std::to_string(a.ndim()) + "-D");
   if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(what) + " must be C-contiguous");
   return a;
 }
@@ -108,7 +108,10 @@ py::array checked_float_matrix(const py::object& obj, const char* what) {
 [[noreturn]] void throw_nonfinite(const py::array& x, int64_t bad) {
   const int64_t k = x.shape(1);
   const float v = static_cast<const float*>(x.data())[bad];
-  throw py::value_error(std::string("x must be finite; found ") + (std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf") +
+  throw py::value_error(std::string("x must be finite; found ") +
+                        (std::isnan(v) ? "nan"
+                         : v > 0       ? "inf"
+                                       : "-inf") +
                         " at (" + std::to_string(bad / k) + ", " + std::to_string(bad % k) + ")");
 }
 
@@ -149,8 +152,8 @@ py::array_t<float> quant_matmul(const py::object& x_obj, const py::object& packe
   const auto* xp = static_cast<const float*>(x.data());
   const auto* wp = static_cast<const uint8_t*>(packed.data());
   float* yp = out.mutable_data();
-  const int64_t bad =
-      run_kernel(m * n * k, [&] { return bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads, format); });
+  const int64_t bad = run_kernel(
+      m * n * k, [&] { return bitnet::quant_matmul(xp, wp, yp, m, n, k, beta_f, backend, threads, format); });
   if (bad >= 0) throw_nonfinite(x, bad);
   return out;
 }
@@ -176,28 +179,34 @@ PYBIND11_MODULE(_core, m) {
         "Pack int8 codes (N, K) in {-1,0,1} into a 1-D uint8 buffer; format \"2\" (2-bit) or \"1.6\".");
   m.def("unpack", &unpack, py::arg("packed"), py::arg("n"), py::arg("k"), py::arg("format") = "2",
         "Unpack to int8 (N, K); checks every code.");
-  m.def("matmul", &matmul, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("k"),
-        py::arg("backend") = "", py::arg("threads") = 0, py::arg("format") = "2",
+  m.def("matmul", &matmul, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("k"), py::arg("backend") = "",
+        py::arg("threads") = 0, py::arg("format") = "2",
         "Exact int32 (M, N) = x (M, K) int8 times unpacked weights transposed. backend '' = best.");
   m.def("act_quant", &act_quant, py::arg("x"),
         "Per-row absmax int8 quantization of float32 (M, K): (q int8 (M, K), gamma float32 (M, 1)), "
         "bit-exact with bitnet_ref.quant.act_quant. ValueError on NaN/inf.");
-  m.def("quant_matmul", &quant_matmul, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("k"),
-        py::arg("beta"), py::arg("backend") = "", py::arg("threads") = 0, py::arg("format") = "2",
+  m.def("quant_matmul", &quant_matmul, py::arg("x"), py::arg("packed"), py::arg("n"), py::arg("k"), py::arg("beta"),
+        py::arg("backend") = "", py::arg("threads") = 0, py::arg("format") = "2",
         "Fused BitLinear core: float32 (M, N) = float(act_quant(x).q . w^T) * (gamma * float32(beta)).");
-  m.def("packed_nbytes", [](int64_t n, int64_t k, const std::string& format) {
-    const auto f = parse_format(format);
-    check_nk(n, k);
-    return packed_nbytes_of(f, n, k);
-  }, py::arg("n"), py::arg("k"), py::arg("format") = "2");
+  m.def(
+      "packed_nbytes",
+      [](int64_t n, int64_t k, const std::string& format) {
+        const auto f = parse_format(format);
+        check_nk(n, k);
+        return packed_nbytes_of(f, n, k);
+      },
+      py::arg("n"), py::arg("k"), py::arg("format") = "2");
   m.def("has_avx2", &bitnet::cpu_has_avx2);
   m.def("has_avx512vnni", &bitnet::cpu_has_avx512vnni);
   m.def("default_backend", [] { return std::string(bitnet::backend_name(bitnet::default_backend())); });
   m.def("supported_backends", &supported_backends);
-  m.def("set_threads", [](int t) {
-    if (t < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(t));
-    bitnet::set_default_threads(t);
-  }, py::arg("threads"));
+  m.def(
+      "set_threads",
+      [](int t) {
+        if (t < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(t));
+        bitnet::set_default_threads(t);
+      },
+      py::arg("threads"));
   m.def("get_threads", &bitnet::default_threads);
   m.def("hardware_threads", &bitnet::hardware_threads);
   register_decode(m);

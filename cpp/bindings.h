@@ -42,13 +42,12 @@ inline py::array checked_array(const py::object& obj, const char* what, char kin
                          py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (a.dtype().kind() != kind || a.itemsize() != 1)
-    throw py::type_error(std::string(what) + " must have dtype " + (kind == 'i' ? "int8" : "uint8") +
-                         ", got " + dtype_name(a));
+    throw py::type_error(std::string(what) + " must have dtype " + (kind == 'i' ? "int8" : "uint8") + ", got " +
+                         dtype_name(a));
   if (a.ndim() != ndim)
     throw py::value_error(std::string(what) + " must be " + std::to_string(ndim) + "-D, got " +
                           std::to_string(a.ndim()) + "-D");
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error(std::string(what) + " must be C-contiguous");
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(what) + " must be C-contiguous");
   return a;
 }
 
@@ -56,8 +55,8 @@ inline void check_nk(int64_t n, int64_t k) {
   if (n < 0 || k < 0)
     throw py::value_error("n and k must be >= 0, got n=" + std::to_string(n) + ", k=" + std::to_string(k));
   if (k > bitnet::kMaxK)
-    throw py::value_error("k=" + std::to_string(k) + " exceeds the supported maximum " +
-                          std::to_string(bitnet::kMaxK) + " (int32 exactness bound)");
+    throw py::value_error("k=" + std::to_string(k) + " exceeds the supported maximum " + std::to_string(bitnet::kMaxK) +
+                          " (int32 exactness bound)");
   if (n > (int64_t{1} << 40) / std::max<int64_t>(bitnet::row_stride_bytes(k), 1))
     throw py::value_error("n=" + std::to_string(n) + " is too large");
 }
@@ -77,8 +76,8 @@ inline void check_packed_size(const py::array& packed, int64_t n, int64_t k,
                               bitnet::PackedFormat f = bitnet::PackedFormat::k2Bit) {
   const int64_t want = packed_nbytes_of(f, n, k);
   if (packed.size() != want)
-    throw py::value_error("packed buffer has " + std::to_string(packed.size()) + " bytes but n=" +
-                          std::to_string(n) + ", k=" + std::to_string(k) + " needs " + std::to_string(want) +
+    throw py::value_error("packed buffer has " + std::to_string(packed.size()) + " bytes but n=" + std::to_string(n) +
+                          ", k=" + std::to_string(k) + " needs " + std::to_string(want) +
                           " (truncated buffer, or wrong n/k)");
 }
 

@@ -41,8 +41,7 @@ py::array checked(const py::object& obj, const std::string& what, char kind, int
   if (!same) {
     std::string s = "(";
     for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    throw py::value_error(what + " must have shape " + s + (shape.size() == 1 ? ",)" : ")") + ", got " +
-                          shape_str(a));
+    throw py::value_error(what + " must have shape " + s + (shape.size() == 1 ? ",)" : ")") + ", got " + shape_str(a));
   }
   if (!(a.flags() & py::array::c_style)) throw py::value_error(what + " must be C-contiguous");
   return a;
@@ -106,7 +105,7 @@ class FusedDecoder {
       throw py::value_error("linears must hold 7 (packed, beta) pairs per layer (q, k, v, o, gate, up, down)");
     if (py::len(norms) != static_cast<size_t>(4 * n_layers))
       throw py::value_error("norms must hold 4 arrays per layer (attn, attn_sub, ffn, ffn_sub)");
-    const int64_t shapes[7][2] = {{m.d, m.d}, {kvd, m.d}, {kvd, m.d}, {m.d, m.d},
+    const int64_t shapes[7][2] = {{m.d, m.d},   {kvd, m.d},   {kvd, m.d},  {m.d, m.d},
                                   {m.ffn, m.d}, {m.ffn, m.d}, {m.d, m.ffn}};
     m.layers.resize(static_cast<size_t>(n_layers));
     for (int64_t l = 0; l < n_layers; ++l) {
@@ -125,8 +124,8 @@ class FusedDecoder {
       }
       const float** ns[4] = {&L.attn_norm, &L.attn_sub_norm, &L.ffn_norm, &L.ffn_sub_norm};
       for (int i = 0; i < 4; ++i)
-        *ns[i] = f32(norms[static_cast<size_t>(4 * l + i)], "layer " + std::to_string(l) + " norm " +
-                     std::to_string(i), {i == 3 ? m.ffn : m.d});
+        *ns[i] = f32(norms[static_cast<size_t>(4 * l + i)], "layer " + std::to_string(l) + " norm " + std::to_string(i),
+                     {i == 3 ? m.ffn : m.d});
     }
     m.final_norm = f32(final_norm, "final_norm", {m.d});
     m.emb = rows(emb, "emb");
@@ -136,8 +135,7 @@ class FusedDecoder {
   }
 
   // tokens (B,) int64; kcache/vcache (B, n_layers, max_len, n_kv_heads, head_dim) float32 -> logits (B, vocab).
-  py::array_t<float> step(const py::object& tokens_obj, int64_t pos, const py::object& k_obj,
-                          const py::object& v_obj) {
+  py::array_t<float> step(const py::object& tokens_obj, int64_t pos, const py::object& k_obj, const py::object& v_obj) {
     if (!py::isinstance<py::array>(tokens_obj)) throw py::type_error("tokens must be a numpy array");
     auto tk = py::reinterpret_borrow<py::array>(tokens_obj);
     if (tk.ndim() != 1) throw py::value_error("tokens must be 1-D");
@@ -218,11 +216,11 @@ void register_decode(py::module_& m) {
   m.def("int8_matmul", &int8_matmul, py::arg("x"), py::arg("w"), py::arg("backend") = "", py::arg("threads") = 0,
         "Exact int32 (M, N) = x (M, K) int8 times w (N, K) int8 transposed. backend '' = best.");
   py::class_<FusedDecoder>(m, "FusedDecoder")
-      .def(py::init<py::dict, py::list, py::list, py::object, py::tuple, py::tuple, py::object, py::object,
-                    std::string, std::string, int>(),
+      .def(py::init<py::dict, py::list, py::list, py::object, py::tuple, py::tuple, py::object, py::object, std::string,
+                    std::string, int>(),
            py::arg("dims"), py::arg("linears"), py::arg("norms"), py::arg("final_norm"), py::arg("emb"),
-           py::arg("head"), py::arg("rope_cos"), py::arg("rope_sin"), py::arg("format") = "2",
-           py::arg("backend") = "", py::arg("threads") = 0)
+           py::arg("head"), py::arg("rope_cos"), py::arg("rope_sin"), py::arg("format") = "2", py::arg("backend") = "",
+           py::arg("threads") = 0)
       .def("step", &FusedDecoder::step, py::arg("tokens"), py::arg("pos"), py::arg("kcache"), py::arg("vcache"),
            "One token per sequence at position pos: appends to the caches, returns logits (B, vocab) float32.")
       .def("set_threads", &FusedDecoder::set_threads, py::arg("threads"));

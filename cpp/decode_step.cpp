@@ -71,8 +71,8 @@ void rope(float* x, const float* cos, const float* sin, int64_t hd) {
 
 }  // namespace
 
-int64_t decode_step(const DecodeModel& m, int64_t token, int64_t pos, float* kcache, float* vcache,
-                    int64_t max_len, float* logits, Backend backend, int threads) {
+int64_t decode_step(const DecodeModel& m, int64_t token, int64_t pos, float* kcache, float* vcache, int64_t max_len,
+                    float* logits, Backend backend, int threads) {
   const int64_t d = m.d, hd = m.head_dim, kvd = m.n_kv_heads * hd, group = m.n_heads / m.n_kv_heads;
   std::vector<float> x(d), h(std::max(d, m.ffn)), q(d), att(d), g(m.ffn), u(m.ffn), y(std::max(d, m.ffn));
   std::vector<float> scores(static_cast<size_t>(pos + 1));

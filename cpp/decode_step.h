@@ -41,9 +41,9 @@ struct DecodeLayer {
 
 // A matrix of V rows of width d: float32 rows, or int8 rows with one float32 scale each.
 struct RowMatrix {
-  const float* f32 = nullptr;   // (V, d), or null
-  const int8_t* q = nullptr;    // (V, d), when f32 is null
-  const float* scale = nullptr; // (V)
+  const float* f32 = nullptr;    // (V, d), or null
+  const int8_t* q = nullptr;     // (V, d), when f32 is null
+  const float* scale = nullptr;  // (V)
 };
 
 struct DecodeModel {
@@ -62,7 +62,7 @@ struct DecodeModel {
 // (n_layers, max_len, n_kv_heads, head_dim) float32 (this sequence's slice), and writes logits (vocab).
 // Arguments must be validated by the caller (token < vocab, pos < max_len <= context). Returns -1, or the
 // index of the layer whose activations were not finite (logits then unspecified).
-int64_t decode_step(const DecodeModel& m, int64_t token, int64_t pos, float* kcache, float* vcache,
-                    int64_t max_len, float* logits, Backend backend, int threads);
+int64_t decode_step(const DecodeModel& m, int64_t token, int64_t pos, float* kcache, float* vcache, int64_t max_len,
+                    float* logits, Backend backend, int threads);
 
 }  // namespace bitnet

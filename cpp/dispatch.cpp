@@ -74,11 +74,16 @@ void run_task(void* ctx, int64_t t) {
 
 const char* backend_name(Backend b) {
   switch (b) {
-    case Backend::kAvx512Vnni: return "avx512vnni";
-    case Backend::kAvx2: return "avx2";
-    case Backend::kScalar: return "scalar";
-    case Backend::kNeon: return "neon";
-    case Backend::kNeonDotprod: return "dotprod";
+    case Backend::kAvx512Vnni:
+      return "avx512vnni";
+    case Backend::kAvx2:
+      return "avx2";
+    case Backend::kScalar:
+      return "scalar";
+    case Backend::kNeon:
+      return "neon";
+    case Backend::kNeonDotprod:
+      return "dotprod";
   }
   return "unknown";
 }
@@ -135,11 +140,16 @@ bool cpu_has_neon_dotprod() {
 
 bool backend_supported(Backend b) {
   switch (b) {
-    case Backend::kScalar: return true;
-    case Backend::kAvx2: return cpu_has_avx2();
-    case Backend::kAvx512Vnni: return cpu_has_avx512vnni();
-    case Backend::kNeon: return cpu_has_neon();
-    case Backend::kNeonDotprod: return cpu_has_neon_dotprod();
+    case Backend::kScalar:
+      return true;
+    case Backend::kAvx2:
+      return cpu_has_avx2();
+    case Backend::kAvx512Vnni:
+      return cpu_has_avx512vnni();
+    case Backend::kNeon:
+      return cpu_has_neon();
+    case Backend::kNeonDotprod:
+      return cpu_has_neon_dotprod();
   }
   return false;
 }
@@ -156,9 +166,7 @@ Backend default_backend() {
   return b;
 }
 
-void set_default_threads(int threads) {
-  g_default_threads.store(std::clamp(threads, 1, kMaxThreads));
-}
+void set_default_threads(int threads) { g_default_threads.store(std::clamp(threads, 1, kMaxThreads)); }
 int default_threads() { return g_default_threads.load(); }
 int hardware_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
@@ -236,8 +244,8 @@ KernelArgs make_args(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, i
 
 }  // namespace
 
-void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k,
-            Backend backend, int threads, bool gemv_adjacent) {
+void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k, Backend backend,
+            int threads, bool gemv_adjacent) {
   if (m == 0 || n == 0) return;
   if (k == 0) {  // empty sums; the kernels assume at least one block per row
     std::fill(y, y + m * n, 0);

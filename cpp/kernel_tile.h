@@ -72,10 +72,18 @@ inline void run_row_tiles(const KernelArgs& a, int64_t n0, int64_t n1, int64_t r
     const int64_t c1 = n1 - c0 < chunk ? n1 : c0 + chunk;
     for (int64_t m = 0; m < a.m; m += 4)
       for (int64_t r = c0; r < c1; ++r) switch (a.m - m < 4 ? a.m - m : 4) {
-          case 4: tile(r, m, One{}, std::integral_constant<int, 4>{}); break;
-          case 3: tile(r, m, One{}, std::integral_constant<int, 3>{}); break;
-          case 2: tile(r, m, One{}, std::integral_constant<int, 2>{}); break;
-          default: tile(r, m, One{}, One{}); break;
+          case 4:
+            tile(r, m, One{}, std::integral_constant<int, 4>{});
+            break;
+          case 3:
+            tile(r, m, One{}, std::integral_constant<int, 3>{});
+            break;
+          case 2:
+            tile(r, m, One{}, std::integral_constant<int, 2>{});
+            break;
+          default:
+            tile(r, m, One{}, One{});
+            break;
         }
   }
 }

@@ -46,7 +46,7 @@ namespace bitnet {
 constexpr int64_t kBlockWeights = 128;  // weights per block
 constexpr int64_t kBlockBytes = 32;     // bytes per block
 constexpr int kBitsPerWeight = 2;
-constexpr uint8_t kPadCode = 1;         // code of weight 0, used for padding
+constexpr uint8_t kPadCode = 1;  // code of weight 0, used for padding
 constexpr int64_t kMaxK = int64_t{1} << 22;
 static_assert(kBlockWeights * kBitsPerWeight == kBlockBytes * 8, "a block is 128 2-bit weights in 32 bytes");
 static_assert(kBlockWeights == 4 * kBlockBytes, "byte j of a block holds elements j, j+32, j+64, j+96");
@@ -102,12 +102,12 @@ void act_quant_rows_naive(const float* x, int64_t m, int64_t k, int8_t* q, float
 
 // Everything a row kernel needs. The dispatcher fills it once per call.
 struct KernelArgs {
-  const int8_t* x = nullptr;    // (m, k) activations as given, row stride k (reference kernel)
-  const int8_t* xp = nullptr;   // (m, xp_stride) zero-padded activations in the layout the SIMD kernel wants
-  int64_t xp_stride = 0;        // bytes per row of xp (multiple of 64)
+  const int8_t* x = nullptr;      // (m, k) activations as given, row stride k (reference kernel)
+  const int8_t* xp = nullptr;     // (m, xp_stride) zero-padded activations in the layout the SIMD kernel wants
+  int64_t xp_stride = 0;          // bytes per row of xp (multiple of 64)
   const int32_t* xsum = nullptr;  // (m) sum_k x[m, k]
-  const uint8_t* w = nullptr;   // packed weights, row stride row_stride_bytes(k)
-  int32_t* y = nullptr;         // (m, n) output, row stride n
+  const uint8_t* w = nullptr;     // packed weights, row stride row_stride_bytes(k)
+  int32_t* y = nullptr;           // (m, n) output, row stride n
   int64_t m = 0, n = 0, k = 0;
   // The AVX2 assembly GEMV's row order: false (always, outside benchmarks) = the four rows of a tile a
   // quarter of the range apart (four read streams), true = adjacent rows (one stream), the order it had
@@ -145,10 +145,10 @@ constexpr Backend kAllBackends[] = {Backend::kScalar, Backend::kAvx2, Backend::k
                                     Backend::kNeonDotprod};
 
 const char* backend_name(Backend b);
-bool cpu_has_avx2();            // AVX2 + FMA present and this build contains the AVX2 kernel
-bool cpu_has_avx512vnni();      // AVX-512 F/BW/VL/VNNI present and this build contains the kernel
-bool cpu_has_neon();            // AArch64 (NEON is part of its base ISA) and this build contains the kernel
-bool cpu_has_neon_dotprod();    // the ARMv8.2 dot product present and this build contains the kernel
+bool cpu_has_avx2();          // AVX2 + FMA present and this build contains the AVX2 kernel
+bool cpu_has_avx512vnni();    // AVX-512 F/BW/VL/VNNI present and this build contains the kernel
+bool cpu_has_neon();          // AArch64 (NEON is part of its base ISA) and this build contains the kernel
+bool cpu_has_neon_dotprod();  // the ARMv8.2 dot product present and this build contains the kernel
 bool backend_supported(Backend b);
 // Best supported backend, or kScalar when BITNET_REF_FORCE_SCALAR=1 (read once, at first use).
 Backend default_backend();
@@ -161,8 +161,8 @@ int hardware_threads();
 // y (m, n) = x (m, k) . w^T, exact. Arguments must already be validated (sizes, k <= kMaxK).
 // threads <= 0 uses default_threads(). Safe to call from several threads at once.
 // gemv_adjacent: KernelArgs::gemv_adjacent (benchmarks only).
-void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k,
-            Backend backend, int threads, bool gemv_adjacent = false);
+void matmul(const int8_t* x, const uint8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k, Backend backend,
+            int threads, bool gemv_adjacent = false);
 
 // The packed formats: this header's 2-bit one, and the 1.6-bit one of ternary5.h (w then holds that format).
 enum class PackedFormat { k2Bit = 0, k1_6Bit = 1 };

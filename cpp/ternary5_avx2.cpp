@@ -17,8 +17,9 @@
 // (9 instructions per 32 weights, one multiply). Then maddubs(c_i, x_i) and an int16 add, as in
 // ternary_avx2.cpp, and the offset trick (subtract sum_k x once per row).
 //
-// Overflow, for every K and x in [-128, 127]: the decoding maddubs give at most 3 * 255 = 765; maddubs of codes 0..2 gives [-512, 508] per lane; a block adds
-// five such terms to one int16 lane ([-2560, 2540]); after kT5Widen = 12 blocks the lane is in
+// Overflow, for every K and x in [-128, 127]: the decoding maddubs give at most 3 * 255 = 765; maddubs of codes 0..2
+// gives [-512, 508] per lane; a block adds five such terms to one int16 lane ([-2560, 2540]); after kT5Widen = 12
+// blocks the lane is in
 // [-30720, 30480], inside int16, and madd(acc, 1) widens it into int32, whose lanes stay below 2^29 for
 // K <= kMaxK (ternary.h).
 #include "kernel_tile.h"

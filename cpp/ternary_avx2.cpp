@@ -93,8 +93,7 @@ inline void tile(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, 
       }
   }
   for (int r = 0; r < RT; ++r)
-    for (int m = 0; m < MT; ++m)
-      dot[r][m] = hsum_epi32(_mm256_add_epi32(s32[r][m], _mm256_srai_epi32(t32[r][m], 2)));
+    for (int m = 0; m < MT; ++m) dot[r][m] = hsum_epi32(_mm256_add_epi32(s32[r][m], _mm256_srai_epi32(t32[r][m], 2)));
 }
 
 // GEMM (M > 1): dot[0][m] = sum_k c(w, k) * x[m][k] for one weight row and MT activation rows.
@@ -124,12 +123,12 @@ inline void gemm_tile(const uint8_t* const* wr, const int8_t* const* x, int64_t 
       const __m256i c3 = _mm256_and_si256(_mm256_srli_epi16(b, 6), m3);
       for (int m = 0; m < MT; ++m) {
         const int8_t* xb = x[m] + blk * kBlockWeights;
-        const __m256i p01 = _mm256_add_epi16(
-            _mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb))),
-            _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 32))));
-        const __m256i p23 = _mm256_add_epi16(
-            _mm256_maddubs_epi16(c2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 64))),
-            _mm256_maddubs_epi16(c3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 96))));
+        const __m256i p01 =
+            _mm256_add_epi16(_mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb))),
+                             _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 32))));
+        const __m256i p23 =
+            _mm256_add_epi16(_mm256_maddubs_epi16(c2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 64))),
+                             _mm256_maddubs_epi16(c3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 96))));
         acc[m] = _mm256_add_epi16(acc[m], _mm256_add_epi16(p01, p23));
       }
     }

@@ -47,7 +47,7 @@ struct alignas(32) Gemv4Params {
   int64_t nblk;       // 128-weight blocks per row, offset 32
   int32_t xsum;       // sum of the activations, offset 40
   int32_t mask;       // 0x03 in every byte, offset 44
-  const int8_t* x;     // the zero-padded activation row, offset 48
+  const int8_t* x;    // the zero-padded activation row, offset 48
   int64_t wstep;      // bytes from one tile's first row to the next tile's, offset 56
   int64_t ystep;      // bytes from one tile's first output to the next tile's, offset 64
   int64_t unused[3];  // offsets 72-95
@@ -66,27 +66,35 @@ static_assert(offsetof(Gemv4Params, nblk) == 32 && offsetof(Gemv4Params, xsum) =
 // One block of one row: codes from memory W into S = ymmS (scale 1) and T = ymmT (scale 4). The block's four
 // activation vectors are in ymm8-11 (loaded once per block for the four rows), ymm12 / ymm13 are the
 // temporaries, ymm14 / ymm15 hold the 0x03 / 0x0C masks.
-#define BITNET_GEMV4_ROW(W, S, T)                       \
-  "vmovdqu " W ", %%ymm12\n\t"                          \
-  "vpand %%ymm14, %%ymm12, %%ymm13\n\t"                 \
-  "vpmaddubsw %%ymm8, %%ymm13, %%ymm13\n\t"             \
-  "vpaddw %%ymm13, %%ymm" S ", %%ymm" S "\n\t"          \
-  "vpand %%ymm15, %%ymm12, %%ymm13\n\t"                 \
-  "vpmaddubsw %%ymm9, %%ymm13, %%ymm13\n\t"             \
-  "vpaddw %%ymm13, %%ymm" T ", %%ymm" T "\n\t"          \
-  "vpsrlw $4, %%ymm12, %%ymm12\n\t"                     \
-  "vpand %%ymm14, %%ymm12, %%ymm13\n\t"                 \
-  "vpmaddubsw %%ymm10, %%ymm13, %%ymm13\n\t"            \
-  "vpaddw %%ymm13, %%ymm" S ", %%ymm" S "\n\t"          \
-  "vpand %%ymm15, %%ymm12, %%ymm12\n\t"                 \
-  "vpmaddubsw %%ymm11, %%ymm12, %%ymm12\n\t"            \
+#define BITNET_GEMV4_ROW(W, S, T)            \
+  "vmovdqu " W                               \
+  ", %%ymm12\n\t"                            \
+  "vpand %%ymm14, %%ymm12, %%ymm13\n\t"      \
+  "vpmaddubsw %%ymm8, %%ymm13, %%ymm13\n\t"  \
+  "vpaddw %%ymm13, %%ymm" S ", %%ymm" S      \
+  "\n\t"                                     \
+  "vpand %%ymm15, %%ymm12, %%ymm13\n\t"      \
+  "vpmaddubsw %%ymm9, %%ymm13, %%ymm13\n\t"  \
+  "vpaddw %%ymm13, %%ymm" T ", %%ymm" T      \
+  "\n\t"                                     \
+  "vpsrlw $4, %%ymm12, %%ymm12\n\t"          \
+  "vpand %%ymm14, %%ymm12, %%ymm13\n\t"      \
+  "vpmaddubsw %%ymm10, %%ymm13, %%ymm13\n\t" \
+  "vpaddw %%ymm13, %%ymm" S ", %%ymm" S      \
+  "\n\t"                                     \
+  "vpand %%ymm15, %%ymm12, %%ymm12\n\t"      \
+  "vpmaddubsw %%ymm11, %%ymm12, %%ymm12\n\t" \
   "vpaddw %%ymm12, %%ymm" T ", %%ymm" T "\n\t"
 // After a chunk: S += T / 4, then S widened and added into the row's int32 accumulator at OFF(p).
-#define BITNET_GEMV4_WIDEN(S, T, OFF)                   \
-  "vpsraw $2, %%ymm" T ", %%ymm" T "\n\t"               \
-  "vpaddw %%ymm" T ", %%ymm" S ", %%ymm" S "\n\t"       \
-  "vpmaddwd (%[p]), %%ymm" S ", %%ymm" S "\n\t"         \
-  "vpaddd " OFF "(%[p]), %%ymm" S ", %%ymm" S "\n\t"    \
+#define BITNET_GEMV4_WIDEN(S, T, OFF)         \
+  "vpsraw $2, %%ymm" T ", %%ymm" T            \
+  "\n\t"                                      \
+  "vpaddw %%ymm" T ", %%ymm" S ", %%ymm" S    \
+  "\n\t"                                      \
+  "vpmaddwd (%[p]), %%ymm" S ", %%ymm" S      \
+  "\n\t"                                      \
+  "vpaddd " OFF "(%[p]), %%ymm" S ", %%ymm" S \
+  "\n\t"                                      \
   "vmovdqa %%ymm" S ", " OFF "(%[p])\n\t"
 
 // Tile t < ntiles reads the four rows starting at w + t * p->wstep + i * rs bytes (i < 4) and writes

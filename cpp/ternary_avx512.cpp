@@ -38,7 +38,6 @@
 namespace bitnet {
 namespace {
 
-
 // The RT weight rows of a tile are contiguous in memory, and rows are 1-3 KB long: too short for
 // the hardware prefetcher to ramp up on each. So the tile also prefetches the bytes `pf` points
 // at (the rows kPrefetchBytes ahead), at the rate it consumes its own.
@@ -137,15 +136,32 @@ inline void gemm_tile(const uint8_t* const* w, const int8_t* const* x, int64_t n
 template <int RT>
 inline void gemm_rows_tile(const KernelArgs& a, int64_t r, int64_t m, int64_t mt) {
   switch (mt) {
-    case 8: store_tile<RT, 8, gemm_tile<RT, 8>>(a, r, m); break;
-    case 7: store_tile<RT, 7, gemm_tile<RT, 7>>(a, r, m); break;
-    case 6: store_tile<RT, 6, gemm_tile<RT, 6>>(a, r, m); break;
-    case 5: store_tile<RT, 5, gemm_tile<RT, 5>>(a, r, m); break;
-    case 4: store_tile<RT, 4, gemm_tile<RT, 4>>(a, r, m); break;
-    case 3: store_tile<RT, 3, gemm_tile<RT, 3>>(a, r, m); break;
-    case 2: store_tile<RT, 2, gemm_tile<RT, 2>>(a, r, m); break;
-    case 1: store_tile<RT, 1, gemm_tile<RT, 1>>(a, r, m); break;
-    default: break;
+    case 8:
+      store_tile<RT, 8, gemm_tile<RT, 8>>(a, r, m);
+      break;
+    case 7:
+      store_tile<RT, 7, gemm_tile<RT, 7>>(a, r, m);
+      break;
+    case 6:
+      store_tile<RT, 6, gemm_tile<RT, 6>>(a, r, m);
+      break;
+    case 5:
+      store_tile<RT, 5, gemm_tile<RT, 5>>(a, r, m);
+      break;
+    case 4:
+      store_tile<RT, 4, gemm_tile<RT, 4>>(a, r, m);
+      break;
+    case 3:
+      store_tile<RT, 3, gemm_tile<RT, 3>>(a, r, m);
+      break;
+    case 2:
+      store_tile<RT, 2, gemm_tile<RT, 2>>(a, r, m);
+      break;
+    case 1:
+      store_tile<RT, 1, gemm_tile<RT, 1>>(a, r, m);
+      break;
+    default:
+      break;
   }
 }
 

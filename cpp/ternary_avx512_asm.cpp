@@ -54,42 +54,53 @@ struct Gemv4Params {
 static_assert(offsetof(Gemv4Params, pf_dist) == 24, "the assembly reads these offsets");
 
 #define BITNET_GEMV_ROW(DST, W, A0, A1, A2, A3) \
-  "vmovdqu64 " W ", %%" DST "\n\t"               \
-  "vpandd %%zmm16, %%zmm28, %%zmm24\n\t"         \
-  "vpandd %%zmm17, %%zmm28, %%zmm25\n\t"         \
-  "vpandd %%zmm18, %%zmm28, %%zmm26\n\t"         \
-  "vpandd %%zmm19, %%zmm28, %%zmm27\n\t"         \
-  "vpdpbusd %%zmm20, %%zmm24, %%zmm" #A0 "\n\t"  \
-  "vpdpbusd %%zmm21, %%zmm25, %%zmm" #A1 "\n\t"  \
-  "vpdpbusd %%zmm22, %%zmm26, %%zmm" #A2 "\n\t"  \
+  "vmovdqu64 " W ", %%" DST                     \
+  "\n\t"                                        \
+  "vpandd %%zmm16, %%zmm28, %%zmm24\n\t"        \
+  "vpandd %%zmm17, %%zmm28, %%zmm25\n\t"        \
+  "vpandd %%zmm18, %%zmm28, %%zmm26\n\t"        \
+  "vpandd %%zmm19, %%zmm28, %%zmm27\n\t"        \
+  "vpdpbusd %%zmm20, %%zmm24, %%zmm" #A0        \
+  "\n\t"                                        \
+  "vpdpbusd %%zmm21, %%zmm25, %%zmm" #A1        \
+  "\n\t"                                        \
+  "vpdpbusd %%zmm22, %%zmm26, %%zmm" #A2        \
+  "\n\t"                                        \
   "vpdpbusd %%zmm23, %%zmm27, %%zmm" #A3 "\n\t"
 // One 256-weight step of four rows: activations at XO bytes past xc, weights at WO bytes past wc in each
 // row (the loop body runs two steps per iteration: offsets 0 and 256 / 64).
-#define BITNET_GEMV_STEP(DST, XO, WO)                          \
-  "vmovdqu64 " XO "(%[xc]), %%zmm20\n\t"                       \
-  "vmovdqu64 " XO "+64(%[xc]), %%zmm21\n\t"                    \
-  "vmovdqu64 " XO "+128(%[xc]), %%zmm22\n\t"                   \
-  "vmovdqu64 " XO "+192(%[xc]), %%zmm23\n\t"                   \
-  BITNET_GEMV_ROW(DST, WO "(%[wc])", 0, 1, 2, 3)               \
-  BITNET_GEMV_ROW(DST, WO "(%[wc],%[s])", 4, 5, 6, 7)          \
-  BITNET_GEMV_ROW(DST, WO "(%[wc],%[s],2)", 8, 9, 10, 11)      \
-  BITNET_GEMV_ROW(DST, WO "(%[wc],%[s3])", 12, 13, 14, 15)
+#define BITNET_GEMV_STEP(DST, XO, WO)                                                                             \
+  "vmovdqu64 " XO                                                                                                 \
+  "(%[xc]), %%zmm20\n\t"                                                                                          \
+  "vmovdqu64 " XO                                                                                                 \
+  "+64(%[xc]), %%zmm21\n\t"                                                                                       \
+  "vmovdqu64 " XO                                                                                                 \
+  "+128(%[xc]), %%zmm22\n\t"                                                                                      \
+  "vmovdqu64 " XO "+192(%[xc]), %%zmm23\n\t" BITNET_GEMV_ROW(DST, WO "(%[wc])", 0, 1, 2, 3)                       \
+      BITNET_GEMV_ROW(DST, WO "(%[wc],%[s])", 4, 5, 6, 7) BITNET_GEMV_ROW(DST, WO "(%[wc],%[s],2)", 8, 9, 10, 11) \
+          BITNET_GEMV_ROW(DST, WO "(%[wc],%[s3])", 12, 13, 14, 15)
 // row sum of fields A..D (scales 1, 4, 16, 64) folded into ymmA
-#define BITNET_GEMV_FOLD(A, B, C, D, T)                      \
-  "vpsrad $2, %%zmm" #B ", %%zmm" #B "\n\t"                  \
-  "vpsrad $4, %%zmm" #C ", %%zmm" #C "\n\t"                  \
-  "vpsrad $6, %%zmm" #D ", %%zmm" #D "\n\t"                  \
-  "vpaddd %%zmm" #B ", %%zmm" #A ", %%zmm" #A "\n\t"         \
-  "vpaddd %%zmm" #D ", %%zmm" #C ", %%zmm" #C "\n\t"         \
-  "vpaddd %%zmm" #C ", %%zmm" #A ", %%zmm" #A "\n\t"         \
-  "vextracti64x4 $1, %%zmm" #A ", %%ymm" #T "\n\t"           \
+#define BITNET_GEMV_FOLD(A, B, C, D, T)       \
+  "vpsrad $2, %%zmm" #B ", %%zmm" #B          \
+  "\n\t"                                      \
+  "vpsrad $4, %%zmm" #C ", %%zmm" #C          \
+  "\n\t"                                      \
+  "vpsrad $6, %%zmm" #D ", %%zmm" #D          \
+  "\n\t"                                      \
+  "vpaddd %%zmm" #B ", %%zmm" #A ", %%zmm" #A \
+  "\n\t"                                      \
+  "vpaddd %%zmm" #D ", %%zmm" #C ", %%zmm" #C \
+  "\n\t"                                      \
+  "vpaddd %%zmm" #C ", %%zmm" #A ", %%zmm" #A \
+  "\n\t"                                      \
+  "vextracti64x4 $1, %%zmm" #A ", %%ymm" #T   \
+  "\n\t"                                      \
   "vpaddd %%ymm" #T ", %%ymm" #A ", %%ymm" #A "\n\t"
 #define BITNET_ZERO(i) "vpxord %%xmm" #i ", %%xmm" #i ", %%xmm" #i "\n\t"
 
 // y[4t + r] = sum_k c(w[4t + r], k) * x[k] - xsum for t < ntiles; rows `stride` bytes apart from w;
 // x is the permuted, zero-padded activation row.
-void gemv4_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntiles, int32_t* y,
-                 const Gemv4Params* p) {
+void gemv4_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntiles, int32_t* y, const Gemv4Params* p) {
   if (ntiles <= 0) return;
   const int64_t s3 = 3 * stride;
   const uint8_t* wc;
@@ -187,42 +198,54 @@ struct GemmParams {
   int32_t mask;    // 0x03 in every byte
 };
 
-#define BITNET_GEMM_CODES(B, C0, C1, C2, C3)      \
-  "vpandd %%zmm24, %%zmm" #B ", %%zmm" #C0 "\n\t" \
-  "vpsrlw $2, %%zmm" #B ", %%zmm" #C1 "\n\t"      \
-  "vpsrlw $4, %%zmm" #B ", %%zmm" #C2 "\n\t"      \
-  "vpsrlw $6, %%zmm" #B ", %%zmm" #C3 "\n\t"      \
-  "vpandd %%zmm24, %%zmm" #C1 ", %%zmm" #C1 "\n\t" \
-  "vpandd %%zmm24, %%zmm" #C2 ", %%zmm" #C2 "\n\t" \
+#define BITNET_GEMM_CODES(B, C0, C1, C2, C3) \
+  "vpandd %%zmm24, %%zmm" #B ", %%zmm" #C0   \
+  "\n\t"                                     \
+  "vpsrlw $2, %%zmm" #B ", %%zmm" #C1        \
+  "\n\t"                                     \
+  "vpsrlw $4, %%zmm" #B ", %%zmm" #C2        \
+  "\n\t"                                     \
+  "vpsrlw $6, %%zmm" #B ", %%zmm" #C3        \
+  "\n\t"                                     \
+  "vpandd %%zmm24, %%zmm" #C1 ", %%zmm" #C1  \
+  "\n\t"                                     \
+  "vpandd %%zmm24, %%zmm" #C2 ", %%zmm" #C2  \
+  "\n\t"                                     \
   "vpandd %%zmm24, %%zmm" #C3 ", %%zmm" #C3 "\n\t"
 // activation row at address X (its four 64-byte segments) against both weight rows
-#define BITNET_GEMM_XROW(X, A0, A1)                \
-  "vmovdqu64 " X ", %%zmm27\n\t"                   \
-  "vmovdqu64 64" X ", %%zmm28\n\t"                 \
-  "vmovdqu64 128" X ", %%zmm29\n\t"                \
-  "vmovdqu64 192" X ", %%zmm30\n\t"                \
-  "vpdpbusd %%zmm27, %%zmm16, %%zmm" #A0 "\n\t"    \
-  "vpdpbusd %%zmm27, %%zmm20, %%zmm" #A1 "\n\t"    \
-  "vpdpbusd %%zmm28, %%zmm17, %%zmm" #A0 "\n\t"    \
-  "vpdpbusd %%zmm28, %%zmm21, %%zmm" #A1 "\n\t"    \
-  "vpdpbusd %%zmm29, %%zmm18, %%zmm" #A0 "\n\t"    \
-  "vpdpbusd %%zmm29, %%zmm22, %%zmm" #A1 "\n\t"    \
-  "vpdpbusd %%zmm30, %%zmm19, %%zmm" #A0 "\n\t"    \
+#define BITNET_GEMM_XROW(X, A0, A1)      \
+  "vmovdqu64 " X                         \
+  ", %%zmm27\n\t"                        \
+  "vmovdqu64 64" X                       \
+  ", %%zmm28\n\t"                        \
+  "vmovdqu64 128" X                      \
+  ", %%zmm29\n\t"                        \
+  "vmovdqu64 192" X                      \
+  ", %%zmm30\n\t"                        \
+  "vpdpbusd %%zmm27, %%zmm16, %%zmm" #A0 \
+  "\n\t"                                 \
+  "vpdpbusd %%zmm27, %%zmm20, %%zmm" #A1 \
+  "\n\t"                                 \
+  "vpdpbusd %%zmm28, %%zmm17, %%zmm" #A0 \
+  "\n\t"                                 \
+  "vpdpbusd %%zmm28, %%zmm21, %%zmm" #A1 \
+  "\n\t"                                 \
+  "vpdpbusd %%zmm29, %%zmm18, %%zmm" #A0 \
+  "\n\t"                                 \
+  "vpdpbusd %%zmm29, %%zmm22, %%zmm" #A1 \
+  "\n\t"                                 \
+  "vpdpbusd %%zmm30, %%zmm19, %%zmm" #A0 \
+  "\n\t"                                 \
   "vpdpbusd %%zmm30, %%zmm23, %%zmm" #A1 "\n\t"
 // xa = activation row 0, xb = row 3; rows m are xstride apart
-#define BITNET_GEMM_STEP(DST0, DST1)                  \
-  "vmovdqu64 (%[wc]), %%" DST0 "\n\t"                 \
-  "vmovdqu64 (%[wc],%[s]), %%" DST1 "\n\t"            \
-  BITNET_GEMM_CODES(25, 16, 17, 18, 19)               \
-  BITNET_GEMM_CODES(26, 20, 21, 22, 23)               \
-  BITNET_GEMM_XROW("(%[xa])", 0, 1)                   \
-  BITNET_GEMM_XROW("(%[xa],%[xs])", 2, 3)             \
-  BITNET_GEMM_XROW("(%[xa],%[xs],2)", 4, 5)           \
-  BITNET_GEMM_XROW("(%[xb])", 6, 7)                   \
-  BITNET_GEMM_XROW("(%[xa],%[xs],4)", 8, 9)           \
-  BITNET_GEMM_XROW("(%[xb],%[xs],2)", 10, 11)         \
-  BITNET_GEMM_XROW("(%[xb],%[xs3])", 12, 13)          \
-  BITNET_GEMM_XROW("(%[xb],%[xs],4)", 14, 15)
+#define BITNET_GEMM_STEP(DST0, DST1)                                                                                   \
+  "vmovdqu64 (%[wc]), %%" DST0                                                                                         \
+  "\n\t"                                                                                                               \
+  "vmovdqu64 (%[wc],%[s]), %%" DST1 "\n\t" BITNET_GEMM_CODES(25, 16, 17, 18, 19) BITNET_GEMM_CODES(26, 20, 21, 22, 23) \
+      BITNET_GEMM_XROW("(%[xa])", 0, 1) BITNET_GEMM_XROW("(%[xa],%[xs])", 2, 3)                                        \
+          BITNET_GEMM_XROW("(%[xa],%[xs],2)", 4, 5) BITNET_GEMM_XROW("(%[xb])", 6, 7)                                  \
+              BITNET_GEMM_XROW("(%[xa],%[xs],4)", 8, 9) BITNET_GEMM_XROW("(%[xb],%[xs],2)", 10, 11)                    \
+                  BITNET_GEMM_XROW("(%[xb],%[xs3])", 12, 13) BITNET_GEMM_XROW("(%[xb],%[xs],4)", 14, 15)
 
 // acc[2m + r] (16 int32 lanes each; their sum is the dot product) for weight rows w, w + stride and
 // activation rows x + m * xstride, m < 8.
@@ -285,12 +308,12 @@ __m512i sum16(const __m512i* v) {
   __m512i u[8], t[4];
   // u[i], per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] for a = v[2i], b = v[2i+1]
   for (int i = 0; i < 8; ++i)
-    u[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
-                            _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    u[i] =
+        _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
   // t[i], per 128-bit lane: one partial sum of each of v[4i .. 4i+3]
   for (int i = 0; i < 4; ++i)
-    t[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(u[2 * i], u[2 * i + 1]),
-                            _mm512_unpackhi_epi64(u[2 * i], u[2 * i + 1]));
+    t[i] =
+        _mm512_add_epi32(_mm512_unpacklo_epi64(u[2 * i], u[2 * i + 1]), _mm512_unpackhi_epi64(u[2 * i], u[2 * i + 1]));
   // fold the four 128-bit lanes: 128-bit lane j of the result holds the sums of v[4j .. 4j+3]
   const __m512i a = _mm512_add_epi32(_mm512_shuffle_i32x4(t[0], t[1], 0x88), _mm512_shuffle_i32x4(t[0], t[1], 0xDD));
   const __m512i b = _mm512_add_epi32(_mm512_shuffle_i32x4(t[2], t[3], 0x88), _mm512_shuffle_i32x4(t[2], t[3], 0xDD));

@@ -78,8 +78,7 @@ inline void tile(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, 
         for (int r = 0; r < RT; ++r) c[r] = unpack(w[r] + blk * kBlockBytes + 16 * half);
         for (int m = 0; m < MT; ++m) {
           const int8_t* xb = x[m] + blk * kBlockWeights + 16 * half;
-          const int8x16_t x0 = vld1q_s8(xb), x1 = vld1q_s8(xb + 32), x2 = vld1q_s8(xb + 64),
-                          x3 = vld1q_s8(xb + 96);
+          const int8x16_t x0 = vld1q_s8(xb), x1 = vld1q_s8(xb + 32), x2 = vld1q_s8(xb + 64), x3 = vld1q_s8(xb + 96);
           for (int r = 0; r < RT; ++r) {
             mla16(slo[r][m], shi[r][m], c[r].c[0], x0);
             mla16(tlo[r][m], thi[r][m], c[r].c[1], x1);

@@ -65,8 +65,8 @@ inline void tile(const uint8_t* const* w, const int8_t* const* x, int64_t nblk, 
   }
   for (int r = 0; r < RT; ++r)
     for (int m = 0; m < MT; ++m)
-      dot[r][m] = vaddvq_s32(vaddq_s32(vaddq_s32(a1[r][m], b1[r][m]),
-                                       vaddq_s32(vshrq_n_s32(a4[r][m], 2), vshrq_n_s32(a16[r][m], 4))));
+      dot[r][m] = vaddvq_s32(
+          vaddq_s32(vaddq_s32(a1[r][m], b1[r][m]), vaddq_s32(vshrq_n_s32(a4[r][m], 2), vshrq_n_s32(a16[r][m], 4))));
 }
 
 }  // namespace

@@ -64,8 +64,8 @@ void rows_ref(const KernelArgs& a, int64_t n0, int64_t n1) {
         if (len == kBlockWeights) {
           for (int j = 0; j < 32; ++j) {
             const int b = wb[j];
-            acc += ((b & 3) - 1) * xb[j] + (((b >> 2) & 3) - 1) * xb[j + 32] +
-                   (((b >> 4) & 3) - 1) * xb[j + 64] + (((b >> 6) & 3) - 1) * xb[j + 96];
+            acc += ((b & 3) - 1) * xb[j] + (((b >> 2) & 3) - 1) * xb[j + 32] + (((b >> 4) & 3) - 1) * xb[j + 64] +
+                   (((b >> 6) & 3) - 1) * xb[j + 96];
           }
         } else {
           for (int64_t e = 0; e < len; ++e) {

@@ -99,8 +99,8 @@ std::vector<float> run(const bitnet::DecodeModel& m, Backend b, int threads, std
   std::vector<float> k(static_cast<size_t>(per), 0.0f), v(k.size(), 0.0f), out;
   std::vector<float> logits(static_cast<size_t>(m.vocab));
   for (int64_t t = 0; t < m.context; ++t) {
-    const int64_t bad = bitnet::decode_step(m, (t * 7) % m.vocab, t, k.data(), v.data(), m.context, logits.data(),
-                                            b, threads);
+    const int64_t bad =
+        bitnet::decode_step(m, (t * 7) % m.vocab, t, k.data(), v.data(), m.context, logits.data(), b, threads);
     check(bad == -1, "step at position " + std::to_string(t) + " succeeds");
     for (float x : logits) check(std::isfinite(x), "finite logits");
     out.insert(out.end(), logits.begin(), logits.end());
@@ -122,8 +122,8 @@ int main() {
       for (Backend b : bitnet::kAllBackends)
         for (int t : {1, 2}) {
           if (!bitnet::backend_supported(b)) continue;
-          check(run(m, b, t, nullptr) == want, label + ": logits bit-identical on backend " +
-                                                   bitnet::backend_name(b) + ", threads " + std::to_string(t));
+          check(run(m, b, t, nullptr) == want, label + ": logits bit-identical on backend " + bitnet::backend_name(b) +
+                                                   ", threads " + std::to_string(t));
         }
       // every position of every layer's key cache was written (random keys are never exactly zero)
       const int64_t kvd = m.n_kv_heads * m.head_dim;

@@ -60,8 +60,8 @@ void check_product(const std::vector<int8_t>& x, const std::vector<int8_t>& w, i
 int main() {
   for (int64_t k : {1, 31, 32, 33, 64, 100, 256, 2560 + 7})
     for (int64_t n : {1, 3, 4, 5, 6, 7, 9, 300})  // tiles of four spread rows with 0-3 rows left over
-      for (int64_t m : {1, 3}) check_product(random_ints(m * k, -128, 127), random_ints(n * k, -128, 127), m, n, k,
-                                             "random");
+      for (int64_t m : {1, 3})
+        check_product(random_ints(m * k, -128, 127), random_ints(n * k, -128, 127), m, n, k, "random");
   check_product(random_ints(2560, -128, 127), random_ints(1100 * 2560, -127, 127), 1, 1100, 2560, "head-like");
   const int64_t k = bitnet::kInt8MaxK, n = 6;
   for (auto [xv, wv] : {std::pair{-128, -128}, std::pair{127, 127}, std::pair{-128, 127}, std::pair{127, -128}}) {

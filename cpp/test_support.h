@@ -28,8 +28,8 @@ void check(bool ok, const std::string& what) {
 }
 
 // The oracle: int64 sums straight from the codes, no packing involved.
-std::vector<int64_t> naive(const std::vector<int8_t>& x, const std::vector<int8_t>& codes, int64_t m,
-                           int64_t n, int64_t k) {
+std::vector<int64_t> naive(const std::vector<int8_t>& x, const std::vector<int8_t>& codes, int64_t m, int64_t n,
+                           int64_t k) {
   std::vector<int64_t> y(static_cast<size_t>(m * n), 0);
   for (int64_t i = 0; i < m; ++i)
     for (int64_t r = 0; r < n; ++r) {
@@ -65,8 +65,8 @@ void check_matmul_with(Matmul matmul, const std::vector<uint8_t>& packed, const 
       int64_t bad = -1;
       for (size_t i = 0; i < y.size() && bad < 0; ++i)
         if (int64_t{y[i]} != want[i]) bad = static_cast<int64_t>(i);
-      std::string msg = label + " " + shape(m, n, k) + " backend=" + bitnet::backend_name(b) +
-                        " threads=" + std::to_string(t);
+      std::string msg =
+          label + " " + shape(m, n, k) + " backend=" + bitnet::backend_name(b) + " threads=" + std::to_string(t);
       if (bad >= 0)
         msg += " first mismatch at " + std::to_string(bad) + ": got " + std::to_string(y[bad]) + " want " +
                std::to_string(want[bad]);

@@ -48,8 +48,8 @@ std::vector<uint8_t> pack(const std::vector<int8_t>& codes, int64_t n, int64_t k
 // Runs every backend at the given thread counts and compares with the oracle.
 // At M = 1 also with the AVX2 assembly GEMV's other row order (KernelArgs::gemv_adjacent, the benchmark's
 // baseline), which only that kernel reads.
-void check_matmul(const std::vector<int8_t>& x, const std::vector<int8_t>& codes, int64_t m, int64_t n,
-                  int64_t k, const std::string& label, std::initializer_list<int> threads = {1}) {
+void check_matmul(const std::vector<int8_t>& x, const std::vector<int8_t>& codes, int64_t m, int64_t n, int64_t k,
+                  const std::string& label, std::initializer_list<int> threads = {1}) {
   const auto packed = pack(codes, n, k);
   check_matmul_with([](auto... args) { bitnet::matmul(args...); }, packed, x, codes, m, n, k, label, threads);
   if (m == 1)
@@ -103,7 +103,7 @@ void test_bad_input() {
 
 void test_matmul_shapes() {
   // K picks every case of the GEMV loops: 256-weight steps 0-3 (odd and even), a trailing 128-block or not.
-  const int64_t ks[] = {1,   2,   3,   31,  32,  33,  63,  64,   65,   127,  128, 129, 130,
+  const int64_t ks[] = {1,   2,   3,   31,  32,  33,  63,  64,  65,  127,  128,  129, 130,
                         255, 256, 257, 383, 384, 385, 512, 700, 850, 1000, 4096, 4100};
   // N: the AVX2 GEMV's four-row tiles (1, 2, 4 of them) with 0-3 rows left over, and fewer rows than a tile
   const int64_t ns[] = {1, 2, 3, 4, 5, 7, 9, 11, 17};
@@ -230,8 +230,7 @@ void test_act_quant() {
     x[1 * 40 + 39] = badv;
     std::vector<int8_t> q(x.size(), 42);
     std::vector<float> g(3);
-    check(bitnet::act_quant_rows(x.data(), 3, 40, q.data(), g.data()) == 79 &&
-              q == std::vector<int8_t>(x.size(), 42),
+    check(bitnet::act_quant_rows(x.data(), 3, 40, q.data(), g.data()) == 79 && q == std::vector<int8_t>(x.size(), 42),
           "act_quant_rows reports the first non-finite value and leaves q alone");
   }
 }
@@ -239,7 +238,9 @@ void test_act_quant() {
 // quant_matmul against act_quant_rows_naive + the int64 oracle + the float32 scaling, bit for bit.
 void test_quant_matmul() {
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  struct S { int64_t m, n, k; };
+  struct S {
+    int64_t m, n, k;
+  };
   for (S sh : {S{1, 5, 1}, S{1, 17, 300}, S{3, 9, 129}, S{8, 20, 4096}, S{5, 3, 0}, S{0, 4, 10}, S{2, 260, 2048}}) {
     std::vector<float> x(static_cast<size_t>(sh.m * sh.k));
     for (size_t i = 0; i < x.size(); ++i) x[i] = nd(rng) * (i % 7 == 0 ? 40.0f : 1.0f);
@@ -252,8 +253,7 @@ void test_quant_matmul() {
     const float beta = 0.0371f;
     std::vector<float> want(static_cast<size_t>(sh.m * sh.n));
     for (int64_t i = 0; i < sh.m; ++i)
-      for (int64_t j = 0; j < sh.n; ++j)
-        want[i * sh.n + j] = static_cast<float>(acc[i * sh.n + j]) * (gamma[i] * beta);
+      for (int64_t j = 0; j < sh.n; ++j) want[i * sh.n + j] = static_cast<float>(acc[i * sh.n + j]) * (gamma[i] * beta);
     for (Backend b : backends())
       for (int t : {1, 2}) {
         std::vector<float> y(want.size(), -7.0f);

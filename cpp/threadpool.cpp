@@ -1,8 +1,8 @@
 // threadpool.cpp: implementation of parallel_for (see threadpool.h for the design).
 #include "threadpool.h"
 
-#include <atomic>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <memory>

@@ -9,7 +9,7 @@ import os
 import sys
 
 from bitnet_ref import model as M
-from bitnet_ref import train as T
+from bitnet_ref.train import loop as T
 
 _log = open(f"{os.environ['BITNET_SHARD_LOG']}.rank{os.environ['RANK']}.jsonl", "a", encoding="utf-8")
 _forward = M.Transformer.forward

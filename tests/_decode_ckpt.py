@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from bitnet_ref import export as E
-from bitnet_ref import kernels
+from bitnet_ref.formats import export as E
+from bitnet_ref.runtime import kernels
 
-needs_ext = pytest.mark.skipif(not kernels.available(),
-                               reason=f"C++ extension not built ({kernels.import_error()}); CI builds it")
+needs_ext = pytest.mark.skipif(
+    not kernels.available(), reason=f"C++ extension not built ({kernels.import_error()}); CI builds it"
+)
 
 _CACHE = {}
 STEPS = 200
@@ -25,13 +26,15 @@ STEPS = 200
 def trained_checkpoint() -> Path:
     """ckpt.pt of a tiny-preset, 200-step run on the default corpus (~15 s on one core)."""
     if "path" not in _CACHE:
-        from bitnet_ref.train import TrainConfig, train
+        from bitnet_ref.train.loop import TrainConfig, train
 
         root = Path(tempfile.mkdtemp(prefix="bitnet_ref_decode_"))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
         out = root / "run"
-        train(TrainConfig(preset="tiny", steps=STEPS, out=str(out), device="cpu", threads=1, eval_at="end"),
-              log=lambda *a, **k: None)
+        train(
+            TrainConfig(preset="tiny", steps=STEPS, out=str(out), device="cpu", threads=1, eval_at="end"),
+            log=lambda *a, **k: None,
+        )
         _CACHE["path"] = out / "ckpt.pt"
     return _CACHE["path"]
 

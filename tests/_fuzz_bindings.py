@@ -12,10 +12,23 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bitnet_ref import _bench, _core, kernels
+from bitnet_ref import _bench, _core
+from bitnet_ref.runtime import kernels
 
-DTYPES = [np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64, np.float16, np.float32, np.float64,
-          np.bool_, np.complex64, object]
+DTYPES = [
+    np.int8,
+    np.uint8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint64,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.bool_,
+    np.complex64,
+    object,
+]
 OK = (TypeError, ValueError, OverflowError)
 
 
@@ -26,9 +39,12 @@ def arrays(draw):
     dtype = draw(st.sampled_from(DTYPES))
     vals = draw(st.sampled_from(["ternary", "small", "wide", "special"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    base = {"ternary": rng.integers(-1, 2, shape), "small": rng.integers(-128, 128, shape),
-            "wide": rng.integers(-(2**40), 2**40, shape),
-            "special": rng.choice(np.array([0.0, np.nan, np.inf, -np.inf, 1e30, -0.0]), shape)}[vals]
+    base = {
+        "ternary": rng.integers(-1, 2, shape),
+        "small": rng.integers(-128, 128, shape),
+        "wide": rng.integers(-(2**40), 2**40, shape),
+        "special": rng.choice(np.array([0.0, np.nan, np.inf, -np.inf, 1e30, -0.0]), shape),
+    }[vals]
     with np.errstate(all="ignore"):
         a = np.asarray(base).astype(dtype) if dtype is not object else np.asarray(base).astype(object)
     view = draw(st.sampled_from(["plain", "transpose", "negative", "broadcast", "fortran", "step"]))
@@ -45,8 +61,7 @@ def arrays(draw):
     return a
 
 
-dims = st.one_of(st.integers(-3, 40), st.sampled_from([2**31, 2**40, 1 << 22, -(2**63)]), st.just(2.0),
-                 st.none())
+dims = st.one_of(st.integers(-3, 40), st.sampled_from([2**31, 2**40, 1 << 22, -(2**63)]), st.just(2.0), st.none())
 betas = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just("1"), st.none(), st.integers(-2, 2))
 threads = st.one_of(st.none(), st.integers(-1, 3))
 impls = st.sampled_from(["i2s", "avx2", "avx512vnni", "scalar", "", "fast", None])
@@ -60,8 +75,13 @@ def call(f, *a, **k):
         pass
 
 
-@settings(max_examples=int(sys.argv[1]), deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=int(sys.argv[1]),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 @given(a=arrays(), b=arrays(), n=dims, k=dims, beta=betas, th=threads, impl=impls, r=reps)
 def fuzz(a, b, n, k, beta, th, impl, r):
     packed = b.reshape(-1) if b.ndim else b
@@ -100,9 +120,9 @@ def fuzz(a, b, n, k, beta, th, impl, r):
 
 def _fused_decoder():
     """A tiny random fused decoder (the tiny preset, random packed weights) and a cache of 4 positions."""
-    from bitnet_ref.fused import FusedTransformer
     from bitnet_ref.model import ModelConfig
-    from bitnet_ref.random_packed import random_packed_model
+    from bitnet_ref.runtime.fused import FusedTransformer
+    from bitnet_ref.runtime.random_packed import random_packed_model
 
     f = FusedTransformer(random_packed_model(ModelConfig.preset("tiny", context=8), seed=0))
     c = f.new_cache(1, 4)

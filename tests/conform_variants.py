@@ -65,6 +65,7 @@ class Faq(nn.Module):
 
 # ---- weight quantizer ------------------------------------------------------------------------------------------
 
+
 class BinaryCodes(Faq):
     """kyegomez/BitNet: sign(W - mean W) * mean|W|, no zero code."""
 
@@ -124,6 +125,7 @@ class HardtanhWeightSTE(Faq):
 
 
 # ---- activation quantizer ----------------------------------------------------------------------------------------
+
 
 class NoActRounding(Faq):
     """kyegomez/BitNet 6cdb2ea: x * 127/absmax clamped, never rounded."""
@@ -189,6 +191,7 @@ class NoEps(Faq):
 
 # ---- norm, STE through it --------------------------------------------------------------------------------------
 
+
 class NoNorm(Faq):
     def norm(self, x):
         return x
@@ -221,6 +224,7 @@ class STEBypassesNorm(Faq):
 
 
 # ---- output scale, bias --------------------------------------------------------------------------------------------
+
 
 class MissingActDequant(Faq):
     """The int8 codes go into the matmul; 127/absmax is never undone."""
@@ -275,6 +279,7 @@ class BiasAdded(BiasIgnored):
 
 # ---- shapes --------------------------------------------------------------------------------------------------------
 
+
 class Only3D(Faq):
     """tiiuae/onebitllms activation kernel: needs a 3-D [B, T, D] input."""
 
@@ -296,6 +301,7 @@ class WrongFlatten(Faq):
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
+
 
 class NoWeight(nn.Module):
     def __init__(self, in_features, out_features):
@@ -349,6 +355,7 @@ class OverwritesLatent(Faq):
 
 # ---- conforming layers whose norm lives in the model (check with --norm-outside) ----------------------------------
 
+
 class _WeightQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w):
@@ -377,8 +384,11 @@ class HFOnline(nn.Linear):
     """HF AutoBitLinear(online_quant=True): identity-backward quantizers in float32, no norm, bias added."""
 
     def forward(self, x):
-        return F.linear(_ActQuant.apply(x), _WeightQuant.apply(self.weight).to(x.dtype),
-                        None if self.bias is None else self.bias.to(x.dtype))
+        return F.linear(
+            _ActQuant.apply(x),
+            _WeightQuant.apply(self.weight).to(x.dtype),
+            None if self.bias is None else self.bias.to(x.dtype),
+        )
 
 
 class OneBitLLM(nn.Linear):

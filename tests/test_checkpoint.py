@@ -18,9 +18,18 @@ def payload(**over):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randint(256, (2, 8)), torch.randint(256, (2, 8)))[1].backward()
     opt.step()
-    p = {"config": asdict(cfg), "train_config": {"steps": 10}, "model": model.state_dict(),
-         "optimizer": opt.state_dict(), "step": 3, "rng": {"torch": torch.get_rng_state()},
-         "last_val_loss": 4.5, "unigram_entropy": 3.2, "ln_vocab": 5.5, "data": {"fingerprint": "abc"}}
+    p = {
+        "config": asdict(cfg),
+        "train_config": {"steps": 10},
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": 3,
+        "rng": {"torch": torch.get_rng_state()},
+        "last_val_loss": 4.5,
+        "unigram_entropy": 3.2,
+        "ln_vocab": 5.5,
+        "data": {"fingerprint": "abc"},
+    }
     p.update(over)
     return p
 

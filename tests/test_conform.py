@@ -6,12 +6,12 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import conform_variants as V
 import pytest
 import torch
 
-import conform_variants as V
-from bitnet_ref import conform
-from bitnet_ref.conform_probes import ConformError, exact_token, grid_token, simulate, tie_token
+from bitnet_ref.conform import checker as conform
+from bitnet_ref.conform.harness import ConformError, exact_token, grid_token, simulate, tie_token
 from bitnet_ref.model import BitLinear
 
 ablated = lambda name: partial(BitLinear, ablate=[name])
@@ -47,27 +47,43 @@ CASES = {
     "LayerNorm": (V.LayerNormInside, {"norm"}, "subtracts the mean", None),
     "norm eps 1e-6": (V.NormEps1e6, {"norm-eps"}, "measured 1e-06", None),
     "norm eps 1e-8": (V.NormEps1e8, {"norm-eps"}, "measured 1e-08", None),
-    "norm eps 1e-3 (moves the exact ties: those are not judged)": (V.NormEps1e3, {"norm-eps"}, "measured 0.001",
-                                                                   None),
+    "norm eps 1e-3 (moves the exact ties: those are not judged)": (V.NormEps1e3, {"norm-eps"}, "measured 0.001", None),
     "forward and STE on different tensors": (V.STEBypassesNorm, {"grad-input"}, "bypasses the norm", None),
-    "activation scale not undone": (V.MissingActDequant, {"output-scale"}, "activation scale is not undone",
-                                    "missing_dequant"),
+    "activation scale not undone": (
+        V.MissingActDequant,
+        {"output-scale"},
+        "activation scale is not undone",
+        "missing_dequant",
+    ),
     "weight scale divided": (V.InverseWeightScale, {"output-scale"}, "divided", "missing_dequant"),
     # F.normalize * dim**-0.5: 1/in_features of the scale, and F.normalize's eps (1e-12 on the L2 norm) is ~0
-    "scale 1/in_features": (V.ScaleOverWidth, {"output-scale", "output-scale-width", "norm-eps"},
-                            "1/in_features", None),
+    "scale 1/in_features": (
+        V.ScaleOverWidth,
+        {"output-scale", "output-scale-width", "norm-eps"},
+        "1/in_features",
+        None,
+    ),
     "bias scaled by beta": (V.BiasScaled, {"bias"}, "multiplied by the weight scale", None),
     "bias ignored": (V.BiasIgnored, {"bias"}, "ignored", None),
     "3-D input only": (V.Only3D, {"input-shapes"}, "expected a 3-D", None),
     "3-D flattened in the wrong order": (V.WrongFlatten, {"input-shapes"}, "3-D input", "parity_mismatch"),
-    "latent weights overwritten": (V.OverwritesLatent, {"latent-weights-kept"}, "overwritten by their quantized",
-                                   None),
+    "latent weights overwritten": (V.OverwritesLatent, {"latent-weights-kept"}, "overwritten by their quantized", None),
     # layers whose norm lives in the model, checked with norm_outside: they conform except that they hand
     # codes * beta to the matmul in the input dtype, so under bf16 beta is rounded to bf16
-    "HF AutoBitLinear online (norm outside)": (V.HFOnline, {"bf16-input"}, "codes * beta is rounded to bf16",
-                                               None, {"norm_outside": True}),
-    "1bitLLM BitLinear (norm outside)": (V.OneBitLLM, {"bf16-input"}, "codes * beta is rounded to bf16", None,
-                                         {"norm_outside": True}),
+    "HF AutoBitLinear online (norm outside)": (
+        V.HFOnline,
+        {"bf16-input"},
+        "codes * beta is rounded to bf16",
+        None,
+        {"norm_outside": True},
+    ),
+    "1bitLLM BitLinear (norm outside)": (
+        V.OneBitLLM,
+        {"bf16-input"},
+        "codes * beta is rounded to bf16",
+        None,
+        {"norm_outside": True},
+    ),
 }
 
 
@@ -149,11 +165,15 @@ def test_assert_conforms():
 
 # ---- bad input --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("factory,status,phrase", [
-    (V.ForwardRaises, "fail", "raised RuntimeError: mat1 and mat2"),
-    (V.WrongShape, "fail", "returned shape (1, 63), expected (1, 64)"),
-    (V.NanOutput, "fail", "NaN/inf in the output"),
-])
+
+@pytest.mark.parametrize(
+    "factory,status,phrase",
+    [
+        (V.ForwardRaises, "fail", "raised RuntimeError: mat1 and mat2"),
+        (V.WrongShape, "fail", "returned shape (1, 63), expected (1, 64)"),
+        (V.NanOutput, "fail", "NaN/inf in the output"),
+    ],
+)
 def test_a_broken_forward_is_a_finding(factory, status, phrase):
     res = conform.check(factory)
     assert res.checks[0].status == status and phrase in res.checks[0].summary
@@ -167,14 +187,17 @@ def test_a_layer_that_needs_cuda_is_not_checkable_here():
     assert "CUDA" in res.checks[0].summary
 
 
-@pytest.mark.parametrize("factory,kwargs,phrase", [
-    (V.ConstructorRaises, {}, "could not construct the layer: ConstructorRaises(128, 64) raised ValueError"),
-    (V.NoWeight, {}, "no floating-point parameter of shape (out, in) = (64, 128)"),
-    (V.TwoWeights, {}, "weight, shadow; name the latent weight with --weight-name"),
-    (V.TwoWeights, {"weight_name": "nope"}, "no parameter named 'nope'"),
-    (BitLinear, {"in_features": 100}, "multiple of 16"),
-    (BitLinear, {"out_features": 4}, "out_features must be a whole number >= 8"),
-])
+@pytest.mark.parametrize(
+    "factory,kwargs,phrase",
+    [
+        (V.ConstructorRaises, {}, "could not construct the layer: ConstructorRaises(128, 64) raised ValueError"),
+        (V.NoWeight, {}, "no floating-point parameter of shape (out, in) = (64, 128)"),
+        (V.TwoWeights, {}, "weight, shadow; name the latent weight with --weight-name"),
+        (V.TwoWeights, {"weight_name": "nope"}, "no parameter named 'nope'"),
+        (BitLinear, {"in_features": 100}, "multiple of 16"),
+        (BitLinear, {"out_features": 4}, "out_features must be a whole number >= 8"),
+    ],
+)
 def test_bad_input_raises_one_line(factory, kwargs, phrase):
     with pytest.raises(ConformError) as e:
         conform.check(factory, **kwargs)
@@ -187,6 +210,7 @@ def test_weight_name_picks_the_latent_weight():
 
 # ---- command line ---------------------------------------------------------------------------------------------
 
+
 def test_cli_reports_a_deviating_layer(capsys):
     assert conform.main(["conform_variants:MaxScale"]) == 1
     out = capsys.readouterr().out
@@ -198,26 +222,42 @@ def test_cli_reports_a_deviating_layer(capsys):
 
 
 def test_cli_options_reach_the_checker(capsys):
-    assert conform.main(["bitnet_ref.model:BitLinear", "--init-kwargs", '{"ablate": ["no-subln"]}',
-                         "--norm-outside", "--in", "64", "--out", "16"]) == 0
+    assert (
+        conform.main(
+            [
+                "bitnet_ref.model:BitLinear",
+                "--init-kwargs",
+                '{"ablate": ["no-subln"]}',
+                "--norm-outside",
+                "--in",
+                "64",
+                "--out",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert "in=64, out=16, norm outside the layer" in capsys.readouterr().out
     assert conform.main(["conform_variants:TwoWeights", "--weight-name", "weight"]) == 0
 
 
-@pytest.mark.parametrize("argv,phrase", [
-    (["no_such_module_xyz:Layer"], "cannot import no_such_module_xyz: ModuleNotFoundError"),
-    (["conform_variants:Nope"], "has no attribute 'Nope'"),
-    (["conform_variants"], "expected MODULE:CLASS"),
-    (["conform_variants:EPS"], "is a float, not a class"),
-    (["conform_variants:ConstructorRaises"], "could not construct"),
-    (["conform_variants:NoWeight"], "no floating-point parameter"),
-    (["bitnet_ref.model:BitLinear", "--init-kwargs", '{"bogus": 1}'], "unexpected keyword argument 'bogus'"),
-    (["bitnet_ref.model:BitLinear", "--init-kwargs", "{bad"], "not valid JSON"),
-    (["bitnet_ref.model:BitLinear", "--init-kwargs", "[1]"], "must be a JSON object"),
-    (["bitnet_ref.model:BitLinear", "--in", "100"], "multiple of 16"),
-    (["bitnet_ref.model:BitLinear", "--in", "8"], "must be >= 64"),
-    (["bitnet_ref.model:BitLinear", "--norm-eps", "0"], "must be in (0, 0.01)"),
-])
+@pytest.mark.parametrize(
+    "argv,phrase",
+    [
+        (["no_such_module_xyz:Layer"], "cannot import no_such_module_xyz: ModuleNotFoundError"),
+        (["conform_variants:Nope"], "has no attribute 'Nope'"),
+        (["conform_variants"], "expected MODULE:CLASS"),
+        (["conform_variants:EPS"], "is a float, not a class"),
+        (["conform_variants:ConstructorRaises"], "could not construct"),
+        (["conform_variants:NoWeight"], "no floating-point parameter"),
+        (["bitnet_ref.model:BitLinear", "--init-kwargs", '{"bogus": 1}'], "unexpected keyword argument 'bogus'"),
+        (["bitnet_ref.model:BitLinear", "--init-kwargs", "{bad"], "not valid JSON"),
+        (["bitnet_ref.model:BitLinear", "--init-kwargs", "[1]"], "must be a JSON object"),
+        (["bitnet_ref.model:BitLinear", "--in", "100"], "multiple of 16"),
+        (["bitnet_ref.model:BitLinear", "--in", "8"], "must be >= 64"),
+        (["bitnet_ref.model:BitLinear", "--norm-eps", "0"], "must be in (0, 0.01)"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(argv, phrase, capsys):
     try:
         code = conform.main(argv)
@@ -236,8 +276,13 @@ def test_cli_import_error_inside_the_module(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_cli_as_a_subprocess_exit_codes_and_no_traceback():
-    run = lambda *a: subprocess.run([sys.executable, "-m", "bitnet_ref.conform", *a], capture_output=True,
-                                    text=True, cwd=Path(__file__).parent, timeout=120)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "bitnet_ref.conform", *a],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+        timeout=120,
+    )
     bad = run("conform_variants:BiasIgnored")
     assert bad.returncode == 1 and "FAIL  bias" in bad.stdout and not bad.stderr
     nothing = run("conform_variants:ConstructorRaises")

@@ -3,16 +3,17 @@
 import math
 import os
 import shutil
-import tempfile
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bitnet_ref import data
-from bitnet_ref.data import DataError, decode, encode, get_batch, load_corpus
+from bitnet_ref.data import corpus as data
+from bitnet_ref.data.corpus import DataError, decode, encode, get_batch, load_corpus
+from bitnet_ref.data.rebuild import reload
 
 
 def write(p: Path, content) -> Path:
@@ -34,8 +35,9 @@ def test_default_corpus_is_stdlib_source_without_tests(stdlib):
     files = data._stdlib_files(root)
     rels = [f.relative_to(root).as_posix() for f in files]
     assert rels == sorted(rels)
-    assert all(not any(c in ("test", "tests", "idle_test") or c.startswith("test_") for c in Path(r).parts)
-               for r in rels)
+    assert all(
+        not any(c in ("test", "tests", "idle_test") or c.startswith("test_") for c in Path(r).parts) for r in rels
+    )
     assert not any("site-packages" in r for r in rels)
     assert "os.py" in rels and "json/decoder.py" in rels
     assert stdlib.kind == "stdlib" and stdlib.vocab_size == 256 and stdlib.byte_level
@@ -126,7 +128,7 @@ def test_nanogpt_token_dir(tmp_path):
     assert np.array_equal(c.train, tr) and np.array_equal(c.val, va)
     c2 = load_corpus(tmp_path / "train.bin", vocab_size=50257)  # pointing at train.bin finds val.bin
     assert np.array_equal(c2.val, va)
-    assert data.reload(c.info()).fingerprint == c.fingerprint
+    assert reload(c.info()).fingerprint == c.fingerprint
 
 
 def test_single_bin_file_is_split(tmp_path):
@@ -258,7 +260,7 @@ def test_reload_detects_changed_data(tmp_path):
     info = load_corpus(f).info()
     write(f, "HELLO world\n" * 100)
     with pytest.raises(DataError) as e:
-        data.reload(info)
+        reload(info)
     assert "changed" in one_line(e)
 
 

@@ -19,19 +19,41 @@ from pathlib import Path
 import pytest
 import torch
 
-from bitnet_ref import train as T
 from bitnet_ref.checkpoint import load_checkpoint
-from bitnet_ref.config import config_from_args
-from bitnet_ref.data import get_batch, load_corpus
+from bitnet_ref.data.corpus import get_batch, load_corpus
+from bitnet_ref.train import loop as T
+from bitnet_ref.train.config import config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 STEPS, STOP, BATCH = 6, 3, 4
-ARGS = ["--preset", "tiny", "--steps", str(STEPS), "--batch-size", str(BATCH), "--warmup", "2", "--eval-at", "end",
-        "--eval-batches", "1", "--probe-prompts", "2", "--probe-prompt-len", "8", "--probe-tokens", "4",
-        "--threads", "1", "--device", "cpu", "--save-every", "2"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--steps",
+    str(STEPS),
+    "--batch-size",
+    str(BATCH),
+    "--warmup",
+    "2",
+    "--eval-at",
+    "end",
+    "--eval-batches",
+    "1",
+    "--probe-prompts",
+    "2",
+    "--probe-prompt-len",
+    "8",
+    "--probe-tokens",
+    "4",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--save-every",
+    "2",
+]
 LOSS_TOL = 1e-3  # steps 2.. (see the test): measured drift <= 1e-4; step 1 is held to 1e-5
-
 
 
 def steps_of(out):
@@ -56,8 +78,19 @@ def test_ddp_matches_single_process_and_resumes(tmp_path, corpus_file):
     out, shard_log = tmp_path / "ddp", tmp_path / "shards"
 
     # 1. two processes, stopped at step 3, recording what each rank trained on
-    torchrun([str(ROOT / "tests" / "_ddp_child.py"), *ARGS, "--data", corpus_file, "--out", str(out),
-              "--stop-at", str(STOP)], env={"BITNET_SHARD_LOG": str(shard_log)})
+    torchrun(
+        [
+            str(ROOT / "tests" / "_ddp_child.py"),
+            *ARGS,
+            "--data",
+            corpus_file,
+            "--out",
+            str(out),
+            "--stop-at",
+            str(STOP),
+        ],
+        env={"BITNET_SHARD_LOG": str(shard_log)},
+    )
     assert load_checkpoint(out / "ckpt.pt")["step"] == STOP
 
     # only rank 0 wrote: two files, one header, each step once
@@ -73,7 +106,7 @@ def test_ddp_matches_single_process_and_resumes(tmp_path, corpus_file):
     for s in range(STOP):
         gen = torch.Generator().manual_seed(T.seed_for(1337, "train", s))
         x, _ = get_batch(corpus.train, BATCH, context, gen)  # (B, T) the global batch of step s
-        assert seen[0][s] == x[: BATCH // 2].tolist() and seen[1][s] == x[BATCH // 2:].tolist()
+        assert seen[0][s] == x[: BATCH // 2].tolist() and seen[1][s] == x[BATCH // 2 :].tolist()
         assert seen[0][s] != seen[1][s]
 
     # 2. the README command: resume the DDP run to the end
@@ -91,8 +124,10 @@ def test_ddp_matches_single_process_and_resumes(tmp_path, corpus_file):
     _, one = steps_of(single)
     diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, st)]
     gdiff = abs(one[0]["grad_norm"] - st[0]["grad_norm"]) / one[0]["grad_norm"]
-    print(f"DDP vs single process: |loss diff| per step {[f'{x:.2g}' for x in diffs]}, step-1 rel grad-norm "
-          f"diff {gdiff:.2g}")
+    print(
+        f"DDP vs single process: |loss diff| per step {[f'{x:.2g}' for x in diffs]}, step-1 rel grad-norm "
+        f"diff {gdiff:.2g}"
+    )
     assert diffs[0] < 1e-5 and gdiff < 1e-5  # measured 0; a rank training on one half alone: 5e-4
     assert max(diffs) < LOSS_TOL
     assert [a["lr"] for a in one] == [b["lr"] for b in st]

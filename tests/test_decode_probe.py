@@ -12,15 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-
 from _decode_ckpt import needs_ext, trained_checkpoint
-from bitnet_ref import decode_probe as DP
-from bitnet_ref import kernels
-from bitnet_ref import packed as P
-from bitnet_ref.checkpoint import load_checkpoint
-from bitnet_ref.data import reload
+
+from bitnet_ref.checkpoint import build_model, load_checkpoint
+from bitnet_ref.data.corpus import val_windows
+from bitnet_ref.data.rebuild import reload
+from bitnet_ref.decode import probe as DP
+from bitnet_ref.diversity import probe_prompts
 from bitnet_ref.model import ModelConfig, Transformer
-from bitnet_ref.probe import probe_prompts
 from bitnet_ref.thresholds import COLLAPSE_TOP1, PROBE_LOSS_MARGIN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +32,7 @@ def trained():
     ckpt = load_checkpoint(path)
     corpus = reload(ckpt["data"])
     prompts = probe_prompts(corpus.val, 4, 16)
-    windows = DP.val_windows(corpus.val, ckpt["config"]["context"])
+    windows = val_windows(corpus.val, ckpt["config"]["context"])
     return path, ckpt, prompts, windows
 
 
@@ -43,8 +42,14 @@ def probe(model, trained, **kw):
 
 
 def cli(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(TOOL), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        cwd=cwd,
+    )
 
 
 def assert_one_line_error(r, *needles):
@@ -59,20 +64,29 @@ def assert_one_line_error(r, *needles):
 # ---------------------------------------------------------------------------------------------- verdict
 
 
-DIVERSE = {"unique_tokens": 40, "distinct_1": 0.2, "distinct_2": 0.6, "max_repeat_run": 3,
-           "top_token_share": 0.15, "token_entropy": 3.0}
+DIVERSE = {
+    "unique_tokens": 40,
+    "distinct_1": 0.2,
+    "distinct_2": 0.6,
+    "max_repeat_run": 3,
+    "top_token_share": 0.15,
+    "token_entropy": 3.0,
+}
 ONE_TOKEN = {**DIVERSE, "unique_tokens": 1, "top_token_share": 1.0, "max_repeat_run": 48}
 
 
-@pytest.mark.parametrize("loss, div, top1, want", [
-    (2.0, DIVERSE, 0.5, "healthy"),
-    (3.2, DIVERSE, 0.5, "not learning"),  # within PROBE_LOSS_MARGIN of the unigram entropy
-    (5.5, ONE_TOKEN, 0.2, "not learning"),  # greedy loop at low confidence, loss at ln V: the seed's symptom
-    (2.0, ONE_TOKEN, 0.95, "collapsed"),
-    (6.0, ONE_TOKEN, 0.99, "collapsed"),  # confidently one token: collapse is the more specific diagnosis
-    (2.0, {**DIVERSE, "top_token_share": 0.7}, 0.5, "healthy"),  # repetitive greedy output alone is not collapse
-    (None, DIVERSE, 0.5, "unknown"),
-])
+@pytest.mark.parametrize(
+    "loss, div, top1, want",
+    [
+        (2.0, DIVERSE, 0.5, "healthy"),
+        (3.2, DIVERSE, 0.5, "not learning"),  # within PROBE_LOSS_MARGIN of the unigram entropy
+        (5.5, ONE_TOKEN, 0.2, "not learning"),  # greedy loop at low confidence, loss at ln V: the seed's symptom
+        (2.0, ONE_TOKEN, 0.95, "collapsed"),
+        (6.0, ONE_TOKEN, 0.99, "collapsed"),  # confidently one token: collapse is the more specific diagnosis
+        (2.0, {**DIVERSE, "top_token_share": 0.7}, 0.5, "healthy"),  # repetitive greedy output alone is not collapse
+        (None, DIVERSE, 0.5, "unknown"),
+    ],
+)
 def test_verdict_rules(loss, div, top1, want):
     v = DP.verdict(val_loss=loss, unigram_entropy=3.23, ln_vocab=5.545, div=div, mean_top1=top1)
     assert v["verdict"] == want and "\n" not in v["reason"]
@@ -80,14 +94,15 @@ def test_verdict_rules(loss, div, top1, want):
 
 
 def test_verdict_notes_repetitive_output():
-    v = DP.verdict(val_loss=2.0, unigram_entropy=3.23, ln_vocab=5.545,
-                   div={**DIVERSE, "top_token_share": 0.7}, mean_top1=0.5)
+    v = DP.verdict(
+        val_loss=2.0, unigram_entropy=3.23, ln_vocab=5.545, div={**DIVERSE, "top_token_share": 0.7}, mean_top1=0.5
+    )
     assert v["notes"] and "repetitive" in v["notes"][0]
 
 
 def test_trained_checkpoint_is_healthy(trained):
     _, ckpt, _, _ = trained
-    r = probe(P.build_model(ckpt), trained)
+    r = probe(build_model(ckpt), trained)
     c = r["context"]
     assert r["verdict"]["verdict"] == "healthy", r["verdict"]
     # honest margin: the run really learned context, not a borderline pass
@@ -98,7 +113,7 @@ def test_trained_checkpoint_is_healthy(trained):
 
 def test_zeroed_head_is_not_learning(trained):
     _, ckpt, _, _ = trained
-    model = P.build_model(ckpt)
+    model = build_model(ckpt)
     with torch.no_grad():
         model.head.weight.zero_()
     r = probe(model, trained)
@@ -110,7 +125,7 @@ def test_zeroed_head_is_not_learning(trained):
 @pytest.mark.parametrize("bias", [3.0, 10.0])
 def test_head_that_always_prefers_one_token_is_collapsed(trained, bias):
     _, ckpt, _, _ = trained
-    model = P.build_model(ckpt)
+    model = build_model(ckpt)
     head = nn.Linear(model.cfg.d_model, model.cfg.vocab_size, bias=True)
     with torch.no_grad():
         head.weight.copy_(model.head.weight)
@@ -152,8 +167,7 @@ def test_json_report_holds_every_field_and_is_saved(trained, tmp_path):
     assert par["max_abs_logit_diff"] == 0.0 and par["max_rel_logit_diff"] == 0.0
     assert rep["backend"] == "packed" and len(rep["samples"]) == rep["decoding"]["samples"]
     # the trainer's probe prompts and length by default: the diversity numbers match its last eval record
-    last_eval = [json.loads(x) for x in (src.parent / "metrics.jsonl").read_text().splitlines()
-                 if '"eval"' in x][-1]
+    last_eval = [json.loads(x) for x in (src.parent / "metrics.jsonl").read_text().splitlines() if '"eval"' in x][-1]
     for k in rep["diversity"]:
         assert rep["diversity"][k] == pytest.approx(last_eval[k]), k
     saved = json.loads((tmp_path / DP.REPORT_NAME).read_text())
@@ -163,8 +177,22 @@ def test_json_report_holds_every_field_and_is_saved(trained, tmp_path):
 
 @needs_ext
 def test_table_output_and_sampling_options(trained):
-    r = cli(trained[0], "--no-save", "--temperature", "0.8", "--top-k", "20", "--seed", "1", "--samples", "2",
-            "--max-new-tokens", "20", "--prompt", "def main():\n    ")
+    r = cli(
+        trained[0],
+        "--no-save",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "20",
+        "--seed",
+        "1",
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "20",
+        "--prompt",
+        "def main():\n    ",
+    )
     assert r.returncode == 0, r.stderr
     for word in ("diversity", "next token", "verdict", "parity       ok", "tok/s", "sample 1"):
         assert word in r.stdout, r.stdout
@@ -188,8 +216,17 @@ def test_fused_int8_head_samples_keep_the_exact_parity_check(trained):
 
 
 def test_module_entry_and_a_reader_that_stops_early(trained):
-    args = [sys.executable, "-m", "bitnet_ref.decode_probe", str(trained[0]), "--no-save", "--backend", "torch",
-            "--max-new-tokens", "8"]
+    args = [
+        sys.executable,
+        "-m",
+        "bitnet_ref.decode_probe",
+        str(trained[0]),
+        "--no-save",
+        "--backend",
+        "torch",
+        "--max-new-tokens",
+        "8",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0 and "verdict" in r.stdout, r.stderr
@@ -207,8 +244,9 @@ def bad_files(trained, tmp_path_factory):
     ckpt = load_checkpoint(trained[0])
     (d / "empty.pt").write_bytes(b"")
     (d / "truncated.pt").write_bytes(good[: len(good) // 2])
-    (d / "random.pt").write_bytes(bytes(torch.randint(256, (4096,), generator=torch.Generator().manual_seed(0),
-                                                      dtype=torch.uint8).tolist()))
+    (d / "random.pt").write_bytes(
+        bytes(torch.randint(256, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).tolist())
+    )
     torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, d / "foreign.pt")
 
     class Evil:
@@ -230,18 +268,21 @@ def bad_files(trained, tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("name, needles", [
-    ("missing.pt", ["no such checkpoint"]),
-    ("empty.pt", ["empty"]),
-    ("truncated.pt", ["truncated"]),
-    ("random.pt", ["corrupt or not a PyTorch file"]),
-    ("foreign.pt", ["not a bitnet_ref checkpoint"]),
-    ("evil.pt", []),
-    ("evil_torch.pt", ["run code"]),
-    ("huge.pt", ["model config"]),
-    ("nan.pt", ["NaN"]),
-    ("data_gone.pt", ["--prompt"]),
-])
+@pytest.mark.parametrize(
+    "name, needles",
+    [
+        ("missing.pt", ["no such checkpoint"]),
+        ("empty.pt", ["empty"]),
+        ("truncated.pt", ["truncated"]),
+        ("random.pt", ["corrupt or not a PyTorch file"]),
+        ("foreign.pt", ["not a bitnet_ref checkpoint"]),
+        ("evil.pt", []),
+        ("evil_torch.pt", ["run code"]),
+        ("huge.pt", ["model config"]),
+        ("nan.pt", ["NaN"]),
+        ("data_gone.pt", ["--prompt"]),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(bad_files, name, needles):
     r = cli(bad_files / name, "--no-save")
     assert_one_line_error(r, *needles)
@@ -264,9 +305,16 @@ def test_bad_flags_and_prompt_file(trained, tmp_path):
 
 
 def test_missing_extension_for_packed_says_how_to_build(trained):
-    code = ("import sys; sys.modules['bitnet_ref._core'] = None\n"
-            "from bitnet_ref.decode_probe import main\n"
-            f"sys.exit(main([{str(trained[0])!r}, '--no-save']))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import sys; sys.modules['bitnet_ref._core'] = None\n"
+        "from bitnet_ref.decode_probe import main\n"
+        f"sys.exit(main([{str(trained[0])!r}, '--no-save']))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert_one_line_error(r, "pip install", "--backend torch")

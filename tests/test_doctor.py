@@ -9,19 +9,34 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from bitnet_ref import doctor as D
-from bitnet_ref import metrics
+from bitnet_ref import metrics_log as metrics
+from bitnet_ref.doctor import verdicts as D
+from bitnet_ref.doctor.command import main as doctor_main
+from bitnet_ref.doctor.run import Run, load_run
 from bitnet_ref.thresholds import REPETITIVE_TOP_SHARE
 
 LN_V, UNI = math.log(256), 3.23
 
-HEALTHY_LAYER = dict(frac_neg=0.35, frac_zero=0.31, frac_pos=0.34, beta=0.016, w_rms=0.02, near_thr=0.06,
-                     grad_norm=0.1, grad_dead_zero=0.05, grad_dead_sat=0.05, grad_dead_clip=0.05,
-                     update_ratio=0.01, act_in_rms=1.0, out_ratio=0.62)
+HEALTHY_LAYER = dict(
+    frac_neg=0.35,
+    frac_zero=0.31,
+    frac_pos=0.34,
+    beta=0.016,
+    w_rms=0.02,
+    near_thr=0.06,
+    grad_norm=0.1,
+    grad_dead_zero=0.05,
+    grad_dead_sat=0.05,
+    grad_dead_clip=0.05,
+    update_ratio=0.01,
+    act_in_rms=1.0,
+    out_ratio=0.62,
+)
 
 
-def make_records(steps=100, every=20, val=None, unique=None, layer=None, flips=None, wd=None, lr=None,
-                 top_share=None, extra=None):
+def make_records(
+    steps=100, every=20, val=None, unique=None, layer=None, flips=None, wd=None, lr=None, top_share=None, extra=None
+):
     """A header, one step record per step and an eval record every `every` steps, like the trainer writes.
 
     val(step), unique(step), layer(step) -> dict of per-layer fields, flips(step) -> flip rate (share since
@@ -33,19 +48,37 @@ def make_records(steps=100, every=20, val=None, unique=None, layer=None, flips=N
     flips = flips or (lambda s: 0.3 * math.exp(-s / 30))
     lr = lr or (lambda s: 1.5e-3 if s <= steps // 2 else 1e-3 * (steps - s) / (steps / 2))
     wd = wd or (lambda s: 0.1 * 0.5 * (1 + math.cos(math.pi * s / (steps / 2))) if s <= steps // 2 else 0.0)
-    recs = [{"kind": "header", "config": {"d_model": 64, "vocab_size": 256}, "train_config": {"steps": steps},
-             "ln_vocab": LN_V, "unigram_entropy": UNI}]
+    recs = [
+        {
+            "kind": "header",
+            "config": {"d_model": 64, "vocab_size": 256},
+            "train_config": {"steps": steps},
+            "ln_vocab": LN_V,
+            "unigram_entropy": UNI,
+        }
+    ]
     for s in range(0, steps + 1):
         if s > 0:
             recs.append({"kind": "step", "step": s, "loss": val(s) + 0.05, "lr": lr(s), "wd": wd(s), "tok_s": 1e4})
         if s % every == 0:
-            lay = {**HEALTHY_LAYER, "flip_rate": flips(s) if s else None, "flip_steps": every if s else None,
-                   **layer(s)}
+            lay = {
+                **HEALTHY_LAYER,
+                "flip_rate": flips(s) if s else None,
+                "flip_steps": every if s else None,
+                **layer(s),
+            }
             if s == 0:
-                lay.update(dict.fromkeys(("grad_norm", "grad_dead_zero", "grad_dead_sat", "grad_dead_clip",
-                                          "update_ratio")))
-            rec = {"kind": "eval", "step": s, "val_loss": val(s), "unique_tokens": unique(s),
-                   "top_token_share": (top_share or (lambda s: 0.3))(s), "layers": {"l0": lay, "l1": dict(lay)}}
+                lay.update(
+                    dict.fromkeys(("grad_norm", "grad_dead_zero", "grad_dead_sat", "grad_dead_clip", "update_ratio"))
+                )
+            rec = {
+                "kind": "eval",
+                "step": s,
+                "val_loss": val(s),
+                "unique_tokens": unique(s),
+                "top_token_share": (top_share or (lambda s: 0.3))(s),
+                "layers": {"l0": lay, "l1": dict(lay)},
+            }
             for k, v in lay.items():
                 if k != "flip_steps":
                     rec[f"health_{k}"] = v
@@ -59,9 +92,9 @@ def jsonl(records) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
 
 
-def as_run(records) -> D.Run:
+def as_run(records) -> Run:
     """The Run that load_run makes of a metrics.jsonl holding these records (no checkpoint, no probe report)."""
-    return D.Run.from_metrics(metrics.parse(jsonl(records).encode()), "<records>")
+    return Run.from_metrics(metrics.parse(jsonl(records).encode()), "<records>")
 
 
 def diag(records, baseline=None, probe=None):
@@ -120,8 +153,11 @@ def test_dip_during_the_unigram_phase_is_a_note_not_a_verdict():
 
 
 def test_incomplete_run_is_noted_and_judged_from_recent_train_loss():
-    recs = [r for r in make_records(val=lambda s: 5.5 - 2.7 * (1 - math.exp(-s / 10)))
-            if r.get("kind") != "end" and (r.get("kind") != "eval" or r["step"] == 0) and r.get("step", 0) <= 60]
+    recs = [
+        r
+        for r in make_records(val=lambda s: 5.5 - 2.7 * (1 - math.exp(-s / 10)))
+        if r.get("kind") != "end" and (r.get("kind") != "eval" or r["step"] == 0) and r.get("step", 0) <= 60
+    ]
     d = diag(recs)  # only the step-0 eval (5.5) is there; the train loss has long fallen below unigram level
     assert d.verdict == "healthy" and d.evidence[0].startswith("final train loss")
     assert any("incomplete run: 60 of 100" in n for n in d.notes)
@@ -150,16 +186,21 @@ def test_diverged_on_blow_up():
 # ---------------------------------------------------------------------------- causes
 
 
-@pytest.mark.parametrize("layer, cause", [
-    (lambda s: dict(grad_norm=0.0, grad_dead_zero=1.0, grad_dead_sat=1.0, grad_dead_clip=1.0) if s else {},
-     "missing_ste"),
-    (lambda s: dict(grad_dead_clip=1.0, grad_dead_sat=0.4, grad_dead_zero=0.15) if s else {}, "clamp_ste"),
-    (lambda s: dict(out_ratio=1800.0), "missing_dequant"),
-    (lambda s: dict(out_ratio=0.016), "missing_dequant"),
-    (lambda s: dict(act_in_rms=0.03), "no_subln"),
-    (lambda s: dict(frac_zero=0.7, frac_neg=0.15, frac_pos=0.15), "zero_drift"),
-    (lambda s: dict(frac_zero=0.02, frac_neg=0.49, frac_pos=0.49), "zero_drift"),
-])
+@pytest.mark.parametrize(
+    "layer, cause",
+    [
+        (
+            lambda s: dict(grad_norm=0.0, grad_dead_zero=1.0, grad_dead_sat=1.0, grad_dead_clip=1.0) if s else {},
+            "missing_ste",
+        ),
+        (lambda s: dict(grad_dead_clip=1.0, grad_dead_sat=0.4, grad_dead_zero=0.15) if s else {}, "clamp_ste"),
+        (lambda s: dict(out_ratio=1800.0), "missing_dequant"),
+        (lambda s: dict(out_ratio=0.016), "missing_dequant"),
+        (lambda s: dict(act_in_rms=0.03), "no_subln"),
+        (lambda s: dict(frac_zero=0.7, frac_neg=0.15, frac_pos=0.15), "zero_drift"),
+        (lambda s: dict(frac_zero=0.02, frac_neg=0.49, frac_pos=0.49), "zero_drift"),
+    ],
+)
 def test_cause_from_layer_stats(layer, cause):
     d = diag(make_records(layer=layer))
     assert d.cause == cause, d.evidence
@@ -168,7 +209,9 @@ def test_cause_from_layer_stats(layer, cause):
 
 def test_clamp_rule_needs_a_contrast_with_zero_codes():
     # dead gradients everywhere alike (all-zero input columns) are not the clamp bug
-    d = diag(make_records(layer=lambda s: dict(grad_dead_clip=0.95, grad_dead_zero=0.9, grad_dead_sat=0.9) if s else {}))
+    d = diag(
+        make_records(layer=lambda s: dict(grad_dead_clip=0.95, grad_dead_zero=0.9, grad_dead_sat=0.9) if s else {})
+    )
     assert d.cause != "clamp_ste"
 
 
@@ -223,17 +266,17 @@ def write_run(tmp_path, records, tail=""):
 
 def test_cli_text_and_json_agree(tmp_path, capsys):
     run = write_run(tmp_path / "run", make_records(layer=lambda s: dict(act_in_rms=0.03)))
-    assert D.main([str(run)]) == 0
+    assert doctor_main([str(run)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("verdict: faulty") and "cause:   no_subln" in text and "0.030" in text
-    assert D.main([str(run), "--json"]) == 0
+    assert doctor_main([str(run), "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["verdict"] == "faulty" and obj["cause"] == "no_subln" and obj["evidence"]
 
 
 def test_cli_tolerates_a_torn_last_line(tmp_path, capsys):
     run = write_run(tmp_path / "run", make_records(), tail='{"kind": "step", "step": 101, "lo')
-    assert D.main([str(run), "--json"]) == 0
+    assert doctor_main([str(run), "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["verdict"] == "healthy" and any("torn" in n for n in obj["notes"])
 
@@ -241,17 +284,20 @@ def test_cli_tolerates_a_torn_last_line(tmp_path, capsys):
 def test_cli_with_baseline(tmp_path, capsys):
     stuck = write_run(tmp_path / "stuck", make_records(val=lambda s: 5.5 - 2.3 * (1 - math.exp(-s / 10))))
     base = write_run(tmp_path / "fp", make_records())
-    assert D.main([str(stuck), "--baseline", str(base), "--json"]) == 0
+    assert doctor_main([str(stuck), "--baseline", str(base), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["verdict"] == "stuck_unigram"
 
 
-@pytest.mark.parametrize("name, content, msg", [
-    ("nope", None, "no such run directory"),
-    ("file", "x", "not a directory"),
-    ("empty_dir", {}, "no metrics.jsonl"),
-    ("empty_file", {"metrics.jsonl": ""}, "no training records"),
-    ("garbage", {"metrics.jsonl": "garbage\n[1,2]\n{\"a\": 1}\n"}, "no training records"),
-])
+@pytest.mark.parametrize(
+    "name, content, msg",
+    [
+        ("nope", None, "no such run directory"),
+        ("file", "x", "not a directory"),
+        ("empty_dir", {}, "no metrics.jsonl"),
+        ("empty_file", {"metrics.jsonl": ""}, "no training records"),
+        ("garbage", {"metrics.jsonl": 'garbage\n[1,2]\n{"a": 1}\n'}, "no training records"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, name, content, msg):
     path = tmp_path / name
     if isinstance(content, str):
@@ -260,14 +306,14 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, name, content, msg):
         path.mkdir()
         for f, text in content.items():
             (path / f).write_text(text)
-    assert D.main([str(path)]) == 2
+    assert doctor_main([str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and msg in err and err.count("\n") == 1
 
 
 def test_cli_bad_baseline_is_exit_2(tmp_path, capsys):
     run = write_run(tmp_path / "run", make_records())
-    assert D.main([str(run), "--baseline", str(tmp_path / "missing")]) == 2
+    assert doctor_main([str(run), "--baseline", str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
 
 
@@ -277,8 +323,9 @@ def test_cli_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
     recs = make_records()
     recs[0]["config"]["note"] = "x" * (1 << 20)
     run = write_run(tmp_path / "run", recs)
-    p = subprocess.Popen([sys.executable, "-m", "bitnet_ref.doctor", str(run)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bitnet_ref.doctor", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     first = p.stdout.readline()
     p.stdout.close()
     err = p.stderr.read()
@@ -290,18 +337,43 @@ def test_cli_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
 
 # Tiny model, 80 steps: every ablation's signature is there from the first evaluation; the reference run's
 # val loss ends well under the unigram entropy. Runs go two at a time in fresh processes (the trainer's CLI).
-REAL_ARGS = ["--preset", "tiny", "--steps", "80", "--batch-size", "16", "--warmup", "8", "--eval-every", "20",
-             "--eval-batches", "2", "--probe-prompts", "2", "--probe-tokens", "24", "--threads", "1",
-             "--log-every", "1000000"]
-ABLATION_CAUSES = {"no-ste": "missing_ste", "clamp-ste": "clamp_ste", "quant-head": "quant_head",
-                   "no-subln": "no_subln", "no-dequant": "missing_dequant", "const-wd": "const_wd"}
+REAL_ARGS = [
+    "--preset",
+    "tiny",
+    "--steps",
+    "80",
+    "--batch-size",
+    "16",
+    "--warmup",
+    "8",
+    "--eval-every",
+    "20",
+    "--eval-batches",
+    "2",
+    "--probe-prompts",
+    "2",
+    "--probe-tokens",
+    "24",
+    "--threads",
+    "1",
+    "--log-every",
+    "1000000",
+]
+ABLATION_CAUSES = {
+    "no-ste": "missing_ste",
+    "clamp-ste": "clamp_ste",
+    "quant-head": "quant_head",
+    "no-subln": "no_subln",
+    "no-dequant": "missing_dequant",
+    "const-wd": "const_wd",
+}
 
 
 def _train_quietly(argv):
     import contextlib
     import io
 
-    from bitnet_ref import train
+    from bitnet_ref.train import loop as train
 
     with contextlib.redirect_stdout(io.StringIO()):
         return train.main(argv)
@@ -315,7 +387,7 @@ def real_runs(tmp_path_factory):
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         codes = dict(zip(jobs, pool.map(_train_quietly, jobs.values())))
     assert all(c == 0 for c in codes.values()), codes
-    return {name: D.diagnose(D.load_run(root / name)) for name in arms}
+    return {name: D.diagnose(load_run(root / name)) for name in arms}
 
 
 @pytest.mark.slow
@@ -349,7 +421,7 @@ def test_zero_drift_from_the_checkpoint_when_metrics_have_no_health(tmp_path, ca
             mask = torch.rand(t.shape) < 0.1
             state[name] = torch.where(mask, torch.full_like(t, 1.0), torch.full_like(t, 1e-4))
     save_checkpoint(run / "ckpt.pt", {"config": dataclasses.asdict(cfg), "model": state, "step": 100})
-    assert D.main([str(run), "--json"]) == 0
+    assert doctor_main([str(run), "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["cause"] == "zero_drift" and any("ckpt.pt" in e for e in obj["evidence"])
 
@@ -358,8 +430,10 @@ def test_zero_drift_from_the_checkpoint_when_metrics_have_no_health(tmp_path, ca
 
 
 def _groups(**over):
-    g = {k: {"grad_norm": 0.5, "grad_zero": 0.01, "update_ratio": r, "numel": 1000}
-         for k, r in (("latent", 3e-3), ("norm", 1e-4), ("embed", 2e-3), ("head", 2e-3))}
+    g = {
+        k: {"grad_norm": 0.5, "grad_zero": 0.01, "update_ratio": r, "numel": 1000}
+        for k, r in (("latent", 3e-3), ("norm", 1e-4), ("embed", 2e-3), ("head", 2e-3))
+    }
     for k, v in over.items():
         g[k] = {**g[k], **v}
     return g
@@ -383,15 +457,19 @@ def test_every_sample_repeating_its_own_token_with_top1_near_one_is_collapse():
     assert d.verdict == "diversity_collapse" and any("every greedy sample" in e for e in d.evidence)
     # a weak model's greedy loops (unigram phase, "te te te") are not: its top-1 is low
     assert diag(make_records(extra=dict(min_sample_top_share=1.0, health_top1=0.4))).verdict == "healthy"
-    assert diag(make_records(), probe={"verdict": {"verdict": "collapsed", "reason": "x"}}).verdict == \
-        "diversity_collapse"
+    assert (
+        diag(make_records(), probe={"verdict": {"verdict": "collapsed", "reason": "x"}}).verdict == "diversity_collapse"
+    )
 
 
-@pytest.mark.parametrize("layer, groups, needle", [
-    (None, _groups(norm=dict(grad_norm=0.0, grad_zero=1.0, update_ratio=0.0)), "group norm gets no gradient"),
-    (None, _groups(latent=dict(update_ratio=0.0)), "group latent: update ratio"),
-    (lambda s: dict(grad_zero=0.71) if s else {}, _groups(), "exactly zero"),
-])
+@pytest.mark.parametrize(
+    "layer, groups, needle",
+    [
+        (None, _groups(norm=dict(grad_norm=0.0, grad_zero=1.0, update_ratio=0.0)), "group norm gets no gradient"),
+        (None, _groups(latent=dict(update_ratio=0.0)), "group latent: update ratio"),
+        (lambda s: dict(grad_zero=0.71) if s else {}, _groups(), "exactly zero"),
+    ],
+)
 def test_grad_flow_says_where_the_flow_stops(layer, groups, needle):
     d = diag(make_records(layer=layer, extra={"groups": groups}))
     assert d.cause == "grad_flow", d.findings
@@ -406,8 +484,16 @@ def test_grad_flow_quiet_on_healthy_groups_and_one_layer_of_dead_relus():
 
 def test_grad_flow_against_the_fp_twin():
     base = make_records(extra={"groups": _groups(latent=dict(update_ratio=8e-3))})
-    low = make_records(extra={"groups": _groups(latent=dict(update_ratio=2e-6), norm=dict(update_ratio=1e-6),
-                                                embed=dict(update_ratio=1e-6), head=dict(update_ratio=1e-6))})
+    low = make_records(
+        extra={
+            "groups": _groups(
+                latent=dict(update_ratio=2e-6),
+                norm=dict(update_ratio=1e-6),
+                embed=dict(update_ratio=1e-6),
+                head=dict(update_ratio=1e-6),
+            )
+        }
+    )
     assert diag(low).cause is None  # every group equally slow: no contrast inside the run
     d = diag(low, baseline=base)
     assert d.cause == "grad_flow" and any("FP twin" in e for e in d.evidence)
@@ -427,13 +513,13 @@ def _ckpt_run(tmp_path, logged, dtype=None):
     import torch
 
     from bitnet_ref.checkpoint import save_checkpoint
-    from bitnet_ref.data import load_corpus
+    from bitnet_ref.data.corpus import load_corpus
     from bitnet_ref.model import ModelConfig, Transformer
 
     text = tmp_path / "corpus"
     text.mkdir(parents=True)
     for i in range(10):
-        (text / f"f{i}.txt").write_text(("the quick brown fox jumps over the lazy dog %d\n" % i) * 40)
+        (text / f"f{i}.txt").write_text(f"the quick brown fox jumps over the lazy dog {i}\n" * 40)
     corpus = load_corpus(str(text))
     cfg = ModelConfig.preset("tiny")
     torch.manual_seed(0)
@@ -442,24 +528,25 @@ def _ckpt_run(tmp_path, logged, dtype=None):
         state = {k: v.to(dtype) for k, v in state.items()}
     recs = make_records(val=lambda s: logged if s == 100 else 5.5 - 2.7 * (1 - math.exp(-s / 25)))
     run = write_run(tmp_path / "run", recs)
-    save_checkpoint(run / "ckpt.pt", {"config": dataclasses.asdict(cfg), "model": state, "step": 100,
-                                      "data": corpus.info()})
+    save_checkpoint(
+        run / "ckpt.pt", {"config": dataclasses.asdict(cfg), "model": state, "step": 100, "data": corpus.info()}
+    )
     return run
 
 
 def test_checkpoint_loss_far_from_the_log_is_log_mismatch(tmp_path, capsys):
     run = _ckpt_run(tmp_path, logged=0.02)  # an untrained model measures ~ln V = 5.5
-    assert D.main([str(run), "--json"]) == 0
+    assert doctor_main([str(run), "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["verdict"] == "log_mismatch" and "ckpt.pt measured by the doctor" in obj["evidence"][0]
 
 
 def test_checkpoint_loss_that_agrees_with_the_log_is_a_note(tmp_path):
-    from bitnet_ref.doctor_checks import checkpoint_check
+    from bitnet_ref.doctor.measure import checkpoint_check
 
-    probe = D.load_run(_ckpt_run(tmp_path / "a", logged=5.5))
+    probe = load_run(_ckpt_run(tmp_path / "a", logged=5.5))
     measured = checkpoint_check(probe)["measured"]
-    run = D.load_run(_ckpt_run(tmp_path / "b", logged=measured + 0.05))
+    run = load_run(_ckpt_run(tmp_path / "b", logged=measured + 0.05))
     d = D.diagnose(run)
     assert d.verdict != "log_mismatch" and any("agrees with the log" in n for n in d.notes)
 
@@ -469,12 +556,12 @@ def test_missing_data_degrades_to_a_note(tmp_path):
 
     run = _ckpt_run(tmp_path, logged=0.02)
     shutil.rmtree(tmp_path / "corpus")
-    d = D.diagnose(D.load_run(run))
+    d = D.diagnose(load_run(run))
     assert any("validation data unavailable" in n for n in d.notes)
 
 
 def test_low_precision_master_weights_from_the_checkpoint(tmp_path):
     import torch
 
-    d = D.diagnose(D.load_run(_ckpt_run(tmp_path, logged=5.5, dtype=torch.bfloat16)))
+    d = D.diagnose(load_run(_ckpt_run(tmp_path, logged=5.5, dtype=torch.bfloat16)))
     assert "low_precision" in [f["cause"] for f in d.findings]

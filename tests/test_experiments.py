@@ -10,13 +10,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "experiments.py"
-ARMS = ["ref", "fp", "t1-stage1", "t2-lr3", "t3-end-only", "t4-long", "t5-fractions", "t1-half",
-        "abl-no-ste", "abl-clamp-ste", "abl-quant-head", "abl-no-subln", "abl-no-dequant", "abl-const-wd"]
+ARMS = [
+    "ref",
+    "fp",
+    "t1-stage1",
+    "t2-lr3",
+    "t3-end-only",
+    "t4-long",
+    "t5-fractions",
+    "t1-half",
+    "abl-no-ste",
+    "abl-clamp-ste",
+    "abl-quant-head",
+    "abl-no-subln",
+    "abl-no-dequant",
+    "abl-const-wd",
+]
 
 
 def _run(args, env=None):
-    return subprocess.run([sys.executable, str(TOOL), *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(TOOL), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ ZOO = Path(__file__).resolve().parents[1] / "tools" / "fault_zoo.py"
 
 @pytest.mark.slow
 def test_quick_fault_zoo_is_all_right(tmp_path):
-    p = subprocess.run([sys.executable, str(ZOO), "--quick", "--out", str(tmp_path)], capture_output=True,
-                       text=True, timeout=900)
+    p = subprocess.run(
+        [sys.executable, str(ZOO), "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "right" in p.stdout and "NO" not in p.stdout.split()

@@ -7,17 +7,18 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from _decode_ckpt import needs_ext, trained_checkpoint
+
 from bitnet_ref import generate as G
-from bitnet_ref import kernels
-from bitnet_ref import packed as P
 from bitnet_ref.checkpoint import load_checkpoint
-from bitnet_ref.data import reload
-from bitnet_ref.fused import FUSED_REL_TOL, FusedTransformer
-from bitnet_ref.head import to_int8_head
+from bitnet_ref.data.rebuild import reload
+from bitnet_ref.decode import loader as L
+from bitnet_ref.diversity import probe_prompts
 from bitnet_ref.model import ModelConfig, Transformer
-from bitnet_ref.probe import probe_prompts
+from bitnet_ref.runtime import kernels
+from bitnet_ref.runtime import packed as P
+from bitnet_ref.runtime.fused import FUSED_REL_TOL, FusedTransformer
+from bitnet_ref.runtime.int8_head import to_int8_head
 
 
 def rel_diff(a, b):
@@ -35,8 +36,8 @@ def trained():
 @pytest.mark.parametrize("head", ["fp32", "int8"])
 def test_fused_matches_the_exact_packed_path_on_a_trained_checkpoint(trained, head):
     path, prompts = trained
-    exact = P.load_for_decode(path, "packed", head=head).model
-    fused = P.load_for_decode(path, "packed", head=head, fused=True).model
+    exact = L.load_for_decode(path, "packed", head=head).model
+    fused = L.load_for_decode(path, "packed", head=head, fused=True).model
     assert isinstance(fused, FusedTransformer)
     a, b = G.generate(exact, prompts, 48), G.generate(fused, prompts, 48)
     assert a.tokens == b.tokens
@@ -58,7 +59,7 @@ def test_fused_forward_is_close_to_the_exact_forward_on_random_models(over):
         assert rel_diff(fused(idx)[0], exact(idx)[0]) <= FUSED_REL_TOL
     # through the cache, a position at a time, after a prompt: the same as one full forward
     cache = fused.new_cache(2, 20)
-    steps = [fused(idx[:, :12], cache=cache)[0]] + [fused(idx[:, t:t + 1], cache=cache)[0] for t in range(12, 20)]
+    steps = [fused(idx[:, :12], cache=cache)[0]] + [fused(idx[:, t : t + 1], cache=cache)[0] for t in range(12, 20)]
     assert torch.equal(torch.cat(steps, 1), fused(idx)[0])
 
 
@@ -87,16 +88,18 @@ def test_fused_decoder_checks_its_arguments_first():
     fused = FusedTransformer(P.to_packed(Transformer(ModelConfig.preset("tiny")).eval()))
     dec, cache = fused.decoder, fused.new_cache(1, 8)
     tok = np.array([3], np.int64)
-    bad = [((np.array([256], np.int64), 0, cache.k, cache.v), ValueError, "vocabulary"),
-           ((np.array([-1], np.int64), 0, cache.k, cache.v), ValueError, "vocabulary"),
-           ((tok, 8, cache.k, cache.v), ValueError, "outside the cache"),
-           ((tok, -1, cache.k, cache.v), ValueError, "outside the cache"),
-           ((tok.astype(np.int32), 0, cache.k, cache.v), TypeError, "int64"),
-           ((tok, 0, np.zeros(cache.k.shape[:-1] + (3,), np.float32), cache.v), ValueError, "shape"),
-           ((tok, 0, cache.k.astype(np.float64), cache.v), TypeError, "float32"),
-           ((tok, 0, np.asfortranarray(cache.k), cache.v), ValueError, "contiguous"),
-           ((tok, 0, [0.0], cache.v), TypeError, "numpy array"),
-           ((np.array([3, 4], np.int64), 0, cache.k, cache.v), ValueError, "shape")]
+    bad = [
+        ((np.array([256], np.int64), 0, cache.k, cache.v), ValueError, "vocabulary"),
+        ((np.array([-1], np.int64), 0, cache.k, cache.v), ValueError, "vocabulary"),
+        ((tok, 8, cache.k, cache.v), ValueError, "outside the cache"),
+        ((tok, -1, cache.k, cache.v), ValueError, "outside the cache"),
+        ((tok.astype(np.int32), 0, cache.k, cache.v), TypeError, "int64"),
+        ((tok, 0, np.zeros(cache.k.shape[:-1] + (3,), np.float32), cache.v), ValueError, "shape"),
+        ((tok, 0, cache.k.astype(np.float64), cache.v), TypeError, "float32"),
+        ((tok, 0, np.asfortranarray(cache.k), cache.v), ValueError, "contiguous"),
+        ((tok, 0, [0.0], cache.v), TypeError, "numpy array"),
+        ((np.array([3, 4], np.int64), 0, cache.k, cache.v), ValueError, "shape"),
+    ]
     for args, exc, msg in bad:
         with pytest.raises(exc, match=msg) as e:
             dec.step(*args)
@@ -105,10 +108,26 @@ def test_fused_decoder_checks_its_arguments_first():
     assert dec.step(tok, 0, cache.k, cache.v).shape == (1, 256)
     core = kernels._load()
     with pytest.raises(ValueError, match="7 \\(packed, beta\\) pairs"):
-        core.FusedDecoder(dict(d_model=64, n_heads=2, n_kv_heads=2, ffn_hidden=192, vocab_size=256, context=64,
-                               n_layers=1, swiglu=False, eps=1e-5), [], [], np.ones(64, np.float32),
-                          (None, None, None), (None, None, None), np.ones((64, 32), np.float32),
-                          np.ones((64, 32), np.float32))
+        core.FusedDecoder(
+            dict(
+                d_model=64,
+                n_heads=2,
+                n_kv_heads=2,
+                ffn_hidden=192,
+                vocab_size=256,
+                context=64,
+                n_layers=1,
+                swiglu=False,
+                eps=1e-5,
+            ),
+            [],
+            [],
+            np.ones(64, np.float32),
+            (None, None, None),
+            (None, None, None),
+            np.ones((64, 32), np.float32),
+            np.ones((64, 32), np.float32),
+        )
 
 
 @needs_ext

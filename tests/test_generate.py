@@ -3,14 +3,14 @@ argument checks, and the model's mode. The packed model through the same code is
 
 import pytest
 import torch
-
 from _decode_ckpt import trained_checkpoint
+
 from bitnet_ref import generate as G
-from bitnet_ref import packed as P
-from bitnet_ref.checkpoint import load_checkpoint
-from bitnet_ref.data import reload
+from bitnet_ref.checkpoint import build_model, load_checkpoint
+from bitnet_ref.data.rebuild import reload
+from bitnet_ref.diversity import probe_prompts
+from bitnet_ref.generate import DecodeError
 from bitnet_ref.model import ModelConfig, Transformer
-from bitnet_ref.probe import probe_prompts
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +23,13 @@ def trained():
 def test_kv_cache_matches_recompute_for_torch_without_extension(trained):
     # the torch path does not need the extension; this runs everywhere
     ckpt, prompts = trained
-    model = P.build_model(ckpt)
+    model = build_model(ckpt)
     assert G.generate(model, prompts[:2], 30).tokens == G.generate_reference(model, prompts[:2], 30)
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(trained):
     ckpt, prompts = trained
-    model = P.build_model(ckpt)
+    model = build_model(ckpt)
     a = G.generate(model, prompts[:2], 30, temperature=1.0, seed=3).tokens
     assert a == G.generate(model, prompts[:2], 30, temperature=1.0, seed=3).tokens
     assert a != G.generate(model, prompts[:2], 30, temperature=1.0, seed=4).tokens
@@ -39,13 +39,13 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(trained):
 
 def test_generate_refuses_more_than_the_context(trained):
     ckpt, _ = trained
-    model = P.build_model(ckpt)
+    model = build_model(ckpt)
     with pytest.raises(G.DecodeError, match="context"):
         G.generate(model, [[1] * 60], 10)
 
 
 def test_one_decode_error_class_for_loading_and_decoding():
-    assert P.DecodeError is G.DecodeError and issubclass(G.DecodeError, ValueError)
+    assert DecodeError is G.DecodeError and issubclass(G.DecodeError, ValueError)
 
 
 def test_generate_runs_in_eval_mode_and_restores_the_mode():

@@ -11,23 +11,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _decode_ckpt import run_export
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _decode_ckpt import run_export
 from bitnet_ref import generate as G
-from bitnet_ref import gguf_file as GF
-from bitnet_ref import kernels
 from bitnet_ref import quant as Q
 from bitnet_ref.checkpoint import save_checkpoint
+from bitnet_ref.formats import gguf_file as GF
 from bitnet_ref.model import ModelConfig, Transformer
-from bitnet_ref.packed import PackedWeight
+from bitnet_ref.runtime import kernels
+from bitnet_ref.runtime.packed import PackedWeight
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[gguf]')")
 
 # llama.cpp-runnable: SwiGLU, tied head, official layout, every linear input width a multiple of 256; GQA
-CFG = dict(d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=512, context=64, ffn_act="swiglu",
-           tie_embeddings=True, layout="official")
+CFG = dict(
+    d_model=256,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn_hidden=512,
+    context=64,
+    ffn_act="swiglu",
+    tie_embeddings=True,
+    layout="official",
+)
 PROMPT = list(b"def f(x):\n    return ")
 
 
@@ -36,8 +45,6 @@ def write_ckpt(path, cfg: ModelConfig, seed=0, **extra):
     model = Transformer(cfg)
     save_checkpoint(path, {"config": asdict(cfg), "model": model.state_dict(), "step": 7, **extra})
     return model.eval()
-
-
 
 
 # ---------------------------------------------------------------------------------------------- bytes
@@ -87,12 +94,17 @@ def test_tensors_are_what_llama_cpp_loads(exported):
     r = gguf.GGUFReader(str(d / "f16.gguf"))
     field = lambda k: r.fields[k].contents()
     assert field("general.architecture") == "bitnet"
-    assert (field("bitnet.embedding_length"), field("bitnet.block_count"), field("bitnet.feed_forward_length"),
-            field("bitnet.attention.head_count"), field("bitnet.attention.head_count_kv")) == (256, 2, 512, 4, 2)
+    assert (
+        field("bitnet.embedding_length"),
+        field("bitnet.block_count"),
+        field("bitnet.feed_forward_length"),
+        field("bitnet.attention.head_count"),
+        field("bitnet.attention.head_count_kv"),
+    ) == (256, 2, 512, 4, 2)
     assert field("bitnet.attention.layer_norm_rms_epsilon") == pytest.approx(1e-5)
     assert field("bitnet.rope.freq_base") == cfg.rope_theta
     assert field("tokenizer.ggml.model") == "gpt2" and field("tokenizer.ggml.add_bos_token") is False
-    from bitnet_ref.hf import byte_tokenizer
+    from bitnet_ref.formats.hf import byte_tokenizer
 
     vocab = byte_tokenizer().get_vocab()  # the Hugging Face export's byte tokenizer: the same 256 token strings
     assert field("tokenizer.ggml.tokens") == sorted(vocab, key=vocab.get)
@@ -102,10 +114,21 @@ def test_tensors_are_what_llama_cpp_loads(exported):
     want = {"token_embd.weight": ((d_, 256), T.F16), "output_norm.weight": ((d_,), T.F32)}
     for i in range(2):
         b = f"blk.{i}."
-        want.update({b + n + ".weight": ((s,), T.F32) for n, s in (("attn_norm", d_), ("attn_sub_norm", d_),
-                                                                  ("ffn_norm", d_), ("ffn_sub_norm", h))})
-        for n, shape in (("attn_q", (d_, d_)), ("attn_k", (d_, kv)), ("attn_v", (d_, kv)), ("attn_output", (d_, d_)),
-                         ("ffn_gate", (d_, h)), ("ffn_up", (d_, h)), ("ffn_down", (h, d_))):
+        want.update(
+            {
+                b + n + ".weight": ((s,), T.F32)
+                for n, s in (("attn_norm", d_), ("attn_sub_norm", d_), ("ffn_norm", d_), ("ffn_sub_norm", h))
+            }
+        )
+        for n, shape in (
+            ("attn_q", (d_, d_)),
+            ("attn_k", (d_, kv)),
+            ("attn_v", (d_, kv)),
+            ("attn_output", (d_, d_)),
+            ("ffn_gate", (d_, h)),
+            ("ffn_up", (d_, h)),
+            ("ffn_down", (h, d_)),
+        ):
             want[b + n + ".weight"] = (shape, T.TQ2_0)  # ggml order: (in, out)
             want[b + n + ".scale"] = ((1,), T.F32)
     got = {t.name: (tuple(int(x) for x in t.shape), t.tensor_type) for t in r.tensors}
@@ -118,8 +141,10 @@ def test_round_trip_decodes_bit_for_bit(exported):
     """F32 embedding: the file read back (no latents) computes our fake-quant forward's logits exactly. F16: the
     same as the model whose embedding is rounded to fp16 (what llama.cpp holds)."""
     d, model = exported
-    for name, emb in (("f32.gguf", model.tok_emb.weight.detach()),
-                      ("f16.gguf", model.tok_emb.weight.detach().half().float())):
+    for name, emb in (
+        ("f32.gguf", model.tok_emb.weight.detach()),
+        ("f16.gguf", model.tok_emb.weight.detach().half().float()),
+    ):
         cfg, packed, floats = GF.read_gguf(d / name)
         assert cfg == model.cfg
         runtime = GF.packed_model(cfg, packed, floats)
@@ -137,7 +162,7 @@ def test_int8_head_read_from_the_file_equals_the_one_made_from_float32(exported)
     """read_gguf(head="int8") quantizes the embedding from the file mapping, chunk by chunk: the same rows as
     quantize_rows of the float32 embedding read_gguf returns by default, and packed_model's int8 tied head and
     embedding compute what to_int8_head makes of the float32 model. No float32 (V, d) tensor is in the model."""
-    from bitnet_ref.head import Int8Embedding, Int8Head, quantize_rows, to_int8_head
+    from bitnet_ref.runtime.int8_head import Int8Embedding, Int8Head, quantize_rows, to_int8_head
 
     d, _ = exported
     for name in ("f16.gguf", "f32.gguf"):
@@ -162,13 +187,24 @@ def test_write_from_a_packed_state(tmp_path):
     """write_gguf takes packed codes directly (random presets never have latents); read back equal."""
     cfg = ModelConfig(**{**CFG, "vocab_size": 1000})
     rng = np.random.default_rng(1)
-    shapes = {"q_proj": (256, 256), "k_proj": (128, 256), "v_proj": (128, 256), "o_proj": (256, 256),
-              "gate_proj": (512, 256), "up_proj": (512, 256), "down_proj": (256, 512)}
+    shapes = {
+        "q_proj": (256, 256),
+        "k_proj": (128, 256),
+        "v_proj": (128, 256),
+        "o_proj": (256, 256),
+        "gate_proj": (512, 256),
+        "up_proj": (512, 256),
+        "down_proj": (256, 512),
+    }
     packed = {}
     for ours, _ in GF.linear_names(cfg):
         n, k = shapes[ours.rsplit(".", 1)[1]]
-        packed[ours] = PackedWeight(GF.pack_codes(rng.integers(-1, 2, (n, k), dtype=np.int8)),
-                                    torch.tensor(rng.uniform(0.001, 0.1), dtype=torch.float32), n, k)
+        packed[ours] = PackedWeight(
+            GF.pack_codes(rng.integers(-1, 2, (n, k), dtype=np.int8)),
+            torch.tensor(rng.uniform(0.001, 0.1), dtype=torch.float32),
+            n,
+            k,
+        )
     floats = {}
     for ours, _ in GF.float_names(cfg):  # the embedding, then norms of width d (256) or ffn_hidden (512)
         shape = (1000, 256) if ours == "tok_emb.weight" else (512,) if ours.endswith("ffn.sub_norm.weight") else (256,)
@@ -186,8 +222,17 @@ def test_write_from_a_packed_state(tmp_path):
 def test_approximate_writes_narrow_linears_as_f16_codes(tmp_path, capsys):
     cfg = ModelConfig(**{**CFG, "ffn_hidden": 320})  # down_proj K = 320: no TQ2_0
     model = write_ckpt(tmp_path / "c.pt", cfg)
-    code, out, err = run_export(capsys, tmp_path / "c.pt", "--format", "gguf", "--out", tmp_path / "a.gguf",
-                              "--approximate", "--emb-type", "f32")
+    code, out, err = run_export(
+        capsys,
+        tmp_path / "c.pt",
+        "--format",
+        "gguf",
+        "--out",
+        tmp_path / "a.gguf",
+        "--approximate",
+        "--emb-type",
+        "f32",
+    )
     assert code == 0, err
     assert "approximate: linears of input width 320" in out and "2 F16 linears" in out
     r = gguf.GGUFReader(str(tmp_path / "a.gguf"))
@@ -223,8 +268,11 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
     sd = m.state_dict()
     sd["blocks.0.attn.k_proj.norm.weight"] = sd["blocks.0.attn.k_proj.norm.weight"] * 2
     save_checkpoint("gains.pt", {"config": asdict(m.cfg), "model": sd, "step": 0})
-    write_ckpt("bpe.pt", ModelConfig(**{**CFG, "vocab_size": 512}),
-               data={"kind": "text", "tokenizer": {"spec": "bpe:512", "sha256": "0" * 64, "vocab_size": 512}})
+    write_ckpt(
+        "bpe.pt",
+        ModelConfig(**{**CFG, "vocab_size": 512}),
+        data={"kind": "text", "tokenizer": {"spec": "bpe:512", "sha256": "0" * 64, "vocab_size": 512}},
+    )
     Path("notes.txt").write_text("mine")
     assert run_export(capsys, "ok.pt", "--format", "gguf", "--out", "done.gguf")[0] == 0
     cases = [
@@ -245,8 +293,20 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch):
             args = (*args, "--out", "x.gguf")
         code, out, err = run_export(capsys, *args[:1], "--format", "gguf", *args[1:])
         assert code == 2 and out == "" and msg in err and err.count("\n") == 1, (args, err)
-    assert sorted(os.listdir()) == sorted(["ok.pt", "relu2.pt", "untied.pt", "narrow.pt", "float.pt", "ablated.pt",
-                                           "gains.pt", "bpe.pt", "notes.txt", "done.gguf"])  # no x.gguf, no temp
+    assert sorted(os.listdir()) == sorted(
+        [
+            "ok.pt",
+            "relu2.pt",
+            "untied.pt",
+            "narrow.pt",
+            "float.pt",
+            "ablated.pt",
+            "gains.pt",
+            "bpe.pt",
+            "notes.txt",
+            "done.gguf",
+        ]
+    )  # no x.gguf, no temp
     assert Path("notes.txt").read_text() == "mine"
     code, _, err = run_export(capsys, "ok.pt", "--format", "hf", "--out", "y", "--ids-only")
     assert code == 2 and "--ids-only apply to --format gguf only" in err

@@ -7,13 +7,15 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from _decode_ckpt import needs_ext, trained_checkpoint
+
 from bitnet_ref import generate as G
-from bitnet_ref import kernels
-from bitnet_ref import packed as P
-from bitnet_ref.head import Int8Embedding, Int8Head, quantize_rows, to_int8_head
+from bitnet_ref.decode import loader as L
+from bitnet_ref.generate import DecodeError
 from bitnet_ref.model import ModelConfig, Transformer
+from bitnet_ref.runtime import kernels
+from bitnet_ref.runtime import packed as P
+from bitnet_ref.runtime.int8_head import Int8Embedding, Int8Head, quantize_rows, to_int8_head
 
 
 @needs_ext
@@ -40,11 +42,13 @@ def test_int8_matmul_overflow_corner_is_exact():
 @needs_ext
 def test_int8_matmul_refuses_bad_input_in_one_line():
     x, w = np.zeros((1, 8), np.int8), np.zeros((4, 8), np.int8)
-    cases = [((x, np.zeros((4, 9), np.int8)), ValueError, "columns"),
-             ((x.astype(np.float32), w), TypeError, "integer"),
-             ((x[0], w), ValueError, "2-D"),
-             ((np.zeros((1, 65537), np.int8), np.zeros((1, 65537), np.int8)), ValueError, "maximum"),
-             ((x, np.ones((4, 8), np.int16) * 300), ValueError, r"\[-128, 127\]")]
+    cases = [
+        ((x, np.zeros((4, 9), np.int8)), ValueError, "columns"),
+        ((x.astype(np.float32), w), TypeError, "integer"),
+        ((x[0], w), ValueError, "2-D"),
+        ((np.zeros((1, 65537), np.int8), np.zeros((1, 65537), np.int8)), ValueError, "maximum"),
+        ((x, np.ones((4, 8), np.int16) * 300), ValueError, r"\[-128, 127\]"),
+    ]
     for args, exc, msg in cases:
         with pytest.raises(exc, match=msg) as e:
             kernels.int8_matmul(*args)
@@ -73,7 +77,7 @@ def test_rows_from_an_f16_numpy_map_chunk_by_chunk_equal_the_whole_float32_matri
     whole = quantize_rows(torch.from_numpy(w16.astype(np.float32)), chunk=1000)
     for chunk in (1, 64, 333, 1000, 4096):
         seen = []
-        rows = quantize_rows(w16, chunk=chunk, done=lambda r0, r1: seen.append((r0, r1)))
+        rows = quantize_rows(w16, chunk=chunk, done=lambda r0, r1, seen=seen: seen.append((r0, r1)))
         assert torch.equal(rows.q, whole.q) and torch.equal(rows.scale, whole.scale), chunk
         assert seen[0][0] == 0 and seen[-1][1] == 1000 and all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
 
@@ -108,12 +112,12 @@ def test_tied_model_shares_one_set_of_int8_rows():
 @needs_ext
 def test_int8_head_agrees_with_the_float_head_on_a_trained_checkpoint():
     path = trained_checkpoint()
-    exact = P.load_for_decode(path, "packed").model
-    int8 = P.load_for_decode(path, "packed", head="int8").model
+    exact = L.load_for_decode(path, "packed").model
+    int8 = L.load_for_decode(path, "packed", head="int8").model
     idx = torch.randint(0, 256, (4, 48), generator=torch.Generator().manual_seed(0))
     a, b = G.teacher_forced(exact, idx.tolist()), G.teacher_forced(int8, idx.tolist())  # (B, T, V)
     top1 = (a.argmax(-1) == b.argmax(-1)).float().mean()
     assert top1 >= 0.95, float(top1)  # measured 1.0 here; the int8 rounding moves logits by ~1%
     assert (a - b).abs().max() <= 0.05 * a.abs().max()
-    with pytest.raises(P.DecodeError, match="unknown head"):
-        P.load_for_decode(path, "packed", head="bf16")
+    with pytest.raises(DecodeError, match="unknown head"):
+        L.load_for_decode(path, "packed", head="bf16")

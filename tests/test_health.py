@@ -9,7 +9,6 @@ import torch
 from bitnet_ref import health as H
 from bitnet_ref.model import ModelConfig, Transformer
 
-
 # ---------------------------------------------------------------------------- pure functions
 
 
@@ -105,8 +104,11 @@ def test_mean_over_skips_missing_and_non_finite():
 
 
 def test_finite_or_none():
-    assert H.finite_or_none({"a": [1.0, float("inf")], "b": {"c": float("nan")}, "d": 2}) == \
-        {"a": [1.0, None], "b": {"c": None}, "d": 2}
+    assert H.finite_or_none({"a": [1.0, float("inf")], "b": {"c": float("nan")}, "d": 2}) == {
+        "a": [1.0, None],
+        "b": {"c": None},
+        "d": 2,
+    }
 
 
 # ---------------------------------------------------------------------------- the tracker on a real model
@@ -135,16 +137,39 @@ def test_tracker_record_schema_and_json():
     names = [n for n, _ in Transformer(ModelConfig.preset("tiny")).bitlinears()]
     assert set(rec["layers"]) == set(names)
     layer = rec["layers"][names[0]]
-    for k in ("frac_neg", "frac_zero", "frac_pos", "flip_rate", "flip_steps", "beta", "w_rms", "near_thr",
-              "near_clip", "beyond_clip", *H.GRAD_FIELDS, "update_ratio", "act_in_rms", "out_ratio"):
+    for k in (
+        "frac_neg",
+        "frac_zero",
+        "frac_pos",
+        "flip_rate",
+        "flip_steps",
+        "beta",
+        "w_rms",
+        "near_thr",
+        "near_clip",
+        "beyond_clip",
+        *H.GRAD_FIELDS,
+        "update_ratio",
+        "act_in_rms",
+        "out_ratio",
+    ):
         assert k in layer, k
     assert layer["frac_neg"] + layer["frac_zero"] + layer["frac_pos"] == pytest.approx(1.0)
     assert layer["flip_steps"] == 3
     assert first["layers"][names[0]]["flip_rate"] is None  # nothing to compare with yet
     assert first["health_grad_norm"] is None  # no backward pass seen yet
-    for k in ("health_frac_zero", "health_flip_rate", "health_grad_norm", "health_update_ratio",
-              "health_act_in_rms", "health_out_ratio", "health_entropy", "health_top1", "health_embed_levels",
-              "health_logit_lattice"):
+    for k in (
+        "health_frac_zero",
+        "health_flip_rate",
+        "health_grad_norm",
+        "health_update_ratio",
+        "health_act_in_rms",
+        "health_out_ratio",
+        "health_entropy",
+        "health_top1",
+        "health_embed_levels",
+        "health_logit_lattice",
+    ):
         assert isinstance(rec[k], float), k
     json.dumps(rec, allow_nan=False)  # what the trainer writes: strict JSON
 
@@ -159,14 +184,17 @@ def test_tracker_reference_model_values_are_in_healthy_ranges():
     assert rec["health_embed_levels"] > 30 and rec["health_logit_lattice"] < 0.2
 
 
-@pytest.mark.parametrize("ablate, key, check", [
-    ("no-ste", "health_grad_norm", lambda v: v == 0.0),
-    ("clamp-ste", "health_grad_dead_clip", lambda v: v == 1.0),
-    ("no-subln", "health_act_in_rms", lambda v: v < 0.2),
-    ("no-dequant", "health_out_ratio", lambda v: v > 50),
-    ("quant-head", "health_embed_levels", lambda v: v <= 3),
-    ("quant-head", "health_logit_lattice", lambda v: v > 0.9),
-])
+@pytest.mark.parametrize(
+    "ablate, key, check",
+    [
+        ("no-ste", "health_grad_norm", lambda v: v == 0.0),
+        ("clamp-ste", "health_grad_dead_clip", lambda v: v == 1.0),
+        ("no-subln", "health_act_in_rms", lambda v: v < 0.2),
+        ("no-dequant", "health_out_ratio", lambda v: v > 50),
+        ("quant-head", "health_embed_levels", lambda v: v <= 3),
+        ("quant-head", "health_logit_lattice", lambda v: v > 0.9),
+    ],
+)
 def test_tracker_shows_each_ablation_signature(ablate, key, check):
     _, rec = _tracked([ablate])
     assert check(rec[key]), (ablate, key, rec[key])

@@ -8,7 +8,6 @@ FIFO (no writer: opening it would block, so it must never be opened), a dangling
 named like a file.
 """
 
-import json
 import os
 import pickle
 import signal
@@ -20,25 +19,47 @@ from pathlib import Path
 import pytest
 import torch
 
-from bitnet_ref import doctor as D
 from bitnet_ref import quant as Q
-from bitnet_ref import train as T
-from bitnet_ref.checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint
-from bitnet_ref.faults import FAULT_ENV
+from bitnet_ref.checkpoint import FORMAT, VERSION, load_checkpoint
+from bitnet_ref.doctor.command import main as doctor_main
 from bitnet_ref.model import PRESETS, ModelConfig, Transformer
+from bitnet_ref.train import loop as T
+from bitnet_ref.train.faults import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "tiny", "--steps", "4", "--batch-size", "4", "--warmup", "1", "--eval-at", "end",
-        "--eval-batches", "1", "--probe-prompts", "1", "--probe-prompt-len", "8", "--probe-tokens", "4",
-        "--threads", "1", "--device", "cpu"]
-
+TINY = [
+    "--preset",
+    "tiny",
+    "--steps",
+    "4",
+    "--batch-size",
+    "4",
+    "--warmup",
+    "1",
+    "--eval-at",
+    "end",
+    "--eval-batches",
+    "1",
+    "--probe-prompts",
+    "1",
+    "--probe-prompt-len",
+    "8",
+    "--probe-tokens",
+    "4",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 @contextmanager
 def no_hang(seconds=30):
     """Turn a blocking open (e.g. of a FIFO) into a test failure instead of a hung suite."""
+
     def boom(*_):
         raise TimeoutError(f"blocked for {seconds} s")
+
     old = signal.signal(signal.SIGALRM, boom)
     signal.alarm(seconds)
     try:
@@ -90,15 +111,18 @@ def _bad_data(tmp_path, kind) -> Path:
     return p
 
 
-@pytest.mark.parametrize("kind, needle", [
-    ("empty file", "empty"),
-    ("random bytes", "not a UTF-8 text file"),
-    ("truncated utf-8", "not a UTF-8 text file"),
-    ("dir: binary files and a FIFO", "2 binary files skipped"),
-    ("dir named like a file, binary inside", "1 binary files skipped"),
-    ("dir: text and a dangling symlink", "cannot read"),
-    ("dangling symlink", "no such file"),
-])
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("empty file", "empty"),
+        ("random bytes", "not a UTF-8 text file"),
+        ("truncated utf-8", "not a UTF-8 text file"),
+        ("dir: binary files and a FIFO", "2 binary files skipped"),
+        ("dir named like a file, binary inside", "1 binary files skipped"),
+        ("dir: text and a dangling symlink", "cannot read"),
+        ("dangling symlink", "no such file"),
+    ],
+)
 def test_train_bad_data_is_one_line_and_leaves_no_run_dir(tmp_path, capsys, kind, needle):
     data, out = _bad_data(tmp_path, kind), tmp_path / "out"
     with no_hang():
@@ -118,8 +142,13 @@ class _Evil:
 
 
 def _bad_ckpt(path: Path, kind: str, tmp_path: Path) -> None:
-    good = {"format": FORMAT, "version": VERSION, "config": {**PRESETS["tiny"], "vocab_size": 256},
-            "model": {"w": torch.zeros(3)}, "step": 2}
+    good = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": {**PRESETS["tiny"], "vocab_size": 256},
+        "model": {"w": torch.zeros(3)},
+        "step": 2,
+    }
     if kind == "missing":
         return
     if kind == "empty":
@@ -141,16 +170,19 @@ def _bad_ckpt(path: Path, kind: str, tmp_path: Path) -> None:
         path.write_bytes(pickle.dumps(_Evil(), protocol=2))
 
 
-@pytest.mark.parametrize("kind, needle", [
-    ("missing", "no such checkpoint"),
-    ("empty", "empty"),
-    ("truncated", "truncated"),
-    ("random bytes", "ckpt.pt"),
-    ("another program's", "not a bitnet_ref checkpoint"),
-    ("huge config", "unusable model config"),
-    ("code-running pickle", "run code"),
-    ("legacy pickle", "ckpt.pt"),
-])
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("missing", "no such checkpoint"),
+        ("empty", "empty"),
+        ("truncated", "truncated"),
+        ("random bytes", "ckpt.pt"),
+        ("another program's", "not a bitnet_ref checkpoint"),
+        ("huge config", "unusable model config"),
+        ("code-running pickle", "run code"),
+        ("legacy pickle", "ckpt.pt"),
+    ],
+)
 def test_resume_from_a_bad_checkpoint_changes_nothing(tmp_path, capsys, kind, needle):
     out = tmp_path / "run"
     out.mkdir()
@@ -165,10 +197,11 @@ def test_resume_from_a_bad_checkpoint_changes_nothing(tmp_path, capsys, kind, ne
 # ---------------------------------------------------------------------------------------------- decode_probe, doctor
 
 
-@pytest.mark.parametrize("kind", ["empty", "truncated", "random bytes", "another program's", "huge config",
-                                  "code-running pickle"])
+@pytest.mark.parametrize(
+    "kind", ["empty", "truncated", "random bytes", "another program's", "huge config", "code-running pickle"]
+)
 def test_decode_probe_on_a_bad_file_writes_no_report(tmp_path, capsys, kind):
-    from bitnet_ref.decode_probe import REPORT_NAME, main
+    from bitnet_ref.decode.probe import REPORT_NAME, main
 
     _bad_ckpt(tmp_path / "ckpt.pt", kind, tmp_path)
     one_line_exit_2(capsys, main([str(tmp_path / "ckpt.pt")]))  # without --no-save
@@ -178,7 +211,7 @@ def test_decode_probe_on_a_bad_file_writes_no_report(tmp_path, capsys, kind):
 
 def test_doctor_on_random_bytes_metrics(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_bytes(rand_bytes(3000, 3))
-    one_line_exit_2(capsys, D.main([str(tmp_path)]), "no training records")
+    one_line_exit_2(capsys, doctor_main([str(tmp_path)]), "no training records")
 
 
 # ---------------------------------------------------------------------------------------------- kernel bindings
@@ -187,8 +220,14 @@ def test_doctor_on_random_bytes_metrics(tmp_path, capsys):
 @pytest.mark.slow
 def test_random_shapes_dtypes_strides_never_crash_the_process():
     """Hypothesis in a child process, so a segfault or abort is a failed test, not a dead test run."""
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "_fuzz_bindings.py"), "1500"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_fuzz_bindings.py"), "1500"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0 and "fuzz ok" in r.stdout, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
 
 

@@ -23,16 +23,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from _decode_ckpt import needs_ext, run_export, trained_checkpoint
 
 import bitnet_ref
-from _decode_ckpt import needs_ext, run_export, trained_checkpoint
-from bitnet_ref import decode_probe as DP
-from bitnet_ref import export as E
 from bitnet_ref import generate as G
-from bitnet_ref import hf as H
-from bitnet_ref import interop
-from bitnet_ref import packed as P
-from bitnet_ref.checkpoint import load_checkpoint, save_checkpoint
+from bitnet_ref.checkpoint import build_model, load_checkpoint, save_checkpoint
+from bitnet_ref.decode import loader as L
+from bitnet_ref.decode import probe as DP
+from bitnet_ref.files import umask
+from bitnet_ref.formats import export as E
+from bitnet_ref.formats import hf as H
+from bitnet_ref.formats import hf_read as interop
 from bitnet_ref.model import ModelConfig, Transformer
 
 try:
@@ -68,7 +69,7 @@ def compare(hf_model, ours, prompts=PROMPTS, new=NEW) -> dict:
     for p, t in zip(prompts, mine):
         x = torch.tensor([p])
         with torch.no_grad():
-            theirs = hf_model.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False)[0, len(p):]
+            theirs = hf_model.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False)[0, len(p) :]
             seq = torch.tensor([p + t])
             a, b = hf_model(seq).logits.float(), ours(seq)[0]  # (1, T, V) each
         same.append(theirs.tolist() == t)
@@ -101,12 +102,25 @@ def write_ckpt(path, cfg: ModelConfig, seed=0, **extra):
 @pytest.fixture(scope="module")
 def gqa_checkpoint(tmp_path_factory, corpus_file):
     """A tiny run with grouped-query attention, SwiGLU, a tied head and rope_theta 50000 (~10 s)."""
-    from bitnet_ref.train import TrainConfig, train
+    from bitnet_ref.train.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("gqa") / "run"
-    train(TrainConfig(preset="tiny", steps=60, n_kv_heads=1, ffn_act="swiglu", tie_embeddings=True,
-                      rope_theta=50000.0, data=corpus_file, out=str(out), device="cpu", threads=1, eval_at="end"),
-          log=lambda *a, **k: None)
+    train(
+        TrainConfig(
+            preset="tiny",
+            steps=60,
+            n_kv_heads=1,
+            ffn_act="swiglu",
+            tie_embeddings=True,
+            rope_theta=50000.0,
+            data=corpus_file,
+            out=str(out),
+            device="cpu",
+            threads=1,
+            eval_at="end",
+        ),
+        log=lambda *a, **k: None,
+    )
     return out / "ckpt.pt"
 
 
@@ -127,15 +141,24 @@ def hf_trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
-    cfg = BitNetConfig(vocab_size=256, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, max_position_embeddings=64, bos_token_id=None, eos_token_id=None)
+    cfg = BitNetConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     BitNetForCausalLM(cfg).save_pretrained(root / "plain")
     online = _requantized(root / "plain", root / "online-src", H.LATENT_QC)
     model = hf_load(online).train()
     text = torch.tensor(list((Path(__file__).parent / "test_packed.py").read_bytes()))
     opt, g = torch.optim.AdamW(model.parameters(), lr=3e-3), torch.Generator().manual_seed(0)
     for _ in range(80):
-        x = torch.stack([text[i:i + 33] for i in torch.randint(0, len(text) - 33, (8,), generator=g)])
+        x = torch.stack([text[i : i + 33] for i in torch.randint(0, len(text) - 33, (8,), generator=g)])
         model(input_ids=x, labels=x).loss.backward()
         opt.step(), opt.zero_grad()
     model.save_pretrained(root / "online")
@@ -175,8 +198,9 @@ def test_names_and_shapes_match_both_models():
     pairs = H.name_pairs(cfg)
     ours = {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
     assert ours == {o: s for o, _, s in pairs}
-    theirs = BitNetForCausalLM(BitNetConfig(**{k: v for k, v in H.hf_config(cfg, "latent").items()
-                                               if k != "quantization_config"})).state_dict()
+    theirs = BitNetForCausalLM(
+        BitNetConfig(**{k: v for k, v in H.hf_config(cfg, "latent").items() if k != "quantization_config"})
+    ).state_dict()
     assert {k: tuple(v.shape) for k, v in theirs.items()} == {h: s for _, h, s in pairs}
 
 
@@ -203,8 +227,11 @@ def test_exported_model_runs_in_transformers(checkpoints, tmp_path, which, form)
     ckpt = load_checkpoint(checkpoints[which])
     out = tmp_path / "hf"
     summary = E.export_hf(ckpt, out, form=form)
-    assert sorted(os.listdir(out)) == summary["files"] == ["config.json", "model.safetensors", "tokenizer.json",
-                                                           "tokenizer_config.json"]
+    assert (
+        sorted(os.listdir(out))
+        == summary["files"]
+        == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    )
     model = hf_load(out)
     q = model.model.layers[0].self_attn.q_proj
     assert type(q).__name__ == "AutoBitLinear" and q.online_quant == (form == "latent")
@@ -212,7 +239,7 @@ def test_exported_model_runs_in_transformers(checkpoints, tmp_path, which, form)
     if which == "gqa":
         assert model.config.num_key_value_heads == 1 and model.config.hidden_act == "silu"
         assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
-    r = compare(model, P.build_model(ckpt))
+    r = compare(model, build_model(ckpt))
     FIGURES[f"ours({which}) -> transformers, {form}"] = r
     assert_agree(r)
     tok = AutoTokenizer.from_pretrained(out)
@@ -243,15 +270,22 @@ def test_transformers_model_imports(hf_trained, kind):
     r = compare(model, imp.model())
     FIGURES[f"transformers -> ours, {kind}"] = r
     assert_agree(r)
-    loaded = P.load_for_decode(path, "packed")  # runtime: the stored codes and beta as they are
-    par = G.parity(loaded.model, P.build_model(loaded.ckpt), PROMPTS, NEW)
-    FIGURES[f"packed runtime vs training forward, {kind}"] = {k: par[k] for k in ("ok", "bitwise", "max_rel_logit_diff")}
+    loaded = L.load_for_decode(path, "packed")  # runtime: the stored codes and beta as they are
+    par = G.parity(loaded.model, build_model(loaded.ckpt), PROMPTS, NEW)
+    FIGURES[f"packed runtime vs training forward, {kind}"] = {
+        k: par[k] for k in ("ok", "bitwise", "max_rel_logit_diff")
+    }
     assert par["ok"] and par["bitwise"]
 
 
 def decode_probe(*args):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "decode_probe.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "decode_probe.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @needs_ext
@@ -277,7 +311,7 @@ def test_decode_probe_reads_a_directory(checkpoints, tmp_path, capsys):
 @needs_ext
 def test_round_trip_is_exact(checkpoints, tmp_path):
     ckpt = load_checkpoint(checkpoints["gqa"])
-    original = P.build_model(ckpt)
+    original = build_model(ckpt)
     x = torch.tensor([p[:12] for p in PROMPTS])
     with torch.no_grad():
         want = original(x)[0]
@@ -291,7 +325,7 @@ def test_round_trip_is_exact(checkpoints, tmp_path):
     for name, m in original.bitlinears():  # the codes and beta themselves, not a re-quantization of codes * beta
         codes, beta = m.ternary_state()
         assert torch.equal(imp.ternary[name][0], codes) and float(imp.ternary[name][1]) == beta
-    runtime = P.load_for_decode(tmp_path / "packed", "packed").model
+    runtime = L.load_for_decode(tmp_path / "packed", "packed").model
     with torch.no_grad():
         assert torch.equal(back(x)[0], want) and torch.equal(runtime(x)[0], want)
         if not imp.inexact:
@@ -324,8 +358,11 @@ def test_other_sources_load(tmp_path):
     names = sorted(tensors)
     wm = {}
     for i, part in enumerate((names[::2], names[1::2])):
-        save_file({k: tensors[k].to(torch.bfloat16) if "norm" in k else tensors[k] for k in part},
-                  sharded / f"model-0000{i + 1}-of-00002.safetensors", metadata={"format": "pt"})
+        save_file(
+            {k: tensors[k].to(torch.bfloat16) if "norm" in k else tensors[k] for k in part},
+            sharded / f"model-0000{i + 1}-of-00002.safetensors",
+            metadata={"format": "pt"},
+        )
         wm.update({k: f"model-0000{i + 1}-of-00002.safetensors" for k in part})
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
     got = interop.read(sharded)  # bf16 norms: the ones here are exactly representable, so nothing changes
@@ -415,8 +452,16 @@ def _break(kind, d):
     elif kind == "tokenizer":
         (d / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "nope"')
     elif kind == "huge config":
-        _config(d, hidden_size=16384, num_hidden_layers=1000, intermediate_size=65536, num_attention_heads=128,
-                num_key_value_heads=128, vocab_size=1 << 20, max_position_embeddings=1024)
+        _config(
+            d,
+            hidden_size=16384,
+            num_hidden_layers=1000,
+            intermediate_size=65536,
+            num_attention_heads=128,
+            num_key_value_heads=128,
+            vocab_size=1 << 20,
+            max_position_embeddings=1024,
+        )
     elif kind == "code 3":
         t[Q_W] = t[Q_W] | 3
         _save(d, t)
@@ -460,7 +505,7 @@ def test_bad_directory_is_one_line(good_dir, tmp_path, kind):
     msg = str(e.value)
     assert BAD[kind] in msg and "\n" not in msg, msg
     with pytest.raises(H.FormatError):  # the decode loader says the same
-        P.load_for_decode(d, "torch")
+        L.load_for_decode(d, "torch")
 
 
 def test_bad_directory_exits_2_from_the_cli(good_dir, tmp_path):
@@ -487,10 +532,14 @@ def test_unsafe_pickle_is_refused(tmp_path, good_dir):
 
 
 def export_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "bitnet_ref.export", *map(str, args)], capture_output=True, cwd=cwd,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
+    return subprocess.run(
+        [sys.executable, "-m", "bitnet_ref.export", *map(str, args)],
+        capture_output=True,
+        cwd=cwd,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_export_refusals_are_one_line(tmp_path, capsys, monkeypatch):
@@ -522,17 +571,11 @@ def test_export_refusals_are_one_line(tmp_path, capsys, monkeypatch):
     code, out, err = run_export(capsys, "ok.pt", "--out", "done", "--force", "--form", "packed")
     assert code == 0 and "packed form" in out and "note: no tokenizer" in out, err
     assert sorted(os.listdir("done")) == ["config.json", "model.safetensors"]
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~umask()
     assert all((Path("done") / f).stat().st_mode & 0o777 == mode for f in os.listdir("done"))
     r = export_cli("ablated.pt", "--out", "y", cwd=tmp_path)  # the real command line: exit 2, one line, no traceback
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "ablation no-subln" in r.stderr
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def test_export_is_all_or_nothing(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Tests for bitnet_ref.kernels: packed layout, round trips, exact matmul on every path, bad input,
+"""Tests for bitnet_ref.runtime.kernels: packed layout, round trips, exact matmul on every path, bad input,
 and the fused float path (act_quant, quant_matmul) against bitnet_ref.quant, bit for bit.
 
 Every kernel the CPU supports (portable "scalar", "avx2", "avx512vnni", "neon", "dotprod") is compared with numpy's
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bitnet_ref import kernels
 from bitnet_ref import quant as Q
+from bitnet_ref.runtime import kernels
 
 BACKENDS = kernels.supported_backends() if kernels.available() else ["scalar"]
 
@@ -201,41 +201,47 @@ def corrupt(byte_index, value):
     return p
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: kernels.pack_ternary(np.array([[0, 2]], np.int8)), ValueError, r"\{-1, 0, 1\}"),
-    (lambda: kernels.pack_ternary(np.array([[-2, 0]], np.int8)), ValueError, r"\{-1, 0, 1\}"),
-    (lambda: kernels.pack_ternary(np.array([[0, 257]], np.int64)), ValueError, "values must be in"),
-    (lambda: kernels.pack_ternary(np.array([[0.0, 1.0]], np.float32)), TypeError, "integer"),
-    (lambda: kernels.pack_ternary(torch.zeros(2, 3)), TypeError, "integer"),
-    (lambda: kernels.pack_ternary(np.array([[True, False]])), TypeError, "integer"),
-    (lambda: kernels.pack_ternary(np.zeros(3, np.int8)), ValueError, "2-D"),
-    (lambda: kernels.pack_ternary(np.zeros((2, 2, 2), np.int8)), ValueError, "2-D"),
-    (lambda: kernels.pack_ternary([[0, 1]]), TypeError, "numpy array"),
-    (lambda: kernels.pack_ternary(torch.zeros(2, 3, dtype=torch.int8, device="meta")), TypeError, "CPU"),
-    (lambda: kernels.unpack_ternary(GOOD_PACKED[:-1], 2, 3), ValueError, "truncated"),
-    (lambda: kernels.unpack_ternary(GOOD_PACKED, 3, 3), ValueError, "needs"),
-    (lambda: kernels.unpack_ternary(GOOD_PACKED, 2, 200), ValueError, "needs"),
-    (lambda: kernels.unpack_ternary(GOOD_PACKED.astype(np.int8), 2, 3), TypeError, "uint8"),
-    (lambda: kernels.unpack_ternary(GOOD_PACKED.astype(np.float32), 2, 3), TypeError, "uint8"),
-    (lambda: kernels.unpack_ternary(corrupt(0, 0xFF), 2, 3), ValueError, "code 3"),
-    (lambda: kernels.unpack_ternary(corrupt(5, 0x56), 2, 3), ValueError, "padding"),
-    (lambda: kernels.unpack_ternary(GOOD_PACKED, -1, 3), ValueError, ">= 0"),
-    (lambda: kernels.unpack_ternary(GOOD_PACKED, 2.0, 3), TypeError, "int"),
-    (lambda: kernels.ternary_matmul(GOOD_X.astype(np.float32), GOOD_PACKED, 2, 3), TypeError, "integer"),
-    (lambda: kernels.ternary_matmul(torch.ones(1, 3), GOOD_PACKED, 2, 3), TypeError, "integer"),
-    (lambda: kernels.ternary_matmul(np.array([[1, 2, 300]]), GOOD_PACKED, 2, 3), ValueError, "values must be in"),
-    (lambda: kernels.ternary_matmul(GOOD_X[0], GOOD_PACKED, 2, 3), ValueError, "2-D"),
-    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED[:-1], 2, 3), ValueError, "truncated"),
-    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 1, 3), ValueError, "needs"),
-    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 4), ValueError, "columns"),
-    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED.astype(np.int16), 2, 3), TypeError, "uint8"),
-    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, threads=0), ValueError, "threads"),
-    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, backend="bogus"), ValueError, "unknown backend"),
-    (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, backend="avx2", force_scalar=True),
-     ValueError, "conflicts"),
-    (lambda: kernels.packed_nbytes(1, (1 << 22) + 1), ValueError, "maximum"),
-    (lambda: kernels.set_threads(0), ValueError, "threads"),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: kernels.pack_ternary(np.array([[0, 2]], np.int8)), ValueError, r"\{-1, 0, 1\}"),
+        (lambda: kernels.pack_ternary(np.array([[-2, 0]], np.int8)), ValueError, r"\{-1, 0, 1\}"),
+        (lambda: kernels.pack_ternary(np.array([[0, 257]], np.int64)), ValueError, "values must be in"),
+        (lambda: kernels.pack_ternary(np.array([[0.0, 1.0]], np.float32)), TypeError, "integer"),
+        (lambda: kernels.pack_ternary(torch.zeros(2, 3)), TypeError, "integer"),
+        (lambda: kernels.pack_ternary(np.array([[True, False]])), TypeError, "integer"),
+        (lambda: kernels.pack_ternary(np.zeros(3, np.int8)), ValueError, "2-D"),
+        (lambda: kernels.pack_ternary(np.zeros((2, 2, 2), np.int8)), ValueError, "2-D"),
+        (lambda: kernels.pack_ternary([[0, 1]]), TypeError, "numpy array"),
+        (lambda: kernels.pack_ternary(torch.zeros(2, 3, dtype=torch.int8, device="meta")), TypeError, "CPU"),
+        (lambda: kernels.unpack_ternary(GOOD_PACKED[:-1], 2, 3), ValueError, "truncated"),
+        (lambda: kernels.unpack_ternary(GOOD_PACKED, 3, 3), ValueError, "needs"),
+        (lambda: kernels.unpack_ternary(GOOD_PACKED, 2, 200), ValueError, "needs"),
+        (lambda: kernels.unpack_ternary(GOOD_PACKED.astype(np.int8), 2, 3), TypeError, "uint8"),
+        (lambda: kernels.unpack_ternary(GOOD_PACKED.astype(np.float32), 2, 3), TypeError, "uint8"),
+        (lambda: kernels.unpack_ternary(corrupt(0, 0xFF), 2, 3), ValueError, "code 3"),
+        (lambda: kernels.unpack_ternary(corrupt(5, 0x56), 2, 3), ValueError, "padding"),
+        (lambda: kernels.unpack_ternary(GOOD_PACKED, -1, 3), ValueError, ">= 0"),
+        (lambda: kernels.unpack_ternary(GOOD_PACKED, 2.0, 3), TypeError, "int"),
+        (lambda: kernels.ternary_matmul(GOOD_X.astype(np.float32), GOOD_PACKED, 2, 3), TypeError, "integer"),
+        (lambda: kernels.ternary_matmul(torch.ones(1, 3), GOOD_PACKED, 2, 3), TypeError, "integer"),
+        (lambda: kernels.ternary_matmul(np.array([[1, 2, 300]]), GOOD_PACKED, 2, 3), ValueError, "values must be in"),
+        (lambda: kernels.ternary_matmul(GOOD_X[0], GOOD_PACKED, 2, 3), ValueError, "2-D"),
+        (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED[:-1], 2, 3), ValueError, "truncated"),
+        (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 1, 3), ValueError, "needs"),
+        (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 4), ValueError, "columns"),
+        (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED.astype(np.int16), 2, 3), TypeError, "uint8"),
+        (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, threads=0), ValueError, "threads"),
+        (lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, backend="bogus"), ValueError, "unknown backend"),
+        (
+            lambda: kernels.ternary_matmul(GOOD_X, GOOD_PACKED, 2, 3, backend="avx2", force_scalar=True),
+            ValueError,
+            "conflicts",
+        ),
+        (lambda: kernels.packed_nbytes(1, (1 << 22) + 1), ValueError, "maximum"),
+        (lambda: kernels.set_threads(0), ValueError, "threads"),
+    ],
+)
 def test_bad_input_is_refused(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
@@ -256,16 +262,20 @@ def run_python(code, **env):
 
 
 def test_env_var_forces_scalar_path():
-    code = ("import numpy as np; from bitnet_ref import kernels as K; "
-            "c = np.array([[1, -1, 0]], np.int8); x = np.array([[3, 4, 5]], np.int8); "
-            "print(K.backend(), K.ternary_matmul(x, K.pack_ternary(c), 1, 3)[0, 0])")
+    code = (
+        "import numpy as np; from bitnet_ref.runtime import kernels as K; "
+        "c = np.array([[1, -1, 0]], np.int8); x = np.array([[3, 4, 5]], np.int8); "
+        "print(K.backend(), K.ternary_matmul(x, K.pack_ternary(c), 1, 3)[0, 0])"
+    )
     assert run_python(code, BITNET_REF_FORCE_SCALAR="1") == "scalar -1"
     assert run_python(code, BITNET_REF_FORCE_SCALAR="0").split() == [kernels.backend(), "-1"]
 
 
 def test_package_import_does_not_load_extension():
-    code = ("import sys, bitnet_ref, bitnet_ref.kernels; "
-            "print('bitnet_ref._core' in sys.modules, 'bitnet_ref._bench' in sys.modules)")
+    code = (
+        "import sys, bitnet_ref, bitnet_ref.runtime.kernels; "
+        "print('bitnet_ref._core' in sys.modules, 'bitnet_ref._bench' in sys.modules)"
+    )
     assert run_python(code) == "False False"
 
 
@@ -319,7 +329,12 @@ def test_act_quant_rounds_ties_to_even():
 
 
 @settings(deadline=None, max_examples=120)
-@given(float_rows(max_m=4, max_k=600), st.integers(1, 9), st.floats(0.0009765625, 16.0, width=32), st.integers(0, 2**31 - 1))
+@given(
+    float_rows(max_m=4, max_k=600),
+    st.integers(1, 9),
+    st.floats(0.0009765625, 16.0, width=32),
+    st.integers(0, 2**31 - 1),
+)
 def test_quant_matmul_bit_identical_to_two_step(x, n, beta, seed):
     k = x.shape[1]
     codes = np.random.default_rng(seed).integers(-1, 2, size=(n, k), dtype=np.int8)
@@ -388,31 +403,42 @@ def with_value(v):
     return x
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: kernels.quant_matmul(GOOD_XF.astype(np.float64), GOOD_PACKED, 2, 3, 1.0), TypeError, "float32"),
-    (lambda: kernels.quant_matmul(GOOD_X, GOOD_PACKED, 2, 3, 1.0), TypeError, "float32"),
-    (lambda: kernels.quant_matmul(torch.ones(1, 3, dtype=torch.float64), GOOD_PACKED, 2, 3, 1.0), TypeError, "float32"),
-    (lambda: kernels.quant_matmul(torch.ones(1, 3, device="meta"), GOOD_PACKED, 2, 3, 1.0), TypeError, "CPU"),
-    (lambda: kernels.quant_matmul([[1.0, 2.0, 3.0]], GOOD_PACKED, 2, 3, 1.0), TypeError, "numpy array"),
-    (lambda: kernels.quant_matmul(GOOD_XF[0], GOOD_PACKED, 2, 3, 1.0), ValueError, "2-D"),
-    (lambda: kernels.quant_matmul(GOOD_XF[None], GOOD_PACKED, 2, 3, 1.0), ValueError, "2-D"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 4, 1.0), ValueError, "columns"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED[:-1], 2, 3, 1.0), ValueError, "truncated"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED.astype(np.int8), 2, 3, 1.0), TypeError, "uint8"),
-    (lambda: kernels.quant_matmul(with_value(np.nan), GOOD_PACKED, 2, 3, 1.0), ValueError, r"finite; found nan at \(1, 2\)"),
-    (lambda: kernels.quant_matmul(with_value(np.inf), GOOD_PACKED, 2, 3, 1.0), ValueError, "finite; found inf"),
-    (lambda: kernels.quant_matmul(with_value(-np.inf), GOOD_PACKED, 2, 3, 1.0), ValueError, "finite; found -inf"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, float("nan")), ValueError, "beta"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 1e39), ValueError, "beta"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 0.0), ValueError, "beta"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, -1.0), ValueError, "beta"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, "1.0"), TypeError, "beta"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 1.0, threads=0), ValueError, "threads"),
-    (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 1.0, backend="bogus"), ValueError, "unknown backend"),
-    (lambda: kernels.act_quant(with_value(np.nan)), ValueError, "finite"),
-    (lambda: kernels.act_quant(GOOD_X), TypeError, "float32"),
-    (lambda: kernels.act_quant(GOOD_XF[0]), ValueError, "2-D"),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: kernels.quant_matmul(GOOD_XF.astype(np.float64), GOOD_PACKED, 2, 3, 1.0), TypeError, "float32"),
+        (lambda: kernels.quant_matmul(GOOD_X, GOOD_PACKED, 2, 3, 1.0), TypeError, "float32"),
+        (
+            lambda: kernels.quant_matmul(torch.ones(1, 3, dtype=torch.float64), GOOD_PACKED, 2, 3, 1.0),
+            TypeError,
+            "float32",
+        ),
+        (lambda: kernels.quant_matmul(torch.ones(1, 3, device="meta"), GOOD_PACKED, 2, 3, 1.0), TypeError, "CPU"),
+        (lambda: kernels.quant_matmul([[1.0, 2.0, 3.0]], GOOD_PACKED, 2, 3, 1.0), TypeError, "numpy array"),
+        (lambda: kernels.quant_matmul(GOOD_XF[0], GOOD_PACKED, 2, 3, 1.0), ValueError, "2-D"),
+        (lambda: kernels.quant_matmul(GOOD_XF[None], GOOD_PACKED, 2, 3, 1.0), ValueError, "2-D"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 4, 1.0), ValueError, "columns"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED[:-1], 2, 3, 1.0), ValueError, "truncated"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED.astype(np.int8), 2, 3, 1.0), TypeError, "uint8"),
+        (
+            lambda: kernels.quant_matmul(with_value(np.nan), GOOD_PACKED, 2, 3, 1.0),
+            ValueError,
+            r"finite; found nan at \(1, 2\)",
+        ),
+        (lambda: kernels.quant_matmul(with_value(np.inf), GOOD_PACKED, 2, 3, 1.0), ValueError, "finite; found inf"),
+        (lambda: kernels.quant_matmul(with_value(-np.inf), GOOD_PACKED, 2, 3, 1.0), ValueError, "finite; found -inf"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, float("nan")), ValueError, "beta"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 1e39), ValueError, "beta"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 0.0), ValueError, "beta"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, -1.0), ValueError, "beta"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, "1.0"), TypeError, "beta"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 1.0, threads=0), ValueError, "threads"),
+        (lambda: kernels.quant_matmul(GOOD_XF, GOOD_PACKED, 2, 3, 1.0, backend="bogus"), ValueError, "unknown backend"),
+        (lambda: kernels.act_quant(with_value(np.nan)), ValueError, "finite"),
+        (lambda: kernels.act_quant(GOOD_X), TypeError, "float32"),
+        (lambda: kernels.act_quant(GOOD_XF[0]), ValueError, "2-D"),
+    ],
+)
 def test_fused_bad_input_is_refused(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
@@ -421,6 +447,7 @@ def test_fused_bad_input_is_refused(call, exc, match):
 def test_core_quant_matmul_checks_before_reading():
     """The extension itself (not only the wrapper) refuses wrong dtypes, layouts and sizes."""
     from bitnet_ref import _core
+
     with pytest.raises(TypeError, match="float32"):
         _core.quant_matmul(GOOD_XF.astype(np.float64), GOOD_PACKED, 2, 3, 1.0)
     with pytest.raises(ValueError, match="C-contiguous"):
@@ -433,10 +460,12 @@ def test_core_quant_matmul_checks_before_reading():
 
 # ---- benchmark-only code: the bitnet_ref._bench extension (cpp/bench/) -------------------------------------------
 
+
 def _bench():
     """bitnet_ref._bench. The same install builds it with _core, so (as in test_extension_is_available) a missing
     one is a failure, not a skip."""
     from bitnet_ref import _bench
+
     return _bench
 
 
@@ -458,6 +487,7 @@ def test_core_carries_no_benchmark_code():
     function among the names in the module file (its exported symbols), so linking a bench source into _core
     again fails here. They are all in _bench."""
     from bitnet_ref import _core
+
     assert [n for n in dir(_core) if "bench" in n or any(b in n for b in BENCH_NAMES)] == []
     with open(_core.__file__, "rb") as f:
         binary = f.read()
@@ -657,8 +687,9 @@ def test_matmul16_threads_match(m, n, k):
     want = product(x, codes)
     for t in (1, 2, 3):
         for b in BACKENDS:
-            np.testing.assert_array_equal(kernels.ternary_matmul(x, packed, n, k, threads=t, backend=b, format="1.6"),
-                                          want)
+            np.testing.assert_array_equal(
+                kernels.ternary_matmul(x, packed, n, k, threads=t, backend=b, format="1.6"), want
+            )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -668,8 +699,7 @@ def test_quant_matmul16_bit_identical_to_2bit(backend):
     codes = rng.integers(-1, 2, size=(n, k), dtype=np.int8)
     x = (rng.standard_normal((5, k)) * 3).astype(np.float32)
     y2 = kernels.quant_matmul(x, kernels.pack_ternary(codes), n, k, 0.41, backend=backend)
-    y16 = kernels.quant_matmul(x, kernels.pack_ternary(codes, format="1.6"), n, k, 0.41, backend=backend,
-                               format="1.6")
+    y16 = kernels.quant_matmul(x, kernels.pack_ternary(codes, format="1.6"), n, k, 0.41, backend=backend, format="1.6")
     assert y16.dtype == np.float32
     np.testing.assert_array_equal(y16, y2)
 
@@ -683,21 +713,27 @@ def corrupt16(byte_index, value):
     return p
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: kernels.pack_ternary(GOOD_CODES, format="1.58"), ValueError, "format must be"),
-    (lambda: kernels.pack_ternary(GOOD_CODES, format=2), ValueError, "format must be"),
-    (lambda: kernels.pack_ternary(np.array([[0, 2]], np.int8), format="1.6"), ValueError, r"\{-1, 0, 1\}"),
-    (lambda: kernels.unpack_ternary(GOOD16[:-1], 2, 3, format="1.6"), ValueError, "truncated"),
-    (lambda: kernels.unpack_ternary(GOOD_PACKED, 2, 200, format="1.6"), ValueError, "needs"),
-    (lambda: kernels.unpack_ternary(corrupt16(1, 0x01), 2, 3, format="1.6"), ValueError, "encodes no five"),
-    (lambda: kernels.unpack_ternary(corrupt16(3, 0xD5), 2, 3, format="1.6"), ValueError, "padding"),
-    (lambda: kernels.unpack_ternary(GOOD16, 2, 150, format="2"), ValueError, "needs"),  # a 1.6-bit buffer as 2-bit
-    (lambda: kernels.ternary_matmul(GOOD_X, GOOD16[:-1], 2, 3, format="1.6"), ValueError, "truncated"),
-    (lambda: kernels.ternary_matmul(GOOD_X, GOOD16, 2, 3, format="1.5"), ValueError, "format must be"),
-    (lambda: kernels.quant_matmul(GOOD_X.astype(np.float32), GOOD16, 2, 3, 1.0, format=None), ValueError,
-     "format must be"),
-    (lambda: kernels.packed_nbytes(2, 3, format="3"), ValueError, "format must be"),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: kernels.pack_ternary(GOOD_CODES, format="1.58"), ValueError, "format must be"),
+        (lambda: kernels.pack_ternary(GOOD_CODES, format=2), ValueError, "format must be"),
+        (lambda: kernels.pack_ternary(np.array([[0, 2]], np.int8), format="1.6"), ValueError, r"\{-1, 0, 1\}"),
+        (lambda: kernels.unpack_ternary(GOOD16[:-1], 2, 3, format="1.6"), ValueError, "truncated"),
+        (lambda: kernels.unpack_ternary(GOOD_PACKED, 2, 200, format="1.6"), ValueError, "needs"),
+        (lambda: kernels.unpack_ternary(corrupt16(1, 0x01), 2, 3, format="1.6"), ValueError, "encodes no five"),
+        (lambda: kernels.unpack_ternary(corrupt16(3, 0xD5), 2, 3, format="1.6"), ValueError, "padding"),
+        (lambda: kernels.unpack_ternary(GOOD16, 2, 150, format="2"), ValueError, "needs"),  # a 1.6-bit buffer as 2-bit
+        (lambda: kernels.ternary_matmul(GOOD_X, GOOD16[:-1], 2, 3, format="1.6"), ValueError, "truncated"),
+        (lambda: kernels.ternary_matmul(GOOD_X, GOOD16, 2, 3, format="1.5"), ValueError, "format must be"),
+        (
+            lambda: kernels.quant_matmul(GOOD_X.astype(np.float32), GOOD16, 2, 3, 1.0, format=None),
+            ValueError,
+            "format must be",
+        ),
+        (lambda: kernels.packed_nbytes(2, 3, format="3"), ValueError, "format must be"),
+    ],
+)
 def test_bad_input16_is_refused(call, exc, match):
     with pytest.raises(exc, match=match):
         call()

@@ -19,16 +19,24 @@ import pytest
 import torch
 
 from bitnet_ref import generate as G
-from bitnet_ref import gguf_file as GF
 from bitnet_ref.checkpoint import load_checkpoint
+from bitnet_ref.formats import gguf_file as GF
 
 llama_cpp = pytest.importorskip(
-    "llama_cpp", reason="llama-cpp-python is not installed (optional, builds llama.cpp from source: "
-                        "CMAKE_ARGS=\"-DGGML_NATIVE=ON\" pip install -e '.[llama]')")
+    "llama_cpp",
+    reason="llama-cpp-python is not installed (optional, builds llama.cpp from source: "
+    "CMAKE_ARGS=\"-DGGML_NATIVE=ON\" pip install -e '.[llama]')",
+)
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[gguf]')")
 
-PROMPTS = [list(b"    def __init__(self, "), list(b"import os\nimport sys\n\n"), list(b"        return "),
-           list(b"class "), list(b"    if not "), list(b"# ")]
+PROMPTS = [
+    list(b"    def __init__(self, "),
+    list(b"import os\nimport sys\n\n"),
+    list(b"        return "),
+    list(b"class "),
+    list(b"    if not "),
+    list(b"# "),
+]
 NEW = 24
 GGML_TYPE_F32 = 0
 
@@ -37,12 +45,28 @@ GGML_TYPE_F32 = 0
 def trained(tmp_path_factory, corpus_file):
     """A model llama.cpp can run (SwiGLU, tied head, official layout, widths 256/512, GQA), trained ~30 s, exported
     with an F32 embedding (llama.cpp's head) so the head is not a difference either."""
-    from bitnet_ref.train import TrainConfig, train
+    from bitnet_ref.train.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("llama") / "run"
-    train(TrainConfig(d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=512, context=64, steps=150,
-                      ffn_act="swiglu", tie_embeddings=True, data=corpus_file, out=str(out), device="cpu", threads=1,
-                      eval_at="end"), log=lambda *a, **k: None)
+    train(
+        TrainConfig(
+            d_model=256,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=2,
+            ffn_hidden=512,
+            context=64,
+            steps=150,
+            ffn_act="swiglu",
+            tie_embeddings=True,
+            data=corpus_file,
+            out=str(out),
+            device="cpu",
+            threads=1,
+            eval_at="end",
+        ),
+        log=lambda *a, **k: None,
+    )
     path = out / "model.gguf"
     GF.export_gguf(load_checkpoint(out / "ckpt.pt"), path, emb_type="f32")
     cfg, packed, floats = GF.read_gguf(path)
@@ -50,8 +74,17 @@ def trained(tmp_path_factory, corpus_file):
 
 
 def llama(path, logits_all=False):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, n_threads=1, n_threads_batch=1,
-                           logits_all=logits_all, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False)
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=64,
+        n_batch=64,
+        n_threads=1,
+        n_threads_batch=1,
+        logits_all=logits_all,
+        type_k=GGML_TYPE_F32,
+        type_v=GGML_TYPE_F32,
+        verbose=False,
+    )
 
 
 def last_logits(llm) -> np.ndarray:
@@ -86,7 +119,7 @@ def test_llama_cpp_agrees_with_our_packed_decode(trained, corpus_file):
     text = Path(corpus_file).read_bytes()
     top1, rel = [], []
     for w in range(8):
-        seq = list(text[5000 + 3001 * w:5000 + 3001 * w + 64])
+        seq = list(text[5000 + 3001 * w : 5000 + 3001 * w + 64])
         llm.reset()
         llm.eval(seq)
         theirs = np.array(llm.scores[:64])  # (64, 256)
@@ -94,8 +127,10 @@ def test_llama_cpp_agrees_with_our_packed_decode(trained, corpus_file):
             mine = ours(torch.tensor([seq]))[0][0].numpy()  # (64, 256)
         top1.append(float((theirs.argmax(-1) == mine.argmax(-1)).mean()))
         rel.append(float(np.abs(theirs - mine).max() / np.abs(mine).max()))
-    print(f"\nteacher-forced, 8 x 64 positions: top-1 agreement {np.mean(top1):.4f}, largest |logit difference| "
-          f"{max(rel):.2e} of the largest logit")
+    print(
+        f"\nteacher-forced, 8 x 64 positions: top-1 agreement {np.mean(top1):.4f}, largest |logit difference| "
+        f"{max(rel):.2e} of the largest logit"
+    )
     assert np.mean(top1) >= 0.97 and max(rel) < 0.02
 
     llm = llama(path)

@@ -36,7 +36,8 @@ void loop(const unsigned char* x, long n, void* out) {
 
 needs_x86_tools = pytest.mark.skipif(
     platform.machine() not in ("x86_64", "AMD64") or not (shutil.which("gcc") and shutil.which("objdump")),
-    reason="needs an x86-64 machine with gcc and objdump")
+    reason="needs an x86-64 machine with gcc and objdump",
+)
 
 
 @pytest.fixture(scope="module")

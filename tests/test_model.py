@@ -19,6 +19,7 @@ def build(seed=0, **kw):
 
 # ---- BitLinear -------------------------------------------------------------------------------------------------
 
+
 def _hand_layer(quant):
     layer = BitLinear(3, 2, quant=quant)
     with torch.no_grad():
@@ -65,6 +66,7 @@ def test_bitlinear_gradient_reaches_every_weight_and_the_input():
 
 # ---- the Transformer -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("quant", ["ternary", "none"])
 @pytest.mark.parametrize("act", ["relu2", "swiglu"])
 def test_shapes_and_finite_loss(quant, act):
@@ -97,7 +99,7 @@ def test_kv_cache_matches_full_recompute(quant, dtype):
     cache = model.new_cache(2, 32)
     parts = [model(idx[:, :5], cache=cache)[0]]  # causal prefill of 5 tokens
     for t in range(5, 20):
-        parts.append(model(idx[:, t:t + 1], cache=cache)[0])
+        parts.append(model(idx[:, t : t + 1], cache=cache)[0])
     assert cache.pos == 20
     assert torch.allclose(torch.cat(parts, dim=1).to(full.dtype), full, atol=1e-5, rtol=0)
 
@@ -185,8 +187,9 @@ def test_quant_head_makes_head_and_embedding_ternary():
 
 # ---- config ----------------------------------------------------------------------------------------------------
 
+
 def test_presets_and_round_trip():
-    for name, d in PRESETS.items():
+    for d in PRESETS.values():
         cfg = ModelConfig.from_dict(d)
         assert ModelConfig.from_dict(dataclasses.asdict(cfg)) == cfg
     assert ModelConfig.preset("default").d_model == 256
@@ -195,32 +198,35 @@ def test_presets_and_round_trip():
     assert ModelConfig.from_dict({"rope_theta": 10000}).rope_theta == 10000.0  # an int is a fine float
 
 
-@pytest.mark.parametrize("bad", [
-    {"nope": 1},
-    {"d_model": "256"},
-    {"d_model": 256.0},
-    {"n_layers": True},
-    {"tie_embeddings": 1},
-    {"ablate": "no-ste"},
-    {"ablate": [3]},
-    {"ablate": ["not-an-ablation"]},
-    {"ablate": ["no-ste", "no-ste"]},
-    {"ablate": ["no-ste", "clamp-ste"]},
-    {"quant": "none", "ablate": ["no-ste"]},
-    {"quant": "int4"},
-    {"ffn_act": "gelu"},
-    {"d_model": 250, "n_heads": 4},
-    {"d_model": 60, "n_heads": 4},  # head_dim 15 is odd: RoPE needs pairs
-    {"n_layers": 0},
-    {"context": -1},
-    {"norm_eps": float("nan")},
-    {"rope_theta": 0.0},
-    {"d_model": 32768, "n_heads": 8},
-    {"vocab_size": (1 << 20) + 1},
-    {"d_model": 8192, "n_heads": 64, "n_layers": 64},  # ~ 51e9 parameters
-    {"vocab_size": 1 << 20, "d_model": 2048, "n_heads": 16},  # huge embedding + head
-    {"d_model": 16384, "n_heads": 1, "n_layers": 1, "ffn_hidden": 1, "context": 1 << 17},  # 17 GB RoPE tables
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"nope": 1},
+        {"d_model": "256"},
+        {"d_model": 256.0},
+        {"n_layers": True},
+        {"tie_embeddings": 1},
+        {"ablate": "no-ste"},
+        {"ablate": [3]},
+        {"ablate": ["not-an-ablation"]},
+        {"ablate": ["no-ste", "no-ste"]},
+        {"ablate": ["no-ste", "clamp-ste"]},
+        {"quant": "none", "ablate": ["no-ste"]},
+        {"quant": "int4"},
+        {"ffn_act": "gelu"},
+        {"d_model": 250, "n_heads": 4},
+        {"d_model": 60, "n_heads": 4},  # head_dim 15 is odd: RoPE needs pairs
+        {"n_layers": 0},
+        {"context": -1},
+        {"norm_eps": float("nan")},
+        {"rope_theta": 0.0},
+        {"d_model": 32768, "n_heads": 8},
+        {"vocab_size": (1 << 20) + 1},
+        {"d_model": 8192, "n_heads": 64, "n_layers": 64},  # ~ 51e9 parameters
+        {"vocab_size": 1 << 20, "d_model": 2048, "n_heads": 16},  # huge embedding + head
+        {"d_model": 16384, "n_heads": 1, "n_layers": 1, "ffn_hidden": 1, "context": 1 << 17},  # 17 GB RoPE tables
+    ],
+)
 def test_from_dict_rejects(bad):
     with pytest.raises(ValueError) as e:
         ModelConfig.from_dict(bad)

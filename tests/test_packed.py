@@ -8,18 +8,20 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+from _decode_ckpt import needs_ext, trained_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _decode_ckpt import needs_ext, trained_checkpoint
 from bitnet_ref import generate as G
-from bitnet_ref import kernels
-from bitnet_ref import packed as P
 from bitnet_ref import quant as Q
-from bitnet_ref.checkpoint import load_checkpoint, save_checkpoint
-from bitnet_ref.data import reload
+from bitnet_ref.checkpoint import build_model, load_checkpoint, save_checkpoint
+from bitnet_ref.data.rebuild import reload
+from bitnet_ref.decode import loader as L
+from bitnet_ref.diversity import probe_prompts
+from bitnet_ref.generate import DecodeError
 from bitnet_ref.model import ModelConfig, Transformer
-from bitnet_ref.probe import probe_prompts
+from bitnet_ref.runtime import kernels
+from bitnet_ref.runtime import packed as P
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +35,10 @@ def trained():
 @needs_ext
 def test_packed_and_fake_quant_agree_on_a_trained_checkpoint(trained):
     path, ckpt, prompts = trained
-    loaded = P.load_for_decode(path, "packed")
+    loaded = L.load_for_decode(path, "packed")
     assert loaded.backend == "packed" and loaded.reason is None
     assert not any(True for _ in loaded.model.bitlinears())  # every BitLinear was swapped
-    reference = P.build_model(ckpt)
+    reference = build_model(ckpt)
     rep = G.parity(loaded.model, reference, prompts, 48)
     assert rep["ok"] and rep["tokens_identical"] and rep["samples_identical"] == len(prompts)
     assert rep["max_rel_logit_diff"] <= 1e-4
@@ -51,8 +53,8 @@ def test_packed_and_fake_quant_agree_on_a_trained_checkpoint(trained):
 @needs_ext
 def test_kv_cache_gives_the_same_tokens_as_full_recompute(trained):
     path, ckpt, prompts = trained
-    packed = P.load_for_decode(path, "packed").model
-    reference = P.build_model(ckpt)
+    packed = L.load_for_decode(path, "packed").model
+    reference = build_model(ckpt)
     for model in (packed, reference):
         cached = G.generate(model, prompts[:3], 40).tokens
         assert cached == G.generate_reference(model, prompts[:3], 40)
@@ -62,8 +64,8 @@ def test_kv_cache_gives_the_same_tokens_as_full_recompute(trained):
 def test_parity_reports_a_real_difference(trained):
     """The comparison can fail: flip the codes of one layer and parity must say so."""
     path, ckpt, prompts = trained
-    reference = P.build_model(ckpt)
-    broken = P.build_model(ckpt)
+    reference = build_model(ckpt)
+    broken = build_model(ckpt)
     state = P.packed_state(broken)
     name = "blocks.0.ffn.down_proj"
     codes = kernels.unpack_ternary(state[name].packed, state[name].n, state[name].k)
@@ -132,7 +134,7 @@ def test_fused_forward_refuses_non_finite_activations():
     layer.norm = torch.nn.Identity()
     x = torch.ones(2, 16)
     x[1, 3] = float("nan")
-    with pytest.raises(P.DecodeError, match="non-finite"):
+    with pytest.raises(DecodeError, match="non-finite"):
         layer(x)
 
 
@@ -165,7 +167,7 @@ def test_quant_none_checkpoint_decodes_through_torch_with_a_reason(tmp_path):
     cfg = ModelConfig.preset("tiny", quant="none")
     model = Transformer(cfg)
     save_checkpoint(tmp_path / "ckpt.pt", {"config": asdict(cfg), "model": model.state_dict(), "step": 0})
-    loaded = P.load_for_decode(tmp_path / "ckpt.pt", "packed")
+    loaded = L.load_for_decode(tmp_path / "ckpt.pt", "packed")
     assert loaded.backend == "torch" and "quant='none'" in loaded.reason
     out = G.generate(loaded.model, [[1, 2, 3]], 5)
     assert len(out.tokens[0]) == 5
@@ -176,8 +178,8 @@ def test_loader_refuses_weights_that_do_not_fit_the_config(tmp_path):
     sd = Transformer(cfg).state_dict()
     sd["head.weight"] = torch.zeros(3, 3)
     save_checkpoint(tmp_path / "ckpt.pt", {"config": asdict(cfg), "model": sd, "step": 0})
-    with pytest.raises(P.DecodeError, match="cannot build the model") as e:
-        P.load_for_decode(tmp_path / "ckpt.pt", "torch")
+    with pytest.raises(DecodeError, match="cannot build the model") as e:
+        L.load_for_decode(tmp_path / "ckpt.pt", "torch")
     assert "\n" not in str(e.value)
 
 
@@ -186,8 +188,8 @@ def test_loader_refuses_unusable_devices_in_one_line(tmp_path):
     cfg = ModelConfig.preset("tiny")
     save_checkpoint(tmp_path / "ckpt.pt", {"config": asdict(cfg), "model": Transformer(cfg).state_dict(), "step": 0})
     for device in ("auto", "mps", "tpu", "cuda:x"):  # no "auto" for decoding: the packed kernel is CPU-only
-        with pytest.raises(P.DecodeError, match="device") as e:
-            P.load_for_decode(tmp_path / "ckpt.pt", "torch", device)
+        with pytest.raises(DecodeError, match="device") as e:
+            L.load_for_decode(tmp_path / "ckpt.pt", "torch", device)
         assert "\n" not in str(e.value)
 
 
@@ -202,5 +204,5 @@ def test_the_1_6_bit_format_decodes_bit_identically():
     assert torch.equal(small(idx)[0], ref(idx)[0]) and torch.equal(small(idx)[0], model(idx)[0])
     assert P.weight_bytes_per_token(small)["linear"] < P.weight_bytes_per_token(ref)["linear"]
     assert {m.w.format for m in small.modules() if isinstance(m, P.PackedBitLinear)} == {"1.6"}
-    with pytest.raises(P.DecodeError, match="unknown packed format"):
+    with pytest.raises(DecodeError, match="unknown packed format"):
         P.to_packed(copy.deepcopy(model), format="3")

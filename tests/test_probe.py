@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from bitnet_ref.diversity import (
+    distinct_n,
+    diversity,
+    greedy_decode,
+    max_repeat_run,
+    probe_prompts,
+    token_entropy,
+    top_token_share,
+    unique_tokens,
+)
 from bitnet_ref.model import ModelConfig, Transformer
-from bitnet_ref.probe import (distinct_n, diversity, greedy_decode, max_repeat_run, probe_prompts, token_entropy,
-                              top_token_share, unique_tokens)
 
 COLLAPSED = [[7] * 10, [7] * 10]  # the seed's failure: one token forever
 HEALTHY = [[1, 2, 3, 4, 5], [5, 6, 7, 8, 9]]
@@ -53,8 +61,15 @@ def test_top_token_share_and_entropy():
 
 def test_diversity_keys_and_ordering():
     bad, good = diversity(COLLAPSED), diversity(HEALTHY)
-    assert set(bad) == {"unique_tokens", "distinct_1", "distinct_2", "max_repeat_run", "top_token_share",
-                        "token_entropy", "min_sample_top_share"}
+    assert set(bad) == {
+        "unique_tokens",
+        "distinct_1",
+        "distinct_2",
+        "max_repeat_run",
+        "top_token_share",
+        "token_entropy",
+        "min_sample_top_share",
+    }
     assert good["unique_tokens"] > bad["unique_tokens"]
     assert good["min_sample_top_share"] < bad["min_sample_top_share"]
     assert good["distinct_2"] > bad["distinct_2"]
@@ -109,7 +124,7 @@ def test_greedy_decode_mixed_lengths_restores_mode_and_no_grad(tiny_model):
 
 
 def test_min_sample_top_share_sees_each_sample_repeat_its_own_token():
-    from bitnet_ref.probe import min_sample_top_share, top_token_share
+    from bitnet_ref.diversity import min_sample_top_share, top_token_share
 
     loops = [[1] * 10, [2] * 10, [3] * 10, [4] * 9 + [5]]  # four prompts, four different repeated tokens
     assert top_token_share(loops) == 0.25 and min_sample_top_share(loops) == 0.9

@@ -16,6 +16,7 @@ T = torch.from_numpy
 
 # ---- weight_quant ----------------------------------------------------------------------------------------------
 
+
 def test_weight_quant_worked_example():
     w = torch.tensor([[0.5, -0.2, 0.0], [0.1, 0.3, -0.7]])  # mean|w| = 1.8 / 6 = 0.3
     codes, beta = Q.weight_quant(w)
@@ -43,7 +44,7 @@ def test_weight_quant_round_trip_and_idempotence(w):
 def test_weight_quant_scale_invariance_exact_for_powers_of_two(w, k):
     w = T(w)
     assume(w.abs().mean().item() > 1e-3)
-    c = 2.0 ** k  # exact in floating point, so the codes must match exactly
+    c = 2.0**k  # exact in floating point, so the codes must match exactly
     assume(w.abs().mean().item() * c > 2e-5)  # below eps, beta is eps and invariance does not hold
     codes, beta = Q.weight_quant(w)
     codes_c, beta_c = Q.weight_quant(w * c)
@@ -76,6 +77,7 @@ def test_eps_on_all_zero_input():
 
 
 # ---- act_quant -------------------------------------------------------------------------------------------------
+
 
 def test_act_quant_worked_example():
     x = torch.tensor([[5 / 3, 1 / 3, -1 / 3], [0.0, -2.0, 1.0]])
@@ -128,6 +130,7 @@ def test_fake_quant_runs_under_bf16_autocast():
 
 
 # ---- straight-through estimators -------------------------------------------------------------------------------
+
 
 @settings(deadline=None)
 @given(mats)
@@ -197,6 +200,7 @@ def test_no_dequant_helpers_return_raw_codes():
 
 # ---- fake_quant_linear: the reference BitLinear arithmetic -----------------------------------------------------
 
+
 def _faq_linear(x, w):  # the FAQ's formula, written out
     return torch.nn.functional.linear(Q.act_fake_quant(x), Q.weight_fake_quant(w))
 
@@ -253,7 +257,13 @@ def _reachable(n: int, beta: torch.Tensor) -> bool:
 
 
 @settings(max_examples=150)
-@given(st.integers(1, 96), st.integers(1, 96), st.integers(0, 2**32 - 1), st.floats(9.999999747378752e-06, 10.0, width=32), st.floats(0.0, 1.0))
+@given(
+    st.integers(1, 96),
+    st.integers(1, 96),
+    st.integers(0, 2**32 - 1),
+    st.floats(9.999999747378752e-06, 10.0, width=32),
+    st.floats(0.0, 1.0),
+)
 def test_weight_latent_gives_back_the_codes_and_beta(n, k, seed, beta, density):
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(-1, 2, (n, k), generator=g).to(torch.int8)

@@ -5,17 +5,18 @@ by both the exact and the fused path."""
 import numpy as np
 import pytest
 import torch
-
 from _decode_ckpt import needs_ext
-from bitnet_ref import generate as G
-from bitnet_ref import kernels
-from bitnet_ref import packed as P
-from bitnet_ref.fused import FusedTransformer
-from bitnet_ref.model import ModelConfig
-from bitnet_ref.random_packed import random_packed_bytes, random_packed_model
 
-SMALL = ModelConfig.preset("bitnet-b1.58-2b-4t", d_model=256, n_layers=2, n_heads=4, n_kv_heads=1, ffn_hidden=384,
-                           vocab_size=1000, context=64)
+from bitnet_ref import generate as G
+from bitnet_ref.model import ModelConfig
+from bitnet_ref.runtime import kernels
+from bitnet_ref.runtime import packed as P
+from bitnet_ref.runtime.fused import FusedTransformer
+from bitnet_ref.runtime.random_packed import random_packed_bytes, random_packed_model
+
+SMALL = ModelConfig.preset(
+    "bitnet-b1.58-2b-4t", d_model=256, n_layers=2, n_heads=4, n_kv_heads=1, ffn_hidden=384, vocab_size=1000, context=64
+)
 
 
 @needs_ext
@@ -45,8 +46,9 @@ def test_random_packed_model_is_deterministic_and_decodes():
 
 @needs_ext
 def test_the_head_formats_hold_the_same_rows():
-    cfg = ModelConfig.preset("bitnet-b1.58-large", d_model=128, n_layers=1, n_heads=2, ffn_hidden=256,
-                             vocab_size=300, context=32)
+    cfg = ModelConfig.preset(
+        "bitnet-b1.58-large", d_model=128, n_layers=1, n_heads=2, ffn_hidden=256, vocab_size=300, context=32
+    )
     int8, fp32 = random_packed_model(cfg, seed=1), random_packed_model(cfg, seed=1, head="fp32")
     rows = int8.head.rows
     assert torch.allclose(rows.q.float() * rows.scale[:, None], fp32.head.weight, atol=float(rows.scale.max()))

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from bitnet_ref import doctor, runlog
+from bitnet_ref.doctor import foreign_logs as runlog
+from bitnet_ref.doctor.command import main as doctor_main
 
 # the seed's tables (../shared/seed/degenerate-decoding-analysis.md), as its author pasted them: vocab 50257
 SEED_STANDARD = """\
@@ -31,8 +32,12 @@ SEED_REDUCED_LR = """\
 def diagnose_log(tmp_path, text, name="log.md", *args):
     p = tmp_path / name
     p.write_text(text)
-    out = subprocess.run([sys.executable, "-m", "bitnet_ref.doctor", "--log", str(p), "--json", *args],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "bitnet_ref.doctor", "--log", str(p), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -65,19 +70,26 @@ def test_formats_and_column_mapping_agree(tmp_path):
     rows = [(1, 20, 11.02), (1000, 19, 10.82), (2000, 9, 10.82), (3000, 4, 10.23), (4000, 2, 10.25)]
     csv_text = "iter,train_loss_avg,uniq\n" + "".join(f"{s},{l},{u}\n" for s, u, l in rows)
     tsv_text = "step\tloss\tunique_tokens\n" + "".join(f"{s}\t{l}\t{u}\n" for s, u, l in rows)
-    jsonl = "".join(json.dumps({"train/global_step": s, "train/loss": l, "unique tokens": u}) + "\n" for s, u, l in rows)
-    verdicts = [diagnose_log(tmp_path, csv_text, "a.csv", "--vocab-size", "50257", "--columns",
-                             "step=iter,loss=train_loss_avg"),
-                diagnose_log(tmp_path, tsv_text, "b.tsv", "--vocab-size", "50257"),
-                diagnose_log(tmp_path, jsonl, "c.jsonl", "--vocab-size", "50257", "--columns", "step=train/global_step")]
+    jsonl = "".join(
+        json.dumps({"train/global_step": s, "train/loss": l, "unique tokens": u}) + "\n" for s, u, l in rows
+    )
+    verdicts = [
+        diagnose_log(
+            tmp_path, csv_text, "a.csv", "--vocab-size", "50257", "--columns", "step=iter,loss=train_loss_avg"
+        ),
+        diagnose_log(tmp_path, tsv_text, "b.tsv", "--vocab-size", "50257"),
+        diagnose_log(tmp_path, jsonl, "c.jsonl", "--vocab-size", "50257", "--columns", "step=train/global_step"),
+    ]
     assert {d["verdict"] for d in verdicts} == {"diversity_collapse"}
     assert len({tuple(d["evidence"]) for d in verdicts}) == 1
 
 
 def test_val_loss_and_train_loss_are_kept_apart():
     recs = runlog._records(5, {"loss": 2.0, "val_loss": 2.5, "unique_tokens": 7.0}, True)
-    assert recs == [{"kind": "step", "step": 5, "loss": 2.0}, {"kind": "eval", "step": 5, "val_loss": 2.5,
-                                                                "unique_tokens": 7.0}]
+    assert recs == [
+        {"kind": "step", "step": 5, "loss": 2.0},
+        {"kind": "eval", "step": 5, "val_loss": 2.5, "unique_tokens": 7.0},
+    ]
 
 
 def test_a_nan_loss_is_diverged(tmp_path):
@@ -92,29 +104,32 @@ def test_unigram_entropy_from_data(tmp_path):
     assert "unigram entropy 1.31" in d["evidence"][0]  # a, b: 1/3 each; c: 2/9; d: 1/9 -> 1.311 nats
 
 
-@pytest.mark.parametrize("text, name, args, match", [
-    ("epoch,acc\n1,0.5\n", "x.csv", [], "no usable columns"),
-    ("step,loss\n1,abc\n", "x.csv", [], "'abc' is not a number"),
-    ("step,loss\n2,5.0\n1,4.0\n", "x.csv", [], "does not come after step 2"),
-    ("step,loss\n1,5.0\n1,4.0\n", "x.csv", [], "does not come after step 1"),
-    ("", "x.csv", [], "no usable columns"),
-    ('{"step": 1, "loss": 2}\nnot json\n', "x.jsonl", [], "line 2 is not JSON"),
-    ("step,loss\n1,5.0\n", "x.csv", ["--columns", "loss=nope"], "no such column"),
-    ("step,loss\n1,5.0\n", "x.csv", ["--columns", "bogus=loss"], "--columns takes OURS=THEIRS"),
-    ("step,loss\n1,5.0\n", "x.csv", ["--vocab-size", "1"], "--vocab-size must be at least 2"),
-    ("step,loss\n1,5.0\n", "x.csv", ["--unigram-entropy", "nan"], "--unigram-entropy must be a positive"),
-])
+@pytest.mark.parametrize(
+    "text, name, args, match",
+    [
+        ("epoch,acc\n1,0.5\n", "x.csv", [], "no usable columns"),
+        ("step,loss\n1,abc\n", "x.csv", [], "'abc' is not a number"),
+        ("step,loss\n2,5.0\n1,4.0\n", "x.csv", [], "does not come after step 2"),
+        ("step,loss\n1,5.0\n1,4.0\n", "x.csv", [], "does not come after step 1"),
+        ("", "x.csv", [], "no usable columns"),
+        ('{"step": 1, "loss": 2}\nnot json\n', "x.jsonl", [], "line 2 is not JSON"),
+        ("step,loss\n1,5.0\n", "x.csv", ["--columns", "loss=nope"], "no such column"),
+        ("step,loss\n1,5.0\n", "x.csv", ["--columns", "bogus=loss"], "--columns takes OURS=THEIRS"),
+        ("step,loss\n1,5.0\n", "x.csv", ["--vocab-size", "1"], "--vocab-size must be at least 2"),
+        ("step,loss\n1,5.0\n", "x.csv", ["--unigram-entropy", "nan"], "--unigram-entropy must be a positive"),
+    ],
+)
 def test_bad_logs_get_one_line(tmp_path, capsys, text, name, args, match):
     p = tmp_path / name
     p.write_text(text)
-    assert doctor.main(["--log", str(p), *args]) == 2
+    assert doctor_main(["--log", str(p), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and match in err, err
 
 
 def test_missing_log_and_both_sources(tmp_path, capsys):
-    assert doctor.main(["--log", str(tmp_path / "none.csv")]) == 2
+    assert doctor_main(["--log", str(tmp_path / "none.csv")]) == 2
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        doctor.main([str(tmp_path), "--log", str(tmp_path / "x.csv")])
+        doctor_main([str(tmp_path), "--log", str(tmp_path / "x.csv")])
     assert e.value.code == 2 and "one of them" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitnet_ref.schedule import ScheduleConfig, lr_at, stage_at, wd_at
+from bitnet_ref.train.schedule import ScheduleConfig, lr_at, stage_at, wd_at
 
 
 @st.composite
@@ -74,7 +74,7 @@ def test_weight_decay(cfg):
 def test_stage1_only_never_enters_stage_2(cfg):
     assert all(stage_at(s, cfg) == 1 for s in range(cfg.steps))
     lrs, _ = curve(cfg)
-    after_warmup = lrs[cfg.warmup_steps:]
+    after_warmup = lrs[cfg.warmup_steps :]
     assert all(v > cfg.lr2 for v in after_warmup) or cfg.lr == cfg.lr2  # heads for lr2, never reaches it
 
 
@@ -115,12 +115,24 @@ def test_warmup_longer_than_the_run_is_clipped():
     assert lr_at(9, cfg) == pytest.approx(cfg.lr) and lr_at(10, cfg) == pytest.approx(cfg.lr2)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(steps=0), dict(steps=1.5), dict(steps=True), dict(steps=10, lr=0.0), dict(steps=10, lr=-1e-3),
-    dict(steps=10, lr2=0.0), dict(steps=10, lr=1e-3, lr2=2e-3), dict(steps=10, warmup=-1),
-    dict(steps=10, wd=-0.1), dict(steps=10, stage2_wd=-1.0), dict(steps=10, stage_split=1.5),
-    dict(steps=10, lr=float("nan")), dict(steps=10, wd=float("inf")),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(steps=0),
+        dict(steps=1.5),
+        dict(steps=True),
+        dict(steps=10, lr=0.0),
+        dict(steps=10, lr=-1e-3),
+        dict(steps=10, lr2=0.0),
+        dict(steps=10, lr=1e-3, lr2=2e-3),
+        dict(steps=10, warmup=-1),
+        dict(steps=10, wd=-0.1),
+        dict(steps=10, stage2_wd=-1.0),
+        dict(steps=10, stage_split=1.5),
+        dict(steps=10, lr=float("nan")),
+        dict(steps=10, wd=float("inf")),
+    ],
+)
 def test_rejects_bad_config(bad):
     with pytest.raises(ValueError):
         ScheduleConfig(**bad)

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitnet_ref import data as D
-from bitnet_ref import tokenizer as TK
-from bitnet_ref import train as T
 from bitnet_ref.checkpoint import load_checkpoint
+from bitnet_ref.data import corpus as D
+from bitnet_ref.data import tokenizer as TK
+from bitnet_ref.data.rebuild import reload
+from bitnet_ref.doctor.command import main as doctor_main
 from bitnet_ref.model import MAX_VOCAB
+from bitnet_ref.train import loop as T
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,9 +40,22 @@ def quiet(*a, **k):
 
 
 def tiny(tmp_path, corpus_file, **over) -> T.TrainConfig:
-    base = dict(preset="tiny", steps=6, batch_size=4, warmup=2, eval_at="0,1", eval_batches=2, probe_prompts=2,
-                probe_prompt_len=8, probe_tokens=8, data=corpus_file, out=str(tmp_path / "run"), log_every=1000,
-                threads=1, tokenizer="bpe:320")
+    base = dict(
+        preset="tiny",
+        steps=6,
+        batch_size=4,
+        warmup=2,
+        eval_at="0,1",
+        eval_batches=2,
+        probe_prompts=2,
+        probe_prompt_len=8,
+        probe_tokens=8,
+        data=corpus_file,
+        out=str(tmp_path / "run"),
+        log_every=1000,
+        threads=1,
+        tokenizer="bpe:320",
+    )
     base.update(over)
     return T.TrainConfig(**base)
 
@@ -69,8 +84,9 @@ def test_bpe_larger_than_the_corpus_allows_is_refused(small_text):
         TK.train_bpe(small_text[:300], 5000)
 
 
-@pytest.mark.parametrize("spec, match", [("bpe:255", "N >= 256"), (f"bpe:{MAX_VOCAB + 1}", "cap"),
-                                         ("bpe:lots", "whole number")])
+@pytest.mark.parametrize(
+    "spec, match", [("bpe:255", "N >= 256"), (f"bpe:{MAX_VOCAB + 1}", "cap"), ("bpe:lots", "whole number")]
+)
 def test_bad_bpe_specs(spec, match):
     with pytest.raises(D.DataError, match=match):
         TK.parse_spec(spec)
@@ -97,9 +113,11 @@ def test_tokenize_corpus_caches_the_token_files(corpus_file, cache):
     a = TK.tokenize_corpus(text, "bpe:400")
     assert a.vocab_size == 400 and not a.byte_level and a.train.dtype == np.uint16
     files = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
-    assert files == [f"bpe/{text.fingerprint}-400/tokenizer.json",
-                     f"tokens/{text.fingerprint}-{a.tokenizer.sha256[:16]}/train.bin",
-                     f"tokens/{text.fingerprint}-{a.tokenizer.sha256[:16]}/val.bin"]
+    assert files == [
+        f"bpe/{text.fingerprint}-400/tokenizer.json",
+        f"tokens/{text.fingerprint}-{a.tokenizer.sha256[:16]}/train.bin",
+        f"tokens/{text.fingerprint}-{a.tokenizer.sha256[:16]}/val.bin",
+    ]
     train_bin = cache / files[1]
     assert np.array_equal(np.fromfile(train_bin, np.uint16), a.train)
     # the ids are the tokenizer's encoding of the training split
@@ -166,7 +184,7 @@ def test_training_in_token_space(tmp_path, corpus_file):
     ckpt = load_checkpoint(out / "ckpt.pt")
     assert ckpt["data"]["tokenizer"]["sha256"] == head["tokenizer"]["sha256"]
     assert ckpt["config"]["vocab_size"] == 320
-    assert D.reload(ckpt["data"]).fingerprint == corpus.fingerprint
+    assert reload(ckpt["data"]).fingerprint == corpus.fingerprint
 
 
 def test_resume_with_another_tokenizer_is_refused(tmp_path, corpus_file, small_text):
@@ -183,12 +201,15 @@ def test_resume_with_another_tokenizer_is_refused(tmp_path, corpus_file, small_t
     assert (Path(cfg.out) / "metrics.jsonl").read_bytes() == before
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--tokenizer", "bpe:100"], "N >= 256"),
-    (["--tokenizer", "bpe:300", "--vocab-size", "300"], "the tokenizer sets the vocabulary"),
-    (["--tokenizer", "BAD"], "does not parse"),
-    (["--tokenizer", "bpe:60000"], "gives only"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--tokenizer", "bpe:100"], "N >= 256"),
+        (["--tokenizer", "bpe:300", "--vocab-size", "300"], "the tokenizer sets the vocabulary"),
+        (["--tokenizer", "BAD"], "does not parse"),
+        (["--tokenizer", "bpe:60000"], "gives only"),
+    ],
+)
 def test_cli_bad_tokenizer_input_is_one_line_and_writes_nothing(tmp_path, corpus_file, capsys, extra, match):
     (tmp_path / "BAD").write_text("[1, 2")
     extra = [str(tmp_path / "BAD") if a == "BAD" else a for a in extra]
@@ -202,10 +223,31 @@ def test_cli_bad_tokenizer_input_is_one_line_and_writes_nothing(tmp_path, corpus
 def test_experiments_quick_with_a_tokenizer(tmp_path, corpus_file):
     """The experiments' tiny CI version in token space: ref and fp only, a 300-token BPE."""
     out = tmp_path / "exp"
-    r = subprocess.run([sys.executable, "tools/experiments.py", "--quick", "--out", str(out), "--only", "ref",
-                        "--steps", "8", "--data", corpus_file, "--tokenizer", "bpe:300", "--jobs", "2", "--no-plots"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**__import__("os").environ, "BITNET_REF_CACHE": str(tmp_path / "cache")})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "tools/experiments.py",
+            "--quick",
+            "--out",
+            str(out),
+            "--only",
+            "ref",
+            "--steps",
+            "8",
+            "--data",
+            corpus_file,
+            "--tokenizer",
+            "bpe:300",
+            "--jobs",
+            "2",
+            "--no-plots",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "BITNET_REF_CACHE": str(tmp_path / "cache")},
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     report = (out / "report.md").read_text()
     assert "ln V = 5.704" in report  # ln 300
@@ -220,27 +262,26 @@ SEED_LOG = "step,loss,unique_tokens\n1,11.0,20\n1000,10.8,19\n2000,10.8,9\n3000,
 
 
 def test_doctor_reads_a_foreign_run_in_its_token_space(tmp_path, corpus_file, small_text, capsys):
-    from bitnet_ref import doctor
 
     tok = tmp_path / "tok.json"
     tok.write_text(TK.train_bpe(small_text, 400))
     log = tmp_path / "seed.csv"
     log.write_text(SEED_LOG)
-    assert doctor.main(["--log", str(log), "--json", "--data", corpus_file, "--tokenizer", str(tok)]) == 0
+    assert doctor_main(["--log", str(log), "--json", "--data", corpus_file, "--tokenizer", str(tok)]) == 0
     d = json.loads(capsys.readouterr().out)
     uni = TK.tokenize_corpus(D.load_corpus(corpus_file), str(tok)).unigram_entropy()
     assert f"unigram entropy {uni:.3f}" in d["evidence"][0] and f"ln(V) {math.log(400):.3f}" in d["evidence"][0]
     # --vocab-size alone stays the only vocabulary fact it needs; text data with it points at --tokenizer
-    assert doctor.main(["--log", str(log), "--json", "--vocab-size", "50257"]) == 0
+    assert doctor_main(["--log", str(log), "--json", "--vocab-size", "50257"]) == 0
     assert "ln(V) 10.825" in json.loads(capsys.readouterr().out)["evidence"][0]
-    assert doctor.main(["--log", str(log), "--vocab-size", "50257", "--data", corpus_file]) == 2
+    assert doctor_main(["--log", str(log), "--vocab-size", "50257", "--data", corpus_file]) == 2
     assert "--tokenizer" in capsys.readouterr().err
-    assert doctor.main(["--log", str(log), "--vocab-size", "300", "--data", corpus_file, "--tokenizer", str(tok)]) == 2
+    assert doctor_main(["--log", str(log), "--vocab-size", "300", "--data", corpus_file, "--tokenizer", str(tok)]) == 2
     assert "smaller than the 400 tokens" in capsys.readouterr().err
 
 
 def test_decode_probe_decodes_through_the_runs_tokenizer(tmp_path, corpus_file, capsys):
-    from bitnet_ref import decode_probe
+    from bitnet_ref.decode import probe as decode_probe
 
     cfg = tiny(tmp_path, corpus_file)
     T.train(cfg, log=quiet)
@@ -250,8 +291,10 @@ def test_decode_probe_decodes_through_the_runs_tokenizer(tmp_path, corpus_file, 
     assert r["tokenizer"] == str(Path(cfg.out) / "tokenizer.json")
     assert r["context"]["ln_vocab"] == pytest.approx(math.log(320))
     codec = TK.load_codec(Path(cfg.out) / "tokenizer.json")
-    prompts = [codec.decode(p) for p in decode_probe.probe_prompts(
-        TK.tokenize_corpus(D.load_corpus(corpus_file), "bpe:320").val, 2, 8)]
+    prompts = [
+        codec.decode(p)
+        for p in decode_probe.probe_prompts(TK.tokenize_corpus(D.load_corpus(corpus_file), "bpe:320").val, 2, 8)
+    ]
     assert [s["prompt"] for s in r["samples"]] == prompts
     assert decode_probe.main([ckpt, "--json", "--no-save", "--max-new-tokens", "4", "--prompt", "def main():"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -263,7 +306,8 @@ def test_decode_probe_decodes_through_the_runs_tokenizer(tmp_path, corpus_file, 
 
 
 def test_export_copies_the_runs_tokenizer(tmp_path, corpus_file, capsys):
-    from bitnet_ref import export, interop
+    from bitnet_ref.formats import export
+    from bitnet_ref.formats import hf_read as interop
 
     cfg = tiny(tmp_path, corpus_file)
     T.train(cfg, log=quiet)

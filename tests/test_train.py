@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bitnet_ref import config as C
-from bitnet_ref import metrics as M
-from bitnet_ref import train as T
-from bitnet_ref.faults import FAULT_ENV
+from bitnet_ref import metrics_log as M
 from bitnet_ref.checkpoint import load_checkpoint
 from bitnet_ref.model import ModelConfig, Transformer
-from bitnet_ref.schedule import lr_at, wd_at
+from bitnet_ref.train import config as C
+from bitnet_ref.train import loop as T
+from bitnet_ref.train.faults import FAULT_ENV
+from bitnet_ref.train.schedule import lr_at, wd_at
 
 ROOT = Path(__file__).resolve().parents[1]
 DIVERSITY = {"unique_tokens", "distinct_1", "distinct_2", "max_repeat_run", "top_token_share", "token_entropy"}
@@ -28,17 +28,37 @@ DIVERSITY = {"unique_tokens", "distinct_1", "distinct_2", "max_repeat_run", "top
 def corpus_file(tmp_path_factory):
     """~300 KB of real Python source: small enough to load instantly, big enough not to be memorised."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    names = ["os.py", "json/decoder.py", "json/encoder.py", "argparse.py", "textwrap.py", "shlex.py",
-             "dataclasses.py", "functools.py"]
+    names = [
+        "os.py",
+        "json/decoder.py",
+        "json/encoder.py",
+        "argparse.py",
+        "textwrap.py",
+        "shlex.py",
+        "dataclasses.py",
+        "functools.py",
+    ]
     f = tmp_path_factory.mktemp("data") / "py.txt"
     f.write_bytes(b"".join((stdlib / n).read_bytes() for n in names))
     return str(f)
 
 
 def tiny(tmp_path, corpus_file, **over) -> T.TrainConfig:
-    base = dict(preset="tiny", steps=8, batch_size=4, warmup=2, eval_at="0,0.5,1", eval_batches=2,
-                probe_prompts=2, probe_prompt_len=8, probe_tokens=8, data=corpus_file,
-                out=str(tmp_path / "run"), log_every=1000, threads=1)
+    base = dict(
+        preset="tiny",
+        steps=8,
+        batch_size=4,
+        warmup=2,
+        eval_at="0,0.5,1",
+        eval_batches=2,
+        probe_prompts=2,
+        probe_prompt_len=8,
+        probe_tokens=8,
+        data=corpus_file,
+        out=str(tmp_path / "run"),
+        log_every=1000,
+        threads=1,
+    )
     base.update(over)
     return T.TrainConfig(**base)
 
@@ -72,7 +92,7 @@ def test_run_writes_metrics_and_loadable_checkpoint(tmp_path, corpus_file):
     assert head["data"]["fingerprint"] and head["params"] > head["params_bitlinear"] > 0
     steps = steps_of(recs)
     assert [r["step"] for r in steps] == list(range(1, 9))
-    sched = C.schedule_config(cfg)
+    sched = C.plan(cfg).schedule
     for r in steps:
         assert {"step", "loss", "lr", "wd", "tok_s", "stage"} <= set(r)
         assert math.isfinite(r["loss"]) and r["tok_s"] > 0
@@ -270,21 +290,24 @@ def test_skip_nonfinite_counts_and_continues(tmp_path, corpus_file, monkeypatch)
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--steps", "0"], "--steps: must be >= 1"),
-    (["--steps", "ten"], "expected a whole number"),
-    (["--quant", "int4"], "--quant: invalid choice"),
-    (["--lr", "nan"], "must be finite"),
-    (["--eval-every", "5", "--eval-at", "end"], "not allowed with argument"),
-    (["--eval-at", "0,2"], "fractions must lie in [0, 1]"),
-    (["--ablate", "bogus"], "--ablate: invalid choice"),
-    (["--resume"], "pass --out"),
-    (["--data", "/nonexistent/corpus.txt"], "no such file"),
-    (["--lr", "1e-3", "--lr2", "2e-3"], "must not exceed lr"),
-    (["--device", "tpu"], "--device"),
-    (["--stop-at", "50", "--steps", "10"], "--stop-at"),
-    (["--preset", "tiny", "--n-heads", "3"], "not divisible"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--steps", "0"], "--steps: must be >= 1"),
+        (["--steps", "ten"], "expected a whole number"),
+        (["--quant", "int4"], "--quant: invalid choice"),
+        (["--lr", "nan"], "must be finite"),
+        (["--eval-every", "5", "--eval-at", "end"], "not allowed with argument"),
+        (["--eval-at", "0,2"], "fractions must lie in [0, 1]"),
+        (["--ablate", "bogus"], "--ablate: invalid choice"),
+        (["--resume"], "pass --out"),
+        (["--data", "/nonexistent/corpus.txt"], "no such file"),
+        (["--lr", "1e-3", "--lr2", "2e-3"], "must not exceed lr"),
+        (["--device", "tpu"], "--device"),
+        (["--stop-at", "50", "--steps", "10"], "--stop-at"),
+        (["--preset", "tiny", "--n-heads", "3"], "not divisible"),
+    ],
+)
 def test_cli_bad_flags_one_line(argv, match, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         sys.exit(T.main(argv + ["--out", str(tmp_path / "x")] if "--resume" not in argv else argv))
@@ -315,15 +338,46 @@ def test_cli_help_documents_every_flag(capsys):
     for action in C.build_parser()._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, action.dest
-    for flag in ("--preset", "--quant", "--steps", "--eval-at", "--resume", "--skip-nonfinite", "--save-every",
-                 "--threads", "--ablate", "--data", "--vocab-size", "--stage1-only", "--stop-at"):
+    for flag in (
+        "--preset",
+        "--quant",
+        "--steps",
+        "--eval-at",
+        "--resume",
+        "--skip-nonfinite",
+        "--save-every",
+        "--threads",
+        "--ablate",
+        "--data",
+        "--vocab-size",
+        "--stage1-only",
+        "--stop-at",
+    ):
         assert flag in text
 
 
 def test_cli_resume_takes_settings_from_the_run(tmp_path, corpus_file, capsys):
     out = str(tmp_path / "run")
-    args = ["--preset", "tiny", "--steps", "4", "--batch-size", "4", "--eval-at", "end", "--eval-batches", "1",
-            "--probe-tokens", "4", "--data", corpus_file, "--out", out, "--threads", "1"]
+    args = [
+        "--preset",
+        "tiny",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-at",
+        "end",
+        "--eval-batches",
+        "1",
+        "--probe-tokens",
+        "4",
+        "--data",
+        corpus_file,
+        "--out",
+        out,
+        "--threads",
+        "1",
+    ]
     assert T.main(args + ["--stop-at", "2"]) == 0
     assert T.main(["--resume", "--out", out]) == 0
     assert [r["step"] for r in steps_of(records(out))] == [1, 2, 3, 4]
@@ -333,14 +387,36 @@ def test_cli_resume_takes_settings_from_the_run(tmp_path, corpus_file, capsys):
 
 @pytest.mark.slow
 def test_cli_subprocess_exit_codes(tmp_path, corpus_file):
-    base = [sys.executable, "-m", "bitnet_ref.train", "--preset", "tiny", "--steps", "4", "--batch-size", "4",
-            "--eval-at", "end", "--eval-batches", "1", "--probe-tokens", "4", "--data", corpus_file, "--save-every", "2", "--threads", "1"]
+    base = [
+        sys.executable,
+        "-m",
+        "bitnet_ref.train",
+        "--preset",
+        "tiny",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-at",
+        "end",
+        "--eval-batches",
+        "1",
+        "--probe-tokens",
+        "4",
+        "--data",
+        corpus_file,
+        "--save-every",
+        "2",
+        "--threads",
+        "1",
+    ]
     ok = subprocess.run(base + ["--out", str(tmp_path / "ok")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "checkpoint: " in ok.stdout and "done: 4/4 steps" in ok.stdout
     env = {**os.environ, FAULT_ENV: "nan-loss@3"}
-    bad = subprocess.run(base + ["--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env=env)
+    bad = subprocess.run(
+        base + ["--out", str(tmp_path / "bad")], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
     assert bad.returncode == 3
     assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
     assert "step 3:" in bad.stderr and "(step 2)" in bad.stderr
@@ -357,9 +433,23 @@ def test_300_steps_learn_well_below_unigram_entropy(tmp_path, quant):
     A small model (d_model 128, 2 layers, context 64) with a higher LR than the default, sized to take
     about 20 s per run on a loaded 2-core machine; measured ~0.64 x for both quant modes.
     """
-    cfg = T.TrainConfig(preset="tiny", d_model=128, n_heads=4, ffn_hidden=384, quant=quant, steps=300,
-                        batch_size=16, lr=3e-3, lr2=2e-3, warmup=20, eval_at="end", eval_batches=4,
-                        probe_tokens=32, out=str(tmp_path / quant), threads=1)
+    cfg = T.TrainConfig(
+        preset="tiny",
+        d_model=128,
+        n_heads=4,
+        ffn_hidden=384,
+        quant=quant,
+        steps=300,
+        batch_size=16,
+        lr=3e-3,
+        lr2=2e-3,
+        warmup=20,
+        eval_at="end",
+        eval_batches=4,
+        probe_tokens=32,
+        out=str(tmp_path / quant),
+        threads=1,
+    )
     s = T.train(cfg, log=quiet)
     assert s["val_loss"] < 0.7 * s["unigram_entropy"], s
     assert s["diversity"]["unique_tokens"] >= 8, s  # not the seed's 1-2 token collapse

@@ -41,11 +41,11 @@ import time
 import torch
 
 from bitnet_ref import generate as G
-from bitnet_ref import kernels
-from bitnet_ref import packed as P
 from bitnet_ref.checkpoint import CheckpointError, load_checkpoint
-from bitnet_ref.fused import FusedTransformer
 from bitnet_ref.model import PRESETS, ModelConfig, Transformer
+from bitnet_ref.runtime import kernels
+from bitnet_ref.runtime import packed as P
+from bitnet_ref.runtime.fused import FusedTransformer
 
 BACKENDS = ("packed", "fused", "fp32", "fakequant")
 SMALL_PRESETS = ("tiny", "default", "wide")  # built as training models (fp32 latents), all four backends
@@ -83,12 +83,17 @@ def breakdown(model, prompt, new_tokens: int) -> dict:
     def post(key):
         def hook(mod, inp, out):
             acc[key] += time.perf_counter() - starts.pop((key, id(mod)))
+
         return hook
 
     for m in model.modules():
         if isinstance(m, P.PackedBitLinear):
-            handles += [m.register_forward_pre_hook(pre("linear")), m.register_forward_hook(post("linear")),
-                        m.norm.register_forward_pre_hook(pre("norm")), m.norm.register_forward_hook(post("norm"))]
+            handles += [
+                m.register_forward_pre_hook(pre("linear")),
+                m.register_forward_hook(post("linear")),
+                m.norm.register_forward_pre_hook(pre("norm")),
+                m.norm.register_forward_hook(post("norm")),
+            ]
     real = {name: getattr(kernels, name) for name in ("ternary_matmul", "quant_matmul", "act_quant")}
 
     def timed(fn):
@@ -98,6 +103,7 @@ def breakdown(model, prompt, new_tokens: int) -> dict:
                 return fn(*a, **kw)
             finally:
                 acc["kernel"] += time.perf_counter() - t0
+
         return call
 
     for name, fn in real.items():
@@ -129,21 +135,28 @@ def breakdown(model, prompt, new_tokens: int) -> dict:
         "kernel": us(acc["kernel"]),  # the C++ calls: fused act quant + matmul + scaling
         "outside_linears": us(total - acc["linear"]),
     }
-    return {"us_per_token": us(total), "parts_us": parts,
-            "parts_share": {k: v / us(total) for k, v in parts.items()}}
+    return {"us_per_token": us(total), "parts_us": parts, "parts_share": {k: v / us(total) for k, v in parts.items()}}
 
 
 def bench_model(label, base: Transformer, *, new_tokens, repeats, threads, prompt_len=8, profile=True) -> dict:
     cfg = base.cfg
     prompt = [(7 * i + 3) % cfg.vocab_size for i in range(prompt_len)]
     new_tokens = min(new_tokens, cfg.context - prompt_len)
-    row = {"model": label, "d_model": cfg.d_model, "n_layers": cfg.n_layers, "ffn_hidden": cfg.ffn_hidden,
-           "params": cfg.num_params(), "new_tokens": new_tokens, "repeats": repeats, "backends": {}}
+    row = {
+        "model": label,
+        "d_model": cfg.d_model,
+        "n_layers": cfg.n_layers,
+        "ffn_hidden": cfg.ffn_hidden,
+        "params": cfg.num_params(),
+        "new_tokens": new_tokens,
+        "repeats": repeats,
+        "backends": {},
+    }
     models = variants(base, threads)
     # the fake-quant forward re-quantizes every weight at every call (~100x slower at d_model 2048): fewer tokens
     tokens = {name: new_tokens if name != "fakequant" else max(4, new_tokens // 8) for name in models}
     rates = {name: [] for name in models}
-    for name, model in models.items():
+    for model in models.values():
         G.generate(model, [prompt], 2)  # warm-up
     for _ in range(repeats):  # interleaved, so load changes on a shared machine hit every backend alike
         for name, model in models.items():
@@ -151,8 +164,13 @@ def bench_model(label, base: Transformer, *, new_tokens, repeats, threads, promp
     for name, model in models.items():
         wb = P.weight_bytes_per_token(model)  # fakequant reads the fp32 latent weights
         med = statistics.median(rates[name])
-        row["backends"][name] = {"tok_s": med, "tok_s_all": rates[name], "new_tokens": tokens[name],
-                                 "weight_bytes_per_token": wb["total"], "weight_gb_s": wb["total"] * med / 1e9}
+        row["backends"][name] = {
+            "tok_s": med,
+            "tok_s_all": rates[name],
+            "new_tokens": tokens[name],
+            "weight_bytes_per_token": wb["total"],
+            "weight_gb_s": wb["total"] * med / 1e9,
+        }
     if profile:
         row["packed_breakdown"] = breakdown(models["packed"], prompt, new_tokens)
     del models
@@ -166,13 +184,17 @@ def bench_model(label, base: Transformer, *, new_tokens, repeats, threads, promp
 
 def format_table(rows, meta) -> str:
     w = max([28] + [len(r["model"]) for r in rows])
-    out = [f"decode tokens/s, batch 1, {meta['threads']} thread(s), kernel {meta['kernel']}, torch {meta['torch']}",
-           f"{'model':<{w}} {'backend':<11}{'tok/s':>9}{'weight MB/token':>17}{'GB/s':>8}{'vs fp32':>9}"]
+    out = [
+        f"decode tokens/s, batch 1, {meta['threads']} thread(s), kernel {meta['kernel']}, torch {meta['torch']}",
+        f"{'model':<{w}} {'backend':<11}{'tok/s':>9}{'weight MB/token':>17}{'GB/s':>8}{'vs fp32':>9}",
+    ]
     for r in rows:
         for name, b in r["backends"].items():
             ratio = b["tok_s"] / r["backends"]["fp32"]["tok_s"]
-            out.append(f"{r['model']:<{w}} {name:<11}{b['tok_s']:>9.1f}{b['weight_bytes_per_token'] / 1e6:>17.3f}"
-                       f"{b['weight_gb_s']:>8.2f}{ratio:>8.2f}x")
+            out.append(
+                f"{r['model']:<{w}} {name:<11}{b['tok_s']:>9.1f}{b['weight_bytes_per_token'] / 1e6:>17.3f}"
+                f"{b['weight_gb_s']:>8.2f}{ratio:>8.2f}x"
+            )
         if "packed_breakdown" in r:
             bd = r["packed_breakdown"]
             parts = ", ".join(f"{k} {v:.0f} us ({bd['parts_share'][k]:.0%})" for k, v in bd["parts_us"].items())
@@ -200,13 +222,14 @@ def _rss_mb(field: str = "VmHWM") -> float:
             return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":")) * 1024 / 1e6
     except (OSError, StopIteration):
         import resource
+
         r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return r / 1e6 if sys.platform == "darwin" else r * 1024 / 1e6
 
 
 def real_shape_child(spec: dict) -> dict:
     """Runs in a fresh process: build, decode, measure (see the section comment). Returns a JSON-able dict."""
-    from bitnet_ref.random_packed import head_seed, iter_random_rows, random_packed_model
+    from bitnet_ref.runtime.random_packed import head_seed, iter_random_rows, random_packed_model
 
     out = {"preset": spec["preset"], "rss_import_mb": _rss_mb()}
     cfg = ModelConfig.preset(spec["preset"])
@@ -215,8 +238,9 @@ def real_shape_child(spec: dict) -> dict:
     fused = FusedTransformer(model)
     out["build_s"] = time.perf_counter() - t0
     wb = P.weight_bytes_per_token(model)
-    out.update(weight_bytes_per_token=wb["total"], linear_bytes=wb["linear"], head_bytes=wb["other"],
-               params=cfg.num_params())
+    out.update(
+        weight_bytes_per_token=wb["total"], linear_bytes=wb["linear"], head_bytes=wb["other"], params=cfg.num_params()
+    )
     prompt = [(7 * i + 3) % cfg.vocab_size for i in range(REAL_PROMPT_LEN)]
     G.generate(fused, [prompt], spec["tokens"])  # warm-up, and the full-length KV cache once
     out["rss_peak_mb"], out["rss_decode_mb"] = _rss_mb("VmHWM"), _rss_mb("VmRSS")  # before the probes' buffers
@@ -239,8 +263,9 @@ def real_shape_child(spec: dict) -> dict:
     out["exact_breakdown"] = breakdown(model, prompt, EXACT_TOKENS)  # where the torch-glue path's token goes
     out["fused_split"] = fused_split(model, fused, len(prompt) + spec["tokens"])
     if spec["head_check"]:
-        out["head"] = head_check(model, cfg, spec["seed"], prompt, spec["tokens"], head_seed(cfg, spec["seed"]),
-                                 iter_random_rows)
+        out["head"] = head_check(
+            model, cfg, spec["seed"], prompt, spec["tokens"], head_seed(cfg, spec["seed"]), iter_random_rows
+        )
     return out
 
 
@@ -270,12 +295,11 @@ def fused_split(model, fused, positions: int, steps: int = 5) -> dict:
         kernels.int8_matmul(q, model.head.rows.q.numpy())
         head.append(time.perf_counter() - t)
     ms = lambda v: statistics.median(v) * 1e3
-    return {"step_ms": ms(step), "ternary_ms": ms(lin), "head_ms": ms(head),
-            "rest_ms": ms(step) - ms(lin) - ms(head)}
+    return {"step_ms": ms(step), "ternary_ms": ms(lin), "head_ms": ms(head), "rest_ms": ms(step) - ms(lin) - ms(head)}
 
 
 def head_check(model, cfg, seed, prompt, tokens, rows_seed, iter_rows) -> dict:
-    from bitnet_ref.head import quantize_rows_into
+    from bitnet_ref.runtime.int8_head import quantize_rows_into
 
     """The int8 head against the float32 head it was quantized from (and bf16 rows of it) on the hidden states of
     prompt + a greedy continuation: top-1 agreement and the largest logit difference; and each format's time for
@@ -290,7 +314,7 @@ def head_check(model, cfg, seed, prompt, tokens, rows_seed, iter_rows) -> dict:
     x = hidden["x"][0].float()  # (T, d)
     f32, b16, rows8 = [], [], []
     t_f32 = t_b16 = 0.0
-    for r, w in iter_rows(rows_seed, cfg.vocab_size, cfg.d_model):
+    for _, w in iter_rows(rows_seed, cfg.vocab_size, cfg.d_model):
         f32.append(x @ w.T)
         q, sc = torch.empty(w.shape, dtype=torch.int8), torch.empty(len(w))
         quantize_rows_into(w, q, sc)
@@ -312,22 +336,42 @@ def head_check(model, cfg, seed, prompt, tokens, rows_seed, iter_rows) -> dict:
     t_i8 = (time.perf_counter() - t) / 3
 
     def agree(a):
-        return {"top1_agreement": float((a.argmax(-1) == f32.argmax(-1)).float().mean()),
-                "max_abs_logit_diff": float((a - f32).abs().max()),
-                "max_abs_fp32_logit": float(f32.abs().max())}
-    return {"positions": int(x.shape[0]), "int8": agree(logits8), "bf16": agree(b16), "int8_rows_only": agree(rows8),
-            "ms_per_token": {"int8": t_i8 * 1e3, "fp32": t_f32 * 1e3, "bf16": t_b16 * 1e3},
-            "bytes": {"int8": model.head.rows.nbytes, "fp32": 4 * x.shape[1] * cfg.vocab_size,
-                      "bf16": 2 * x.shape[1] * cfg.vocab_size}, "note": "fp32/bf16 times: chunked rows (cold)"}
+        return {
+            "top1_agreement": float((a.argmax(-1) == f32.argmax(-1)).float().mean()),
+            "max_abs_logit_diff": float((a - f32).abs().max()),
+            "max_abs_fp32_logit": float(f32.abs().max()),
+        }
+
+    return {
+        "positions": int(x.shape[0]),
+        "int8": agree(logits8),
+        "bf16": agree(b16),
+        "int8_rows_only": agree(rows8),
+        "ms_per_token": {"int8": t_i8 * 1e3, "fp32": t_f32 * 1e3, "bf16": t_b16 * 1e3},
+        "bytes": {
+            "int8": model.head.rows.nbytes,
+            "fp32": 4 * x.shape[1] * cfg.vocab_size,
+            "bf16": 2 * x.shape[1] * cfg.vocab_size,
+        },
+        "note": "fp32/bf16 times: chunked rows (cold)",
+    }
 
 
 def bench_real_shape(preset: str, *, threads, tokens, repeats, seed=0, head_check=True) -> dict:
     """real_shape_child in a fresh subprocess (its peak RSS is the model's alone); its result dict."""
     import subprocess
-    spec = {"preset": preset, "threads": list(threads), "tokens": tokens, "repeats": repeats, "seed": seed,
-            "head_check": head_check}
-    proc = subprocess.run([sys.executable, __file__, "--real-shape-child", json.dumps(spec)], capture_output=True,
-                          text=True)
+
+    spec = {
+        "preset": preset,
+        "threads": list(threads),
+        "tokens": tokens,
+        "repeats": repeats,
+        "seed": seed,
+        "head_check": head_check,
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--real-shape-child", json.dumps(spec)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"the {preset} benchmark process failed: {tail}")
@@ -338,54 +382,70 @@ def dram_bandwidth(threads, tries: int = 3, nbytes: int = 1 << 28) -> dict:
     """Streaming read bandwidth (GB/s) per thread count, best of `tries` probes of a 256 MiB buffer (far past the
     last-level cache; bitnet_ref._bench, the probe of tools/bench_kernels.py)."""
     from bitnet_ref import _bench
+
     return {t: max(_bench.measure_read_bandwidth(nbytes, t, 3) for _ in range(tries)) for t in threads}
 
 
 def format_real_table(rows, bw_before, bw_after, meta) -> str:
-    out = [f"real shapes, random ternary weights built packed, int8 head; greedy, {REAL_PROMPT_LEN}-token prompt, "
-           f"batch 1; kernel {meta['kernel']}, {meta['cpu']}",
-           "DRAM read bandwidth (GB/s, best of 3, parent process): before "
-           + ", ".join(f"{t} thr {v:.1f}" for t, v in bw_before.items())
-           + "; after " + ", ".join(f"{t} thr {v:.1f}" for t, v in bw_after.items()),
-           f"{'model':<20}{'thr':>4}{'tok/s':>8}{'best':>7}{'MB/token':>10}{'GB/s':>7}{'DRAM GB/s':>11}{'roofline':>10}"
-           f"{'peak RSS MB':>13}{'import MB':>11}{'exact tok/s':>13}"]
+    out = [
+        f"real shapes, random ternary weights built packed, int8 head; greedy, {REAL_PROMPT_LEN}-token prompt, "
+        f"batch 1; kernel {meta['kernel']}, {meta['cpu']}",
+        "DRAM read bandwidth (GB/s, best of 3, parent process): before "
+        + ", ".join(f"{t} thr {v:.1f}" for t, v in bw_before.items())
+        + "; after "
+        + ", ".join(f"{t} thr {v:.1f}" for t, v in bw_after.items()),
+        f"{'model':<20}{'thr':>4}{'tok/s':>8}{'best':>7}{'MB/token':>10}{'GB/s':>7}{'DRAM GB/s':>11}{'roofline':>10}"
+        f"{'peak RSS MB':>13}{'import MB':>11}{'exact tok/s':>13}",
+    ]
     for r in rows:
         mb = r["weight_bytes_per_token"] / 1e6
         for t, m in r["threads"].items():
             gbs = m["tok_s"] * r["weight_bytes_per_token"] / 1e9
             exact = f"{r['exact_tok_s_1']:.2f}" if t == "1" else ""
-            out.append(f"{r['preset']:<20}{t:>4}{m['tok_s']:>8.2f}{max(m['tok_s_all']):>7.2f}{mb:>10.0f}{gbs:>7.2f}"
-                       f"{m['dram_gb_s']:>11.1f}{gbs / m['dram_gb_s']:>9.0%} {r['rss_peak_mb']:>12.0f}"
-                       f"{r['rss_import_mb']:>11.0f}{exact:>13}")
+            out.append(
+                f"{r['preset']:<20}{t:>4}{m['tok_s']:>8.2f}{max(m['tok_s_all']):>7.2f}{mb:>10.0f}{gbs:>7.2f}"
+                f"{m['dram_gb_s']:>11.1f}{gbs / m['dram_gb_s']:>9.0%} {r['rss_peak_mb']:>12.0f}"
+                f"{r['rss_import_mb']:>11.0f}{exact:>13}"
+            )
         if "head" in r:
             hd = r["head"]
-            out.append(f"  head ({hd['positions']} positions): int8 top-1 agreement with fp32 "
-                       f"{hd['int8']['top1_agreement']:.1%}, max |logit diff| {hd['int8']['max_abs_logit_diff']:.4f} "
-                       f"(max |logit| {hd['int8']['max_abs_fp32_logit']:.2f}); bf16 {hd['bf16']['top1_agreement']:.1%},"
-                       f" {hd['bf16']['max_abs_logit_diff']:.4f}; int8 rows with float activations "
-                       f"{hd['int8_rows_only']['top1_agreement']:.1%}, "
-                       f"{hd['int8_rows_only']['max_abs_logit_diff']:.4f}")
+            out.append(
+                f"  head ({hd['positions']} positions): int8 top-1 agreement with fp32 "
+                f"{hd['int8']['top1_agreement']:.1%}, max |logit diff| {hd['int8']['max_abs_logit_diff']:.4f} "
+                f"(max |logit| {hd['int8']['max_abs_fp32_logit']:.2f}); bf16 {hd['bf16']['top1_agreement']:.1%},"
+                f" {hd['bf16']['max_abs_logit_diff']:.4f}; int8 rows with float activations "
+                f"{hd['int8_rows_only']['top1_agreement']:.1%}, "
+                f"{hd['int8_rows_only']['max_abs_logit_diff']:.4f}"
+            )
             ms, by = hd["ms_per_token"], hd["bytes"]
-            out.append("  head per token: " + ", ".join(f"{k} {ms[k]:.1f} ms ({by[k] / 1e6:.0f} MB)" for k in ms)
-                       + " [one thread]")
+            out.append(
+                "  head per token: "
+                + ", ".join(f"{k} {ms[k]:.1f} ms ({by[k] / 1e6:.0f} MB)" for k in ms)
+                + " [one thread]"
+            )
         if "fused_split" in r:
             f = r["fused_split"]
-            out.append(f"  one fused step, 1 thread: {f['step_ms']:.1f} ms; its kernels alone: ternary "
-                       f"{f['ternary_ms']:.1f} ms + head {f['head_ms']:.1f} ms; the rest {f['rest_ms']:.1f} ms")
+            out.append(
+                f"  one fused step, 1 thread: {f['step_ms']:.1f} ms; its kernels alone: ternary "
+                f"{f['ternary_ms']:.1f} ms + head {f['head_ms']:.1f} ms; the rest {f['rest_ms']:.1f} ms"
+            )
         if "exact_breakdown" in r:
             bd = r["exact_breakdown"]
             parts = ", ".join(f"{k} {v / 1e3:.1f} ms ({bd['parts_share'][k]:.0%})" for k, v in bd["parts_us"].items())
             out.append(f"  exact path, where one token's {bd['us_per_token'] / 1e3:.1f} ms go (with hooks): {parts}")
         out.append(f"  build {r['build_s']:.1f} s, {r['params'] / 1e9:.2f} B parameters")
-    out.append("tok/s: median of the repeats, best: the fastest repeat; GB/s and roofline from the median: weight "
-               "bytes read per token x tok/s over DRAM GB/s (the better of two probes just before and after that "
-               "decode, same process; the KV cache is not counted: ~11 MB at the 2B shape's last position); "
-               "exact: the torch-glue packed path, same model, 1 thread, repeats interleaved with the fused ones")
+    out.append(
+        "tok/s: median of the repeats, best: the fastest repeat; GB/s and roofline from the median: weight "
+        "bytes read per token x tok/s over DRAM GB/s (the better of two probes just before and after that "
+        "decode, same process; the KV cache is not counted: ~11 MB at the 2B shape's last position); "
+        "exact: the torch-glue packed path, same model, 1 thread, repeats interleaved with the fused ones"
+    )
     return "\n".join(out)
 
 
 def cpu_name() -> str:
     import platform
+
     try:
         with open("/proc/cpuinfo") as f:
             name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
@@ -400,20 +460,37 @@ def main(argv=None) -> int:
         import bench_llama_cpp
 
         return bench_llama_cpp.main(argv)
-    p = argparse.ArgumentParser(description="End-to-end decode tokens/s: packed (exact and fused) vs torch fp32 vs "
-                                            "fake-quant; and models at real shapes (--preset).")
-    p.add_argument("--vs-llama-cpp", action="store_true",
-                   help="instead: ours and llama.cpp on the same GGUF (2B-4T and large shapes, 1 and 2 threads, "
-                        "tok/s, peak memory, GB/s); tools/bench_llama_cpp.py, see --vs-llama-cpp --help")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
-                   help="a ckpt.pt to benchmark (repeatable); without it, random default and wide presets")
-    p.add_argument("--presets", default=None,
-                   help="random-init small presets to run, all four backends (default: default,wide; none when "
-                        "--preset is given)")
-    p.add_argument("--preset", action="append", default=[], metavar="NAME",
-                   help="a real-shape preset (bitnet-b1.58-2b-4t, bitnet-b1.58-large; repeatable): random ternary "
-                        "weights built packed directly, int8 head, fused decode at each --threads-list count, in a "
-                        "fresh process for its peak memory, with the DRAM roofline and the head formats")
+    p = argparse.ArgumentParser(
+        description="End-to-end decode tokens/s: packed (exact and fused) vs torch fp32 vs "
+        "fake-quant; and models at real shapes (--preset)."
+    )
+    p.add_argument(
+        "--vs-llama-cpp",
+        action="store_true",
+        help="instead: ours and llama.cpp on the same GGUF (2B-4T and large shapes, 1 and 2 threads, "
+        "tok/s, peak memory, GB/s); tools/bench_llama_cpp.py, see --vs-llama-cpp --help",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a ckpt.pt to benchmark (repeatable); without it, random default and wide presets",
+    )
+    p.add_argument(
+        "--presets",
+        default=None,
+        help="random-init small presets to run, all four backends (default: default,wide; none when --preset is given)",
+    )
+    p.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a real-shape preset (bitnet-b1.58-2b-4t, bitnet-b1.58-large; repeatable): random ternary "
+        "weights built packed directly, int8 head, fused decode at each --threads-list count, in a "
+        "fresh process for its peak memory, with the DRAM roofline and the head formats",
+    )
     p.add_argument("--threads-list", default="1,2", help="thread counts for --preset (default 1,2)")
     p.add_argument("--no-head-check", action="store_true", help="--preset: skip the head format comparison")
     p.add_argument("--tokens", type=int, default=64, help="decoded tokens per repeat (default 64)")
@@ -425,8 +502,11 @@ def main(argv=None) -> int:
     p.add_argument("--real-shape-child", metavar="SPEC", help=argparse.SUPPRESS)  # internal: one --preset run
     a = p.parse_args(argv)
     if not kernels.available():
-        print(f"error: the C++ extension is not available ({kernels.import_error()}); build it with "
-              "`pip install --no-build-isolation -e .`", file=sys.stderr)
+        print(
+            f"error: the C++ extension is not available ({kernels.import_error()}); build it with "
+            "`pip install --no-build-isolation -e .`",
+            file=sys.stderr,
+        )
         return 2
     if a.real_shape_child:
         print(json.dumps(real_shape_child(json.loads(a.real_shape_child))))
@@ -435,16 +515,21 @@ def main(argv=None) -> int:
         a.tokens, a.repeats = min(a.tokens, 16), min(a.repeats, 2)
     for name in a.preset:
         if name not in PRESETS or name in SMALL_PRESETS:
-            print(f"error: --preset {name!r} is not a real-shape preset; choose from "
-                  f"{', '.join(n for n in PRESETS if n not in SMALL_PRESETS)}", file=sys.stderr)
+            print(
+                f"error: --preset {name!r} is not a real-shape preset; choose from "
+                f"{', '.join(n for n in PRESETS if n not in SMALL_PRESETS)}",
+                file=sys.stderr,
+            )
             return 2
     try:
         thread_list = [int(t) for t in a.threads_list.split(",") if t.strip()]
         if not thread_list or min(thread_list) < 1:
             raise ValueError
     except ValueError:
-        print(f"error: --threads-list must be positive integers separated by commas, got {a.threads_list!r}",
-              file=sys.stderr)
+        print(
+            f"error: --threads-list must be positive integers separated by commas, got {a.threads_list!r}",
+            file=sys.stderr,
+        )
         return 2
     presets = a.presets if a.presets is not None else ("" if a.preset else "default,wide")
     torch.set_num_threads(a.threads)
@@ -465,16 +550,28 @@ def main(argv=None) -> int:
         except (CheckpointError, P.DecodeError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        rows.append(bench_model(label, base, new_tokens=a.tokens, repeats=a.repeats, threads=a.threads,
-                                profile=not a.no_profile))
+        rows.append(
+            bench_model(
+                label, base, new_tokens=a.tokens, repeats=a.repeats, threads=a.threads, profile=not a.no_profile
+            )
+        )
         del base
-    meta = {"threads": a.threads, "kernel": kernels.backend(), "torch": torch.__version__, "quick": a.quick,
-            "cpu": cpu_name()}
+    meta = {
+        "threads": a.threads,
+        "kernel": kernels.backend(),
+        "torch": torch.__version__,
+        "quick": a.quick,
+        "cpu": cpu_name(),
+    }
     real = {}
     if a.preset:
         bw_before = dram_bandwidth(thread_list)
-        real_rows = [bench_real_shape(name, threads=thread_list, tokens=a.tokens, repeats=a.repeats,
-                                      head_check=not a.no_head_check) for name in a.preset]
+        real_rows = [
+            bench_real_shape(
+                name, threads=thread_list, tokens=a.tokens, repeats=a.repeats, head_check=not a.no_head_check
+            )
+            for name in a.preset
+        ]
         real = {"rows": real_rows, "dram_gb_s_before": bw_before, "dram_gb_s_after": dram_bandwidth(thread_list)}
     if a.json:
         print(json.dumps({"meta": meta, "rows": rows, "real_shapes": real}))

@@ -98,8 +98,8 @@ def cpu_name() -> str:
         except (OSError, subprocess.SubprocessError):
             continue
         for line in (ln.strip() for ln in out.splitlines()):  # newer lscpu indents it under "Vendor ID"
-            if line.startswith(prefix) and line[len(prefix):].strip():
-                return line[len(prefix):].strip()
+            if line.startswith(prefix) and line[len(prefix) :].strip():
+                return line[len(prefix) :].strip()
     return platform.processor() or platform.machine()
 
 
@@ -239,11 +239,13 @@ def bench_i2s_case(kernels, bench, n, k, cold, cold_bytes, min_time, rng):
 
 
 def run_i2s_section(kernels, bench, cold_bytes, min_time, rng) -> list:
-    section("side by side, M = 1, 1 thread: ours vs a bitnet.cpp-style I2_S loop (our re-implementation of the "
-            "published algorithm, same -mavx2 flags)\n(python: timed around each Python call, like the table above; "
-            "C++: the same calls timed inside C++)",
-            f"{'N x K':>12} {'cache':>5} {'impl':>11} {'us':>9} {'G w/s':>7} {'x I2_S':>7}"
-            f" {'C++ us':>9} {'C++ G w/s':>9} {'x I2_S':>7}")
+    section(
+        "side by side, M = 1, 1 thread: ours vs a bitnet.cpp-style I2_S loop (our re-implementation of the "
+        "published algorithm, same -mavx2 flags)\n(python: timed around each Python call, like the table above; "
+        "C++: the same calls timed inside C++)",
+        f"{'N x K':>12} {'cache':>5} {'impl':>11} {'us':>9} {'G w/s':>7} {'x I2_S':>7}"
+        f" {'C++ us':>9} {'C++ G w/s':>9} {'x I2_S':>7}",
+    )
     rows = []
     for n, k in I2S_SHAPES:
         for cold in (False, True):
@@ -251,15 +253,27 @@ def run_i2s_section(kernels, bench, cold_bytes, min_time, rng) -> list:
             for name in ("i2s", "avx2", "avx512vnni"):
                 if name not in t:
                     continue
-                row = {"n": n, "k": k, "m": 1, "threads": 1, "cache": "cold" if cold else "hot",
-                       "impl": "i2s_style" if name == "i2s" else name, "us": t[name] * 1e6,
-                       "gweights_s": n * k / t[name] / 1e9, "x_i2s": t["i2s"] / t[name],
-                       "cpp_us": tc[name] * 1e6, "cpp_gweights_s": n * k / tc[name] / 1e9,
-                       "cpp_x_i2s": tc["i2s"] / tc[name]}
+                row = {
+                    "n": n,
+                    "k": k,
+                    "m": 1,
+                    "threads": 1,
+                    "cache": "cold" if cold else "hot",
+                    "impl": "i2s_style" if name == "i2s" else name,
+                    "us": t[name] * 1e6,
+                    "gweights_s": n * k / t[name] / 1e9,
+                    "x_i2s": t["i2s"] / t[name],
+                    "cpp_us": tc[name] * 1e6,
+                    "cpp_gweights_s": n * k / tc[name] / 1e9,
+                    "cpp_x_i2s": tc["i2s"] / tc[name],
+                }
                 rows.append(row)
-                print(f"{n:>5} x {k:<5} {row['cache']:>5} {row['impl']:>11} {row['us']:>9.1f}"
-                      f" {row['gweights_s']:>7.1f} {row['x_i2s']:>7.2f}"
-                      f" {row['cpp_us']:>9.1f} {row['cpp_gweights_s']:>9.1f} {row['cpp_x_i2s']:>7.2f}", flush=True)
+                print(
+                    f"{n:>5} x {k:<5} {row['cache']:>5} {row['impl']:>11} {row['us']:>9.1f}"
+                    f" {row['gweights_s']:>7.1f} {row['x_i2s']:>7.2f}"
+                    f" {row['cpp_us']:>9.1f} {row['cpp_gweights_s']:>9.1f} {row['cpp_x_i2s']:>7.2f}",
+                    flush=True,
+                )
     return rows
 
 
@@ -273,8 +287,9 @@ def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, 
         packed = kernels.pack_ternary(codes, format=fmt)
         packs = weight_copies(packed, cold, cold_bytes)
         # The same backend for both formats: an avx512vnni CPU runs the 1.6-bit format with its AVX2 kernel.
-        fns[fmt] = rotating(lambda p, fmt=fmt: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=backend,
-                                                                      format=fmt), packs)
+        fns[fmt] = rotating(
+            lambda p, fmt=fmt: kernels.ternary_matmul(x, p, n, k, threads=threads, backend=backend, format=fmt), packs
+        )
         nbytes[fmt] = packed.nbytes
         if not np.array_equal(fns[fmt](), want):
             raise AssertionError(f"format {fmt} result differs from numpy for N={n} K={k}")
@@ -283,28 +298,43 @@ def bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, 
 
 
 def run_formats_section(kernels, shapes, threads_list, cold_bytes, min_time, rng, backend, bandwidth, peak) -> list:
-    section(f"formats side by side, M = 1: 2-bit ({backend}) vs 1.6-bit (five weights per byte, "
-            f"{'avx2' if backend == 'avx512vnni' else backend}); same weights, interleaved rounds",
-            f"{'N x K':>12} {'thr':>3} {'cache':>5} {'format':>6} {'bits/w':>6} {'us':>9} {'G w/s':>7} {'cpu G/s':>7}"
-            f" {'GB/s':>6} {'roofline':>8} {'of peak':>7} {'x 2-bit':>7}")
+    section(
+        f"formats side by side, M = 1: 2-bit ({backend}) vs 1.6-bit (five weights per byte, "
+        f"{'avx2' if backend == 'avx512vnni' else backend}); same weights, interleaved rounds",
+        f"{'N x K':>12} {'thr':>3} {'cache':>5} {'format':>6} {'bits/w':>6} {'us':>9} {'G w/s':>7} {'cpu G/s':>7}"
+        f" {'GB/s':>6} {'roofline':>8} {'of peak':>7} {'x 2-bit':>7}",
+    )
     rows = []
     for n, k, threads, cold in cases(shapes, threads_list):
         t, cpu, nbytes = bench_formats_case(kernels, n, k, threads, cold, cold_bytes, min_time, rng, backend)
         for fmt in ("2", "1.6"):
             rate = n * k / t[fmt] / 1e9
             cpu_rate = n * k / cpu[fmt] / 1e9 if cpu and cpu[fmt] > 0 else None
-            row = {"n": n, "k": k, "m": 1, "threads": threads, "cache": "cold" if cold else "hot",
-                   "format": fmt, "bits_per_weight": 8 * nbytes[fmt] / (n * k), "us": t[fmt] * 1e6,
-                   "gweights_s": rate, "gweights_s_cpu": cpu_rate, "weight_gbs": nbytes[fmt] / t[fmt] / 1e9,
-                   "roofline": (nbytes[fmt] + k + 4 * n) / t[fmt] / 1e9 / bandwidth[threads],
-                   "of_peak": (cpu_rate or rate) / (peak * threads) if peak else None,
-                   "x_2bit": t["2"] / t[fmt]}
+            row = {
+                "n": n,
+                "k": k,
+                "m": 1,
+                "threads": threads,
+                "cache": "cold" if cold else "hot",
+                "format": fmt,
+                "bits_per_weight": 8 * nbytes[fmt] / (n * k),
+                "us": t[fmt] * 1e6,
+                "gweights_s": rate,
+                "gweights_s_cpu": cpu_rate,
+                "weight_gbs": nbytes[fmt] / t[fmt] / 1e9,
+                "roofline": (nbytes[fmt] + k + 4 * n) / t[fmt] / 1e9 / bandwidth[threads],
+                "of_peak": (cpu_rate or rate) / (peak * threads) if peak else None,
+                "x_2bit": t["2"] / t[fmt],
+            }
             rows.append(row)
             op = f"{row['of_peak']:.2f}" if row["of_peak"] else "-"
             gc = f"{cpu_rate:.1f}" if cpu_rate else "-"
-            print(f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {fmt:>6} {row['bits_per_weight']:>6.3f}"
-                  f" {row['us']:>9.1f} {rate:>7.1f} {gc:>7} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
-                  f" {op:>7} {row['x_2bit']:>7.2f}", flush=True)
+            print(
+                f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {fmt:>6} {row['bits_per_weight']:>6.3f}"
+                f" {row['us']:>9.1f} {rate:>7.1f} {gc:>7} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
+                f" {op:>7} {row['x_2bit']:>7.2f}",
+                flush=True,
+            )
     return rows
 
 
@@ -324,48 +354,81 @@ def bench_order_case(bench, kernels, n, k, threads, cold, cold_bytes, min_time, 
 
 
 def run_order_section(kernels, bench, shapes, threads_list, cold_bytes, min_time, rng, bandwidth) -> list:
-    section("AVX2 GEMV row order, M = 1 (timed in C++): four rows a quarter of the range apart (four read streams, "
-            "the kernel's order) vs four adjacent rows (one stream, hardware prefetch only)",
-            f"{'N x K':>12} {'thr':>3} {'cache':>5} {'order':>8} {'us':>9} {'G w/s':>7} {'GB/s':>6}"
-            f" {'roofline':>8} {'x adjacent':>10}")
+    section(
+        "AVX2 GEMV row order, M = 1 (timed in C++): four rows a quarter of the range apart (four read streams, "
+        "the kernel's order) vs four adjacent rows (one stream, hardware prefetch only)",
+        f"{'N x K':>12} {'thr':>3} {'cache':>5} {'order':>8} {'us':>9} {'G w/s':>7} {'GB/s':>6}"
+        f" {'roofline':>8} {'x adjacent':>10}",
+    )
     rows = []
     for n, k, threads, cold in cases(shapes, threads_list):
         t, nbytes = bench_order_case(bench, kernels, n, k, threads, cold, cold_bytes, min_time, rng)
         for impl, order in (("avx2", "spread"), ("avx2-adjacent", "adjacent")):
-            row = {"n": n, "k": k, "m": 1, "threads": threads, "cache": "cold" if cold else "hot",
-                   "order": order, "us": t[impl] * 1e6, "gweights_s": n * k / t[impl] / 1e9,
-                   "weight_gbs": nbytes / t[impl] / 1e9,
-                   "roofline": (nbytes + k + 4 * n) / t[impl] / 1e9 / bandwidth[threads],
-                   "x_adjacent": t["avx2-adjacent"] / t[impl]}
+            row = {
+                "n": n,
+                "k": k,
+                "m": 1,
+                "threads": threads,
+                "cache": "cold" if cold else "hot",
+                "order": order,
+                "us": t[impl] * 1e6,
+                "gweights_s": n * k / t[impl] / 1e9,
+                "weight_gbs": nbytes / t[impl] / 1e9,
+                "roofline": (nbytes + k + 4 * n) / t[impl] / 1e9 / bandwidth[threads],
+                "x_adjacent": t["avx2-adjacent"] / t[impl],
+            }
             rows.append(row)
-            print(f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {order:>8} {row['us']:>9.1f}"
-                  f" {row['gweights_s']:>7.1f} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
-                  f" {row['x_adjacent']:>10.2f}", flush=True)
+            print(
+                f"{n:>5} x {k:<5} {threads:>3} {row['cache']:>5} {order:>8} {row['us']:>9.1f}"
+                f" {row['gweights_s']:>7.1f} {row['weight_gbs']:>6.1f} {row['roofline']:>8.2f}"
+                f" {row['x_adjacent']:>10.2f}",
+                flush=True,
+            )
     return rows
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="small shapes, M in {1, 8}, short timings (smoke test)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    ap.add_argument("--min-time", type=float, default=None,
-                    help="seconds of timing per implementation per case (default 0.3, --quick 0.02)")
-    ap.add_argument("--threads", type=int, nargs="+", default=None,
-                    help="thread counts to run (default: 1 and all cores)")
-    ap.add_argument("--backend", default=None,
-                    help="kernel to time: avx512vnni, avx2, dotprod, neon or scalar (default: the best this CPU has)")
-    ap.add_argument("--shapes", nargs="+", default=None, metavar="NxK",
-                    help="weight shapes to run, e.g. 4096x4096 11008x4096 (default: the full set)")
+    ap.add_argument(
+        "--min-time",
+        type=float,
+        default=None,
+        help="seconds of timing per implementation per case (default 0.3, --quick 0.02)",
+    )
+    ap.add_argument(
+        "--threads", type=int, nargs="+", default=None, help="thread counts to run (default: 1 and all cores)"
+    )
+    ap.add_argument(
+        "--backend",
+        default=None,
+        help="kernel to time: avx512vnni, avx2, dotprod, neon or scalar (default: the best this CPU has)",
+    )
+    ap.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        metavar="NxK",
+        help="weight shapes to run, e.g. 4096x4096 11008x4096 (default: the full set)",
+    )
     ap.add_argument("--m", type=int, nargs="+", default=None, help="activation rows M to run (default: 1 8 64)")
     ap.add_argument("--no-i2s", action="store_true", help="skip the side-by-side with the I2_S-style loop")
     ap.add_argument("--i2s-only", action="store_true", help="run only the side-by-side with the I2_S-style loop")
     ap.add_argument("--no-formats", action="store_true", help="skip the 2-bit vs 1.6-bit side by side")
-    ap.add_argument("--formats-only", action="store_true",
-                    help="run only the 2-bit vs 1.6-bit side by side (shapes: --shapes, or 2048x2048 and up)")
+    ap.add_argument(
+        "--formats-only",
+        action="store_true",
+        help="run only the 2-bit vs 1.6-bit side by side (shapes: --shapes, or 2048x2048 and up)",
+    )
     ap.add_argument("--no-order", action="store_true", help="skip the AVX2 GEMV row-order side by side")
-    ap.add_argument("--order-only", action="store_true",
-                    help="run only the AVX2 GEMV row-order side by side (shapes: --shapes, or 2048x2048 and up)")
+    ap.add_argument(
+        "--order-only",
+        action="store_true",
+        help="run only the AVX2 GEMV row-order side by side (shapes: --shapes, or 2048x2048 and up)",
+    )
     args = ap.parse_args(argv)
     try:
         return run(args)
@@ -396,14 +459,16 @@ def resolve_args(args, kernels) -> tuple:
             raise BenchError("--m values must be >= 1")
         ms = sorted(set(args.m) | {1})  # M = 1 is the reference for the x GEMV column
     if args.backend is not None and args.backend not in kernels.supported_backends():
-        raise BenchError(f"backend {args.backend!r} is not available here; choose from "
-                         f"{', '.join(kernels.supported_backends())}")
+        raise BenchError(
+            f"backend {args.backend!r} is not available here; choose from {', '.join(kernels.supported_backends())}"
+        )
     backend = args.backend or kernels.backend()
     return threads_list, min_time, shapes, ms, backend
 
 
-def run_main_table(kernels, torch, shapes, ms, threads_list, cold_bytes, min_time, rng, backend, bandwidth,
-                   peak) -> list:
+def run_main_table(
+    kernels, torch, shapes, ms, threads_list, cold_bytes, min_time, rng, backend, bandwidth, peak
+) -> list:
     """The main table: every shape, thread count, hot and cold, every M; printed row by row, returned as dicts."""
     gemv_rate = {}
     rows = []
@@ -411,8 +476,9 @@ def run_main_table(kernels, torch, shapes, ms, threads_list, cold_bytes, min_tim
         for threads in threads_list:
             for cold in (False, True):
                 for m in ms:
-                    t, cpu, nbytes = bench_case(kernels, torch, n, k, m, threads, cold, cold_bytes, min_time, rng,
-                                                backend)
+                    t, cpu, nbytes = bench_case(
+                        kernels, torch, n, k, m, threads, cold, cold_bytes, min_time, rng, backend
+                    )
                     work = m * n * k
                     rate = work / t["ours"] / 1e9
                     key = (n, k, threads, cold)
@@ -420,11 +486,19 @@ def run_main_table(kernels, torch, shapes, ms, threads_list, cold_bytes, min_tim
                         gemv_rate[key] = rate
                     bytes_per_call = nbytes + m * k + 4 * m * n
                     row = {
-                        "n": n, "k": k, "m": m, "threads": threads, "cache": "cold" if cold else "hot",
-                        "us": t["ours"] * 1e6, "gweights_s": rate,
-                        "cpu_us": cpu * 1e6 if cpu else None, "gweights_s_cpu": work / cpu / 1e9 if cpu else None,
-                        "torch_us": t["torch"] * 1e6, "portable_us": t["portable"] * 1e6,
-                        "x_torch": t["torch"] / t["ours"], "x_portable": t["portable"] / t["ours"],
+                        "n": n,
+                        "k": k,
+                        "m": m,
+                        "threads": threads,
+                        "cache": "cold" if cold else "hot",
+                        "us": t["ours"] * 1e6,
+                        "gweights_s": rate,
+                        "cpu_us": cpu * 1e6 if cpu else None,
+                        "gweights_s_cpu": work / cpu / 1e9 if cpu else None,
+                        "torch_us": t["torch"] * 1e6,
+                        "portable_us": t["portable"] * 1e6,
+                        "x_torch": t["torch"] / t["ours"],
+                        "x_portable": t["portable"] / t["ours"],
                         "x_gemv": rate / gemv_rate[key] if key in gemv_rate else None,
                         "roofline": bytes_per_call / t["ours"] / 1e9 / bandwidth[threads],
                         # per CPU second on single-threaded rows, like the ceiling (mac_peak counts thread CPU time)
@@ -434,22 +508,26 @@ def run_main_table(kernels, torch, shapes, ms, threads_list, cold_bytes, min_tim
                     xg = f"{row['x_gemv']:.2f}" if m > 1 and row["x_gemv"] else "-"
                     gc = f"{row['gweights_s_cpu']:.1f}" if row["gweights_s_cpu"] else "-"
                     op = f"{row['of_peak']:.2f}" if row["of_peak"] else "-"  # no ceiling measured: no asm build
-                    print(f"{n:>5} x {k:<5} {m:>3} {threads:>3} {row['cache']:>5} {row['us']:>10.1f}"
-                          f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
-                          f" {row['roofline']:>8.2f} {op:>7}", flush=True)
+                    print(
+                        f"{n:>5} x {k:<5} {m:>3} {threads:>3} {row['cache']:>5} {row['us']:>10.1f}"
+                        f" {rate:>7.1f} {gc:>7} {row['x_torch']:>8.1f} {row['x_portable']:>10.1f} {xg:>7}"
+                        f" {row['roofline']:>8.2f} {op:>7}",
+                        flush=True,
+                    )
     return rows
 
 
 def run(args) -> int:
-    from bitnet_ref import kernels
+    from bitnet_ref.runtime import kernels
 
     if not kernels.available():
         raise BenchError(f"the C++ extension is not available: {kernels.import_error()}")
     try:
         from bitnet_ref import _bench
     except ImportError as exc:  # _core loaded but not _bench: a partial or stale build
-        raise BenchError(f"the benchmark extension bitnet_ref._bench is not available ({exc}); "
-                         "reinstall with `pip install -e .`") from None
+        raise BenchError(
+            f"the benchmark extension bitnet_ref._bench is not available ({exc}); reinstall with `pip install -e .`"
+        ) from None
     import torch
 
     threads_list, min_time, shapes, ms, backend = resolve_args(args, kernels)
@@ -461,39 +539,59 @@ def run(args) -> int:
     # slower, never faster, so the best one is the closest to what the hardware allows.
     def measure_bandwidth():
         tries = 1 if args.quick else 3
-        return {t: max(_bench.measure_read_bandwidth(bw_bytes, t, 3 if args.quick else 5) for _ in range(tries))
-                for t in threads_list}
+        return {
+            t: max(_bench.measure_read_bandwidth(bw_bytes, t, 3 if args.quick else 5) for _ in range(tries))
+            for t in threads_list
+        }
 
     # Measured before the table (the roofline column) and again after it, to show the drift.
     bandwidth = measure_bandwidth()
-    one_stream = {t: max(_bench.measure_read_bandwidth(bw_bytes, t, 3, 1) for _ in range(1 if args.quick else 3))
-                  for t in threads_list}
+    one_stream = {
+        t: max(_bench.measure_read_bandwidth(bw_bytes, t, 3, 1) for _ in range(1 if args.quick else 3))
+        for t in threads_list
+    }
     # The multiply ceiling of one core: the best of seven short runs (4M iterations, about 10 ms each), short
     # enough to fit between preemptions. Only where the build has an assembly loop to measure it with (GCC/Clang
     # with BITNET_INLINE_ASM): elsewhere mac_peak is 0 and the column shows "-".
-    mac_peak = {b: max(_bench.mac_peak(b, 4_000_000) for _ in range(7)) / 1e9
-                for b in kernels.supported_backends() if b != "scalar"}
+    mac_peak = {
+        b: max(_bench.mac_peak(b, 4_000_000) for _ in range(7)) / 1e9
+        for b in kernels.supported_backends()
+        if b != "scalar"
+    }
     mac_peak = {b: v for b, v in mac_peak.items() if v > 0}
     peak = mac_peak.get(backend) or None
     info = {
-        "cpu": cpu_name(), "backend": backend, "supported_backends": kernels.supported_backends(),
-        "torch": torch.__version__, "llc_bytes": llc, "cold_bytes": cold_bytes,
+        "cpu": cpu_name(),
+        "backend": backend,
+        "supported_backends": kernels.supported_backends(),
+        "torch": torch.__version__,
+        "llc_bytes": llc,
+        "cold_bytes": cold_bytes,
         "read_bandwidth_gbs": {str(t): round(v, 2) for t, v in bandwidth.items()},
         "read_bandwidth_one_stream_gbs": {str(t): round(v, 2) for t, v in one_stream.items()},
         "mac_peak_gmacs_per_core": {b: round(v, 1) for b, v in mac_peak.items()},
     }
-    print(f"cpu: {info['cpu']} | backend: {info['backend']} (supported: {', '.join(info['supported_backends'])})"
-          f" | torch {info['torch']}")
-    print("measured read bandwidth (best of 3): " + ", ".join(f"{t} thread{'s' * (t > 1)}: {bw:.1f} GB/s"
-                                                 for t, bw in bandwidth.items())
-          + " (four sequential streams per thread; one stream: "
-          + ", ".join(f"{bw:.1f}" for bw in one_stream.values()) + " GB/s)")
+    print(
+        f"cpu: {info['cpu']} | backend: {info['backend']} (supported: {', '.join(info['supported_backends'])})"
+        f" | torch {info['torch']}"
+    )
+    print(
+        "measured read bandwidth (best of 3): "
+        + ", ".join(f"{t} thread{'s' * (t > 1)}: {bw:.1f} GB/s" for t, bw in bandwidth.items())
+        + " (four sequential streams per thread; one stream: "
+        + ", ".join(f"{bw:.1f}" for bw in one_stream.values())
+        + " GB/s)"
+    )
     if mac_peak:
-        print("multiply ceiling of one core (best of 7): " + ", ".join(
-            f"{b} {v:.1f} G MAC/s ({MAC_INSTRUCTION[b]})" for b, v in mac_peak.items()))
+        print(
+            "multiply ceiling of one core (best of 7): "
+            + ", ".join(f"{b} {v:.1f} G MAC/s ({MAC_INSTRUCTION[b]})" for b, v in mac_peak.items())
+        )
     print(f"cold = rotating copies totalling >= {cold_bytes >> 20} MiB (4x the {llc >> 20} MiB last-level cache)")
-    header = (f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
-              f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8} {'of peak':>7}")
+    header = (
+        f"{'N x K':>12} {'M':>3} {'thr':>3} {'cache':>5} {'us':>10} {'G w/s':>7} {'cpu G/s':>7} {'x torch':>8}"
+        f" {'x portable':>10} {'x GEMV':>7} {'roofline':>8} {'of peak':>7}"
+    )
     only_order = args.order_only and not (args.i2s_only or args.formats_only)
     only_formats = args.formats_only and not args.i2s_only
     if not (args.i2s_only or only_formats or only_order):
@@ -503,8 +601,9 @@ def run(args) -> int:
     rng = np.random.default_rng(0)
     rows = []
     if not (args.i2s_only or only_formats or only_order):
-        rows = run_main_table(kernels, torch, shapes, ms, threads_list, cold_bytes, min_time, rng, backend,
-                              bandwidth, peak)
+        rows = run_main_table(
+            kernels, torch, shapes, ms, threads_list, cold_bytes, min_time, rng, backend, bandwidth, peak
+        )
     i2s_rows = []
     if not (args.no_i2s or only_formats or only_order):
         if hasattr(_bench, "i2s_gemv") and kernels.has_avx2():
@@ -514,23 +613,35 @@ def run(args) -> int:
     format_rows = []
     fshapes = shapes if args.shapes else ([(2048, 2048)] if args.quick else FORMAT_SHAPES)
     if not (args.no_formats or args.i2s_only or only_order):
-        format_rows = run_formats_section(kernels, fshapes, threads_list, cold_bytes, min_time, rng, backend,
-                                          bandwidth, peak)
+        format_rows = run_formats_section(
+            kernels, fshapes, threads_list, cold_bytes, min_time, rng, backend, bandwidth, peak
+        )
     order_rows = []
     if not (args.no_order or args.i2s_only or only_formats):
         if backend == "avx2" and hasattr(_bench, "i2s_gemv"):
-            order_rows = run_order_section(kernels, _bench, fshapes, threads_list, cold_bytes, min_time, rng,
-                                           bandwidth)
+            order_rows = run_order_section(kernels, _bench, fshapes, threads_list, cold_bytes, min_time, rng, bandwidth)
         else:
             print(f"\nrow-order side by side skipped: it times the AVX2 backend's GEMV (this run: {backend})")
     after = measure_bandwidth()
-    print("read bandwidth after the run: " + ", ".join(f"{t}: {bw:.1f} GB/s" for t, bw in after.items())
-          + " (the roofline column used the before-run figures)")
+    print(
+        "read bandwidth after the run: "
+        + ", ".join(f"{t}: {bw:.1f} GB/s" for t, bw in after.items())
+        + " (the roofline column used the before-run figures)"
+    )
     info["read_bandwidth_after_gbs"] = {str(t): round(v, 2) for t, v in after.items()}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "rows": rows, "i2s_rows": i2s_rows, "format_rows": format_rows,
-                       "order_rows": order_rows}, f, indent=1)
+            json.dump(
+                {
+                    "info": info,
+                    "rows": rows,
+                    "i2s_rows": i2s_rows,
+                    "format_rows": format_rows,
+                    "order_rows": order_rows,
+                },
+                f,
+                indent=1,
+            )
         print(f"wrote {args.json}")
     return 0
 

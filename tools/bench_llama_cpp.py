@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from bitnet_ref import generate as G
-from bitnet_ref import gguf_file as GF
-from bitnet_ref import kernels
+from bitnet_ref.formats import gguf_file as GF
 from bitnet_ref.model import ModelConfig
-from bitnet_ref.packed import PackedWeight
+from bitnet_ref.runtime import kernels
+from bitnet_ref.runtime.packed import PackedWeight
 
 PRESETS = ("bitnet-b1.58-2b-4t", "bitnet-b1.58-large")
 SIDES = ("ours", "llama.cpp")
@@ -64,8 +64,15 @@ def random_packed(cfg: ModelConfig, seed: int = 0) -> tuple[dict, dict]:
     rng = np.random.default_rng(seed)
     valid = np.array([b for b in range(256) if all((b >> s) & 3 < 3 for s in (0, 2, 4, 6))], dtype=np.uint8)
     d, kv, h = cfg.d_model, cfg.kv_dim, cfg.ffn_hidden
-    shapes = {"q_proj": (d, d), "k_proj": (kv, d), "v_proj": (kv, d), "o_proj": (d, d),
-              "gate_proj": (h, d), "up_proj": (h, d), "down_proj": (d, h)}
+    shapes = {
+        "q_proj": (d, d),
+        "k_proj": (kv, d),
+        "v_proj": (kv, d),
+        "o_proj": (d, d),
+        "gate_proj": (h, d),
+        "up_proj": (h, d),
+        "down_proj": (d, h),
+    }
     packed = {}
     for name, _ in GF.linear_names(cfg):
         n, k = shapes[name.rsplit(".", 1)[1]]
@@ -89,7 +96,7 @@ def ours(path, threads: int, prompt: list[int], new_tokens: int, repeats: int, h
     (read_gguf(head="int8"); no float32 embedding ever exists), and each token one C++ call
     (fused.FusedTransformer), torch on one thread beside it; how="exact": the bit-exact packed path with the fp32
     tied head."""
-    from bitnet_ref.fused import FusedTransformer
+    from bitnet_ref.runtime.fused import FusedTransformer
 
     torch.set_num_threads(1 if how == "fused" else threads)
     kernels.set_threads(threads)
@@ -111,16 +118,27 @@ def ours(path, threads: int, prompt: list[int], new_tokens: int, repeats: int, h
         gen = G.generate(model, [prompt], new_tokens)
         rates.append(gen.tok_per_s)
         tokens = gen.tokens[0]
-    return {"tok_s_all": rates, "tokens": tokens, "weight_bytes": linears + head + norms + d * 4, "path": how,
-            **memory()}
+    return {
+        "tok_s_all": rates,
+        "tokens": tokens,
+        "weight_bytes": linears + head + norms + d * 4,
+        "path": how,
+        **memory(),
+    }
 
 
 def llama_cpp_side(path, threads: int, prompt: list[int], new_tokens: int, repeats: int) -> dict:
     """llama.cpp's decode of the same file through llama-cpp-python: eval one token at a time, greedy."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 8, n_batch=len(prompt),
-                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=len(prompt) + new_tokens + 8,
+        n_batch=len(prompt),
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     V = llm.n_vocab()
 
     def greedy(n):
@@ -144,14 +162,21 @@ def llama_cpp_side(path, threads: int, prompt: list[int], new_tokens: int, repea
         tokens, rate = greedy(new_tokens)
         rates.append(rate)
     weights = sum(int(t.n_bytes) for t in GF.gguf_module().GGUFReader(str(path)).tensors)
-    return {"tok_s_all": rates, "tokens": tokens, "weight_bytes": weights,
-            "system_info": llama_cpp.llama_print_system_info().decode(), **memory()}
+    return {
+        "tok_s_all": rates,
+        "tokens": tokens,
+        "weight_bytes": weights,
+        "system_info": llama_cpp.llama_print_system_info().decode(),
+        **memory(),
+    }
 
 
 def memory() -> dict:
     """Peak (VmHWM) and current (VmRSS) resident memory of this process, in MB; called with the model loaded."""
     status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
-    kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith(("VmHWM", "VmRSS"))}
+    kb = {
+        line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith(("VmHWM", "VmRSS"))
+    }
     peak = kb.get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return {"peak_rss_mb": peak / 1024, "rss_mb": kb.get("VmRSS", 0) / 1024}
 
@@ -170,8 +195,24 @@ def child(args) -> int:
 
 
 def run_child(side, path, threads, prompt, tokens, repeats, how="fused") -> dict:
-    cmd = [sys.executable, __file__, "--child", side, "--gguf", str(path), "--threads", str(threads),
-           "--tokens", str(tokens), "--repeats", str(repeats), "--prompt", json.dumps(prompt), "--ours", how]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        side,
+        "--gguf",
+        str(path),
+        "--threads",
+        str(threads),
+        "--tokens",
+        str(tokens),
+        "--repeats",
+        str(repeats),
+        "--prompt",
+        json.dumps(prompt),
+        "--ours",
+        how,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
@@ -199,29 +240,37 @@ def bandwidth(threads: int) -> float:
 
 
 def format_table(rows, meta) -> str:
-    out = [f"decode, batch 1, {meta['prompt_len']}-token prompt + {meta['tokens']} greedy tokens, median of "
-           f"{meta['repeats']}; CPU {meta['cpu']} ({os.cpu_count()} logical), our kernel {meta['kernel']}, our path "
-           f"{meta.get('ours', 'exact')}",
-           f"llama.cpp: llama-cpp-python {meta['llama_cpp']}, {meta['llama_system_info']}",
-           f"{'shape':<20}{'thr':>4} {'side':<10}{'tok/s':>8}{'ours/llama':>11}{'peak RSS MB':>13}"
-           f"{'weight MB/tok':>15}{'GB/s':>7}{'DRAM GB/s':>11}{'of DRAM':>9}"]
+    out = [
+        f"decode, batch 1, {meta['prompt_len']}-token prompt + {meta['tokens']} greedy tokens, median of "
+        f"{meta['repeats']}; CPU {meta['cpu']} ({os.cpu_count()} logical), our kernel {meta['kernel']}, our path "
+        f"{meta.get('ours', 'exact')}",
+        f"llama.cpp: llama-cpp-python {meta['llama_cpp']}, {meta['llama_system_info']}",
+        f"{'shape':<20}{'thr':>4} {'side':<10}{'tok/s':>8}{'ours/llama':>11}{'peak RSS MB':>13}"
+        f"{'weight MB/tok':>15}{'GB/s':>7}{'DRAM GB/s':>11}{'of DRAM':>9}",
+    ]
     for r in rows:
         for side in SIDES:
             s = r[side]
             ratio = f"{r['ours']['tok_s'] / r['llama.cpp']['tok_s']:.2f}x" if side == "ours" else ""
             gbs = s["weight_bytes"] * s["tok_s"] / 1e9
-            out.append(f"{r['shape']:<20}{r['threads']:>4} {side:<10}{s['tok_s']:>8.2f}{ratio:>11}"
-                       f"{s['peak_rss_mb']:>13.0f}{s['weight_bytes'] / 1e6:>15.1f}{gbs:>7.2f}{r['dram_gb_s']:>11.1f}"
-                       f"{gbs / r['dram_gb_s']:>9.0%}")
+            out.append(
+                f"{r['shape']:<20}{r['threads']:>4} {side:<10}{s['tok_s']:>8.2f}{ratio:>11}"
+                f"{s['peak_rss_mb']:>13.0f}{s['weight_bytes'] / 1e6:>15.1f}{gbs:>7.2f}{r['dram_gb_s']:>11.1f}"
+                f"{gbs / r['dram_gb_s']:>9.0%}"
+            )
         same = sum(a == b for a, b in zip(r["ours"]["tokens"], r["llama.cpp"]["tokens"]))
-        out.append(f"{'':<24}same greedy tokens at {same}/{len(r['ours']['tokens'])} positions (random weights: "
-                   "near-ties everywhere, so agreement is not the point here)")
+        out.append(
+            f"{'':<24}same greedy tokens at {same}/{len(r['ours']['tokens'])} positions (random weights: "
+            "near-ties everywhere, so agreement is not the point here)"
+        )
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="tools/bench_decode.py --vs-llama-cpp", description="Decode tokens/s, peak "
-                                "memory and weight GB/s, ours and llama.cpp's, on the same GGUF, in one run.")
+    p = argparse.ArgumentParser(
+        prog="tools/bench_decode.py --vs-llama-cpp",
+        description="Decode tokens/s, peak memory and weight GB/s, ours and llama.cpp's, on the same GGUF, in one run.",
+    )
     p.add_argument("--vs-llama-cpp", action="store_true", help=argparse.SUPPRESS)  # how bench_decode.py calls us
     p.add_argument("--presets", default=",".join(PRESETS), help=f"shapes to run (default: {','.join(PRESETS)})")
     p.add_argument("--threads", default="1,2", help="thread counts (default: 1,2)")
@@ -230,9 +279,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per child; the median is reported (default 3)")
     p.add_argument("--keep", metavar="DIR", help="write the GGUF files here and keep them (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--ours", choices=OURS_PATHS, default="fused",
-                   help="our decode path: fused (int8 tied head, one C++ call a token; the default) or exact (the "
-                        "bit-exact packed path, fp32 tied head)")
+    p.add_argument(
+        "--ours",
+        choices=OURS_PATHS,
+        default="fused",
+        help="our decode path: fused (int8 tied head, one C++ call a token; the default) or exact (the "
+        "bit-exact packed path, fp32 tied head)",
+    )
     p.add_argument("--child", choices=("ours", "llama.cpp"), help=argparse.SUPPRESS)
     p.add_argument("--gguf", help=argparse.SUPPRESS)
     p.add_argument("--prompt", help=argparse.SUPPRESS)
@@ -243,8 +296,10 @@ def main(argv=None) -> int:
     try:
         import llama_cpp
     except ImportError:
-        print('error: llama-cpp-python is not installed; CMAKE_ARGS="-DGGML_NATIVE=ON" pip install -e ".[llama]"',
-              file=sys.stderr)
+        print(
+            'error: llama-cpp-python is not installed; CMAKE_ARGS="-DGGML_NATIVE=ON" pip install -e ".[llama]"',
+            file=sys.stderr,
+        )
         return 2
     if not kernels.available():
         print(f"error: the C++ extension is not available ({kernels.import_error()})", file=sys.stderr)
@@ -276,10 +331,17 @@ def main(argv=None) -> int:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    meta = {"cpu": cpu_name(), "kernel": kernels.backend(), "llama_cpp": llama_cpp.__version__,
-            "llama_system_info": rows[0]["llama.cpp"]["system_info"].strip() if rows else "",
-            "tokens": a.tokens, "prompt_len": a.prompt_len, "repeats": a.repeats, "torch": torch.__version__,
-            "ours": a.ours}
+    meta = {
+        "cpu": cpu_name(),
+        "kernel": kernels.backend(),
+        "llama_cpp": llama_cpp.__version__,
+        "llama_system_info": rows[0]["llama.cpp"]["system_info"].strip() if rows else "",
+        "tokens": a.tokens,
+        "prompt_len": a.prompt_len,
+        "repeats": a.repeats,
+        "torch": torch.__version__,
+        "ours": a.ours,
+    }
     print(json.dumps({"meta": meta, "rows": rows}) if a.json else format_table(rows, meta))
     return 0
 

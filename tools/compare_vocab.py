@@ -30,11 +30,18 @@ def byte_report(path: Path) -> dict:
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 10 and cells[0] in ARMS + ("t3-end-only", "t5-fractions") and cells[3][:1].isdigit():
-            out[cells[0]] = {"steps": int(cells[2]), "final_val": float(cells[3]), "x_unigram": float(cells[4]),
-                             "unique": cells[5], "verdict": cells[8]}
-    for arm, pat in (("t2-lr3", r"t2-lr3 \(LR/3\): unique tokens ([^.]*)\."),
-                     ("t4-long", r"t4-long \(\d+ steps, stage 1 only\): unique tokens ([^;]*);"),
-                     ("ref", r"Greedy unique tokens: ([^.]*)\.")):
+            out[cells[0]] = {
+                "steps": int(cells[2]),
+                "final_val": float(cells[3]),
+                "x_unigram": float(cells[4]),
+                "unique": cells[5],
+                "verdict": cells[8],
+            }
+    for arm, pat in (
+        ("t2-lr3", r"t2-lr3 \(LR/3\): unique tokens ([^.]*)\."),
+        ("t4-long", r"t4-long \(\d+ steps, stage 1 only\): unique tokens ([^;]*);"),
+        ("ref", r"Greedy unique tokens: ([^.]*)\."),
+    ):
         m = re.search(pat, text)
         if m and arm in out:
             out[arm]["traj"] = [(int(s), int(u)) for u, s in re.findall(r"(\d+)@(\d+)", m.group(1))]
@@ -52,10 +59,15 @@ def bpe_runs(runs: Path) -> dict:
         if not ev:
             continue
         uni = head["unigram_entropy"]
-        out[arm] = {"steps": head["train_config"]["steps"], "final_val": ev[-1]["val_loss"], "uni": uni,
-                    "x_unigram": ev[-1]["val_loss"] / uni, "traj": [(r["step"], r["unique_tokens"]) for r in ev],
-                    "loss": [(r["step"], r["val_loss"] / uni) for r in ev],
-                    "complete": any(r.get("kind") == "end" for r in recs)}
+        out[arm] = {
+            "steps": head["train_config"]["steps"],
+            "final_val": ev[-1]["val_loss"],
+            "uni": uni,
+            "x_unigram": ev[-1]["val_loss"] / uni,
+            "traj": [(r["step"], r["unique_tokens"]) for r in ev],
+            "loss": [(r["step"], r["val_loss"] / uni) for r in ev],
+            "complete": any(r.get("kind") == "end" for r in recs),
+        }
     return out
 
 
@@ -70,22 +82,40 @@ def plot(b: dict, p: dict, out: Path, label: str) -> None:
     for arm, c in colors.items():
         if arm in b and b[arm].get("traj"):
             n = b[arm]["steps"]
-            ax1.plot([s / n for s, _ in b[arm]["traj"]], [u for _, u in b[arm]["traj"]], "--", color=c,
-                     label=f"{arm} bytes")
+            ax1.plot(
+                [s / n for s, _ in b[arm]["traj"]], [u for _, u in b[arm]["traj"]], "--", color=c, label=f"{arm} bytes"
+            )
         if arm in p:
             n = p[arm]["steps"]
-            ax1.plot([s / n for s, _ in p[arm]["traj"]], [u for _, u in p[arm]["traj"]], "o-", ms=3, color=c,
-                     label=f"{arm} {label}")
-            ax2.plot([s / n for s, _ in p[arm]["loss"]], [v for _, v in p[arm]["loss"]], "o-", ms=3, color=c,
-                     label=f"{arm} {label}")
+            ax1.plot(
+                [s / n for s, _ in p[arm]["traj"]],
+                [u for _, u in p[arm]["traj"]],
+                "o-",
+                ms=3,
+                color=c,
+                label=f"{arm} {label}",
+            )
+            ax2.plot(
+                [s / n for s, _ in p[arm]["loss"]],
+                [v for _, v in p[arm]["loss"]],
+                "o-",
+                ms=3,
+                color=c,
+                label=f"{arm} {label}",
+            )
     for arm, c in colors.items():  # bytes: only the final val loss is in the report
         if arm in b:
             ax2.plot([1.0], [b[arm]["x_unigram"]], "x", ms=8, color=c)
-    ax1.set(xlabel="fraction of the run", ylabel="greedy unique tokens", yscale="symlog",
-            title="unique tokens: bytes (dashed) vs " + label)
+    ax1.set(
+        xlabel="fraction of the run",
+        ylabel="greedy unique tokens",
+        yscale="symlog",
+        title="unique tokens: bytes (dashed) vs " + label,
+    )
     ax2.axhline(1.0, color="k", lw=0.8, ls=":")
-    ax2.set(xlabel="fraction of the run", ylabel="val loss / unigram entropy",
-            title=f"val loss ({label}); x = bytes, final")
+    ax2.set(
+        xlabel="fraction of the run", ylabel="val loss / unigram entropy", title=f"val loss ({label}); x = bytes, final"
+    )
     ax1.legend(fontsize=6)
     ax2.legend(fontsize=6)
     fig.tight_layout()
@@ -94,18 +124,24 @@ def plot(b: dict, p: dict, out: Path, label: str) -> None:
 
 
 def table(b: dict, p: dict, label: str) -> str:
-    rows = [f"| arm | bytes: steps, final val (x unigram) | bytes: unique min@step -> final | {label}: steps, final "
-            f"val (x unigram) | {label}: unique min@step -> final |", "|---|---|---|---|---|"]
+    rows = [
+        f"| arm | bytes: steps, final val (x unigram) | bytes: unique min@step -> final | {label}: steps, final "
+        f"val (x unigram) | {label}: unique min@step -> final |",
+        "|---|---|---|---|---|",
+    ]
     for arm in ARMS + ("t3-end-only", "t5-fractions"):
         bb, pp = b.get(arm), p.get(arm)
         if pp:
             after = [t for t in pp["traj"] if t[0] > 0]
             lo = min(after, key=lambda t: (t[1], t[0])) if after else None
             pu = (f"{lo[1]}@{lo[0]} -> " if lo else "") + str(pp["traj"][-1][1])
-        rows.append(f"| {arm} | " + (f"{bb['steps']}, {bb['final_val']:.3f} ({bb['x_unigram']:.2f}) | {bb['unique']}"
-                                      if bb else "- | -") + " | "
-                    + (f"{pp['steps']}, {pp['final_val']:.3f} ({pp['x_unigram']:.2f}) | {pu}" if pp else "not run | -")
-                    + " |")
+        rows.append(
+            f"| {arm} | "
+            + (f"{bb['steps']}, {bb['final_val']:.3f} ({bb['x_unigram']:.2f}) | {bb['unique']}" if bb else "- | -")
+            + " | "
+            + (f"{pp['steps']}, {pp['final_val']:.3f} ({pp['x_unigram']:.2f}) | {pu}" if pp else "not run | -")
+            + " |"
+        )
     return "\n".join(rows)
 
 

@@ -42,11 +42,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from bitnet_ref import doctor as D
-from bitnet_ref import metrics as M
-from bitnet_ref.model import ABLATIONS
-
 from experiments_report import Arm, summarize, write_report  # beside this file: the script's own directory
+
+from bitnet_ref import metrics_log as M
+from bitnet_ref.doctor import verdicts as D
+from bitnet_ref.doctor.run import load_run
+from bitnet_ref.model import ABLATIONS
 
 MODES = {  # preset, steps N, batch, evaluations per N steps in dense arms, probe prompts, probe tokens
     "quick": dict(preset="tiny", steps=80, batch=16, evals=8, prompts=2, tokens=24, eval_batches=2),
@@ -56,12 +57,35 @@ MODES = {  # preset, steps N, batch, evaluations per N steps in dense arms, prob
 
 def make_arms(m: dict) -> list[Arm]:
     n, e = m["steps"], max(1, m["steps"] // m["evals"])
-    model = [a for k in ("d_model", "n_layers", "n_heads", "ffn_hidden", "context") if m.get(k)
-             for a in (f"--{k.replace('_', '-')}", str(m[k]))]
+    model = [
+        a
+        for k in ("d_model", "n_layers", "n_heads", "ffn_hidden", "context")
+        if m.get(k)
+        for a in (f"--{k.replace('_', '-')}", str(m[k]))
+    ]
     data = [a for k in ("data", "tokenizer") if m.get(k) for a in (f"--{k}", str(m[k]))]
-    common = ["--preset", m["preset"], *model, *data, "--batch-size", str(m["batch"]), "--warmup", str(max(1, n // 10)),
-              "--eval-batches", str(m["eval_batches"]), "--probe-prompts", str(m["prompts"]),
-              "--probe-tokens", str(m["tokens"]), "--seed", "1337", "--threads", "1", "--log-every", str(max(1, n // 4))]
+    common = [
+        "--preset",
+        m["preset"],
+        *model,
+        *data,
+        "--batch-size",
+        str(m["batch"]),
+        "--warmup",
+        str(max(1, n // 10)),
+        "--eval-batches",
+        str(m["eval_batches"]),
+        "--probe-prompts",
+        str(m["prompts"]),
+        "--probe-tokens",
+        str(m["tokens"]),
+        "--seed",
+        "1337",
+        "--threads",
+        "1",
+        "--log-every",
+        str(max(1, n // 4)),
+    ]
     dense = ["--eval-every", str(e)]
 
     def arm(name, title, extra, steps=n):
@@ -72,10 +96,16 @@ def make_arms(m: dict) -> list[Arm]:
         arm("ref", "reference recipe (two-stage), dense evals", dense),
         arm("fp", "full-precision baseline (two-stage)", ["--quant", "none", *dense]),
         arm("t1-stage1", "Test 1: stage 1 only, standard LR 1.5e-3", ["--stage1-only", *dense]),
-        arm("t2-lr3", "Test 2: stage 1 only, LR / 3 (5e-4)", ["--stage1-only", "--lr", "5e-4", "--lr2", "3.3e-4", *dense]),
+        arm(
+            "t2-lr3",
+            "Test 2: stage 1 only, LR / 3 (5e-4)",
+            ["--stage1-only", "--lr", "5e-4", "--lr2", "3.3e-4", *dense],
+        ),
         arm("t3-end-only", "Test 3: reference recipe, eval at the end only", ["--eval-at", "end"]),
         arm("t5-fractions", "Test 5: reference recipe, eval at 0/25/50/75/100%", ["--eval-at", "0,0.25,0.5,0.75,1"]),
-        arm("t1-half", "stage 1 only, standard LR, half as long", ["--stage1-only", "--eval-at", "end"], max(1, n // 2)),
+        arm(
+            "t1-half", "stage 1 only, standard LR, half as long", ["--stage1-only", "--eval-at", "end"], max(1, n // 2)
+        ),
     ]
     arms += [arm(f"abl-{a}", f"ablation {a}", ["--ablate", a, *dense]) for a in ABLATIONS]
     return arms
@@ -97,7 +127,7 @@ def run_arm(name: str, args: list, out: str, fresh: bool) -> dict:
     """Train one arm in this (worker) process with the trainer's own CLI entry point; stdout to train.log."""
     import contextlib
 
-    from bitnet_ref import train
+    from bitnet_ref.train import loop as train
 
     d = Path(out) / "arms" / name
     cmd = args + ["--out", str(d)]
@@ -117,21 +147,25 @@ def run_arm(name: str, args: list, out: str, fresh: bool) -> dict:
     return {"rc": rc, "seconds": time.time() - t0, "reused": False}
 
 
-
-
 # ---------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Reproduce the seed's Tests 1-5, the FP baseline and every ablation; "
-                                 "write OUT/report.md (and plots with matplotlib).")
+    ap = argparse.ArgumentParser(
+        description="Reproduce the seed's Tests 1-5, the FP baseline and every ablation; "
+        "write OUT/report.md (and plots with matplotlib)."
+    )
     ap.add_argument("--out", required=True, help="output directory (arms/, plots/, report.md)")
     ap.add_argument("--quick", action="store_true", help="tiny preset, short runs: a minute or two")
     ap.add_argument("--jobs", type=int, default=2, help="arms trained at once, one thread each (default 2)")
     ap.add_argument("--steps", type=int, help="override the mode's base step count N")
     ap.add_argument("--preset", help="override the mode's model preset")
-    ap.add_argument("--tokenizer", metavar="bpe:N|PATH", help="train every arm on BPE tokens (the trainer's "
-                    "--tokenizer); the tokenizer is trained once, before the arms start")
+    ap.add_argument(
+        "--tokenizer",
+        metavar="bpe:N|PATH",
+        help="train every arm on BPE tokens (the trainer's "
+        "--tokenizer); the tokenizer is trained once, before the arms start",
+    )
     ap.add_argument("--data", metavar="PATH", help="the trainer's --data (default: the Python stdlib source)")
     for k in ("d-model", "n-layers", "n-heads", "ffn-hidden", "context", "batch"):
         ap.add_argument(f"--{k}", type=int, help=f"override the mode's {k.replace('-', ' ')}")
@@ -157,37 +191,47 @@ def main(argv=None) -> int:
         keep = set(args.only.split(",")) | {"ref", "fp"}
         unknown = keep - {a.name for a in arms}
         if unknown:
-            sys.exit(f"error: unknown arm(s) {', '.join(sorted(unknown))}; choose from {', '.join(a.name for a in arms)}")
+            sys.exit(
+                f"error: unknown arm(s) {', '.join(sorted(unknown))}; choose from {', '.join(a.name for a in arms)}"
+            )
         arms = [a for a in arms if a.name in keep]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.tokenizer:  # once here, so the workers find it in the cache instead of all training it at once
-        from bitnet_ref.data import DataError, load_corpus
-        from bitnet_ref.tokenizer import tokenize_corpus
+        from bitnet_ref.data.corpus import DataError, load_corpus
+        from bitnet_ref.data.tokenizer import tokenize_corpus
 
         try:
             corpus = tokenize_corpus(load_corpus(args.data), args.tokenizer)
         except DataError as e:
             sys.exit(f"error: {e}")
         print(f"tokenizer: {corpus.source} ({time.time() - t0:.0f}s)", flush=True)
-    print(f"{len(arms)} arms, {args.jobs} at a time, into {out} ({mode_name} mode: {mode['preset']}, N={mode['steps']})", flush=True)
+    print(
+        f"{len(arms)} arms, {args.jobs} at a time, into {out} ({mode_name} mode: {mode['preset']}, N={mode['steps']})",
+        flush=True,
+    )
 
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [(a, pool.submit(run_arm, a.name, a.args, str(out), args.fresh)) for a in arms]
         for a, fut in futures:
             a.result.update(fut.result())
             r = a.result
-            print(f"  {a.name:14s} exit {r['rc']} " + ("(reused)" if r["reused"] else f"{r['seconds']:.0f}s"), flush=True)
+            print(
+                f"  {a.name:14s} exit {r['rc']} " + ("(reused)" if r["reused"] else f"{r['seconds']:.0f}s"), flush=True
+            )
     fp_dir = out / "arms" / "fp"
-    base = D.load_run(fp_dir) if by_ok(arms, "fp") else None
+    base = load_run(fp_dir) if by_ok(arms, "fp") else None
     for a in arms:
         if a.result["rc"] != 0:
             continue
-        run = D.load_run(out / "arms" / a.name)
-        uni = D._baselines(run)[1] or float("nan")
-        a.result.update(run=run, summary=summarize(a, run, uni),
-                        diagnosis=D.diagnose(run, base if a.name != "fp" else None).as_dict())
+        run = load_run(out / "arms" / a.name)
+        uni = D.baselines(run)[1] or float("nan")
+        a.result.update(
+            run=run,
+            summary=summarize(a, run, uni),
+            diagnosis=D.diagnose(run, base if a.name != "fp" else None).as_dict(),
+        )
     if not by_ok(arms, "ref"):
         print("error: the reference arm failed; see arms/ref/train.log", file=sys.stderr)
         return 1

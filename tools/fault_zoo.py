@@ -30,12 +30,50 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FULL = ["--preset", "tiny", "--steps", "300", "--batch-size", "16", "--warmup", "30", "--eval-every", "50",
-        "--eval-batches", "2", "--probe-prompts", "4", "--probe-tokens", "24", "--threads", "1",
-        "--log-every", "1000000"]
-QUICK = ["--preset", "tiny", "--steps", "100", "--batch-size", "16", "--warmup", "10", "--eval-every", "25",
-         "--eval-batches", "2", "--probe-prompts", "4", "--probe-tokens", "16", "--threads", "1",
-         "--log-every", "1000000"]
+FULL = [
+    "--preset",
+    "tiny",
+    "--steps",
+    "300",
+    "--batch-size",
+    "16",
+    "--warmup",
+    "30",
+    "--eval-every",
+    "50",
+    "--eval-batches",
+    "2",
+    "--probe-prompts",
+    "4",
+    "--probe-tokens",
+    "24",
+    "--threads",
+    "1",
+    "--log-every",
+    "1000000",
+]
+QUICK = [
+    "--preset",
+    "tiny",
+    "--steps",
+    "100",
+    "--batch-size",
+    "16",
+    "--warmup",
+    "10",
+    "--eval-every",
+    "25",
+    "--eval-batches",
+    "2",
+    "--probe-prompts",
+    "4",
+    "--probe-tokens",
+    "16",
+    "--threads",
+    "1",
+    "--log-every",
+    "1000000",
+]
 TEXT_DATA = "/usr/share/common-licenses"  # English licence texts: a second, non-code dataset where present
 
 
@@ -72,13 +110,21 @@ CASES = [
     Case("stale-export", "held-out", "stale_export", expect=("log_mismatch",), quick=True),
     Case("bf16-master", "held-out", "bf16_master", expect=("low_precision",)),
 ]
-FAULT_TEXT = {None: "none (healthy)", "targets_eq_inputs": "data: targets = inputs",
-              "shuffled_targets": "data: targets of another row", "latent_dropped": "optimizer: latent weights "
-              "not in AdamW", "latent_zero_lr": "optimizer: LR 0 on latent weights", "dead_grad": "gradient: 71% "
-              "of latent grads zeroed", "detached_norm": "gradient: RMSNorm gains detached", "detached_layer":
-              "gradient: one BitLinear detached", "logits_bf16": "numerics: logits rounded to bf16", "logits_fp8":
-              "numerics: logits rounded to fp8 e4m3", "bf16_master": "numerics: bf16 master weights",
-              "eval_no_shift": "eval: val targets = inputs", "stale_export": "export: ckpt holds fresh weights"}
+FAULT_TEXT = {
+    None: "none (healthy)",
+    "targets_eq_inputs": "data: targets = inputs",
+    "shuffled_targets": "data: targets of another row",
+    "latent_dropped": "optimizer: latent weights not in AdamW",
+    "latent_zero_lr": "optimizer: LR 0 on latent weights",
+    "dead_grad": "gradient: 71% of latent grads zeroed",
+    "detached_norm": "gradient: RMSNorm gains detached",
+    "detached_layer": "gradient: one BitLinear detached",
+    "logits_bf16": "numerics: logits rounded to bf16",
+    "logits_fp8": "numerics: logits rounded to fp8 e4m3",
+    "bf16_master": "numerics: bf16 master weights",
+    "eval_no_shift": "eval: val targets = inputs",
+    "stale_export": "export: ckpt holds fresh weights",
+}
 
 
 # ---------------------------------------------------------------------------- the faults (patched in the worker)
@@ -89,7 +135,9 @@ def _patch(fault: str) -> None:
     import torch
     import torch.nn.functional as F
 
-    from bitnet_ref import faults, model, train
+    from bitnet_ref import model
+    from bitnet_ref.train import faults
+    from bitnet_ref.train import loop as train
 
     get_batch, install, forward = train.get_batch, faults.install, model.Transformer.forward
 
@@ -102,6 +150,7 @@ def _patch(fault: str) -> None:
             logits = logits + (cast(logits) - logits).detach()  # rounded values, straight-through gradient
             loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
             return logits, loss
+
         model.Transformer.forward = fwd
 
     if fault == "targets_eq_inputs":
@@ -117,6 +166,7 @@ def _patch(fault: str) -> None:
                 return evaluate(self, step)
             finally:
                 train.get_batch = get_batch
+
         train.TrainingRun.evaluate = ev
     elif fault in ("latent_dropped", "latent_zero_lr"):
         groups = train.param_groups
@@ -125,9 +175,16 @@ def _patch(fault: str) -> None:
             latent = {id(b.weight) for _, b in m.bitlinears()}
             out = [{**g, "params": [p for p in g["params"] if id(p) not in latent]} for g in groups(m)]
             if fault == "latent_zero_lr":
-                out.append({"params": [b.weight for _, b in m.bitlinears()], "weight_decay": 0.0, "decay": True,
-                            "frozen": True})
+                out.append(
+                    {
+                        "params": [b.weight for _, b in m.bitlinears()],
+                        "weight_decay": 0.0,
+                        "decay": True,
+                        "frozen": True,
+                    }
+                )
             return out
+
         train.param_groups = pg
         step = torch.optim.AdamW.step
 
@@ -136,17 +193,21 @@ def _patch(fault: str) -> None:
                 if g.get("frozen"):
                     g["lr"] = 0.0
             return step(self, *a, **k)
+
         torch.optim.AdamW.step = zero_lr_step
     elif fault == "dead_grad":
+
         def dead(m):
             gen = torch.Generator().manual_seed(0)
             for _, b in m.bitlinears():
                 keep = (torch.rand(b.weight.shape, generator=gen) >= 0.71).to(b.weight.dtype)
                 b.weight.register_hook(lambda g, k=keep: g * k.to(g.device))
+
         hook_model(dead)
     elif fault == "detached_norm":
-        model.RMSNorm.forward = lambda self, x: (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-                                                 * self.weight.detach())
+        model.RMSNorm.forward = lambda self, x: (
+            x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.detach()
+        )
     elif fault == "detached_layer":
         hook_model(lambda m: m.blocks[0].attn.o_proj.weight.register_hook(torch.zeros_like))
     elif fault == "logits_bf16":
@@ -159,6 +220,7 @@ def _patch(fault: str) -> None:
         def bf16_init(self, cfg):
             init(self, cfg)
             self.to(torch.bfloat16)
+
         model.Transformer.__init__ = bf16_init
     elif fault == "stale_export":
         save = train.save_checkpoint
@@ -166,6 +228,7 @@ def _patch(fault: str) -> None:
         def stale(path, payload):
             fresh = model.Transformer(model.ModelConfig.from_dict(payload["config"]))
             return save(path, {**payload, "model": fresh.state_dict()})
+
         train.save_checkpoint = stale
     else:
         raise ValueError(f"unknown fault {fault!r}")
@@ -178,9 +241,11 @@ def run_case(case: Case, argv: list, out: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from bitnet_ref import doctor, train
-    from bitnet_ref.causes import last_with, layer_values, median
-    from bitnet_ref.doctor_checks import checkpoint_check
+    from bitnet_ref.doctor import verdicts as doctor
+    from bitnet_ref.doctor.causes import last_with, layer_values, median
+    from bitnet_ref.doctor.measure import checkpoint_check
+    from bitnet_ref.doctor.run import load_run
+    from bitnet_ref.train import loop as train
 
     if case.fault:
         _patch(case.fault)
@@ -188,7 +253,7 @@ def run_case(case: Case, argv: list, out: str) -> dict:
         code = train.main(argv + case.extra + ["--out", out])
     if code != 0:
         return {"case": case.name, "verdict": f"train exit {code}", "cause": None, "stats": {}}
-    run = doctor.load_run(out)
+    run = load_run(out)
     d = doctor.diagnose(run)
     rec, last = last_with(run.evals, "grad_norm") or {}, run.evals[-1]
     chk = checkpoint_check(run)
@@ -198,16 +263,24 @@ def run_case(case: Case, argv: list, out: str) -> dict:
     stats = {  # what each rule reads, on this run
         "log_gap": abs(chk["measured"] - chk["logged"]) if None not in (chk["measured"], chk["logged"]) else None,
         "loss_over_unigram": run.val_losses[-1][1] / run.header["unigram_entropy"],
-        "min_sample_top_share": last.get("min_sample_top_share"), "top1": last.get("health_top1"),
+        "min_sample_top_share": last.get("min_sample_top_share"),
+        "top1": last.get("health_top1"),
         "median_layer_grad_zero": median(layer_values(rec, "grad_zero")),
         "min_group_grad_norm": min((v.get("grad_norm") or 0 for v in groups.values()), default=None),
         "group_ratio_spread": max(ratios) / min(ratios) if ratios else None,
         "layer_ratio_spread": (sorted(lratios)[len(lratios) // 2] / min(lratios)) if lratios else None,
-        "float_grid": last.get("health_logit_float_grid"), "lattice": last.get("health_logit_lattice"),
+        "float_grid": last.get("health_logit_float_grid"),
+        "lattice": last.get("health_logit_lattice"),
         "non_fp32_tensors": len(chk["dtypes"]),
     }
-    return {"case": case.name, "verdict": d.verdict, "cause": d.cause, "stats": stats,
-            "evidence": d.evidence[:3], "findings": [f["cause"] for f in d.findings]}
+    return {
+        "case": case.name,
+        "verdict": d.verdict,
+        "cause": d.cause,
+        "stats": stats,
+        "evidence": d.evidence[:3],
+        "findings": [f["cause"] for f in d.findings],
+    }
 
 
 # ---------------------------------------------------------------------------- the report
@@ -220,11 +293,16 @@ def right(case: Case, r: dict) -> bool:
 
 
 MARGINS = [  # (statistic, threshold name, "max" if healthy must stay below, "min" if above)
-    ("log_gap", "LOG_MISMATCH_NATS", "max"), ("loss_over_unigram", "IMPLAUSIBLE_LOSS_FRAC", "min"),
-    ("min_sample_top_share", "COLLAPSE_TOP_SHARE", "max"), ("top1", "COLLAPSE_TOP1", "max"),
-    ("median_layer_grad_zero", "DEAD_GRAD_FRAC", "max"), ("min_group_grad_norm", "GRAD_ZERO", "min"),
-    ("group_ratio_spread", "UPDATE_GAP", "max"), ("layer_ratio_spread", "UPDATE_GAP", "max"),
-    ("float_grid", "FLOAT_GRID_MIN", "max"), ("lattice", "LATTICE_MIN", "max"),
+    ("log_gap", "LOG_MISMATCH_NATS", "max"),
+    ("loss_over_unigram", "IMPLAUSIBLE_LOSS_FRAC", "min"),
+    ("min_sample_top_share", "COLLAPSE_TOP_SHARE", "max"),
+    ("top1", "COLLAPSE_TOP1", "max"),
+    ("median_layer_grad_zero", "DEAD_GRAD_FRAC", "max"),
+    ("min_group_grad_norm", "GRAD_ZERO", "min"),
+    ("group_ratio_spread", "UPDATE_GAP", "max"),
+    ("layer_ratio_spread", "UPDATE_GAP", "max"),
+    ("float_grid", "FLOAT_GRID_MIN", "max"),
+    ("lattice", "LATTICE_MIN", "max"),
 ]
 
 
@@ -237,13 +315,18 @@ def report(cases: list, results: dict) -> tuple[str, bool]:
         if not sel:
             continue
         good = sum(right(c, results[c.name]) for c in sel)
-        rows += ["", f"{split}: {good}/{len(sel)} right",
-                 f"{'case':18} {'true fault':40} {'verdict':20} {'cause':15} ok"]
+        rows += [
+            "",
+            f"{split}: {good}/{len(sel)} right",
+            f"{'case':18} {'true fault':40} {'verdict':20} {'cause':15} ok",
+        ]
         for c in sel:
             r = results[c.name]
             ok &= right(c, r)
-            rows.append(f"{c.name:18} {FAULT_TEXT[c.fault]:40} {r['verdict']:20} {str(r['cause']):15} "
-                        f"{'yes' if right(c, r) else 'NO'}")
+            rows.append(
+                f"{c.name:18} {FAULT_TEXT[c.fault]:40} {r['verdict']:20} {str(r['cause']):15} "
+                f"{'yes' if right(c, r) else 'NO'}"
+            )
     healthy = [results[c.name]["stats"] for c in cases if c.fault is None]
     rows += ["", f"margins over the {len(healthy)} healthy runs (worst healthy value vs threshold)"]
     for key, name, side in MARGINS:
@@ -256,22 +339,30 @@ def report(cases: list, results: dict) -> tuple[str, bool]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Run the doctor on injected faults and a healthy grid; print the "
-                                 "confusion table and each rule's margin.")
+    ap = argparse.ArgumentParser(
+        description="Run the doctor on injected faults and a healthy grid; print the "
+        "confusion table and each rule's margin."
+    )
     ap.add_argument("--quick", action="store_true", help="100-step runs of the CI subset (a few minutes)")
     ap.add_argument("--split", choices=["tuned", "held-out", "all"], default="all", help="which cases (default all)")
     ap.add_argument("--workers", type=int, default=2, help="runs at a time, one torch thread each (default 2)")
     ap.add_argument("--out", help="keep the run directories here (default: a temporary directory)")
     ap.add_argument("--json", help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
-    cases = [c for c in CASES if (args.split == "all" or c.split == args.split) and (c.quick or not args.quick)
-             and (c.name != "text-data" or Path(TEXT_DATA).is_dir())]
+    cases = [
+        c
+        for c in CASES
+        if (args.split == "all" or c.split == args.split)
+        and (c.quick or not args.quick)
+        and (c.name != "text-data" or Path(TEXT_DATA).is_dir())
+    ]
     base = FULL if not args.quick else QUICK
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
-                                 max_tasks_per_child=1) as pool:
+        with ProcessPoolExecutor(
+            args.workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1
+        ) as pool:
             futs = {c.name: pool.submit(run_case, c, base, str(root / c.name.replace("%", "pc"))) for c in cases}
             results = {k: f.result() for k, f in futs.items()}
     text, ok = report(cases, results)

@@ -11,9 +11,9 @@ changes that. Writes ``OUT/arms/<arm>/metrics.jsonl`` (+ ckpt.pt, train.log), ``
 ``OUT/summary.json`` (per arm: final val loss, unique tokens, doctor verdict, seconds, device name).
 
 The model (``SEED``): d_model 576, 12 layers, 9 heads, FFN 1536, context 256, untied embeddings:
-47.8 M BitLinear weights + 57.9 M in the embedding, the head and the norms = 105.7 M parameters (the seed's own model was
-256 wide with the same GPT-2-sized vocabulary; the 100 M size is the issue's). ``--dry-run`` swaps in a tiny
-model, ``bpe:300`` and 8 steps on the CPU, to test the pipeline without a GPU; its numbers mean nothing.
+47.8 M BitLinear weights + 57.9 M in the embedding, the head and the norms = 105.7 M parameters (the debugging
+report's own model was 256 wide with the same GPT-2-sized vocabulary; the 100 M size is the issue's). ``--dry-run``
+swaps in a tiny model, ``bpe:300`` and 8 steps on the CPU, to test the pipeline without a GPU; its numbers mean nothing.
 
 What this is not: a benchmark, or a run of every arm (tools/experiments.py --tokenizer bpe:50257 does those at
 CPU scale).
@@ -30,23 +30,38 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-SEED = dict(d_model=576, n_layers=12, n_heads=9, ffn_hidden=1536, context=256, batch=32, steps=3000,
-            tokenizer="bpe:50257")
+SEED = dict(
+    d_model=576, n_layers=12, n_heads=9, ffn_hidden=1536, context=256, batch=32, steps=3000, tokenizer="bpe:50257"
+)
 DRY = dict(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64, context=64, batch=4, steps=8, tokenizer="bpe:300")
 
 
 def argv_for(size: dict, out: Path, data: str | None) -> list[str]:
     """tools/experiments.py arguments for the three arms at ``size``."""
-    args = ["--out", str(out), "--only", "t1-stage1", "--jobs", "3", "--tokenizer", size["tokenizer"],
-            "--steps", str(size["steps"]), "--batch", str(size["batch"])]
+    args = [
+        "--out",
+        str(out),
+        "--only",
+        "t1-stage1",
+        "--jobs",
+        "3",
+        "--tokenizer",
+        size["tokenizer"],
+        "--steps",
+        str(size["steps"]),
+        "--batch",
+        str(size["batch"]),
+    ]
     for k in ("d_model", "n_layers", "n_heads", "ffn_hidden", "context"):
         args += [f"--{k.replace('_', '-')}", str(size[k])]
     return args + (["--data", data] if data else [])
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="ref, t1-stage1 and fp at the seed's vocabulary (50257) and ~100 M "
-                                 "parameters on CUDA; metrics under --out.")
+    ap = argparse.ArgumentParser(
+        description="ref, t1-stage1 and fp at the seed's vocabulary (50257) and ~100 M "
+        "parameters on CUDA; metrics under --out."
+    )
     ap.add_argument("--out", required=True, help="output directory (the device machine's $OUT)")
     ap.add_argument("--steps", type=int, help=f"steps per arm (default {SEED['steps']})")
     ap.add_argument("--data", help="training text (default: this Python's stdlib source)")
@@ -67,8 +82,14 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     rc = experiments.main(argv_for(size, out, args.data) + (["--no-plots"] if args.dry_run else []))
-    summary = {"device": device, "torch": torch.__version__, "size": size, "seconds": time.time() - t0,
-               "exit": rc, "arms": {}}
+    summary = {
+        "device": device,
+        "torch": torch.__version__,
+        "size": size,
+        "seconds": time.time() - t0,
+        "exit": rc,
+        "arms": {},
+    }
     for arm in ("ref", "fp", "t1-stage1"):
         f = out / "arms" / arm / "metrics.jsonl"
         if not f.is_file():
@@ -77,8 +98,11 @@ def main(argv=None) -> int:
         evals = [r for r in recs if r.get("kind") == "eval"]
         end = next((r for r in recs if r.get("kind") == "end"), {})
         summary["arms"][arm] = {
-            "params": recs[0].get("params"), "ln_vocab": recs[0].get("ln_vocab"),
-            "unigram_entropy": recs[0].get("unigram_entropy"), "wall_s": end.get("wall_s"), "tok_s": end.get("tok_s"),
+            "params": recs[0].get("params"),
+            "ln_vocab": recs[0].get("ln_vocab"),
+            "unigram_entropy": recs[0].get("unigram_entropy"),
+            "wall_s": end.get("wall_s"),
+            "tok_s": end.get("tok_s"),
             "evals": [(r["step"], r.get("val_loss"), r.get("unique_tokens")) for r in evals],
         }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -40,12 +40,37 @@ import tempfile
 import time
 from pathlib import Path
 
-from bitnet_ref import metrics as M
+from bitnet_ref import metrics_log as M
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_ARGS = ["--preset", "tiny", "--steps", "12", "--batch-size", "4", "--warmup", "2", "--eval-at", "0,0.5,1",
-              "--eval-batches", "1", "--probe-prompts", "2", "--probe-prompt-len", "8", "--probe-tokens", "4",
-              "--save-every", "2", "--threads", "1", "--device", "cpu", "--log-every", "1000"]
+TRAIN_ARGS = [
+    "--preset",
+    "tiny",
+    "--steps",
+    "12",
+    "--batch-size",
+    "4",
+    "--warmup",
+    "2",
+    "--eval-at",
+    "0,0.5,1",
+    "--eval-batches",
+    "1",
+    "--probe-prompts",
+    "2",
+    "--probe-prompt-len",
+    "8",
+    "--probe-tokens",
+    "4",
+    "--save-every",
+    "2",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--log-every",
+    "1000",
+]
 VISIBLE = {"ckpt.pt", "metrics.jsonl"}
 
 
@@ -68,10 +93,10 @@ def _child(slow_save: float, argv: list[str]) -> int:
         f.write(data[: len(data) // 2])
         f.flush()
         time.sleep(slow_save)
-        f.write(data[len(data) // 2:])
+        f.write(data[len(data) // 2 :])
 
     torch.save = slow
-    from bitnet_ref.train import main
+    from bitnet_ref.train.loop import main
 
     return main(argv)
 
@@ -138,8 +163,18 @@ def _launch(cmd, env):
 
 def run_episode(d: Path, data: str, kills: int, rng: random.Random, slow_save: float, stats: dict, log) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, str(Path(__file__).resolve()), "--child", str(slow_save), "--", *TRAIN_ARGS,
-            "--data", data, "--out", str(d)]
+    base = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        str(slow_save),
+        "--",
+        *TRAIN_ARGS,
+        "--data",
+        data,
+        "--out",
+        str(d),
+    ]
     last_step = 0
     for i in range(kills):
         if d.exists() and not (d / "ckpt.pt").exists():
@@ -175,8 +210,10 @@ def run_episode(d: Path, data: str, kills: int, rng: random.Random, slow_save: f
         stats["tmp_left"] += bool(seen["tmp"])
         stats["torn_last_line"] += seen["torn"]
         last_step = seen["ckpt_step"] or last_step
-        log(f"kill {i + 1}/{kills}: {'in save' if in_save else 'random'}, ckpt step {seen['ckpt_step']}, "
-            f"temp file left {bool(seen['tmp'])}, torn last line {seen['torn']}")
+        log(
+            f"kill {i + 1}/{kills}: {'in save' if in_save else 'random'}, ckpt step {seen['ckpt_step']}, "
+            f"temp file left {bool(seen['tmp'])}, torn last line {seen['torn']}"
+        )
         if seen["ckpt_step"] == 12:
             break  # the run completed before the kill landed
     # finish the run
@@ -184,8 +221,9 @@ def run_episode(d: Path, data: str, kills: int, rng: random.Random, slow_save: f
         shutil.rmtree(d)
     resume = (d / "ckpt.pt").exists() and last_step < 12
     if not (d / "ckpt.pt").exists() or resume:
-        r = subprocess.run(base + (["--resume"] if resume else []), cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
+        r = subprocess.run(
+            base + (["--resume"] if resume else []), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
         if r.returncode != 0:
             raise KillLoopFailure(f"final {'resume' if resume else 'run'} exited {r.returncode}: {r.stderr[-500:]}")
 
@@ -218,9 +256,8 @@ def compare(a: Path, b: Path) -> None:
         raise KillLoopFailure(f"temp files left after a completed run: {left}")
 
 
-def kill_loop(work: Path, kills: int, seed: int, slow_save: float = 0.2, data: str | None = None,
-              log=print) -> dict:
-    from bitnet_ref.train import main
+def kill_loop(work: Path, kills: int, seed: int, slow_save: float = 0.2, data: str | None = None, log=print) -> dict:
+    from bitnet_ref.train.loop import main
 
     work.mkdir(parents=True, exist_ok=True)
     data = data or default_data(work)
@@ -228,8 +265,14 @@ def kill_loop(work: Path, kills: int, seed: int, slow_save: float = 0.2, data: s
     if main([*TRAIN_ARGS, "--data", data, "--out", str(ref)]) != 0:
         raise KillLoopFailure("the straight reference run failed")
     rng = random.Random(seed)
-    stats = {"kills": 0, "finished_before_kill": 0, "tmp_left": 0, "torn_last_line": 0, "restarts_from_scratch": 0,
-             "episodes": 0}
+    stats = {
+        "kills": 0,
+        "finished_before_kill": 0,
+        "tmp_left": 0,
+        "torn_last_line": 0,
+        "restarts_from_scratch": 0,
+        "episodes": 0,
+    }
     while stats["kills"] + stats["finished_before_kill"] < kills:
         d = work / f"episode{stats['episodes']}"
         budget = kills - stats["kills"] - stats["finished_before_kill"]
@@ -242,8 +285,12 @@ def kill_loop(work: Path, kills: int, seed: int, slow_save: float = 0.2, data: s
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kills", type=int, default=int(os.environ.get("BITNET_KILL_POINTS", 200)),
-                   help="kill points to try (default: $BITNET_KILL_POINTS or 200)")
+    p.add_argument(
+        "--kills",
+        type=int,
+        default=int(os.environ.get("BITNET_KILL_POINTS", 200)),
+        help="kill points to try (default: $BITNET_KILL_POINTS or 200)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for the random delays (default: random, printed)")
     p.add_argument("--slow-save", type=float, default=0.2, help="seconds the child sleeps half-way through each save")
     p.add_argument("--work", help="working directory (default: a temporary one, removed after)")

@@ -17,7 +17,8 @@ docs/kernels.md to say what bounds the x86 loops (``--mca znver3`` for Zen 3).
     cmake --build build/aarch64
     python tools/loop_insns.py build/aarch64/CMakeFiles/bitnet_kernels.dir/cpp/ternary_neon_dotprod.cpp.o
     python tools/loop_insns.py --objdump objdump --show 3 build/ct/CMakeFiles/bitnet_kernels.dir/cpp/ternary_avx2.cpp.o
-    python tools/loop_insns.py --objdump objdump --mca znver3 build/ct/CMakeFiles/bitnet_kernels.dir/cpp/ternary_avx2_asm.cpp.o
+    python tools/loop_insns.py --objdump objdump --mca znver3 \
+        build/ct/CMakeFiles/bitnet_kernels.dir/cpp/ternary_avx2_asm.cpp.o
 """
 
 from __future__ import annotations
@@ -81,10 +82,17 @@ _MCA_ITERS = re.compile(r"^Iterations:\s+(\d+)", re.M)
 
 def mca(llvm_mca: str, cpu: str, body, iterations: int = 200) -> str:
     """llvm-mca's predicted cycles per iteration of one loop body, and its busiest resource, as one string."""
-    lines = [f"{mnem} {ops}".strip() for _, _, mnem, ops in body
-             if not mnem.startswith(("j", "b.", "nop")) and mnem not in ("b", "cbz", "cbnz", "tbz", "tbnz")]
-    out = subprocess.run([llvm_mca, f"-mcpu={cpu}", f"-iterations={iterations}", "-"], input="\n".join(lines) + "\n",
-                         capture_output=True, text=True)
+    lines = [
+        f"{mnem} {ops}".strip()
+        for _, _, mnem, ops in body
+        if not mnem.startswith(("j", "b.", "nop")) and mnem not in ("b", "cbz", "cbnz", "tbz", "tbnz")
+    ]
+    out = subprocess.run(
+        [llvm_mca, f"-mcpu={cpu}", f"-iterations={iterations}", "-"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no message"])[-1]
         return f"llvm-mca failed: {last}"
@@ -105,15 +113,24 @@ def mca(llvm_mca: str, cpu: str, body, iterations: int = 200) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("object", help="an object file, e.g. "
-                    "build/aarch64/CMakeFiles/bitnet_kernels.dir/cpp/ternary_neon.cpp.o")
-    ap.add_argument("--objdump", default="aarch64-linux-gnu-objdump",
-                    help="the objdump to use (default aarch64-linux-gnu-objdump; objdump for x86 objects)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "object", help="an object file, e.g. build/aarch64/CMakeFiles/bitnet_kernels.dir/cpp/ternary_neon.cpp.o"
+    )
+    ap.add_argument(
+        "--objdump",
+        default="aarch64-linux-gnu-objdump",
+        help="the objdump to use (default aarch64-linux-gnu-objdump; objdump for x86 objects)",
+    )
     ap.add_argument("--show", type=int, default=None, metavar="N", help="also print the instructions of loop N")
-    ap.add_argument("--mca", default=None, metavar="CPU",
-                    help="also print llvm-mca's predicted cycles per iteration for CPU (e.g. znver3)")
+    ap.add_argument(
+        "--mca",
+        default=None,
+        metavar="CPU",
+        help="also print llvm-mca's predicted cycles per iteration for CPU (e.g. znver3)",
+    )
     ap.add_argument("--llvm-mca", default="llvm-mca", help="the llvm-mca to use with --mca (default llvm-mca)")
     args = ap.parse_args(argv)
     if args.mca and shutil.which(args.llvm_mca) is None:
@@ -132,7 +149,7 @@ def main(argv=None) -> int:
         print(f"error: no loops found in {args.object}", file=sys.stderr)
         return 2
     for n, (first, last) in enumerate(loops):
-        body = insns[first:last + 1]
+        body = insns[first : last + 1]
         counts = Counter(mnem for _, _, mnem, _ in body)
         macs = ", ".join(f"{k} {counts[k]}" for k in MULTIPLY_ADDS if counts[k])
         memory = sum(1 for _, _, mnem, ops in body if touches_memory(mnem, ops))

@@ -31,7 +31,7 @@ void check_i2s(int64_t n, int64_t k) {
 py::array_t<uint8_t> i2s_repack(const py::object& packed_obj, int64_t n, int64_t k) {
   py::array packed = checked_array(packed_obj, "packed", 'u', 1);
   check_i2s(n, k);
-  check_packed_size(packed, n, k);  // == n * k / 4 when k % 128 == 0
+  check_packed_size(packed, n, k);                          // == n * k / 4 when k % 128 == 0
   py::array_t<uint8_t> out = aligned_bytes(packed.size());  // aligned like ours (ggml aligns its buffers too)
   const auto* src = static_cast<const uint8_t*>(packed.data());
   uint8_t* dst = out.mutable_data();
@@ -63,8 +63,8 @@ py::array_t<int32_t> i2s_gemv(const py::object& x_obj, const py::object& packed_
 // as in every call), "avx2-adjacent" the AVX2 kernel with its tiles' rows adjacent (one read stream; the
 // baseline of the row-order section). For the side by side in tools/bench_kernels.py, next to the
 // Python-call timings. `threads` as for matmul (the I2_S loop always runs on one).
-std::vector<double> gemv_seconds(const std::string& impl, const py::object& x_obj, const py::list& packs,
-                                 int64_t n, int64_t k, int64_t reps, int threads) {
+std::vector<double> gemv_seconds(const std::string& impl, const py::object& x_obj, const py::list& packs, int64_t n,
+                                 int64_t k, int64_t reps, int threads) {
   py::array x = checked_array(x_obj, "x", 'i', 2);
   check_i2s(n, k);
   if (x.shape(0) != 1 || x.shape(1) != k)
@@ -75,8 +75,7 @@ std::vector<double> gemv_seconds(const std::string& impl, const py::object& x_ob
   const bool i2s = impl == "i2s";
   const bool adjacent = impl == "avx2-adjacent";
   const Backend backend = i2s ? Backend::kScalar : parse_backend(adjacent ? "avx2" : impl);
-  if (!i2s && backend == Backend::kScalar)
-    throw py::value_error("impl must be i2s, avx2, avx2-adjacent or avx512vnni");
+  if (!i2s && backend == Backend::kScalar) throw py::value_error("impl must be i2s, avx2, avx2-adjacent or avx512vnni");
   std::vector<py::array> held;  // keeps the buffers alive while the GIL is released
   std::vector<const uint8_t*> ws;
   for (const auto& obj : packs) {
@@ -108,23 +107,29 @@ std::vector<double> gemv_seconds(const std::string& impl, const py::object& x_ob
 
 PYBIND11_MODULE(_bench, m) {
   m.doc() = "bitnet_ref._bench: benchmark-only code for tools/bench_kernels.py (not part of the kernels API)";
-  m.def("measure_read_bandwidth", [](int64_t bytes, int threads, int reps, int streams) {
-    if (bytes < 1 || threads < 1 || reps < 1) throw py::value_error("bytes, threads and reps must be >= 1");
-    if (streams < 1 || streams > 8) throw py::value_error("streams must be in [1, 8]");
-    py::gil_scoped_release release;
-    return bitnet::measure_read_bandwidth(bytes, threads, reps, streams);
-  }, py::arg("bytes"), py::arg("threads") = 1, py::arg("reps") = 5, py::arg("streams") = 4,
-  "Median streaming read bandwidth (GB/s) of a bytes-sized buffer, read as `streams` sequential streams per "
-  "task; for tools/bench_kernels.py.");
-  m.def("mac_peak", [](const std::string& backend, int64_t iters) {
-    if (iters < 1 || iters > (int64_t{1} << 32)) throw py::value_error("iters must be in [1, 2^32]");
-    const Backend b = parse_backend(backend);
-    if (b == Backend::kScalar)
-      throw py::value_error("mac_peak measures a SIMD backend (avx2, avx512vnni, neon or dotprod)");
-    py::gil_scoped_release release;
-    return bitnet::mac_peak(b, iters);
-  }, py::arg("backend"), py::arg("iters") = 20000000,
-  "Multiply-adds per second of one core on the multiply instruction of `backend`; for tools/bench_kernels.py.");
+  m.def(
+      "measure_read_bandwidth",
+      [](int64_t bytes, int threads, int reps, int streams) {
+        if (bytes < 1 || threads < 1 || reps < 1) throw py::value_error("bytes, threads and reps must be >= 1");
+        if (streams < 1 || streams > 8) throw py::value_error("streams must be in [1, 8]");
+        py::gil_scoped_release release;
+        return bitnet::measure_read_bandwidth(bytes, threads, reps, streams);
+      },
+      py::arg("bytes"), py::arg("threads") = 1, py::arg("reps") = 5, py::arg("streams") = 4,
+      "Median streaming read bandwidth (GB/s) of a bytes-sized buffer, read as `streams` sequential streams per "
+      "task; for tools/bench_kernels.py.");
+  m.def(
+      "mac_peak",
+      [](const std::string& backend, int64_t iters) {
+        if (iters < 1 || iters > (int64_t{1} << 32)) throw py::value_error("iters must be in [1, 2^32]");
+        const Backend b = parse_backend(backend);
+        if (b == Backend::kScalar)
+          throw py::value_error("mac_peak measures a SIMD backend (avx2, avx512vnni, neon or dotprod)");
+        py::gil_scoped_release release;
+        return bitnet::mac_peak(b, iters);
+      },
+      py::arg("backend"), py::arg("iters") = 20000000,
+      "Multiply-adds per second of one core on the multiply instruction of `backend`; for tools/bench_kernels.py.");
 #if defined(BITNET_HAVE_AVX2_KERNEL)
   m.def("gemv_seconds", &gemv_seconds, py::arg("impl"), py::arg("x"), py::arg("packs"), py::arg("n"), py::arg("k"),
         py::arg("reps"), py::arg("threads") = 1,

@@ -64,7 +64,7 @@ inline int32_t dot_row(const uint8_t* w, const int8_t* x, int64_t nblk) {
       const __m256i c0 = _mm256_and_si256(_mm256_srli_epi16(b, 6), mask);  // elements j
       const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);  // j + 32
       const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(b, 2), mask);  // j + 64
-      const __m256i c3 = _mm256_and_si256(b, mask);                          // j + 96
+      const __m256i c3 = _mm256_and_si256(b, mask);                        // j + 96
       const int8_t* xb = x + blk * 128;
       const __m256i p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb)));
       const __m256i p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + 32)));

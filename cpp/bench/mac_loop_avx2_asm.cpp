@@ -18,19 +18,25 @@ void mac_loop_avx2(int64_t iters) {
       "vpabsb %%ymm12, %%ymm13\n\t"
       ".p2align 5\n"
       "1:\n\t"
-      "vpmaddubsw %%ymm12, %%ymm13, %%ymm0\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm1\n\t"
-      "vpmaddubsw %%ymm12, %%ymm13, %%ymm2\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm3\n\t"
-      "vpmaddubsw %%ymm12, %%ymm13, %%ymm4\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm5\n\t"
-      "vpmaddubsw %%ymm12, %%ymm13, %%ymm6\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm7\n\t"
-      "vpmaddubsw %%ymm12, %%ymm13, %%ymm8\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm9\n\t"
-      "vpmaddubsw %%ymm12, %%ymm13, %%ymm10\n\t" "vpmaddubsw %%ymm12, %%ymm13, %%ymm11\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm0\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm1\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm2\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm3\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm4\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm5\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm6\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm7\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm8\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm9\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm10\n\t"
+      "vpmaddubsw %%ymm12, %%ymm13, %%ymm11\n\t"
       "decq %[n]\n\t"
       "jnz 1b\n\t"
       "vzeroupper\n\t"
       : [n] "+r"(n)
       :
-      : "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
-        "xmm12", "xmm13");
+      : "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+        "xmm13");
 }
 
 }  // namespace bitnet

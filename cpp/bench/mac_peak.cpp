@@ -2,9 +2,9 @@
 //
 // Times one of the mac_loop_*_asm.cpp loops (twelve independent multiply instructions per iteration,
 // no loads) and turns it into multiply-adds per second of the calling thread's CPU time. Compiled at the
-// baseline instruction set, like dispatch.cpp: it calls a loop only for a backend the CPU supports. The loops exist only where the
-// kernels' own loops are inline assembly (BITNET_HAVE_AVX2_ASM / BITNET_HAVE_AVX512_ASM), and on 64-bit ARM
-// with GCC/Clang (BITNET_HAVE_NEON_ASM / BITNET_HAVE_NEON_DOTPROD_ASM; its kernels are intrinsics); elsewhere 0.
+// baseline instruction set, like dispatch.cpp: it calls a loop only for a backend the CPU supports. The loops exist
+// only where the kernels' own loops are inline assembly (BITNET_HAVE_AVX2_ASM / BITNET_HAVE_AVX512_ASM), and on 64-bit
+// ARM with GCC/Clang (BITNET_HAVE_NEON_ASM / BITNET_HAVE_NEON_DOTPROD_ASM; its kernels are intrinsics); elsewhere 0.
 #include <chrono>
 
 #include "bench.h"

@@ -1,0 +1,8 @@
+"""``python -m bitnet_ref.conform module:Class``: check a BitLinear implementation against the reference."""
+
+import sys
+
+from bitnet_ref.conform.checker import cli
+
+if __name__ == "__main__":
+    sys.exit(cli())

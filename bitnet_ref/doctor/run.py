@@ -1,0 +1,93 @@
+"""A run as the doctor reads it: its log records, checkpoint and decode probe report, loaded once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from bitnet_ref import metrics_log as metrics
+from bitnet_ref.metrics_log import number_or_none
+
+
+class DoctorError(Exception):
+    """Unusable input; the message is one line."""
+
+
+@dataclass
+class Run:
+    path: Path
+    header: dict
+    steps: list  # records with a train loss
+    evals: list  # records with a val loss
+    skipped_lines: int = 0
+    stopped: str | None = None  # the trainer's "stop" record (non-finite loss/gradient), if any
+    ended: bool = False  # the trainer wrote its "end" record: the run completed
+    ckpt: dict | None = None
+    probe: dict | None = None
+    checked: dict | None = None  # doctor_checks.checkpoint_check's measurements, once measured
+
+    @classmethod
+    def from_metrics(cls, m: metrics.Metrics, path) -> Run:
+        """The run a parsed metrics.jsonl describes (no checkpoint, no decode probe report yet)."""
+        stop = m.stop
+        stopped = (
+            None
+            if stop is None
+            else f"training stopped at step {stop.get('step')}: {stop.get('reason', 'no reason given')}"
+        )
+        return cls(Path(path), m.header, m.steps, m.evals, m.skipped, stopped=stopped, ended=m.ended)
+
+    @property
+    def planned_steps(self) -> int | None:
+        tc = self.header.get("train_config")
+        return tc.get("steps") if isinstance(tc, dict) and isinstance(tc.get("steps"), int) else None
+
+    @property
+    def complete(self) -> bool:
+        """The run reached its planned last step (an "end" record, or the last step record says so)."""
+        planned = self.planned_steps
+        last = self.steps[-1].get("step") if self.steps else None
+        return self.ended or (planned is not None and last is not None and last >= planned)
+
+    @property
+    def val_losses(self) -> list:
+        """[(step, val loss)] of the evals whose val loss is a number."""
+        return [
+            (r.get("step"), number_or_none(r.get("val_loss")))
+            for r in self.evals
+            if number_or_none(r.get("val_loss")) is not None
+        ]
+
+
+def load_run(run_dir) -> Run:
+    """Read a run directory; DoctorError for anything that makes a diagnosis impossible."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise DoctorError(f"{path}: no such run directory")
+    if not path.is_dir():
+        raise DoctorError(f"{path} is not a directory; pass the run directory that holds metrics.jsonl")
+    mpath = path / metrics.FILE_NAME
+    if not mpath.is_file():
+        raise DoctorError(f"{path} has no metrics.jsonl; is it a bitnet_ref run directory?")
+    try:
+        run = Run.from_metrics(metrics.read(mpath), path)
+    except OSError as e:
+        raise DoctorError(f"cannot read {mpath}: {e.strerror or e}") from None
+    if not run.steps and not run.evals:
+        raise DoctorError(f"{mpath} holds no training records (empty, truncated or not a bitnet_ref metrics file)")
+    ck = path / "ckpt.pt"
+    if ck.is_file():
+        from bitnet_ref.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            run.ckpt = load_checkpoint(ck)
+        except CheckpointError as e:
+            run.ckpt = {"error": str(e)}
+    pp = path / "decode_probe.json"
+    if pp.is_file():
+        try:
+            run.probe = json.loads(pp.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            run.probe = {"error": "decode_probe.json is not valid JSON"}
+    return run

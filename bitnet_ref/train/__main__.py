@@ -1,0 +1,8 @@
+"""``python -m bitnet_ref.train``: train a BitNet b1.58 (or full-precision) LM; ``--help`` lists every flag."""
+
+import sys
+
+from bitnet_ref.train.loop import cli
+
+if __name__ == "__main__":
+    sys.exit(cli())
