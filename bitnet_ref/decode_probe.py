@@ -7,4 +7,4 @@ from bitnet_ref.decode.probe import cli, main
 __all__ = ["cli", "main"]
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli(prog="python -m bitnet_ref.decode_probe"))

@@ -5,4 +5,4 @@ import sys
 from bitnet_ref.decode.probe import cli
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli(prog="python -m bitnet_ref.decode"))
