@@ -2,7 +2,7 @@
 
 import sys
 
-from bitnet_ref.conform.checker import cli
+from bitnet_ref.conform.command import cli
 
 if __name__ == "__main__":
     sys.exit(cli())
