@@ -25,7 +25,9 @@ SCALE = 1e-2  # relative tolerance on output ratios that should be exactly 1 (or
 SPREAD = 2e-2  # per-row ratios of a per-tensor scale agree to this
 BATCH = 5e-3  # a token's output may change this much (relative) when batched with others
 SHAPE = 1e-3  # ... or when the same tokens come as 2-D, 3-D or one at a time
-BF16_BIAS = 5e-4  # mean (bf16 output / f32 output) - 1: a bf16 scale is 0.2-0.4% off
+# mean (bf16 output / f32 output) - 1: a scale held in bf16 moves it by 2e-3 to 4e-3 on the bf16 probe; an autocast
+# matmul whose bf16 output is rounded again after the dequantization moves it by up to ~5e-4
+BF16_BIAS = 1e-3
 BF16_NOISE = 2e-2  # relative rms error of the bf16 output against the f32 one
 GRAD_COS = 0.99  # cosine of the input gradient with the reference's
 DEAD = 0.5  # a weight class with under half the gradient of the best class is "without gradient"

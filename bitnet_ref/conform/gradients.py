@@ -58,8 +58,9 @@ def _factors(p: Probing, gamma: float) -> dict:
 
 
 def _magnitude(p: Probing, a: float, rho: float, gamma: float, what: str) -> str | None:
-    """None when a gradient a times the reference's is right (1, or the output's own factor rho); else why."""
-    if near(a, 1, MAGNITUDE) or near(a, rho, MAGNITUDE):
+    """None when a gradient a times the reference's is right: 1, or the output's own factor (rho on this probe,
+    or output-scale's on weights every quantizer agrees on, when another deviation moves this probe's); else why."""
+    if any(near(a, f, MAGNITUDE) for f in (1, rho, p.facts.get("rho", 1.0))):
         return None
     name = named_factor(a, _factors(p, gamma))
     told = f" (= {name})" if name else ""
@@ -73,6 +74,10 @@ def _magnitude(p: Probing, a: float, rho: float, gamma: float, what: str) -> str
         f"the {what} gradient is x{a:.4g}{told} the STE's, while the output is x{rho:.4g} the reference's: "
         f"{how}, so every update is mis-sized (SGD steps, and the balance between layers under Adam)"
     )
+
+
+def _size(a: float) -> str:
+    return "at its size" if near(a, 1, MAGNITUDE) else f"times x{a:.4g}, the output's own factor (see output-scale)"
 
 
 def check_grad_weights(p: Probing) -> Check:
@@ -129,7 +134,7 @@ def check_grad_weights(p: Probing) -> Check:
     return verdict(
         "grad-latent-weights",
         True,
-        "every latent weight gets the STE gradient at its size: code 0, +-1, exactly +-beta and clamped alike",
+        f"every latent weight gets the STE gradient {_size(a)}: code 0, +-1, exactly +-beta and clamped alike",
         nums,
     )
 
@@ -183,6 +188,8 @@ def check_grad_input(p: Probing) -> Check:
     The tokens have zero mean, so a LayerNorm normalises them as an RMSNorm does; its Jacobian (which also
     removes the mean direction) is the reference's then."""
     kind, eps, note = p.facts.get("norm_kind"), p.norm_eps, ""
+    if kind == "sign":
+        return _grad_input_arrives(p)
     if kind not in ("rms", "none", "layer"):
         return skip("grad-input", "the layer's norm is neither an RMSNorm, a LayerNorm nor absent (see norm)")
     if kind == "none" and p.inside:
@@ -246,9 +253,30 @@ def check_grad_input(p: Probing) -> Check:
     return verdict(
         "grad-input",
         True,
-        f"the input gradient is the reference STE's at its size (cosine {cos:.4f}), absmax elements included"
-        + (note or where),
+        f"the input gradient is the reference STE's {_size(m['gradient_over_reference'])} (cosine {cos:.4f}), "
+        f"absmax elements included" + (note or where),
         nums,
+    )
+
+
+def _grad_input_arrives(p: Probing) -> Check:
+    """sign(x) activations hide whether a norm sits before them, so only whether a gradient arrives is judged."""
+    x, w = _scaled(p, permuted(grid_token(p.k), 4)), dense(p.n, p.k, BETA)
+    _, gx, _ = p.run(w, x, grad=torch.ones(4, p.n))
+    live = 0.0 if gx is None else float((gx != 0).double().mean())
+    if live < 0.5:
+        return verdict(
+            "grad-input",
+            False,
+            f"only {live:.1%} of the input elements get a gradient: sign(x) without a straight-through estimator "
+            f"passes none to earlier layers",
+            {"share_of_elements_with_gradient": round(live, 4)},
+            "grad_flow",
+        )
+    return skip(
+        "grad-input",
+        "a gradient reaches every input element; its direction is not judged, as sign(x) activations hide "
+        "whether a norm (and its Jacobian) sits before them",
     )
 
 
