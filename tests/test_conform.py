@@ -80,14 +80,14 @@ CASES = {
     "HF AutoBitLinear online (norm outside)": (
         V.HFOnline,
         {"bf16-input"},
-        "beta is rounded to bf16",
+        "beta is held in bf16",
         None,
         {"norm_outside": True},
     ),
     "1bitLLM BitLinear (norm outside)": (
         V.OneBitLLM,
         {"bf16-input"},
-        "beta is rounded to bf16",
+        "beta is held in bf16",
         None,
         {"norm_outside": True},
     ),
