@@ -80,14 +80,14 @@ CASES = {
     "HF AutoBitLinear online (norm outside)": (
         V.HFOnline,
         {"bf16-input"},
-        "beta is held in bf16",
+        "the weight scale is held in bf16",
         None,
         {"norm_outside": True},
     ),
     "1bitLLM BitLinear (norm outside)": (
         V.OneBitLLM,
         {"bf16-input"},
-        "beta is held in bf16",
+        "the weight scale is held in bf16",
         None,
         {"norm_outside": True},
     ),

@@ -199,13 +199,14 @@ def check_bf16(p: Probing) -> Check:
     """The same exact bf16-representable tokens in bf16 and in float32: only the scales' precision can differ.
 
     The absmax 96 over an exact power-of-two rms puts gamma = absmax/127 0.25% off a bf16 value and 127/absmax
-    0.2% off one; beta = 0.32905 is 0.28% off its bf16 value and 1/beta 0.26% off its own, so a beta held in
-    bf16 and a 1/beta held in bf16 (transformers' packed BitLinear divides by it) both show as a bias in the
-    mean (bf16 output / float32 output rounded to bf16), which is 0 for float32 scales. An int8 code that bf16
-    arithmetic moves shows on single elements (_bf16_code_step).
+    0.2% off one, both rounding up the output; beta = 0.3192 and 1/beta round so that a beta held in bf16 and a
+    1/beta held in bf16 (transformers' packed BitLinear divides by it) both round it down, by 0.26% and 0.25%.
+    A scale held in bf16 shows as a bias in the mean (bf16 output / float32 output rounded to bf16), which is 0
+    for float32 scales, and its sign says which side it is on. An int8 code that bf16 arithmetic moves shows on
+    single elements (_bf16_code_step).
     """
     x = permuted(exact_token(p.k, peak=96, avoid=(48,)), 16)
-    beta = 0.32905
+    beta = 0.3192
     w = dense(p.n, p.k, beta)
     y32, note = p.run(w, x), ""
     try:
@@ -238,12 +239,16 @@ def check_bf16(p: Probing) -> Check:
         )
     if abs(bias) > BF16_BIAS:
         mean = f"the output is 1{bias:+.2%} of the float32 one on average"
-        if abs(bias - w_off) <= BF16_BIAS:
-            found.append(f"{mean} (beta in bf16 alone: 1{w_off:+.2%}): beta is held in bf16 (or codes * beta)")
-        elif abs(bias - inv_off) <= BF16_BIAS:
-            found.append(f"{mean} (1/beta in bf16 alone: 1{inv_off:+.2%}): a weight scale 1/beta is held in bf16")
-        elif not found:
-            found.append(f"{mean}: the activation scale or the quantized activations are held in bf16")
+        if bias < 0 and min(abs(bias - w_off), abs(bias - inv_off)) <= 1.5 * BF16_BIAS:
+            found.append(
+                f"{mean} (beta or 1/beta in bf16 alone: 1{w_off:+.2%}, 1{inv_off:+.2%}): the weight scale is held "
+                f"in bf16 (beta, codes * beta, or a weight_scale = 1/beta)"
+            )
+        elif bias > 0 or not found:
+            found.append(
+                f"{mean} (a bf16 activation scale alone: about +0.2%): the activation scale (absmax/127 or "
+                f"127/absmax) or the quantized activations are held in bf16"
+            )
     if not found and noise > BF16_NOISE:
         found.append(
             f"the output is {noise:.2%} off the float32 one rounded to bf16: the matmul or its accumulator runs in bf16"

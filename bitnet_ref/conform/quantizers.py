@@ -92,6 +92,8 @@ def check_act_range(p: Probing) -> Check:
     nums = {"misfit_" + n: round(f, 6) for n, f in fits.items()}
     ok = fits["127/absmax"] <= EXACT
     p.facts["act_grid_ok"] = ok
+    if name != "sign" and fits[name] <= EXACT:
+        p.facts["act_levels"] = int(name.split("/")[0])  # the grid act-rounding then asks its question on
     if ok:
         return verdict(
             "act-range", True, "integer activations with absmax 127 come through exactly: int8 127/absmax grid", nums
@@ -107,8 +109,9 @@ def check_act_range(p: Probing) -> Check:
 
 
 def check_act_rounding(p: Probing) -> Check:
-    if not p.facts.get("act_grid_ok"):
-        return skip("act-rounding", "the activations are not on the 127/absmax grid (see act-range)")
+    levels = p.facts.get("act_levels")
+    if levels is None:
+        return skip("act-rounding", "the activations are on no known grid (see act-range)")
     if p.facts.get("norm_kind") == "other":
         return skip(
             "act-rounding", "exact .5 ties need the layer's norm to be an RMSNorm, a LayerNorm or none (see norm)"
@@ -117,7 +120,7 @@ def check_act_rounding(p: Probing) -> Check:
     xf, xt = frac_token(p.k)[None], tie_token(p.k)[None]
     yf, yt = p.run(w, xf), p.run(w, xt)
     name_f, _, fits_f = best_candidate(
-        yf, {m: p.ref(xf, w, act_rounding=m) for m in ("half-to-even", "none", "floor", "trunc")}
+        yf, {m: p.ref(xf, w, act_rounding=m, levels=levels) for m in ("half-to-even", "none", "floor", "trunc")}
     )
     name_t, _, fits_t = best_candidate(
         yt,
@@ -139,6 +142,14 @@ def check_act_rounding(p: Probing) -> Check:
             else f"activation values off the rounded grid by {fits_f['half-to-even']:.2%}"
         )
         return verdict("act-rounding", False, f"{what}; reference torch.round", nums)
+    if levels != 127:
+        return verdict(
+            "act-rounding",
+            True,
+            f"rounded (torch.round) on the layer's {levels}/absmax grid (see act-range); .5 ties not checkable "
+            f"off the 127/absmax grid",
+            nums,
+        )
     if p.facts.get("norm_kind") == "layer":
         return verdict(
             "act-rounding",
