@@ -1,4 +1,5 @@
-"""tools/experiments.py --quick: every arm trains, the report answers the seed's questions, the doctor is right."""
+"""tools/experiments.py --quick: every arm trains, the report answers the debugging report's questions, the doctor
+is right."""
 
 import importlib.util
 import os
