@@ -1,6 +1,6 @@
 """The fault zoo: does the doctor name faults it was never tuned on, and stay quiet on healthy runs?
 
-    python tools/fault_zoo.py [--quick] [--split tuned|held-out|all] [--workers 2] [--out DIR] [--json FILE]
+    python tools/reliability/fault_zoo.py [--quick] [--split tuned|held-out|all] [--workers 2] [--out DIR] [--json FILE]
 
 Each case is one short training run (tiny preset; ~300 steps, or 100 with --quick) in a fresh process with one
 torch thread, with a fault patched into the trainer from here (nothing in the package changes): data (targets
@@ -29,6 +29,9 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 FULL = [
     "--preset",
