@@ -36,7 +36,8 @@ SYSCTL_FLAGS = {
 def parse_cpuinfo(text: str) -> tuple[str | None, set[str]]:
     """(model name or None, every feature flag) from the text of Linux's /proc/cpuinfo. x86 lists its flags
     under ``flags``, ARM under ``Features``; ARM has no model name."""
-    name, flags = None, set()
+    name: str | None = None
+    flags: set[str] = set()
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         key = key.strip()
@@ -60,7 +61,7 @@ def parse_lscpu(text: str) -> str | None:
 
 def parse_sysctl_flags(text: str) -> set[str]:
     """The kernel-relevant flags that ``sysctl hw.optional`` (macOS) reports as 1."""
-    found = set()
+    found: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if value.strip() == "1" and key.strip() in SYSCTL_FLAGS:

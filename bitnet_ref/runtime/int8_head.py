@@ -23,6 +23,7 @@ stays float32).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ import torch.nn as nn
 
 from bitnet_ref import quant as Q
 from bitnet_ref.runtime import kernels
+
+if TYPE_CHECKING:
+    from bitnet_ref.model import Transformer
 
 HEAD_FORMATS = ("fp32", "int8")  # how a decoded model stores its output head (and a tied embedding)
 ROW_QMAX = 127.0  # symmetric int8 rows: codes in [-127, 127]
@@ -127,7 +131,7 @@ class Int8Embedding(nn.Module):
         return self.rows.q[idx].float() * self.rows.scale[idx].unsqueeze(-1)  # (..., d)
 
 
-def to_int8_head(model: nn.Module, *, threads: int | None = None) -> nn.Module:
+def to_int8_head(model: Transformer, *, threads: int | None = None) -> Transformer:
     """The model's float head as an Int8Head (and its embedding as an Int8Embedding when tied), in place."""
     if getattr(model, "quant_head", False):
         from bitnet_ref.generate import DecodeError

@@ -168,8 +168,8 @@ class PackedBitLinear(nn.Module):
             threads=self.threads,
             format=self.w.format,
         )  # (M, N) int32, exact
-        acc = torch.from_numpy(acc).view(*lead, self.w.n).float()  # (..., N)
-        return acc * (gamma * self.w.beta) if self.scaled else acc
+        out = torch.from_numpy(acc).view(*lead, self.w.n).float()  # (..., N)
+        return out * (gamma * self.w.beta) if self.scaled else out
 
     def extra_repr(self):
         return f"in={self.w.k}, out={self.w.n}, packed={self.w.packed.nbytes} bytes, scaled={self.scaled}"
@@ -181,6 +181,8 @@ class DequantLinear(nn.Module):
     This is the "torch fp32 eager" speed baseline (quant="none" semantics on the ternary weights); its outputs
     differ from the ternary model's because activations stay in float.
     """
+
+    weight: torch.Tensor  # a registered buffer
 
     def __init__(self, weight: torch.Tensor, norm: nn.Module):
         super().__init__()
@@ -242,7 +244,11 @@ def to_packed(
     else:
         state = {
             name: PackedWeight(
-                kernels.pack_ternary(codes, format=format), beta.to(torch.float32).reshape(()), *codes.shape, format
+                kernels.pack_ternary(codes, format=format),
+                beta.to(torch.float32).reshape(()),
+                int(codes.shape[0]),
+                int(codes.shape[1]),
+                format,
             )
             for name, (codes, beta) in ternary.items()
         }
