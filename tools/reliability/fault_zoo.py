@@ -33,50 +33,14 @@ from pathlib import Path
 if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-FULL = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "300",
-    "--batch-size",
-    "16",
-    "--warmup",
-    "30",
-    "--eval-every",
-    "50",
-    "--eval-batches",
-    "2",
-    "--probe-prompts",
-    "4",
-    "--probe-tokens",
-    "24",
-    "--threads",
-    "1",
-    "--log-every",
-    "1000000",
-]
-QUICK = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "100",
-    "--batch-size",
-    "16",
-    "--warmup",
-    "10",
-    "--eval-every",
-    "25",
-    "--eval-batches",
-    "2",
-    "--probe-prompts",
-    "4",
-    "--probe-tokens",
-    "16",
-    "--threads",
-    "1",
-    "--log-every",
-    "1000000",
-]
+FULL = (
+    "--preset tiny --steps 300 --batch-size 16 --warmup 30 --eval-every 50 --eval-batches 2 "
+    "--probe-prompts 4 --probe-tokens 24 --threads 1 --log-every 1000000"
+).split()
+QUICK = (
+    "--preset tiny --steps 100 --batch-size 16 --warmup 10 --eval-every 25 --eval-batches 2 "
+    "--probe-prompts 4 --probe-tokens 16 --threads 1 --log-every 1000000"
+).split()
 TEXT_DATA = "/usr/share/common-licenses"  # English licence texts: a second, non-code dataset where present
 
 

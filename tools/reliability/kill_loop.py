@@ -46,34 +46,11 @@ if not __package__:  # run as a file: the repository root, so that `bitnet_ref` 
 from bitnet_ref import metrics_log as M
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN_ARGS = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "12",
-    "--batch-size",
-    "4",
-    "--warmup",
-    "2",
-    "--eval-at",
-    "0,0.5,1",
-    "--eval-batches",
-    "1",
-    "--probe-prompts",
-    "2",
-    "--probe-prompt-len",
-    "8",
-    "--probe-tokens",
-    "4",
-    "--save-every",
-    "2",
-    "--threads",
-    "1",
-    "--device",
-    "cpu",
-    "--log-every",
-    "1000",
-]
+TRAIN_ARGS = (
+    "--preset tiny --steps 12 --batch-size 4 --warmup 2 --eval-at 0,0.5,1 --eval-batches 1 "
+    "--probe-prompts 2 --probe-prompt-len 8 --probe-tokens 4 --save-every 2 --threads 1 --device cpu "
+    "--log-every 1000"
+).split()
 VISIBLE = {"ckpt.pt", "metrics.jsonl"}
 
 
