@@ -4,7 +4,7 @@
   or temperature + top-k sampling under a seeded torch.Generator. It returns a ``Generation``: the new tokens,
   the entropy and top-1 probability of each next-token distribution, prefill and decode seconds. The model
   runs in eval mode for the call and gets its previous mode back, so the trainer can probe mid-training
-  (``probe.greedy_decode``) with the same code the decode probe and tools/bench_decode.py time.
+  (``probe.greedy_decode``) with the same code the decode probe and tools/bench/bench_decode.py time.
 - ``generate_reference``: greedy decoding that recomputes the whole sequence for every token (no cache): the
   oracle ``generate`` is tested against.
 - ``teacher_forced`` and ``val_loss``: one full forward over given tokens (all logits; mean cross-entropy).

@@ -21,7 +21,7 @@ layer matches it to float rounding (not bitwise). ``quant="none"`` checkpoints h
 ``load_for_decode`` returns the torch model and says why.
 
 Also here: ``DequantLinear`` (the same weights as a plain fp32 F.linear with codes * beta: the "torch fp32 eager"
-baseline of tools/bench_decode.py), ``weight_bytes_per_token``, and loading: ``build_model`` (the fake-quant
+baseline of tools/bench/bench_decode.py), ``weight_bytes_per_token``, and loading: ``build_model`` (the fake-quant
 Transformer of a checkpoint) and ``load_for_decode`` (checkpoint -> model on the chosen backend and device).
 Errors for users are ``DecodeError`` (one line; the class is generate.py's, re-exported here).
 
