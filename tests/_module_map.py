@@ -1,4 +1,4 @@
-"""The generated part of docs/modules.md: every module of the package and every C++ file, one line each.
+"""The generated part of docs/modules.md: every module of the package, every script and C++ file, one line each.
 
     python tests/_module_map.py            # rewrite the generated block of docs/modules.md
     python tests/_module_map.py --lines    # print the same map with line counts (for a closing note), write nothing
@@ -87,6 +87,8 @@ def generated_block(lines: bool = False) -> str:
     for layer in ["core", *SUBSYSTEMS]:
         title = "core: `bitnet_ref/`" if layer == "core" else f"{layer}: `bitnet_ref/{layer}/`"
         out += ["", f"### {title}", "", head, *rows(package_modules(layer), docstring, lines)]
+    tools = sorted((ROOT / "tools").rglob("*.py"), key=lambda p: (p.parent != ROOT / "tools", p.as_posix()))
+    out += ["", "### scripts: `tools/` (not part of the package)", "", head, *rows(tools, docstring, lines)]
     cpp = sorted((ROOT / "cpp").glob("*.[hc]*"))
     bench = sorted((ROOT / "cpp" / "bench").glob("*.[hc]*"))
     out += [

@@ -226,7 +226,7 @@ def test_experiments_quick_with_a_tokenizer(tmp_path, corpus_file):
     r = subprocess.run(
         [
             sys.executable,
-            *"tools/experiments.py --quick --out".split(),
+            *"tools/experiments/experiments.py --quick --out".split(),
             str(out),
             *"--only ref --steps 8 --data".split(),
             corpus_file,
