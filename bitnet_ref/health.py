@@ -44,6 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bitnet_ref.model import BitLinear
+
 THRESHOLD = 0.5  # |w|/beta where round() switches between 0 and +-1
 CLIP = 1.5  # |w|/beta beyond which round() gives +-2 and the clamp saturates
 MARGIN = 0.05  # "near a threshold" means within this distance, in units of beta (issue 6)
@@ -212,7 +214,7 @@ def float_grid_share(values: torch.Tensor, bits: int = FLOAT_GRID_BITS) -> float
 
 def param_groups_of(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The model's parameters by role (GROUPS); a tied head is the embedding; anything else goes to norm."""
-    latent = [m.weight for _, m in model.bitlinears()]
+    latent = [m.weight for _, m in _bitlinears(model)]
     emb = getattr(model, "tok_emb", None)
     head = getattr(model, "head", None)
     embed = [emb.weight] if emb is not None else []
@@ -249,11 +251,11 @@ def mean_over(layers: dict, key: str) -> float | None:
 # ---------------------------------------------------------------------------- the tracker
 
 
-def _bitlinears(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.bitlinears()]
+def _bitlinears(model: nn.Module) -> list[tuple[str, BitLinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BitLinear)]
 
 
-def _codes(module: nn.Module) -> tuple[torch.Tensor, float]:
+def _codes(module: BitLinear) -> tuple[torch.Tensor, float]:
     codes, beta = module.ternary_state()
     return codes.detach().to("cpu", torch.int8), float(beta)
 
@@ -344,8 +346,10 @@ class HealthTracker:
             rec = code_fractions(codes)
             prev = self.prev_codes.get(name)
             fresh = prev is not None and prev.shape == codes.shape
-            rec["flip_rate"] = flip_rate(prev, codes) if fresh else None
-            rec["flip_steps"] = step - self.prev_step if fresh and None not in (step, self.prev_step) else None
+            rec["flip_rate"] = flip_rate(prev, codes) if prev is not None and fresh else None
+            rec["flip_steps"] = (
+                step - self.prev_step if fresh and step is not None and self.prev_step is not None else None
+            )
             self.prev_codes[name] = codes
             rec["beta"] = beta
             rec["w_rms"] = rms(w)

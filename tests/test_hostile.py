@@ -1,4 +1,4 @@
-"""Hostile inputs the other test files do not already cover (the full catalogue is notes/hostile_table.md):
+"""Hostile inputs the other test files do not already cover (the full table is in docs/reliability.md):
 bad --data and bad --resume checkpoints leave nothing behind, decode_probe writes no report for a bad file,
 random shapes/dtypes/strides at the kernel bindings never crash the process, CUDA flags without a GPU,
 fp32 master weights and scales under bf16 autocast, and no non-finite checkpoint is ever written.
@@ -27,30 +27,10 @@ from bitnet_ref.train import loop as T
 from bitnet_ref.train.faults import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "4",
-    "--batch-size",
-    "4",
-    "--warmup",
-    "1",
-    "--eval-at",
-    "end",
-    "--eval-batches",
-    "1",
-    "--probe-prompts",
-    "1",
-    "--probe-prompt-len",
-    "8",
-    "--probe-tokens",
-    "4",
-    "--threads",
-    "1",
-    "--device",
-    "cpu",
-]
+TINY = (
+    "--preset tiny --steps 4 --batch-size 4 --warmup 1 --eval-at end --eval-batches 1 "
+    "--probe-prompts 1 --probe-prompt-len 8 --probe-tokens 4 --threads 1 --device cpu"
+).split()
 
 
 @contextmanager

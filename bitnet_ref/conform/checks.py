@@ -88,7 +88,7 @@ class Check:
     summary: str
     numbers: dict = field(default_factory=dict)
     effect: str = ""  # what the deviation does in training (failing checks only)
-    cause: str | None = None  # the doctor's cause name (doctor.CAUSES), where one fits
+    cause: str | None = None  # the doctor's cause name (causes.CAUSES), where one fits
 
     def as_dict(self) -> dict:
         return {

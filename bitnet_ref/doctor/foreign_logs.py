@@ -1,7 +1,7 @@
 """Training logs written by other trainers, read as a run the doctor can judge.
 
 ``python -m bitnet_ref.doctor --log FILE --vocab-size V`` reads a CSV, a TSV, a JSON-lines file or a Markdown
-table (the kind pasted into reports, like the seed's) of a run trained anywhere. Columns are found by name:
+table (the kind pasted into reports, like the debugging report's) of a run trained anywhere. Columns are found by name:
 ``step``, ``loss`` (train), ``val_loss``, ``unique_tokens``, ``lr``, ``wd``, ``top_token_share``,
 ``distinct_2``; common spellings are recognised (``Loss``, ``train/loss``, ``eval_loss``, ``Unique Tokens``,
 ``learning_rate``, ...) and ``--columns step=iter,loss=train_loss_avg`` names others. Cells may use thousands
