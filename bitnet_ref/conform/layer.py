@@ -130,7 +130,7 @@ class LayerUnderTest:
             seen = ", ".join(f"{n} {tuple(p.shape)}" for n, (p, _) in owners.items()) or "no parameters at all"
             raise ConformError(
                 f"the layer has no floating-point parameter of shape (out, in) = ({self.n}, {k}) (it has {seen}); "
-                f"a layer that holds codes and a scale needs a loader (--load, see docs/conformance.md), and a "
+                f"a layer that holds codes and a scale needs a loader (--load, see docs/conform.md), and a "
                 f"weight of another shape needs matching --in/--out"
             )
         names = ", ".join(n for n, _, _ in found)

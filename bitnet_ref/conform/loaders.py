@@ -16,7 +16,7 @@ Built in (and picked automatically for transformers' classes):
   ternary                   a latent-shaped ``weight`` that holds codes * beta (a checkpoint converted for
                             inference, e.g. microsoft/BitNet's fp16 path).
 Your own: ``--load MODULE:FUNCTION`` where FUNCTION(layer, weight) writes the float32 (out, in) probe weight
-into the layer however the layer stores it (see docs/conformance.md). Not a converter for real checkpoints.
+into the layer however the layer stores it (see docs/conform.md). Not a converter for real checkpoints.
 """
 
 from __future__ import annotations
