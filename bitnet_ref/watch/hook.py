@@ -219,6 +219,8 @@ class Watch:
         """One eval record: the next-token loss on the fixed windows (or ``val_loss``, yours), the diversity
         probe and the health metrics. Returns its scalars (what the integrations put into the trainer's logs)."""
         step = self.count if step is None else step
+        if not self._on("evaluation"):
+            return None
         rec: dict = {"kind": M.EVAL, "step": step}
         with self._guard("evaluation"), torch.no_grad(), quiet(self.model):
             device = _device_of(self.model)

@@ -146,9 +146,13 @@ def find_ternary(model: nn.Module, layers=None) -> list[tuple[str, nn.Module]]:
                 )
         pick = _selector(layers)
         found = [(n, m) for n, m in model.named_modules() if n and pick(n, m)]
-        bad = [n for n, m in found if _weight(m) is None and not callable(getattr(m, "ternary_state", None))]
+        ok = {n for n, m in candidates(model)}
+        bad = [n for n, m in found if n not in ok and not callable(getattr(m, "ternary_state", None))]
         if bad:
-            raise WatchError(f"layers: {bad[0]!r} has no 2-D weight to watch ({type(dict(found)[bad[0]]).__name__})")
+            raise WatchError(
+                f"layers: {bad[0]!r} ({type(dict(found)[bad[0]]).__name__}) is no linear layer: it has no 2-D "
+                "weight that multiplies an input"
+            )
         if not found:
             raise WatchError(f"layers={_describe(layers)} matches no module of {type(model).__name__}")
         return found
@@ -200,7 +204,8 @@ def embedding_of(model: nn.Module) -> nn.Module | None:
 
 
 def head_of(model: nn.Module, ternary: list) -> nn.Module | None:
-    """The output head: ``get_output_embeddings()`` (transformers), ``head`` (bitnet_ref), else None."""
+    """The output head: ``get_output_embeddings()`` (transformers), ``head`` (bitnet_ref), else the last linear
+    layer with as many outputs as the embedding has rows; None if none (or it is one of the ternary layers)."""
     get = getattr(model, "get_output_embeddings", None)
     head = None
     if callable(get):
@@ -209,6 +214,10 @@ def head_of(model: nn.Module, ternary: list) -> nn.Module | None:
         except (NotImplementedError, AttributeError):
             head = None
     head = head if isinstance(head, nn.Module) else getattr(model, "head", None)
+    emb = getattr(embedding_of(model), "weight", None)
+    if not isinstance(head, nn.Module) and isinstance(emb, torch.Tensor):
+        rows = [m for _, m in candidates(model) if _weight(m).shape[0] == emb.shape[0]]
+        head = rows[-1] if rows else None
     if not isinstance(head, nn.Module) or _weight(head) is None or any(head is m for _, m in ternary):
         return None
     return head
