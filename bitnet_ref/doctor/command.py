@@ -42,6 +42,11 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
         help="a full-precision run of the same data, to tell 'stuck at unigram level' apart",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="also write the diagnosis with its evidence as plots: one self-contained HTML page (needs matplotlib)",
+    )
     f = ap.add_argument_group("a run trained elsewhere (see bitnet_ref/doctor/foreign_logs.py)")
     f.add_argument("--log", metavar="FILE", help="its log: columns step, loss, val_loss, unique_tokens, lr, ...")
     f.add_argument("--columns", metavar="OURS=THEIRS,...", help="column names the log uses, e.g. step=iter,loss=train")
@@ -77,7 +82,17 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
     diagnosis = diagnose(run, base)
     diagnosis.notes += notes
     d = diagnosis.as_dict(run)
+    if args.report:
+        from bitnet_ref.doctor.report import write_report
+
+        try:
+            write_report(args.report, run, d)
+        except DoctorError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(json.dumps(d, indent=2, default=str) if args.json else render(d))
+    if args.report:
+        print(f"report: {args.report}", file=sys.stderr)
     return 0
 
 
