@@ -352,13 +352,12 @@ def _windows(tokens, prompts, batch: int, context: int) -> torch.Tensor | None:
 
 
 def _context_of(model: nn.Module) -> int | None:
-    for cfg, key in (
-        (getattr(model, "cfg", None), "context"),
-        (getattr(model, "config", None), "max_position_embeddings"),
-    ):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int) and v > 1:
-            return min(v, 128)
+    """The longest input the model (or a module inside it: a LightningModule's model) takes, capped at 128."""
+    for m in model.modules():
+        for cfg, key in ((getattr(m, "cfg", None), "context"), (getattr(m, "config", None), "max_position_embeddings")):
+            v = getattr(cfg, key, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 1:
+                return min(v, 128)
     return None
 
 
