@@ -146,7 +146,7 @@ def nearest_evidence(rows: dict) -> list:
 
 def logged_unigram_entropy(rows: dict) -> float | None:
     """The unigram entropy bitnet_ref.watch's callback logged (``bitnet/unigram_entropy``), if any."""
-    vals = [_finite(r.get(PREFIX + "unigram_entropy")) for r in rows.values()]
+    vals = [_finite(v) for r in rows.values() for k, v in r.items() if canonical(k) == PREFIX + "unigram_entropy"]
     vals = [v for v in vals if v is not None and v > 0]
     return vals[-1] if vals else None
 
