@@ -258,20 +258,26 @@ PLOTS = (
 # ---------------------------------------------------------------------------------------------- the page
 
 
+def visible(text: str) -> str:
+    """A sample with its spaces and line breaks shown: a model repeating " " or "\\n" is collapsed too."""
+    return text.replace(" ", "\u00b7").replace("\n", "\u21b5")
+
+
 def _samples(run: Run) -> str:
     rows = []
     with_samples = [r for r in run.evals if isinstance(r.get("samples"), list) and r["samples"]]
     for r in with_samples[:1] + with_samples[-1:] if len(with_samples) > 1 else with_samples:
-        cells = "".join(f"<pre>{html.escape(str(s)[:400])}</pre>" for s in r["samples"][:4])
+        cells = "".join(f"<pre>{html.escape(visible(str(s)[:400]))}</pre>" for s in r["samples"][:4])
         rows.append(f"<tr><td>eval at step {html.escape(str(r.get('step')))}</td><td>{cells}</td></tr>")
     probe = run.probe if isinstance(run.probe, dict) else {}
     for s in (probe.get("samples") or [])[:4]:
         if isinstance(s, dict):
             text = f"{s.get('prompt', '')!s}\u2192{s.get('output', '')!s}"
-            rows.append(f"<tr><td>decode probe</td><td><pre>{html.escape(text[:400])}</pre></td></tr>")
+            rows.append(f"<tr><td>decode probe</td><td><pre>{html.escape(visible(text[:400]))}</pre></td></tr>")
     if not rows:
         return ""
-    return "<h2>Greedy samples</h2><table><tr><th>when</th><th>samples</th></tr>" + "".join(rows) + "</table>"
+    head = "<tr><th>when</th><th>samples (\u00b7 is a space, \u21b5 a newline)</th></tr>"
+    return "<h2>Greedy samples</h2><table>" + head + "".join(rows) + "</table>"
 
 
 def render_html(run: Run, d: dict) -> str:
