@@ -170,3 +170,18 @@ def test_a_missing_ste_is_named_from_each_path(faulty, source):
     d = diagnosis_of(path, log=source != "run_dir")
     assert d["cause"] == "missing_ste", d
     assert any("gradient norm" in e for e in d["evidence"]), d
+
+
+def test_the_users_checkpoint_is_checked_against_the_log(healthy, capsys):
+    from bitnet_ref.doctor.command import main as doctor_main
+
+    ckpt = healthy["state"].parent  # the Trainer's checkpoint-30 directory
+    assert doctor_main([str(healthy["watch"]), "--checkpoint", str(ckpt), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert any(n.startswith("the checkpoint's measured val loss") and "agrees with the log's" in n for n in d["notes"])
+    assert doctor_main([str(healthy["watch"]), "--checkpoint", str(healthy["watch"].parent / "init"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)  # the untrained model is not the model the log describes
+    assert d["verdict"] == "log_mismatch", d
+    assert doctor_main([str(healthy["watch"]), "--checkpoint", str(healthy["watch"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --checkpoint:") and err.count("\n") == 1, err

@@ -43,6 +43,12 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ap.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="a run recorded by bitnet_ref.watch: your checkpoint (a Hugging Face BitNet directory or a ckpt.pt) "
+        "to measure on the run's loss windows and check the log against",
+    )
+    ap.add_argument(
         "--report",
         metavar="FILE.html",
         help="also write the diagnosis with its evidence as plots: one self-contained HTML page (needs matplotlib)",
@@ -75,6 +81,10 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
             run = Run.from_metrics(m, args.log)
         else:
             run, notes = load_run(args.run_dir), []
+        if args.checkpoint:
+            from bitnet_ref.doctor.user_checkpoint import check_user_checkpoint
+
+            check_user_checkpoint(run, args.checkpoint)
         base = load_run(args.baseline) if args.baseline else None
     except (DoctorError, runlog.LogError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -136,6 +136,8 @@ class Watch:
             "unigram_entropy": self.unigram_entropy,
             "ternary_layers": [n for n, _ in self.ternary],
             "watch": {"every": self.every, "probe_tokens": self.probe_tokens, "prompts": len(self.prompts or [])},
+            # the fixed loss windows, so that `bitnet-doctor DIR --checkpoint THEIRS` measures a checkpoint on them
+            "val_windows": self.batch.tolist() if self.batch is not None else None,
             "params": n_params,
             "params_bitlinear": n_tern,
             "params_other": n_params - n_tern,
