@@ -200,3 +200,15 @@ def test_a_used_run_directory_is_refused(tmp_path):
     watch(TinyLM(), tmp_path, data=TEXT[-500:]).close()
     with pytest.raises(WatchError, match="already exists"):
         watch(TinyLM(), tmp_path, data=TEXT[-500:])
+
+
+def test_checkpoint_needs_a_watched_run(tmp_path, capsys):
+    from bitnet_ref.doctor.command import main as doctor_main
+
+    (tmp_path / M.FILE_NAME).write_text(
+        '{"kind": "header", "ln_vocab": 5.5}\n{"kind": "step", "step": 1, "loss": 5.0}\n'
+        '{"kind": "eval", "step": 1, "val_loss": 5.0}\n'
+    )
+    assert doctor_main([str(tmp_path), "--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "its metrics hold no loss windows" in err and err.count("\n") == 1, err
