@@ -272,6 +272,15 @@ def _first_block(model: nn.Module) -> tuple[nn.Module, bool] | None:
     return (blocks[0], True) if isinstance(blocks, nn.ModuleList) and len(blocks) else None
 
 
+def _embedding_hook(at: tuple[nn.Module, bool] | None, seen: dict) -> list:
+    """A hook putting the token embedding into ``seen["emb"]``: the input of ``at[0]`` (at[1] True) or its output."""
+    if at is None:
+        return []
+    if at[1]:
+        return [at[0].register_forward_pre_hook(lambda mod, i: seen.__setitem__("emb", i[0]))]
+    return [at[0].register_forward_hook(lambda mod, i, o: seen.__setitem__("emb", o))]
+
+
 def ternary_state(module: nn.Module) -> tuple[torch.Tensor, float]:
     """(int8 codes on the CPU, beta) of a ternary layer: its own ``ternary_state()`` where it has one (BitLinear),
     else the b1.58 absmean rule (quant.weight_quant) applied to its ``weight``."""
@@ -365,11 +374,7 @@ class HealthTracker:
             else:
                 hooks.append(m.register_forward_pre_hook(lambda mod, i, s=store: s.__setitem__("act_in", i[0])))
             hooks.append(m.register_forward_hook(lambda mod, i, o, s=store: s.__setitem__("out", o)))
-        emb_at = self.embedding_of(model)
-        if emb_at is not None and emb_at[1]:
-            hooks.append(emb_at[0].register_forward_pre_hook(lambda mod, i: seen.__setitem__("emb", i[0])))
-        elif emb_at is not None:
-            hooks.append(emb_at[0].register_forward_hook(lambda mod, i, o: seen.__setitem__("emb", o)))
+        hooks += _embedding_hook(self.embedding_of(model), seen)
         was_training = model.training
         model.eval()
         try:

@@ -10,6 +10,7 @@ from functools import partial
 from bitnet_ref.cli import run_quietly
 from bitnet_ref.doctor import foreign_logs as runlog
 from bitnet_ref.doctor.run import DoctorError, Run, load_run
+from bitnet_ref.doctor.user_checkpoint import check_user_checkpoint
 from bitnet_ref.doctor.verdicts import diagnose
 
 
@@ -82,8 +83,6 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
         else:
             run, notes = load_run(args.run_dir), []
         if args.checkpoint:
-            from bitnet_ref.doctor.user_checkpoint import check_user_checkpoint
-
             check_user_checkpoint(run, args.checkpoint)
         base = load_run(args.baseline) if args.baseline else None
     except (DoctorError, runlog.LogError) as e:
@@ -92,18 +91,24 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
     diagnosis = diagnose(run, base)
     diagnosis.notes += notes
     d = diagnosis.as_dict(run)
-    if args.report:
-        from bitnet_ref.doctor.report import write_report
-
-        try:
-            write_report(args.report, run, d)
-        except DoctorError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    if args.report and not report(args.report, run, d):
+        return 2
     print(json.dumps(d, indent=2, default=str) if args.json else render(d))
     if args.report:
         print(f"report: {args.report}", file=sys.stderr)
     return 0
+
+
+def report(path, run: Run, d: dict) -> bool:
+    """--report: the HTML page (doctor/report.py); False after a one-line error."""
+    from bitnet_ref.doctor.report import write_report
+
+    try:
+        write_report(path, run, d)
+    except DoctorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def cli(prog=None) -> int:

@@ -77,7 +77,7 @@ class Watch:
         logits=None,
     ):
         if isinstance(getattr(model, "module", None), nn.Module) and type(model).__name__.endswith("DataParallel"):
-            model = model.module  # DDP/DP: watch the model inside
+            model = model.module  # type: ignore[assignment]  # DDP/DP: watch the model inside
         if not isinstance(model, nn.Module):
             raise WatchError(f"watch() needs a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(every, int) or every < 1:
@@ -125,7 +125,8 @@ class Watch:
 
     def _header(self) -> dict:
         n_params = sum(p.numel() for p in self.model.parameters())
-        n_tern = sum(m.weight.numel() for _, m in self.ternary if isinstance(getattr(m, "weight", None), torch.Tensor))
+        weights = [getattr(m, "weight", None) for _, m in self.ternary]
+        n_tern = sum(w.numel() for w in weights if isinstance(w, torch.Tensor))
         return {
             "kind": M.HEADER,
             "source": "bitnet_ref.watch",
