@@ -4,7 +4,7 @@
   or temperature + top-k sampling under a seeded torch.Generator. It returns a ``Generation``: the new tokens,
   the entropy and top-1 probability of each next-token distribution, prefill and decode seconds. The model
   runs in eval mode for the call and gets its previous mode back, so the trainer can probe mid-training
-  (``probe.greedy_decode``) with the same code the decode probe and tools/bench_decode.py time.
+  (``probe.greedy_decode``) with the same code the decode probe and tools/bench/bench_decode.py time.
 - ``generate_reference``: greedy decoding that recomputes the whole sequence for every token (no cache): the
   oracle ``generate`` is tested against.
 - ``teacher_forced`` and ``val_loss``: one full forward over given tokens (all logits; mean cross-entropy).
@@ -113,7 +113,9 @@ def generate(
     groups = _groups(prompts, max_new_tokens, top_k, model.cfg.context)
     device = model.tok_emb.weight.device
     gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
-    out_t, out_e, out_p = [None] * len(prompts), [None] * len(prompts), [None] * len(prompts)
+    out_t: list = [None] * len(prompts)
+    out_e: list = [None] * len(prompts)
+    out_p: list = [None] * len(prompts)
     prefill_s = decode_s = 0.0
     was_training = model.training
     model.eval()
@@ -129,15 +131,17 @@ def generate(
             for step in range(max_new_tokens):
                 nxt = _pick(last, temperature, top_k, gen)  # (B, 1)
                 e, p1 = _stats(last)
-                toks.append(nxt), ents.append(e), tops.append(p1)
+                toks.append(nxt)
+                ents.append(e)
+                tops.append(p1)
                 if step + 1 < max_new_tokens:
                     logits, _ = model(nxt, cache=cache)  # (B, 1, V)
                     last = logits[:, -1]
             t2 = time.perf_counter()
             prefill_s, decode_s = prefill_s + (t1 - t0), decode_s + (t2 - t1)
-            toks, ents, tops = torch.cat(toks, 1), torch.stack(ents, 1), torch.stack(tops, 1)  # (B, new) each
+            tok_t, ent_t, top_t = torch.cat(toks, 1), torch.stack(ents, 1), torch.stack(tops, 1)  # (B, new) each
             for r, i in enumerate(rows):
-                out_t[i], out_e[i], out_p[i] = toks[r].tolist(), ents[r].tolist(), tops[r].tolist()
+                out_t[i], out_e[i], out_p[i] = tok_t[r].tolist(), ent_t[r].tolist(), top_t[r].tolist()
     finally:
         model.train(was_training)
     return Generation(out_t, out_e, out_p, prefill_s, decode_s)

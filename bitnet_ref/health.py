@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bitnet_ref.model import BitLinear
 from bitnet_ref.quant import weight_quant
 
 THRESHOLD = 0.5  # |w|/beta where round() switches between 0 and +-1
@@ -216,7 +217,7 @@ def float_grid_share(values: torch.Tensor, bits: int = FLOAT_GRID_BITS) -> float
 def param_groups_of(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The model's parameters by role (GROUPS); a tied head is the embedding; anything else goes to norm."""
     return param_groups(
-        model, [m for _, m in model.bitlinears()], getattr(model, "tok_emb", None), getattr(model, "head", None)
+        model, [m for _, m in _bitlinears(model)], getattr(model, "tok_emb", None), getattr(model, "head", None)
     )
 
 
@@ -258,8 +259,8 @@ def mean_over(layers: dict, key: str) -> float | None:
 # ---------------------------------------------------------------------------- the tracker
 
 
-def _bitlinears(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.bitlinears()]
+def _bitlinears(model: nn.Module) -> list[tuple[str, BitLinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BitLinear)]
 
 
 def _logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -284,11 +285,15 @@ def _embedding_hook(at: tuple[nn.Module, bool] | None, seen: dict) -> list:
 def ternary_state(module: nn.Module) -> tuple[torch.Tensor, float]:
     """(int8 codes on the CPU, beta) of a ternary layer: its own ``ternary_state()`` where it has one (BitLinear),
     else the b1.58 absmean rule (quant.weight_quant) applied to its ``weight``."""
-    if callable(getattr(module, "ternary_state", None)):
-        codes, beta = module.ternary_state()
+    own = getattr(module, "ternary_state", None)
+    if callable(own):
+        codes, beta = own()
     else:
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"{type(module).__name__} has no weight tensor to read ternary codes from")
         with torch.no_grad():
-            codes, beta = weight_quant(module.weight.detach().float())
+            codes, beta = weight_quant(weight.detach().float())
     return codes.detach().to("cpu", torch.int8), float(beta)
 
 
@@ -391,8 +396,10 @@ class HealthTracker:
             rec = code_fractions(codes)
             prev = self.prev_codes.get(name)
             fresh = prev is not None and prev.shape == codes.shape
-            rec["flip_rate"] = flip_rate(prev, codes) if fresh else None
-            rec["flip_steps"] = step - self.prev_step if fresh and None not in (step, self.prev_step) else None
+            rec["flip_rate"] = flip_rate(prev, codes) if prev is not None and fresh else None
+            rec["flip_steps"] = (
+                step - self.prev_step if fresh and step is not None and self.prev_step is not None else None
+            )
             self.prev_codes[name] = codes
             rec["beta"] = beta
             rec["w_rms"] = rms(w)

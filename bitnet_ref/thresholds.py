@@ -4,9 +4,9 @@ Each name is one number and one test, written down here once with why it is wher
 test different things (the doctor judges a whole run from its logged metrics, the probe one checkpoint from
 what it generates), they use different names; where they note the same thing, they share one.
 
-The doctor's numbers were set on short real runs of the tiny preset (tests/test_doctor.py, tools/experiments.py
---quick: the reference, each ablation, stage-1-only, LR/3, LR 1e-2, LR 0.3, WD 2.0, LR 1e-6); the probe's on
-checkpoints of the default recipe and on broken heads (tests/test_decode_probe.py).
+The doctor's numbers were set on short real runs of the tiny preset (tests/test_doctor.py,
+tools/experiments/experiments.py --quick: the reference, each ablation, stage-1-only, LR/3, LR 1e-2, LR 0.3, WD 2.0,
+LR 1e-6); the probe's on checkpoints of the default recipe and on broken heads (tests/test_decode_probe.py).
 What this is not: configuration. Nothing here changes how a model trains or decodes.
 """
 
@@ -32,7 +32,7 @@ RECOVER_FRAC = 0.8  # ...recovered: back to at least 80% of that earlier value a
 
 CHECK_WINDOWS = 8  # validation windows the doctor measures the checkpoint's loss on (cheap: one forward)
 LOG_MISMATCH_NATS = 0.5  # nats: measured vs logged val loss further apart than this = the log is not the model's
-#                          loss (healthy grid of tools/fault_zoo.py: <= 0.1 apart; window-sampling noise)
+#                          loss (healthy grid of tools/reliability/fault_zoo.py: <= 0.1 apart; window-sampling noise)
 IMPLAUSIBLE_LOSS_FRAC = 0.1  # a logged val loss below this x the unigram entropy is not reachable on held-out
 #                              text (byte-level Python: ~0.25 of it for very good models; a target leak: ~0.01)
 BASELINE_IMPLAUSIBLE_FRAC = 0.5  # ...or below half the FP baseline's: a ternary model does not beat FP by 2x

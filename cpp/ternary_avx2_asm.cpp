@@ -8,7 +8,7 @@
 //
 // Row order: a tile's four rows are a quarter of the row range apart (rows t, t + q, t + 2q, t + 3q of
 // the range [r0, r0 + 4q)), so the loop reads four sequential streams at once. Measured on a Zen 3
-// (AVX2, no AVX-512; tools/bench_kernels.py, "row order" section): one core reads one sequential
+// (AVX2, no AVX-512; tools/bench/bench_kernels.py, "row order" section): one core reads one sequential
 // stream at ~15.5 GB/s and four at ~22 GB/s, and a GEMV whose tiles are adjacent rows is one stream,
 // so with cold weights it ran at the one-stream rate (0.6 of the four-stream roofline) while its
 // hot-weight loop was ~1.6x faster than that. Four spread rows, cold, one thread: 68-74 G weights/s

@@ -7,7 +7,7 @@
 //
 // Why assembly: GCC 12 compiles the intrinsic tiles with register copies and reloads in the loop,
 // folds the GEMM's activation loads into the vpdpbusd operands (loading each vector twice), and the
-// intrinsic GEMV pays a call and a horizontal sum per row. Measured here (tools/bench_kernels.py,
+// intrinsic GEMV pays a call and a horizontal sum per row. Measured here (tools/bench/bench_kernels.py,
 // 4096 x 4096, one thread, hot): GEMV 163 -> 200 G weights/s, GEMM at M = 8 173 -> 217 G MAC/s.
 //
 // GEMV (gemv4_tiles): four rows per tile, and no shift: the four 2-bit fields are masked in place

@@ -337,28 +337,11 @@ def test_cli_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
 
 # Tiny model, 80 steps: every ablation's signature is there from the first evaluation; the reference run's
 # val loss ends well under the unigram entropy. Runs go two at a time in fresh processes (the trainer's CLI).
-REAL_ARGS = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "80",
-    "--batch-size",
-    "16",
-    "--warmup",
-    "8",
-    "--eval-every",
-    "20",
-    "--eval-batches",
-    "2",
-    "--probe-prompts",
-    "2",
-    "--probe-tokens",
-    "24",
-    "--threads",
-    "1",
-    "--log-every",
-    "1000000",
-]
+REAL_ARGS = (
+    "--preset tiny --steps 80 --batch-size 16 --warmup 8 --eval-every 20 "
+    "--eval-batches 2 --probe-prompts 2 --probe-tokens 24 --threads 1 --log-every "
+    "1000000"
+).split()
 ABLATION_CAUSES = {
     "no-ste": "missing_ste",
     "clamp-ste": "clamp_ste",

@@ -29,30 +29,10 @@ from bitnet_ref.train import loop as T
 from bitnet_ref.train.faults import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "4",
-    "--batch-size",
-    "4",
-    "--warmup",
-    "1",
-    "--eval-at",
-    "end",
-    "--eval-batches",
-    "1",
-    "--probe-prompts",
-    "1",
-    "--probe-prompt-len",
-    "8",
-    "--probe-tokens",
-    "4",
-    "--threads",
-    "1",
-    "--device",
-    "cpu",
-]
+TINY = (
+    "--preset tiny --steps 4 --batch-size 4 --warmup 1 --eval-at end --eval-batches 1 "
+    "--probe-prompts 1 --probe-prompt-len 8 --probe-tokens 4 --threads 1 --device cpu"
+).split()
 
 
 @contextmanager

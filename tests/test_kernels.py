@@ -574,7 +574,7 @@ def test_gemv_seconds_times_each_implementation_and_refuses_bad_input():
     w = bench.i2s_repack(p, 8, 256)
     impls = {"i2s": [w, w.copy()], **{b: [p, p.copy()] for b in BACKENDS if b != "scalar"}}
     if "avx2" in BACKENDS:
-        impls["avx2-adjacent"] = [p]  # the row-order baseline of tools/bench_kernels.py
+        impls["avx2-adjacent"] = [p]  # the row-order baseline of tools/bench/bench_kernels.py
     for impl, bufs in impls.items():
         for threads in (1, 2):
             secs = bench.gemv_seconds(impl, x, bufs, 8, 256, 5, threads)

@@ -1,4 +1,4 @@
-// membench.cpp: a streaming read-bandwidth probe for tools/bench_kernels.py's roofline column.
+// membench.cpp: a streaming read-bandwidth probe for tools/bench/bench_kernels.py's roofline column.
 //
 // Reads a buffer much larger than the last-level cache with plain 64-bit loads and software prefetch, split
 // across the same thread pool, each task reading its range as `streams` interleaved sequential streams.

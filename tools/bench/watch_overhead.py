@@ -17,26 +17,21 @@ What this is not: a timed test (nothing here passes or fails), or a profile of t
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` imports from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bitnet_ref import machine
 from bitnet_ref.model import ModelConfig, Transformer
 from bitnet_ref.watch import watch
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def batches(n: int, batch: int, context: int, vocab: int, seed: int = 0) -> list:
@@ -107,7 +102,7 @@ def main(argv=None) -> int:
         w.close()
     p, q = statistics.median(plain), statistics.median(watched)
     g, e = statistics.median(grads), statistics.median(evals)
-    print(f"CPU: {cpu_name()} | torch {torch.__version__} | {args.threads} thread(s)")
+    print(f"machine: {machine.summary()} | load average {os.getloadavg()[0]:.1f} | {args.threads} thread(s)")
     print(
         f"model: {args.preset} (d_model {cfg.d_model}, {cfg.n_layers} layers, context {cfg.context}), "
         f"batch {args.batch_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters"
