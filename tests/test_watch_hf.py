@@ -185,3 +185,16 @@ def test_the_users_checkpoint_is_checked_against_the_log(healthy, capsys):
     assert doctor_main([str(healthy["watch"]), "--checkpoint", str(healthy["watch"])]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --checkpoint:") and err.count("\n") == 1, err
+
+
+def test_evaluation_interval_follows_the_trainers_settings(tmp_path):
+    from transformers import TrainerState, TrainingArguments
+
+    from bitnet_ref.watch.hf import BitNetCallback
+
+    cb = BitNetCallback(tmp_path)
+    by_steps = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=7, use_cpu=True)
+    assert cb.interval(by_steps, TrainerState(max_steps=100)) == 7
+    no_eval = TrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert cb.interval(no_eval, TrainerState(max_steps=100)) == 5  # max_steps // 20
+    assert BitNetCallback(tmp_path, every=3).interval(by_steps, TrainerState(max_steps=100)) == 3

@@ -45,10 +45,13 @@ class BitNetCallback(TrainerCallback):
         trainer.callback_handler.callbacks.insert(0, self)
         return self
 
-    def _every(self, args, state) -> int:
+    def interval(self, args, state) -> int:
+        """Steps between evaluations: ``every``, else the Trainer's eval_steps when it evaluates by steps, else
+        max_steps // 20."""
         if self.every:
             return self.every
-        if str(getattr(args, "eval_strategy", "no")).endswith("steps") and args.eval_steps:
+        strategy = getattr(args, "eval_strategy", "no")
+        if str(getattr(strategy, "value", strategy)).lower() == "steps" and args.eval_steps:
             return max(1, int(args.eval_steps))
         return max(1, (state.max_steps or 20) // 20)
 
@@ -58,7 +61,7 @@ class BitNetCallback(TrainerCallback):
         kw = dict(self.watch_kw)
         if kw.get("tokenizer") is None and callable(getattr(processing_class, "decode", None)):
             kw["tokenizer"] = processing_class
-        self.watch = Watch(model, self.run_dir, every=self._every(args, state), steps=state.max_steps or None, **kw)
+        self.watch = Watch(model, self.run_dir, every=self.interval(args, state), steps=state.max_steps or None, **kw)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.watch is not None:
