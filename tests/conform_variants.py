@@ -1,7 +1,7 @@
 """Deliberately deviating BitLinear layers for tests/test_conform.py, one deviation each.
 
-Each is modelled on a row of the catalogue (shared/research/bitlinear-variants.md) or on a failure mode of the
-training-recipe notes, and overrides one piece of `Faq`: the FAQ's BitLinear written the plain way (float
+Each is modelled on a way public BitLinear implementations deviate from the official b1.58 recipe, or on a
+failure mode the recipe warns about, and overrides one piece of `Faq`: the FAQ's BitLinear written the plain way (float
 matmul on dequantized tensors, scales in float32), which must pass every check, being the reference computed
 another way. All take (in_features, out_features) like nn.Linear. The layers at the end are bad input.
 """

@@ -86,7 +86,8 @@ def test_quick_plots_or_a_plain_note(quick, tmp_path):
     stub = tmp_path / "stub" / "matplotlib"
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text("raise ImportError('matplotlib hidden for this test')\n")
-    p = _run(["--quick", "--out", str(out)], env={"PYTHONPATH": str(tmp_path / "stub")})
+    path = os.pathsep.join(filter(None, [str(tmp_path / "stub"), os.environ.get("PYTHONPATH")]))
+    p = _run(["--quick", "--out", str(out)], env={"PYTHONPATH": path})
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.count("(reused)") == len(ARMS)
     assert "No plots: matplotlib is not installed" in (out / "report.md").read_text()

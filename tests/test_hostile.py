@@ -1,4 +1,4 @@
-"""Hostile inputs the other test files do not already cover (the full catalogue is docs/reliability.md's table):
+"""Hostile inputs the other test files do not already cover (the full table is in docs/reliability.md):
 bad --data and bad --resume checkpoints leave nothing behind, decode_probe writes no report for a bad file,
 random shapes/dtypes/strides at the kernel bindings never crash the process, CUDA flags without a GPU,
 fp32 master weights and scales under bf16 autocast, no non-finite checkpoint is ever written, and every kind of

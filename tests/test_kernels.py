@@ -304,7 +304,7 @@ def float_rows(draw, max_m=5, max_k=300):
 
 
 def two_step(x, codes, packed, beta, backend=None):
-    """The reference path: torch act_quant -> int32 kernel -> acc.float() * (gamma * beta), as packed.py did."""
+    """The reference path: torch act_quant -> int32 kernel -> acc.float() * (gamma * beta), as runtime/packed.py did."""
     q, gamma = Q.act_quant(torch.from_numpy(x))  # (M, K) int8, (M, 1) float32
     n, k = codes.shape
     acc = torch.from_numpy(kernels.ternary_matmul(q.numpy(), packed, n, k, backend=backend))  # (M, N) int32

@@ -95,7 +95,7 @@ def pages(tmp_path_factory):
     healthy, collapsed = tmp / "healthy.html", tmp / "collapsed.html"
     r = doctor(trained_checkpoint().parent, "--report", healthy)
     assert r.returncode == 0 and r.stdout.startswith("verdict: healthy"), r.stderr
-    log = tmp / "seed.md"
+    log = tmp / "debugging-report.md"
     log.write_text(SEED_STANDARD)
     r = doctor("--log", log, "--vocab-size", "50257", "--report", collapsed)
     assert r.returncode == 0 and r.stdout.startswith("verdict: diversity_collapse"), r.stderr

@@ -1,4 +1,6 @@
-"""``python -m bitnet_ref.conform module:Class``: check a BitLinear implementation against the reference."""
+"""``python -m bitnet_ref.conform module:Class``: check a BitLinear implementation against the reference.
+
+Only runs the command; the command is checker.py (``cli``)."""
 
 import sys
 

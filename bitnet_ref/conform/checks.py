@@ -5,7 +5,7 @@ two runs that differ only in the property (weight scale statistic, bias, input s
 fit up to a free factor (so an output scale error does not leak into a question about codes or rounding).
 Where a question has no meaning after an earlier finding (tie rounding of codes that are not ternary, the eps
 of a norm that is absent), the check says "not-checkable" and why, instead of failing for the other reason.
-The probes are in conform_probes.py; conform.py runs the checks in CHECKS order and reports them.
+The probes are in harness.py; checker.py runs the checks in CHECKS order and reports them.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class Check:
     summary: str
     numbers: dict = field(default_factory=dict)
     effect: str = ""  # what the deviation does in training (failing checks only)
-    cause: str | None = None  # the doctor's cause name (doctor.CAUSES), where one fits
+    cause: str | None = None  # the doctor's cause name (causes.CAUSES), where one fits
 
     def as_dict(self) -> dict:
         return {

@@ -1,4 +1,4 @@
-"""Probe inputs, probe weights, the reference and the harness of the BitLinear conformance checker (conform.py).
+"""Probe inputs, probe weights, the reference and the harness of the BitLinear conformance checker (checker.py).
 
 The probes are built so that one property of a layer shows at a time:
 

@@ -5,7 +5,7 @@ Activation probes are single exact tokens (integers with absmax 127 after an exa
 weight probes are block weights (every row and group with the same magnitudes) under integer tokens, judged
 by a ratio to a flat twin or by a fit up to a free factor, so output-scale errors do not leak in. Gradient
 probes compare the layer's gradients with the reference STE's, per class of weights and per input element.
-See conform_checks.py for Check, Probing and the layer-level checks.
+See checks.py for Check, Probing and the layer-level checks.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Training logs written by other trainers, read as a run the doctor can judge.
 
 ``python -m bitnet_ref.doctor --log FILE --vocab-size V`` reads a CSV, a TSV, a JSON-lines file or a Markdown
-table (the kind pasted into reports, like the seed's) of a run trained anywhere, and the files trainers write,
-with the format detected (``read_any``): a Hugging Face ``trainer_state.json`` (hf_state.py), TensorBoard event
-files or their directory (tensorboard_log.py), and a W&B history CSV (exported from its UI); these three go
-through trainer_logs.py, which also reads bitnet_ref.watch's ``bitnet/`` figures in them. Columns are found by name:
+table (the kind pasted into reports, like the debugging report's) of a run trained anywhere, and the files
+trainers write, with the format detected (``read_any``): a Hugging Face ``trainer_state.json`` (hf_state.py),
+TensorBoard event files or their directory (tensorboard_log.py), and a W&B history CSV (exported from its UI);
+these three go through trainer_logs.py, which also reads bitnet_ref.watch's ``bitnet/`` figures in them.
+Columns of the tables are found by name:
 ``step``, ``loss`` (train), ``val_loss``, ``unique_tokens``, ``lr``, ``wd``, ``top_token_share``,
 ``distinct_2``; common spellings are recognised (``Loss``, ``train/loss``, ``eval_loss``, ``Unique Tokens``,
 ``learning_rate``, ...) and ``--columns step=iter,loss=train_loss_avg`` names others. Cells may use thousands
