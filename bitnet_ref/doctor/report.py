@@ -51,7 +51,7 @@ def _plt():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise DoctorError("--report draws its plots with matplotlib: pip install 'bitnet-ref[plot]'") from None
+        raise DoctorError("--report draws its plots with matplotlib: pip install matplotlib (the plot extra)") from None
     return plt
 
 

@@ -32,7 +32,8 @@ def _step_of(path: Path) -> int | None:
 
 def check_user_checkpoint(run: Run, path) -> None:
     """Measure ``path`` on the run's recorded windows and leave the result where the doctor's checkpoint checks
-    read it (``run.checked``); DoctorError (one line) for a run without windows or an unreadable checkpoint."""
+    read it (the run's ``checked`` measurements); DoctorError (one line) for a run without windows or an
+    unreadable checkpoint."""
     from bitnet_ref.checkpoint import CheckpointError
     from bitnet_ref.formats import hf_read
     from bitnet_ref.formats.hf import FormatError

@@ -224,7 +224,8 @@ def head_of(model: nn.Module, ternary: list) -> nn.Module | None:
 
 
 def vocab_size_of(model: nn.Module, ternary: list) -> int | None:
-    """V from ``config.vocab_size``/``cfg.vocab_size``, else the head's rows, else the embedding's."""
+    """V: the ``vocab_size`` of the model's ``config`` (transformers) or ``cfg`` (bitnet_ref), else the head's
+    rows, else the embedding's."""
     for cfg in (getattr(model, "config", None), getattr(model, "cfg", None)):
         v = getattr(cfg, "vocab_size", None)
         if isinstance(v, int) and v > 1:

@@ -1,7 +1,8 @@
 """The watch as a PyTorch Lightning ``Callback``.
 
+    from lightning import Trainer
     from bitnet_ref.watch.lightning import BitNetCallback
-    trainer = lightning.Trainer(max_steps=1000, callbacks=[BitNetCallback("runs/mine", data=val_token_ids)])
+    trainer = Trainer(max_steps=1000, callbacks=[BitNetCallback("runs/mine", data=val_token_ids)])
     trainer.fit(lit_module, train_loader)
 
 It runs a ``Watch`` on the LightningModule: gradient statistics in ``on_before_optimizer_step`` (after the
