@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from _decode_ckpt import trained_checkpoint
-from test_runlog import SEED_STANDARD
+from test_runlog import REPORT_STANDARD_LR
 
 pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install -e .[plot])")
 Image = pytest.importorskip("PIL.Image", reason="pillow (a matplotlib dependency) is not installed")
@@ -96,7 +96,7 @@ def pages(tmp_path_factory):
     r = doctor(trained_checkpoint().parent, "--report", healthy)
     assert r.returncode == 0 and r.stdout.startswith("verdict: healthy"), r.stderr
     log = tmp / "debugging-report.md"
-    log.write_text(SEED_STANDARD)
+    log.write_text(REPORT_STANDARD_LR)
     r = doctor("--log", log, "--vocab-size", "50257", "--report", collapsed)
     assert r.returncode == 0 and r.stdout.startswith("verdict: diversity_collapse"), r.stderr
     return {"healthy": healthy, "collapsed": collapsed}
