@@ -76,3 +76,9 @@ PROBE_LOSS_MARGIN = 0.05  # nats: the noise of the probe's loss on a few validat
 #                           unigram entropy - this is "not learning" (no better than a token-frequency table);
 #                           one at or above ln(V) - this is, in the reason given, no better than uniform guessing.
 #                           An absolute margin on one measurement, not the doctor's NEAR_UNIGRAM_FRAC on a run.
+
+# ---- logs of other trainers (doctor/trainer_logs.py): nearest evidence, stated as such, never a verdict
+OVERCONFIDENT_FRAC = 0.5  # the model's mean predictive entropy on training batches (TRL's "entropy") below this x
+#                           its train loss: it is far surer than it is right. A calibrated model has entropy ~ loss;
+#                           one that greedily repeats a token puts most mass on it (low entropy) and pays for it
+#                           on the real next token (high loss).
