@@ -40,6 +40,18 @@ EXTERNAL = {
     "src/ggml-bitnet-mad.cpp",  # microsoft/BitNet (bitnet.cpp)
     "linux/arch/arm64/include/uapi/asm/hwcap.h",  # the Linux kernel's HWCAP bits
     "avx512fintrin.h",  # GCC's intrinsics header
+    # public BitLinear layers read and checked in docs/conformance-real-code.md, each cited with its repository
+    "bitnet/bitlinear.py",  # kyegomez/BitNet
+    "bitnet/bitbnet_b158.py",  # kyegomez/BitNet
+    "experiments/bitnet/bitnet.py",  # joey00072/ohara
+    "bitnet_llama/module.py",  # Beomi/BitNet-Transformers
+    "bitlinear/bitlinear.py",  # schneiderkamplab/bitlinear
+    "prototype/quantized_training/bitnet.py",  # pytorch/ao
+    "gpu/model.py",  # microsoft/BitNet
+    "convert_checkpoint.py",  # microsoft/BitNet
+    "integration/BitNet/utils_quant.py",  # microsoft/BitBLAS
+    "layers/bitnet.py",  # tiiuae/onebitllms
+    "fla/modules/fused_bitlinear.py",  # fla-org/flash-linear-attention
 }
 PROJECT_NAMES = {"llama.cpp", "bitnet.cpp"}
 # dotted names that are not module references: GGUF metadata keys and the checkpoint format tag, HF tensor
