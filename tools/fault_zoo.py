@@ -81,12 +81,16 @@ TEXT_DATA = "/usr/share/common-licenses"  # English licence texts: a second, non
 class Case:
     name: str
     split: str  # tuned | held-out
-    fault: str | None  # a key of FAULTS; None = healthy
+    fault: str | None  # a key of fault_zoo_faults.FAULT_TEXT; None = healthy
     extra: list = field(default_factory=list)
     expect: tuple = ("healthy",)  # right if the verdict or the cause is one of these (and a fault is not healthy)
     quick: bool = False  # part of --quick (CI)
+    needle: str | None = None  # ...and, for a fault, this text appears in the evidence (the mechanism named)
+    foreign: bool = False  # judged as a foreign log (CSV: step, loss, val_loss, unique_tokens, lr; no unigram entropy)
+    resume_at: int | None = None  # trained with --stop-at this, then --resume
 
 
+LONG = ["--steps", "600", "--eval-every", "100"]  # long enough for what the step count implies (foreign logs)
 CASES = [
     Case("ref", "tuned", None, quick=True),
     Case("seed7", "tuned", None, ["--seed", "7"]),
@@ -109,129 +113,43 @@ CASES = [
     Case("eval-no-shift", "held-out", "eval_no_shift", expect=("log_mismatch", "implausible_loss")),
     Case("stale-export", "held-out", "stale_export", expect=("log_mismatch",), quick=True),
     Case("bf16-master", "held-out", "bf16_master", expect=("low_precision",)),
+    # issue 28: healthy runs that exercise the new checks (clipping, no WD, small batches, resume, foreign logs)
+    Case("wd0", "tuned", None, ["--wd", "0"]),
+    Case("batch4", "tuned", None, ["--batch-size", "4"]),
+    Case("ref-foreign-600", "tuned", None, LONG, foreign=True),
+    Case("resumed", "held-out", None, resume_at=150),
+    Case("clip-0.05", "held-out", None, ["--grad-clip", "0.05"]),
+    Case("tied-lr3e-3", "held-out", None, ["--tie-embeddings", "--lr", "3e-3", "--lr2", "2e-3"]),
+    Case("fp-foreign-700-seed3", "held-out", None, ["--quant", "none", "--seed", "3", "--steps", "700"], foreign=True),
+    # issue 28: faults of each principle. Tuned: used while the checks were built. Held-out: written down here
+    # before any was run, and run once, at the end.
+    Case("warmup-never-ends", "tuned", "warmup_never_ends", expect=("lr_schedule",), needle="warmup"),
+    Case("adam-eps-0.1", "tuned", "adam_eps", expect=("optimizer_step",), needle="eps"),
+    Case("mask-off-training", "tuned", "mask_off_in_training", expect=("train_leak",), needle="causal mask"),
+    Case("same-batch", "tuned", "same_batch", expect=("memorisation",), needle="repeat"),
+    Case("eval-on-train", "tuned", "eval_on_train", expect=("wrong_split",), needle="training split"),
+    Case("eval-late-positions", "tuned", "eval_late_positions", expect=("log_mismatch",), needle="same windows"),
+    Case("cache-rope-restart", "tuned", "cache_rope_restart", expect=("decode_mismatch",), quick=True),
+    Case("zero-frozen-subnorm", "tuned", "zero_frozen_subnorm", expect=("grad_flow",), needle="sub_norm"),
+    Case("crash-after-first-eval", "tuned", "crash_after_first_eval", expect=("incomplete",), needle="CUDA error"),
+    Case("tiny-lr-foreign", "tuned", "tiny_lr", ["--lr", "3e-6", "--lr2", "2e-6", *LONG], ("not_learning",), foreign=True),
+    Case("lr-scaled-in-step", "held-out", "lr_scaled_in_step", expect=("optimizer_step",)),
+    Case("tiny-grad-clip", "held-out", "tiny_grad_clip", ["--grad-clip", "1e-9"], ("optimizer_step",), needle="clip"),
+    Case("narrow-pipeline", "held-out", "narrow_pipeline", expect=("memorisation",)),
+    Case("swapped-splits", "held-out", "swapped_splits", expect=("wrong_split",)),
+    Case("eval-lagged", "held-out", "eval_lagged", expect=("log_mismatch",)),
+    Case("cache-mask-off-by-one", "held-out", "cache_mask_off_by_one", expect=("decode_mismatch",)),
+    Case("zero-frozen-oproj", "held-out", "zero_frozen_oproj", expect=("grad_flow",), needle="o_proj"),
+    Case("killed-mid-run", "held-out", "killed_mid_run", expect=("incomplete",)),
+    Case(
+        "tiny-lr-stage1-foreign",
+        "held-out",
+        "tiny_lr_stage1",
+        ["--lr", "1e-6", "--lr2", "7e-7", "--stage1-only", "--seed", "5", "--steps", "700", "--eval-every", "100"],
+        ("not_learning",),
+        foreign=True,
+    ),
 ]
-FAULT_TEXT = {
-    None: "none (healthy)",
-    "targets_eq_inputs": "data: targets = inputs",
-    "shuffled_targets": "data: targets of another row",
-    "latent_dropped": "optimizer: latent weights not in AdamW",
-    "latent_zero_lr": "optimizer: LR 0 on latent weights",
-    "dead_grad": "gradient: 71% of latent grads zeroed",
-    "detached_norm": "gradient: RMSNorm gains detached",
-    "detached_layer": "gradient: one BitLinear detached",
-    "logits_bf16": "numerics: logits rounded to bf16",
-    "logits_fp8": "numerics: logits rounded to fp8 e4m3",
-    "bf16_master": "numerics: bf16 master weights",
-    "eval_no_shift": "eval: val targets = inputs",
-    "stale_export": "export: ckpt holds fresh weights",
-}
-
-
-# ---------------------------------------------------------------------------- the faults (patched in the worker)
-
-
-def _patch(fault: str) -> None:
-    """Install ``fault`` into this process's trainer (the worker runs one case, then exits)."""
-    import torch
-    import torch.nn.functional as F
-
-    from bitnet_ref import model
-    from bitnet_ref.train import faults
-    from bitnet_ref.train import loop as train
-
-    get_batch, install, forward = train.get_batch, faults.install, model.Transformer.forward
-
-    def hook_model(fn):  # run fn(model) where the trainer installs its own test faults: before the loop
-        faults.install = lambda m, first: (fn(m), install(m, first))
-
-    def round_logits(cast):
-        def fwd(self, idx, targets=None, cache=None):
-            logits, _ = forward(self, idx, None, cache)
-            logits = logits + (cast(logits) - logits).detach()  # rounded values, straight-through gradient
-            loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-            return logits, loss
-
-        model.Transformer.forward = fwd
-
-    if fault == "targets_eq_inputs":
-        train.get_batch = lambda *a: (get_batch(*a)[0],) * 2
-    elif fault == "shuffled_targets":
-        train.get_batch = lambda *a: (lambda x, y: (x, y.roll(1, 0)))(*get_batch(*a))
-    elif fault == "eval_no_shift":
-        evaluate = train.TrainingRun.evaluate
-
-        def ev(self, step):
-            train.get_batch = lambda *a: (get_batch(*a)[0],) * 2
-            try:
-                return evaluate(self, step)
-            finally:
-                train.get_batch = get_batch
-
-        train.TrainingRun.evaluate = ev
-    elif fault in ("latent_dropped", "latent_zero_lr"):
-        groups = train.param_groups
-
-        def pg(m):
-            latent = {id(b.weight) for _, b in m.bitlinears()}
-            out = [{**g, "params": [p for p in g["params"] if id(p) not in latent]} for g in groups(m)]
-            if fault == "latent_zero_lr":
-                out.append(
-                    {
-                        "params": [b.weight for _, b in m.bitlinears()],
-                        "weight_decay": 0.0,
-                        "decay": True,
-                        "frozen": True,
-                    }
-                )
-            return out
-
-        train.param_groups = pg
-        step = torch.optim.AdamW.step
-
-        def zero_lr_step(self, *a, **k):
-            for g in self.param_groups:
-                if g.get("frozen"):
-                    g["lr"] = 0.0
-            return step(self, *a, **k)
-
-        torch.optim.AdamW.step = zero_lr_step
-    elif fault == "dead_grad":
-
-        def dead(m):
-            gen = torch.Generator().manual_seed(0)
-            for _, b in m.bitlinears():
-                keep = (torch.rand(b.weight.shape, generator=gen) >= 0.71).to(b.weight.dtype)
-                b.weight.register_hook(lambda g, k=keep: g * k.to(g.device))
-
-        hook_model(dead)
-    elif fault == "detached_norm":
-        model.RMSNorm.forward = lambda self, x: (
-            x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.detach()
-        )
-    elif fault == "detached_layer":
-        hook_model(lambda m: m.blocks[0].attn.o_proj.weight.register_hook(torch.zeros_like))
-    elif fault == "logits_bf16":
-        round_logits(lambda t: t.to(torch.bfloat16).float())
-    elif fault == "logits_fp8":
-        round_logits(lambda t: t.clamp(-448, 448).to(torch.float8_e4m3fn).float())
-    elif fault == "bf16_master":
-        init = model.Transformer.__init__
-
-        def bf16_init(self, cfg):
-            init(self, cfg)
-            self.to(torch.bfloat16)
-
-        model.Transformer.__init__ = bf16_init
-    elif fault == "stale_export":
-        save = train.save_checkpoint
-
-        def stale(path, payload):
-            fresh = model.Transformer(model.ModelConfig.from_dict(payload["config"]))
-            return save(path, {**payload, "model": fresh.state_dict()})
-
-        train.save_checkpoint = stale
-    else:
-        raise ValueError(f"unknown fault {fault!r}")
 
 
 # ---------------------------------------------------------------------------- one case, in a fresh process
