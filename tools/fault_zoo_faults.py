@@ -241,7 +241,12 @@ def _optimizer_faults(name: str) -> bool:
             out = [{**g, "params": [p for p in g["params"] if id(p) not in latent]} for g in groups(m)]
             if name == "latent_zero_lr":
                 out.append(
-                    {"params": [b.weight for _, b in m.bitlinears()], "weight_decay": 0.0, "decay": True, "frozen": True}
+                    {
+                        "params": [b.weight for _, b in m.bitlinears()],
+                        "weight_decay": 0.0,
+                        "decay": True,
+                        "frozen": True,
+                    }
                 )
             return out
 

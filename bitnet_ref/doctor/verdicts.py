@@ -9,14 +9,20 @@ numbers; with ``--json`` one JSON object with the same content. Exit 0 for any d
 
 Verdicts (from the losses and the diversity probe; the first that applies; every upper-case name is a number
 in thresholds.py):
-  log_mismatch        the checkpoint's own next-token loss on validation windows (measured here, doctor_checks.py)
-                      or decode_probe.json's differs from the logged one by > LOG_MISMATCH_NATS
+  log_mismatch        the checkpoint's next-token loss on the very windows of the log's evaluation differs from the
+                      logged one by > REPRO_TOL_* (reproduce.py), or on fresh windows (the doctor's, or
+                      decode_probe.json's) by > LOG_MISMATCH_NATS and LOG_MISMATCH_Z standard errors
   implausible_loss    the logged loss < IMPLAUSIBLE_LOSS_FRAC x unigram entropy (or < BASELINE_IMPLAUSIBLE_FRAC
                       x the FP baseline's): better than held-out data allows
   diverged            a non-finite loss, or the train loss ends > DIVERGE_RISE nats above its best
+  incomplete          the run ended before its planned last step (progress.py): said, with the error where the log
+                      has one, and judged only on what the records hold
+  decode_mismatch     a decode path disagrees with a full recompute or with training (decode_check.py)
   not_learning        final val loss >= NEAR_LN_V_FRAC x ln(vocab)
   stuck_unigram       final val loss >= NEAR_UNIGRAM_FRAC x unigram entropy, and the FP baseline (when given)
                       ends at least BASELINE_GAP_FRAC x unigram entropy lower
+  not_learning        (also, without a unigram entropy) after LN_V_EXIT_STEPS steps the loss is still >=
+                      UNIGRAM_CEILING_FRAC x ln V: an inference from the step count and the vocabulary (progress.py)
   diversity_collapse  past the unigram phase (evals with val loss < NEAR_UNIGRAM_FRAC x unigram entropy), the
                       final unique tokens are <= COLLAPSE_FRAC of the best there (or of the baseline's final),
                       that best being >= MIN_UNIQUE_SIGNAL, while the val loss still fell by >= LOSS_FELL
@@ -42,8 +48,11 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from bitnet_ref.doctor import decode_check, optimizer, reproduce
 from bitnet_ref.doctor.causes import CAUSE_TEXT, find_causes, flip_trend, fmt
+from bitnet_ref.doctor.decode_check import decode_path
 from bitnet_ref.doctor.measure import log_check, sample_collapse
+from bitnet_ref.doctor.progress import incomplete, uniform_phase
 from bitnet_ref.doctor.run import Run
 from bitnet_ref.metrics_log import number_or_none
 from bitnet_ref.thresholds import (
@@ -70,6 +79,8 @@ VERDICTS = {
     "diversity_collapse": "diversity collapse while the loss still falls",
     "transient_dip": "transient dip, recovered: unique tokens fell and came back",
     "diverged": "diverged: the loss became NaN/inf or blew up",
+    "incomplete": "incomplete: the run ended before its planned last step; judged only on what its records hold",
+    "decode_mismatch": "the decode path does not compute what the model computes: its samples are not the model's",
 }
 
 
@@ -80,6 +91,7 @@ class Diagnosis:
     evidence: list = field(default_factory=list)
     findings: list = field(default_factory=list)  # every cause that applied: {"cause", "evidence"}
     notes: list = field(default_factory=list)
+    measurements: dict = field(default_factory=dict)  # the numbers the checks measured (reproduce.py, ...)
 
     def as_dict(self, run: Run | None = None) -> dict:
         d = {
@@ -90,6 +102,7 @@ class Diagnosis:
             "evidence": self.evidence,
             "findings": self.findings,
             "notes": self.notes,
+            "measurements": self.measurements,
         }
         if run is not None:
             d["run"] = str(run.path)
@@ -173,12 +186,7 @@ def _final_loss(c: _Case) -> float | None:
     """The loss the run is judged by: its last val loss, or its recent train loss when it went well past its last
     evaluation or has none (a note says so); it leads the evidence, beside ln V and the unigram entropy."""
     run, vals = c.run, c.run.val_losses
-    planned, last_step = run.planned_steps, (run.steps[-1].get("step") if run.steps else None)
-    if not run.complete and planned and last_step is not None:
-        c.notes.append(
-            f"incomplete run: {last_step} of {planned} planned steps logged (still running, stopped or "
-            "killed); judged as it stands"
-        )
+    last_step = run.steps[-1].get("step") if run.steps else None
     losses = [number_or_none(r.get("loss")) for r in run.steps]
     final, kind = None, "val"
     if vals:
@@ -304,7 +312,10 @@ def _note_plateau_and_repetition(c: _Case, last: _Eval) -> None:
 VERDICT_RULES = (
     log_check,
     diverged,
+    incomplete,
+    decode_path,
     loss_level,
+    uniform_phase,
     sample_collapse,
     diversity,
 )  # in order: the first verdict one returns is the verdict
@@ -330,4 +341,13 @@ def diagnose(run: Run, baseline: Run | None = None) -> Diagnosis:
             break
     else:
         verdict = "faulty" if cause else "healthy"
-    return Diagnosis(verdict, cause, c.evidence, findings, c.notes)
+    return Diagnosis(verdict, cause, c.evidence, findings, c.notes, measured(run, c))
+
+
+def measured(run: Run, c: _Case) -> dict:
+    """The numbers the checks measured, for --json and the fault zoo's margins."""
+    out = {**reproduce.summary(run), **optimizer.summary(run), **decode_check.summary(run)}
+    final = run.val_losses[-1][1] if run.val_losses else None
+    if final is not None and c.ln_v:
+        out["loss_over_ln_v"] = final / c.ln_v
+    return out
