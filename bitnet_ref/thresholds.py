@@ -81,10 +81,11 @@ PROBE_LOSS_MARGIN = 0.05  # nats: the noise of the probe's loss on a few validat
 
 # ---- the decode path against a full recompute (generate.recompute_check: the decode probe and the doctor)
 
-RECOMPUTE_REL_TOL = 1e-3  # cached greedy decoding vs one full forward over the same tokens: the largest logit
-#                           difference relative to the largest |logit|. The same arithmetic in another order: float
-#                           noise, plus an int8 activation code flipped at a rounding boundary now and then (healthy
-#                           grid of tools/fault_zoo.py: see docs/debugging.md); a cache fault moves logits by O(1)
+RECOMPUTE_REL_TOL = 1e-2  # cached greedy decoding vs one full forward over the same tokens: the largest logit
+#                           difference relative to the largest |logit| (and the near-tie allowance for a token the
+#                           full forward ranks second). The same arithmetic in another order is float noise (healthy
+#                           grid of tools/fault_zoo.py: <= ~5e-7); logits rounded to bf16 in both paths differ by up
+#                           to its step, 2^-8 = 0.004 (the logits-bf16 case): no cache fault. A cache fault: O(0.1-1)
 
 # ---- the log reproduced from the checkpoint (doctor/reproduce.py, measure.py, splits.py): resolution first
 

@@ -67,6 +67,7 @@ from bitnet_ref.thresholds import (
     NEAR_UNIGRAM_FRAC,
     RECOVER_FRAC,
     REPETITIVE_TOP_SHARE,
+    UNIGRAM_CEILING_FRAC,
 )
 
 VERDICTS = {
@@ -241,7 +242,7 @@ def diversity(c: _Case) -> str | None:
     if not div:
         return None
     c.evidence.append("unique tokens: " + ", ".join(f"{int(d.unique)}@{d.step}" for d in div[-10:]))
-    past = [d for d in div if c.uni is None or (d.val_loss is not None and d.val_loss < NEAR_UNIGRAM_FRAC * c.uni)]
+    past = [d for d in div if _past_unigram_phase(c, d.val_loss)]
     early = [d for d in div if d not in past and d.step != 0]
     if early and past and min(d.unique for d in early) <= DIP_FRAC * max(div[0].unique, 1):
         low = min(early, key=lambda d: d.unique)
@@ -268,11 +269,24 @@ def diversity(c: _Case) -> str | None:
     return None
 
 
+def _past_unigram_phase(c: _Case, loss: float | None) -> bool:
+    """An eval past the unigram phase: its loss below NEAR_UNIGRAM_FRAC x the unigram entropy. Without one, only a
+    loss at or above UNIGRAM_CEILING_FRAC x ln V is known to be in it (what the vocabulary implies)."""
+    if c.uni is not None:
+        return loss is not None and loss < NEAR_UNIGRAM_FRAC * c.uni
+    return loss is None or not c.ln_v or loss < UNIGRAM_CEILING_FRAC * c.ln_v
+
+
 def _collapsed(c: _Case, past: list, best_u: float) -> str | None:
     vals, last = c.run.val_losses, past[-1]
     fell = len(vals) >= 2 and vals[-1][1] <= vals[0][1] - LOSS_FELL
     if last.unique <= COLLAPSE_FRAC * best_u and fell:
-        where = "past the unigram phase" if c.uni else "(unigram entropy unknown: the unigram phase is not excluded)"
+        where = (
+            "past the unigram phase"
+            if c.uni
+            else f"(unigram entropy unknown: only evals at or above {UNIGRAM_CEILING_FRAC} x ln V, surely in the "
+            "unigram phase, were left out)"
+        )
         c.evidence.append(
             f"unique tokens {int(last.unique)} at the end vs {int(best_u)} earlier {where}"
             + (f"; top-token share {last.top_share:.2f}" if last.top_share is not None else "")
