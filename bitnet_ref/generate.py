@@ -122,7 +122,7 @@ def generate(
     device = model.tok_emb.weight.device
     gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
     out_t, out_e, out_p = [None] * len(prompts), [None] * len(prompts), [None] * len(prompts)
-    out_l = [None] * len(prompts)
+    out_l: list = [None] * len(prompts)
     prefill_s = decode_s = 0.0
     was_training = model.training
     model.eval()
@@ -194,7 +194,7 @@ def recompute_check(model: Transformer, prompts, max_new_tokens: int, *, oracle:
         full.append(row)
         max_ref = max(max_ref, float(row.abs().max()))
     bad = []
-    for i, (row, cached, toks) in enumerate(zip(full, g.logits, g.tokens)):
+    for i, (row, cached, toks) in enumerate(zip(full, g.logits or [], g.tokens)):
         max_abs = max(max_abs, float((row - cached).abs().max()))
         best = row.max(-1)
         for k, t in enumerate(toks):

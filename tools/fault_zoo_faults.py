@@ -373,7 +373,18 @@ def _decode_faults(name: str) -> bool:
 def _crash_faults(name: str) -> bool:
     from pathlib import Path
 
-    if name == "crash_after_first_eval":
+    from bitnet_ref import model
+    from bitnet_ref.train import loop as train
+
+    if name == "stale_export":
+        save = train.save_checkpoint
+
+        def stale(path, payload):
+            fresh = model.Transformer(model.ModelConfig.from_dict(payload["config"]))
+            return save(path, {**payload, "model": fresh.state_dict()})
+
+        train.save_checkpoint = stale
+    elif name == "crash_after_first_eval":
 
         def boom(run):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -43,10 +43,25 @@ def _beyond(gap: float, se: float | None, nats: float) -> bool:
     return gap > nats and gap > LOG_MISMATCH_Z * (se or 0.0)
 
 
+def evaluated_model(run: Run) -> bool:
+    """Is ckpt.pt the model the log evaluated at its step? Some reading of the data reproduces the logged val loss
+    there (or it cannot be told). If none does, the checkpoint is another model (a stale export) and the log's
+    training losses say nothing about it."""
+    m = measurements(run)
+    same, logged, tol = m["val_same"], m["val_logged"], repro_tol(run)
+    if same is None or logged is None or abs(same.mean - logged) <= tol:
+        return True
+    readings = (reading(run, "val", "train"), reading(run, "val", "val", "no_shift"))
+    return any(r is not None and abs(r.mean - logged) <= tol for r in readings)
+
+
 def _train_unreproduced(run: Run):
-    """The paired training-loss measurement when the log's training loss is far below the checkpoint's, else None."""
+    """The paired training-loss measurement when the log's training loss is far below the checkpoint's (and the
+    checkpoint is the model the log evaluated), else None."""
     ts = measurements(run)["train_same"]
-    return ts if ts is not None and _beyond(ts.gap, ts.se, TRAIN_REPRO_NATS) else None
+    if ts is None or not _beyond(ts.gap, ts.se, TRAIN_REPRO_NATS):
+        return None
+    return ts if evaluated_model(run) else None
 
 
 def _reproduces(run: Run, split: str, how: str = "shift"):
