@@ -4,7 +4,7 @@
   or temperature + top-k sampling under a seeded torch.Generator. It returns a ``Generation``: the new tokens,
   the entropy and top-1 probability of each next-token distribution, prefill and decode seconds. The model
   runs in eval mode for the call and gets its previous mode back, so the trainer can probe mid-training
-  (``probe.greedy_decode``) with the same code the decode probe and tools/bench_decode.py time.
+  (``diversity.greedy_decode``) with the same code the decode probe and the decode benchmark time.
 - ``generate_reference``: greedy decoding that recomputes the whole sequence for every token (no cache): the
   oracle ``generate`` is tested against.
 - ``recompute_check``: does a model's cached greedy decoding compute what a full recompute of the same tokens
@@ -12,15 +12,15 @@
   RoPE offset, a cache mask) is invisible to ``parity``, which compares two cached paths.
 - ``teacher_forced`` and ``val_loss``: one full forward over given tokens (all logits; mean cross-entropy);
   ``window_losses``: the mean cross-entropy of each window, for a loss with its standard error.
-- ``parity``: does a runtime model (packed.py) compute what the reference fake-quant model computes? Greedy
+- ``parity``: does a runtime model (runtime/packed.py) compute what the reference fake-quant model computes? Greedy
   tokens must be identical and the logits within ``PARITY_REL_TOL``.
 
 The model is anything with the Transformer's interface (``cfg.context``, ``tok_emb``, ``new_cache``,
 ``forward(idx, targets, cache)``): the fake-quant training model on any device, or the packed model of
-``packed.py`` on the CPU. This module imports torch and nothing of the C++ extension, so training can use it
-without one. ``DecodeError`` lives here because generation raises it; ``packed`` re-exports it for loading.
+runtime/packed.py on the CPU. This module imports torch and nothing of the C++ extension, so training can use it
+without one. ``DecodeError`` lives here because generation raises it; the runtime and the loader raise it too.
 What this is not: a serving engine (no batching across requests, no streaming, no beam search) or a loader
-(``packed.load_for_decode``).
+(``loader.load_for_decode`` in decode/).
 """
 
 from __future__ import annotations
@@ -121,7 +121,9 @@ def generate(
     groups = _groups(prompts, max_new_tokens, top_k, model.cfg.context)
     device = model.tok_emb.weight.device
     gen = torch.Generator().manual_seed(seed) if temperature > 0 else None
-    out_t, out_e, out_p = [None] * len(prompts), [None] * len(prompts), [None] * len(prompts)
+    out_t: list = [None] * len(prompts)
+    out_e: list = [None] * len(prompts)
+    out_p: list = [None] * len(prompts)
     out_l: list = [None] * len(prompts)
     prefill_s = decode_s = 0.0
     was_training = model.training
@@ -138,7 +140,9 @@ def generate(
             for step in range(max_new_tokens):
                 nxt = _pick(last, temperature, top_k, gen)  # (B, 1)
                 e, p1 = _stats(last)
-                toks.append(nxt), ents.append(e), tops.append(p1)
+                toks.append(nxt)
+                ents.append(e)
+                tops.append(p1)
                 if keep_logits:
                     kept.append(last.float().cpu())
                 if step + 1 < max_new_tokens:
@@ -146,9 +150,9 @@ def generate(
                     last = logits[:, -1]
             t2 = time.perf_counter()
             prefill_s, decode_s = prefill_s + (t1 - t0), decode_s + (t2 - t1)
-            toks, ents, tops = torch.cat(toks, 1), torch.stack(ents, 1), torch.stack(tops, 1)  # (B, new) each
+            tok_t, ent_t, top_t = torch.cat(toks, 1), torch.stack(ents, 1), torch.stack(tops, 1)  # (B, new) each
             for r, i in enumerate(rows):
-                out_t[i], out_e[i], out_p[i] = toks[r].tolist(), ents[r].tolist(), tops[r].tolist()
+                out_t[i], out_e[i], out_p[i] = tok_t[r].tolist(), ent_t[r].tolist(), top_t[r].tolist()
                 out_l[i] = torch.stack([k[r] for k in kept]) if keep_logits else None  # (new, V)
     finally:
         model.train(was_training)

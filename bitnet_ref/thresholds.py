@@ -1,12 +1,12 @@
-"""The numbers the two judges go by: the doctor (doctor.py, causes.py) and the decode probe (decode_probe.py).
+"""The numbers the two judges go by: the doctor (doctor/) and the decode probe (decode/probe.py).
 
 Each name is one number and one test, written down here once with why it is where it is. Where the two judges
 test different things (the doctor judges a whole run from its logged metrics, the probe one checkpoint from
 what it generates), they use different names; where they note the same thing, they share one.
 
-The doctor's numbers were set on short real runs of the tiny preset (tests/test_doctor.py, tools/experiments.py
---quick: the reference, each ablation, stage-1-only, LR/3, LR 1e-2, LR 0.3, WD 2.0, LR 1e-6); the probe's on
-checkpoints of the default recipe and on broken heads (tests/test_decode_probe.py).
+The doctor's numbers were set on short real runs of the tiny preset (tests/test_doctor.py,
+tools/experiments/experiments.py --quick: the reference, each ablation, stage-1-only, LR/3, LR 1e-2, LR 0.3, WD 2.0,
+LR 1e-6); the probe's on checkpoints of the default recipe and on broken heads (tests/test_decode_probe.py).
 What this is not: configuration. Nothing here changes how a model trains or decodes.
 """
 
@@ -15,7 +15,7 @@ What this is not: configuration. Nothing here changes how a model trains or deco
 REPETITIVE_TOP_SHARE = 0.5  # one token is at least half of the greedy output: a note, never a verdict (a small or
 #                             short run's greedy decoding loops, e.g. "te te te", without having collapsed)
 
-# ---- the doctor's verdicts (doctor.py), on the loss and diversity curves of a run
+# ---- the doctor's verdicts (doctor/verdicts.py), on the loss and diversity curves of a run
 
 DIVERGE_RISE = 1.0  # nats: train loss (smoothed) ending this far above its best smoothed value = blow-up
 NEAR_LN_V_FRAC = 0.95  # final loss >= this x ln(V): about as good as uniform guessing (verdict not_learning)
@@ -28,7 +28,7 @@ MIN_UNIQUE_SIGNAL = 4  # a fall from fewer unique tokens than this (2 -> 1) is p
 DIP_FRAC = 0.5  # a dip: unique tokens at or below half of an earlier value...
 RECOVER_FRAC = 0.8  # ...recovered: back to at least 80% of that earlier value at the end
 
-# ---- the doctor's checks against the checkpoint (doctor_checks.py): distrust the log
+# ---- the doctor's checks against the checkpoint (doctor/measure.py): distrust the log
 
 LOG_MISMATCH_NATS = 0.2  # nats: measured (fresh windows) vs logged val loss further apart than this, and by
 #                          LOG_MISMATCH_Z standard errors = the log is not the model's loss. Used where the log's
@@ -39,7 +39,7 @@ IMPLAUSIBLE_LOSS_FRAC = 0.1  # a logged val loss below this x the unigram entrop
 #                              text (byte-level Python: ~0.25 of it for very good models; a target leak: ~0.01)
 BASELINE_IMPLAUSIBLE_FRAC = 0.5  # ...or below half the FP baseline's: a ternary model does not beat FP by 2x
 
-# ---- the doctor's causes (causes.py), on the health metrics of the eval records
+# ---- the doctor's causes (doctor/causes.py), on the health metrics of the eval records
 
 GRAD_ZERO = 1e-12  # a latent-weight gradient norm this small is no gradient
 DEAD_CLIP_FRAC = 0.9  # share of exactly-zero gradients in the clip region that marks the clamp-STE bug
@@ -68,7 +68,7 @@ FLIP_KEEP_FRAC = 0.7  # last third still >= 70% of the middle third: a plateau (
 FLIP_MIN_EVALS = 6  # measured flip intervals needed before judging the trend
 ZERO_LOW, ZERO_HIGH = 0.05, 0.60  # share of 0 codes outside this band: zeros drifting (FAQ: ~1/3 each)
 
-# ---- the decode probe's verdict (decode_probe.py), on one checkpoint's generations and measured loss
+# ---- the decode probe's verdict (decode/probe.py), on one checkpoint's generations and measured loss
 
 COLLAPSE_TOP1 = 0.9  # mean top-1 probability along the samples at or above which the model is near-certain; a
 #                      weak model's greedy loop sits at ~0.5 and sampling from it is diverse, a collapsed one not
@@ -83,8 +83,8 @@ PROBE_LOSS_MARGIN = 0.05  # nats: the noise of the probe's loss on a few validat
 
 RECOMPUTE_REL_TOL = 1e-2  # cached greedy decoding vs one full forward over the same tokens: the largest logit
 #                           difference relative to the largest |logit| (and the near-tie allowance for a token the
-#                           full forward ranks second). The same arithmetic in another order is float noise (healthy
-#                           grid of tools/fault_zoo.py: <= ~5e-7); logits rounded to bf16 in both paths differ by up
+#                           full forward ranks second). The same arithmetic in another order is float noise (the
+#                           fault zoo's healthy grid: <= ~5e-7); logits rounded to bf16 in both paths differ by up
 #                           to its step, 2^-8 = 0.004 (the logits-bf16 case): no cache fault. A cache fault: O(0.1-1)
 
 # ---- the log reproduced from the checkpoint (doctor/reproduce.py, measure.py, splits.py): resolution first
@@ -103,7 +103,7 @@ LOG_MISMATCH_Z = 4.0  # ...and the difference must be this many standard errors 
 TRAIN_REPRO_NATS = 0.25  # nats: the checkpoint's loss on the batches of the log's last steps above the logged
 #                          training loss by more than this (and LOG_MISMATCH_Z SEs): the training forward is
 #                          not the model's. Healthy: the checkpoint is slightly better (its weights are newer),
-#                          -0.01 to -0.05 (tools/fault_zoo.py); a target leak or missing mask: > 1
+#                          -0.01 to -0.05 (tools/reliability/fault_zoo.py); a target leak or missing mask: > 1
 TRAIN_VAL_GAP_NATS = 0.3  # nats: fresh-window train and val losses of the checkpoint further apart than this
 #                           (and LOG_MISMATCH_Z SEs): memorisation (train below val) or the wrong split (val
 #                           below train). Healthy runs of < 1 epoch: within ~0.05 (splits of one corpus)
@@ -114,7 +114,7 @@ LR_OFF_FACTOR = 2.0  # a logged LR more than 2x off what the configured schedule
 #                      trainer logs the LR it sets, so a healthy run is off by exactly 1.0 everywhere)
 LR_OFF_SHARE = 0.1  # ...at this share of the steps or more: the schedule is not the configured one (lr_schedule)
 LR_PEAK_FRAC = 0.5  # ...and a logged peak below half of --lr is said as "never comes near the configured peak"
-ADAM_STEP_TYPICAL = 0.25  # RMS(dw)/lr of a healthy AdamW step (median over BitLinears; tools/fault_zoo.py healthy
+ADAM_STEP_TYPICAL = 0.25  # RMS(dw)/lr of a healthy AdamW step (median over BitLinears; fault zoo's healthy
 #                           grid: 0.17-0.54 across evals): m/sqrt(v) is ~1 for a steady gradient, less for noise
 ADAM_STEP_LOW = 0.01  # below this AdamW moves the weights orders of magnitude less than its LR implies
 #                       (optimizer_step; 17x under the lowest healthy value)
@@ -143,3 +143,9 @@ SAMPLE_MISMATCH_MIN = 1  # logged greedy samples that are not the checkpoint's g
 #                          (healthy grid: 0 in every run)
 SAMPLE_TIE_TOL_AUTOCAST = 0.02  # ...the near-tie tolerance (of the largest |logit|) for a run that decoded on CUDA,
 #                                 where TF32/bf16 arithmetic may break a close call the other way than fp32 does
+
+# ---- logs of other trainers (doctor/trainer_logs.py): nearest evidence, stated as such, never a verdict
+OVERCONFIDENT_FRAC = 0.5  # the model's mean predictive entropy on training batches (TRL's "entropy") below this x
+#                           its train loss: it is far surer than it is right. A calibrated model has entropy ~ loss;
+#                           one that greedily repeats a token puts most mass on it (low entropy) and pays for it
+#                           on the real next token (high loss).

@@ -10,8 +10,8 @@ weights), and the logits of its own forward (``health.float_grid_share``, ``heal
 fault in the training code from one in the weights.
 
 - ``checkpoint_check(run)``: dtypes and logit grids, once per run (cached on it); notes when something is missing.
-- ``log_check`` and ``sample_collapse``: verdict rules (doctor.VERDICT_RULES), stated before the loss curves.
-- ``low_precision``: a cause rule (causes.CAUSES) on the checkpoint's dtypes.
+- ``log_check`` and ``sample_collapse``: verdict rules (verdicts.VERDICT_RULES), stated before the loss curves.
+- the dtype findings the cause rule ``low_precision`` (causes.py) reads.
 
 Every upper-case name is a number in thresholds.py. What this is not: the decode probe (no parity, no speed,
 no packed kernels); a check here costs a corpus reload and a few forwards (reproduce.py says how many).
@@ -191,12 +191,31 @@ def _val_reading(run: Run, logged: float, tol: float) -> str:
     )
 
 
+def _user_checkpoint_mismatch(c, chk: dict) -> str | None:
+    """A user's checkpoint measured on a watched run's own loss windows (user_checkpoint.py): the same windows, but
+    another implementation of the model than the one that logged, so LOG_MISMATCH_NATS rather than REPRO_TOL_*."""
+    m, logged, step = chk.get("measured"), chk.get("logged"), chk.get("step")
+    if m is None or logged is None:
+        return None
+    if abs(m - logged) > LOG_MISMATCH_NATS:
+        return (
+            f"the log is not the model's next-token loss: the checkpoint measured by the doctor: {m:.3f} nats on the "
+            f"run's own loss windows, the log says {logged:.3f} at step {step} (allowed difference "
+            f"{LOG_MISMATCH_NATS}); an evaluation bug, or a checkpoint that is not the model evaluated"
+        )
+    c.notes.append(
+        f"the checkpoint's measured val loss {m:.3f} ({chk.get('tokens')} tokens, the run's own windows) agrees with "
+        f"the log's {logged:.3f} at step {step}"
+    )
+    return None
+
+
 def log_check(c) -> str | None:
     """log_mismatch: the checkpoint's (or the decode probe's) measured loss is far from the logged one;
     implausible_loss: the logged loss is better than the data allows (a leak), measured or not."""
     run, chk = c.run, checkpoint_check(c.run)
     c.notes.extend(chk["notes"])
-    line = _checkpoint_mismatch(c) if run.ckpt and "error" not in run.ckpt else None
+    line = _checkpoint_mismatch(c) if run.ckpt and "error" not in run.ckpt else _user_checkpoint_mismatch(c, chk)
     pm, pse, plogged, pstep = _probe_measured(run)
     if line is None and None not in (pm, pse, plogged):
         line = _fresh_mismatch("decode_probe.json", pm, pse, plogged, _log_se(run, pse * 32**0.5), pstep)

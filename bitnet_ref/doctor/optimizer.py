@@ -226,7 +226,18 @@ def _betas_line(run: Run) -> str | None:
     return None
 
 
+def adamw(run: Run) -> bool:
+    """The run's optimizer is AdamW (or Adam): its header says so, or it is bitnet_ref's trainer (which records a
+    schedule and has always used AdamW). A loop watched by bitnet_ref.watch may use any optimizer."""
+    name = (run.header.get("optimizer") or {}).get("name")
+    if name is not None:
+        return name in ("AdamW", "Adam")
+    return configured_schedule(run) is not None
+
+
 def optimizer_step(run: Run) -> list | None:
+    if not adamw(run):
+        return None
     steps = adam_steps(run)
     if not steps:
         return None
@@ -251,7 +262,7 @@ def optimizer_step(run: Run) -> list | None:
 
 def summary(run: Run) -> dict:
     """The optimizer's numbers for --json and the fault zoo's margins."""
-    steps = [s for _, s, _ in adam_steps(run)]
+    steps = [s for _, s, _ in adam_steps(run)] if adamw(run) else []
     out = {}
     if steps:
         out.update(adam_step=median(steps), adam_step_min=min(steps), adam_step_max=max(steps))

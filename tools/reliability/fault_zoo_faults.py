@@ -1,5 +1,5 @@
 """The fault zoo's faults: each one a small patch of the trainer (or of the model's decode path) in the process
-that runs one case of tools/fault_zoo.py, so nothing in the package changes.
+that runs one case of tools/reliability/fault_zoo.py, so nothing in the package changes.
 
 ``install(name)`` patches this process; ``FAULT_TEXT`` says in a few words what each fault is. A fault lives
 where a user's bug would: the data pipeline (``get_batch`` and the seeds as the loop sees them), the optimizer

@@ -1,10 +1,10 @@
 """The fault zoo: does the doctor name faults it was never tuned on, and stay quiet on healthy runs?
 
-    python tools/fault_zoo.py [--quick] [--split tuned|held-out|all] [--only A,B] [--workers 1] [--out DIR]
-                              [--json FILE]
+    python tools/reliability/fault_zoo.py [--quick] [--split tuned|held-out|all] [--only A,B] [--workers 1]
+                                          [--out DIR] [--json FILE]
 
 Each case is one short training run (tiny preset; ~300 steps, or 100 with --quick) in a fresh process with one
-torch thread, with a fault patched into that process (tools/fault_zoo_faults.py; nothing in the package
+torch thread, with a fault patched into that process (fault_zoo_faults.py beside this file; nothing in the package
 changes): data (targets = inputs, shuffled targets, the same batch every step, a pipeline that draws from a sliver
 of the data, swapped splits), optimizer (latent weights dropped from AdamW, zero LR on them, a warmup that never
 ends, a huge eps, an LR scaled inside the step, a tiny --grad-clip, a tiny LR), forward (a detached norm or layer,
@@ -43,50 +43,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FULL = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "300",
-    "--batch-size",
-    "16",
-    "--warmup",
-    "30",
-    "--eval-every",
-    "50",
-    "--eval-batches",
-    "2",
-    "--probe-prompts",
-    "4",
-    "--probe-tokens",
-    "24",
-    "--threads",
-    "1",
-    "--log-every",
-    "1000000",
-]
-QUICK = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "100",
-    "--batch-size",
-    "16",
-    "--warmup",
-    "10",
-    "--eval-every",
-    "25",
-    "--eval-batches",
-    "2",
-    "--probe-prompts",
-    "4",
-    "--probe-tokens",
-    "16",
-    "--threads",
-    "1",
-    "--log-every",
-    "1000000",
-]
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+FULL = (
+    "--preset tiny --steps 300 --batch-size 16 --warmup 30 --eval-every 50 --eval-batches 2 "
+    "--probe-prompts 4 --probe-tokens 24 --threads 1 --log-every 1000000"
+).split()
+QUICK = (
+    "--preset tiny --steps 100 --batch-size 16 --warmup 10 --eval-every 25 --eval-batches 2 "
+    "--probe-prompts 4 --probe-tokens 16 --threads 1 --log-every 1000000"
+).split()
 TEXT_DATA = "/usr/share/common-licenses"  # English licence texts: a second, non-code dataset where present
 
 
@@ -226,7 +193,10 @@ def _doctor(case: Case, out: str) -> dict:
     """The doctor's JSON on the run, from a fresh process: it sees the files, not the patched code."""
     args = [str(foreign_csv(out)), "--vocab-size", "256"] if case.foreign else [out]
     cmd = [sys.executable, "-m", "bitnet_ref.doctor", *(["--log"] if case.foreign else []), *args, "--json"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's bitnet_ref, installed or not
+    path = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     if p.returncode != 0:
         return {"verdict": f"doctor exit {p.returncode}", "cause": None, "evidence": [p.stderr.strip()[-200:]]}
     return json.loads(p.stdout)
@@ -236,7 +206,7 @@ def run_case(case: Case, argv: list, out: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    import fault_zoo_faults
+    from tools.reliability import fault_zoo_faults
 
     if case.fault:
         fault_zoo_faults.install(case.fault)
@@ -302,7 +272,7 @@ def margin_lines(healthy: list) -> list:
 
 
 def report(cases: list, results: dict) -> tuple[str, bool]:
-    from fault_zoo_faults import FAULT_TEXT
+    from tools.reliability.fault_zoo_faults import FAULT_TEXT
 
     rows, ok = [], True
     for split in ("tuned", "held-out"):
