@@ -87,7 +87,7 @@ RECOMPUTE_REL_TOL = 1e-2  # cached greedy decoding vs one full forward over the 
 #                           fault zoo's healthy grid: <= ~5e-7); logits rounded to bf16 in both paths differ by up
 #                           to its step, 2^-8 = 0.004 (the logits-bf16 case): no cache fault. A cache fault: O(0.1-1)
 
-# ---- the log reproduced from the checkpoint (doctor/reproduce.py, measure.py, splits.py): resolution first
+# ---- the log reproduced from the checkpoint (doctor/reproduce.py, doctor/measure.py, doctor/splits.py)
 
 REPRO_TOL_FP32 = 1e-3  # nats: the checkpoint's val loss on the log's own eval windows vs the logged one, fp32 run.
 #                        Same weights, windows and arithmetic: only summation order differs (healthy grid: 0 to
@@ -108,7 +108,7 @@ TRAIN_VAL_GAP_NATS = 0.3  # nats: fresh-window train and val losses of the check
 #                           (and LOG_MISMATCH_Z SEs): memorisation (train below val) or the wrong split (val
 #                           below train). Healthy runs of < 1 epoch: within ~0.05 (splits of one corpus)
 
-# ---- the optimizer against its own configuration (doctor/optimizer.py)
+# ---- the optimizer against its own configuration (doctor/optimizer_config.py)
 
 LR_OFF_FACTOR = 2.0  # a logged LR more than 2x off what the configured schedule gives for its step is "off" (the
 #                      trainer logs the LR it sets, so a healthy run is off by exactly 1.0 everywhere)

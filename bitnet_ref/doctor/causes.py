@@ -5,7 +5,7 @@ returns the evidence lines that name the cause, or None. ``CAUSES`` lists them i
 rule that fires is a finding, and the first is "the" cause. The rules read what the run measured, never
 its ablation list (the optimizer rules compare what it did with its own configuration); their thresholds are in
 thresholds.py. Rules of a subject with several parts live in their own module (decode_check.py, splits.py,
-optimizer.py, upstream.py) and are listed here.
+optimizer_config.py, upstream.py) and are listed here.
 
   parity_mismatch  decode_probe.json reports that the decode path disagrees with the training path
   cache_mismatch   cached decoding disagrees with a full recompute (decode_check.py: the probe's, the doctor's own,
@@ -25,7 +25,7 @@ optimizer.py, upstream.py) and are listed here.
                    BitLinears of >= DEAD_GRAD_FRAC exactly-zero gradient elements; a group or layer whose update ratio
                    is UPDATE_GAP x below the largest group's / the median layer's / the FP twin's; each followed
                    upstream to what starves it (upstream.py: "chain:" lines)
-  lr_schedule      the logged LR is off its configured schedule (optimizer.py)
+  lr_schedule      the logged LR is off its configured schedule (optimizer_config.py)
   optimizer_step   AdamW's RMS step / LR outside [ADAM_STEP_LOW, ADAM_STEP_HIGH]; the setting that does it named
   coarse_logits    >= FLOAT_GRID_MIN of the logits fit a coarse float format's significand (bf16/fp16/fp8-like
                    rounding in the full-precision path)
@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Callable
 
 from bitnet_ref.doctor.decode_check import cache_mismatch, parity_mismatch
 from bitnet_ref.doctor.measure import checkpoint_check
-from bitnet_ref.doctor.optimizer import lr_schedule, optimizer_step
+from bitnet_ref.doctor.optimizer_config import lr_schedule, optimizer_step
 from bitnet_ref.doctor.records import fmt, last_with, layer_values, median
 from bitnet_ref.doctor.splits import memorisation, train_leak, wrong_split
 from bitnet_ref.doctor.upstream import chain_lines, starved

@@ -1,7 +1,8 @@
 """Reading a run's records for the doctor's rules: per-layer values of an eval record, the last eval that measured
 something, a median that skips what is missing, and numbers written for evidence lines.
 
-What this is not: a rule (causes.py, optimizer.py, splits.py, ... hold those) or the log's schema (metrics_log.py).
+What this is not: a rule (causes.py, optimizer_config.py, splits.py, ... hold those) or the log's schema
+(metrics_log.py).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from bitnet_ref.doctor import decode_check, optimizer, reproduce
+from bitnet_ref.doctor import decode_check, optimizer_config, reproduce
 from bitnet_ref.doctor.causes import CAUSE_TEXT, find_causes, flip_trend, fmt
 from bitnet_ref.doctor.decode_check import decode_path
 from bitnet_ref.doctor.measure import log_check, sample_collapse
@@ -359,7 +359,7 @@ def diagnose(run: Run, baseline: Run | None = None) -> Diagnosis:
 
 def measured(run: Run, c: _Case) -> dict:
     """The numbers the checks measured, for --json and the fault zoo's margins."""
-    out = {**reproduce.summary(run), **optimizer.summary(run), **decode_check.summary(run)}
+    out = {**reproduce.summary(run), **optimizer_config.summary(run), **decode_check.summary(run)}
     final = run.val_losses[-1][1] if run.val_losses else None
     if final is not None and c.ln_v:
         out["loss_over_ln_v"] = final / c.ln_v
