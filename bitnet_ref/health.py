@@ -29,7 +29,7 @@ and goes into the eval records of metrics.jsonl:
   ``health_logit_float_grid`` is the share of logits exactly representable with FLOAT_GRID_BITS significand
   bits (~1: logits rounded to a coarse float format such as bf16/fp16/fp8; ~0: fp32 logits, and an int8 x
   ternary head, whose lattice unit is an arbitrary fp32 scale).
-- ``groups``: ``{group: {"grad_norm", "grad_zero", "update_ratio", "numel"}}`` for every parameter group
+- ``groups``: ``{group: {"grad_norm", "grad_zero", "update_ratio", "w_rms", "numel"}}`` for every parameter group
   (``latent``: BitLinear weights; ``norm``: RMSNorm gains; ``embed``: token embedding; ``head``: the output
   head when untied): where the gradient flow stops and which parameters the optimizer does not move.
 
@@ -358,6 +358,7 @@ class HealthTracker:
                 before = torch.cat([t.reshape(-1) for t in self.group_before[g]])
                 after = torch.cat([p.detach().to("cpu", torch.float32).reshape(-1) for p in params])
                 self.groups[g]["update_ratio"] = update_ratio(before, after)
+                self.groups[g]["w_rms"] = rms(before)  # update RMS = ratio x this: the step AdamW took
         self.before, self.group_before = {}, {}
 
     @torch.no_grad()
@@ -417,7 +418,7 @@ class HealthTracker:
                 rec["out_ratio"] = rms(a["out"]) / ref if ref > 0 else None
             layers[name] = rec
         self.prev_step = step
-        groups = {g: {"update_ratio": None, **v} for g, v in self.groups.items()}
+        groups = {g: {"update_ratio": None, "w_rms": None, **v} for g, v in self.groups.items()}
         self.grads, self.updates, self.groups = {}, {}, {}
 
         out: dict = {"layers": layers, "groups": groups}

@@ -297,6 +297,8 @@ def test_decode_probe_reads_a_directory(checkpoints, tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["parity"]["ok"] and rep["parity"]["bitwise"] and rep["backend"] == "packed"
+    rc = rep["recompute"]  # an imported model's cached paths against a full recompute, too (issue 28)
+    assert rc["ok"] and rc["packed"]["samples_identical"] == rc["fake_quant"]["samples_identical"] == 1
     assert rep["samples"][0]["prompt"] == "def " and isinstance(rep["samples"][0]["output"], str)
     assert (out / "decode_probe.json").is_file()  # inside the directory, not beside it
     os.remove(out / "tokenizer.json")  # without a tokenizer, prompts and samples are token ids (in-process now)

@@ -98,14 +98,14 @@ def pages(tmp_path_factory):
     log = tmp / "debugging-report.md"
     log.write_text(REPORT_STANDARD_LR)
     r = doctor("--log", log, "--vocab-size", "50257", "--report", collapsed)
-    assert r.returncode == 0 and r.stdout.startswith("verdict: diversity_collapse"), r.stderr
+    assert r.returncode == 0 and r.stdout.startswith("verdict: not_learning"), r.stderr  # never left ln V
     return {"healthy": healthy, "collapsed": collapsed}
 
 
 @pytest.mark.parametrize("which, colour", [("healthy", GREEN), ("collapsed", RED)])
 def test_the_page_is_self_contained_and_leads_with_the_verdict(pages, which, colour):
     text = pages[which].read_text()
-    verdict = {"healthy": "healthy", "collapsed": "diversity_collapse"}[which]
+    verdict = {"healthy": "healthy", "collapsed": "not_learning"}[which]
     assert f'data-verdict="{verdict}"' in text and f"<h1>{verdict}</h1>" in text
     assert text.index('id="verdict"') < text.index("<img")  # the verdict before any plot
     bare = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)  # the images' bytes aside

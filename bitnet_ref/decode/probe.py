@@ -11,14 +11,20 @@ prompts, so the numbers match its last eval line), and reports:
   the decoding model, ln(vocab), unigram entropy of the training data;
 - a verdict, healthy / collapsed / not learning, with a one-line reason;
 - speed: decode tokens/s of the packed and the fake-quant torch model on the same prompts, in this run;
-- parity: packed vs fake-quant torch forward, greedy tokens and the largest logit difference.
+- parity: packed vs fake-quant torch forward, greedy tokens and the largest logit difference;
+- recompute: each cached path (packed and fake-quant) against a full recompute of the same tokens with no cache
+  (``generate.recompute_check``): greedy samples identical to ``generate_reference``'s, the largest logit
+  difference, tokens the full forward does not rank first. Parity compares two cached paths, so a fault both
+  share (a RoPE offset, a cache mask) shows only here.
 
 The report prints as a table, or ``--json`` as one object, and is written atomically to ``decode_probe.json``
-beside the checkpoint (``--no-save`` skips that); the doctor reads its ``parity`` object.
-Exit status: 0 done, 1 parity failure (the packed path disagrees with training: a bug), 2 bad input.
+beside the checkpoint (``--no-save`` skips that); the doctor reads its ``parity`` and ``recompute`` objects.
+Exit status: 0 done, 1 parity or recompute failure (a decode path disagrees with training: a bug), 2 bad input.
 
 Verdict rules, first match wins (each upper-case name is a number in thresholds.py, documented there):
 
+0. **cache mismatch**: a cached path disagrees with the full recompute (``RECOMPUTE_REL_TOL``): whatever the
+   samples look like, they are not what the model computes; the verdict the samples would get is a note.
 1. **collapsed**: the model is near-certain of one token whatever the context: mean top-1 probability along the
    samples >= ``COLLAPSE_TOP1`` and the generated tokens are >= ``COLLAPSE_TOP_SHARE`` one token or at most
    ``COLLAPSE_UNIQUE`` distinct tokens over all samples.
@@ -67,6 +73,7 @@ from bitnet_ref.thresholds import (
     COLLAPSE_TOP_SHARE,
     COLLAPSE_UNIQUE,
     PROBE_LOSS_MARGIN,
+    RECOMPUTE_REL_TOL,
     REPETITIVE_TOP_SHARE,
 )
 
@@ -129,7 +136,32 @@ def thresholds() -> dict:
         "collapse_unique": COLLAPSE_UNIQUE,
         "learn_margin_nats": PROBE_LOSS_MARGIN,
         "repetitive_top_share": REPETITIVE_TOP_SHARE,
+        "recompute_rel_tol": RECOMPUTE_REL_TOL,
     }
+
+
+def recompute(paths: dict, prompts, max_new_tokens: int) -> dict:
+    """``generate.recompute_check`` for each named cached path ({name: model}), and whether all agree."""
+    out = {name: G.recompute_check(m, prompts, max_new_tokens) for name, m in paths.items()}
+    return {**out, "ok": all(r["ok"] for r in out.values())}
+
+
+def recompute_verdict(v: dict, rec: dict) -> dict:
+    """The verdict when a cached path disagrees with the full recompute: "cache mismatch", the old one a note."""
+    if rec.get("ok") is not False:
+        return v
+    name, r = next((n, r) for n, r in rec.items() if isinstance(r, dict) and not r["ok"])
+    first = r.get("first_disagreement")
+    reason = (
+        f"cached greedy decoding ({name}) is not what a full recompute of the same tokens gives: "
+        f"{r['samples_identical']}/{r['samples']} samples identical, max relative logit difference "
+        f"{r['max_rel_logit_diff']:.3g} (tolerance {r['rel_tol']}), {r['disagreements']} token(s) the full "
+        "forward does not rank first"
+        + (f" (first: sample {first['sample']}, position {first['position']})" if first else "")
+        + ": a KV-cache/position bug in the decode path"
+    )
+    notes = [f"without the cache fault the samples would be judged {v['verdict']}: {v['reason']}", *v["notes"]]
+    return {**v, "verdict": "cache mismatch", "reason": reason, "notes": notes}
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -144,7 +176,9 @@ def probe_model(
     div = diversity(g.tokens)
     mean_ent = sum(map(sum, g.entropy)) / g.n_new
     mean_top1 = sum(map(sum, g.top1)) / g.n_new
-    measured = G.val_loss(model, windows) if windows is not None else None
+    per = G.window_losses(model, windows[:, :-1], windows[:, 1:]) if windows is not None else None  # (n,)
+    measured = float(per.mean()) if per is not None else None
+    se = float(per.std() / len(per) ** 0.5) if per is not None and len(per) > 1 else None
     stored = ckpt.get("last_val_loss")
     loss = measured if measured is not None else stored
     uni = ckpt.get("unigram_entropy")
@@ -157,6 +191,7 @@ def probe_model(
             "step": ckpt.get("step"),
             "last_val_loss": stored,
             "val_loss_measured": measured,
+            "val_loss_se": se,  # standard error over the windows (each window's mean loss one sample)
             "val_loss_tokens": None if windows is None else int(windows[:, 1:].numel()),
             "ln_vocab": lnv,
             "unigram_entropy": uni,
@@ -344,6 +379,11 @@ def run(args) -> dict:
             "skipped": why,
         }
         speed.update(torch_tok_s=g.tok_per_s if loaded.backend == "torch" else None)
+    paths = {"packed": packed} if packed is not None else {}
+    rec = recompute({**paths, "fake_quant": reference}, prompts, args.max_new_tokens)
+    if model is not packed and loaded.backend == "packed":
+        rec["note"] = "the samples were decoded by the fused step or the int8 head: the check covers the exact paths"
+    main["verdict"] = recompute_verdict(main["verdict"], rec)
     report = {
         "checkpoint": str(args.checkpoint),
         "backend": loaded.backend,
@@ -367,6 +407,7 @@ def run(args) -> dict:
         **main,
         "speed": speed,
         "parity": par,
+        "recompute": rec,
         "tokenizer": codec.source if codec is not None else ("bytes" if byte_level else "token ids"),
         "samples": [
             {"prompt": D.text(p, byte_level, codec), "output": D.text(t, byte_level, codec)}
@@ -413,10 +454,11 @@ def format_report(r: dict) -> str:
         rows.append(f"note         {dec['data_note']}")
     rows += [
         "",
-        "context      val loss (stored) {}   val loss (measured, {} tokens) {}   unigram entropy {}   ln V {}".format(
+        "context      val loss (stored) {}   val loss (measured, {} tokens) {}{}   unigram entropy {}   ln V {}".format(
             _f(c["last_val_loss"]),
             c["val_loss_tokens"] or 0,
             _f(c["val_loss_measured"]),
+            f" +- {c['val_loss_se']:.3f}" if c.get("val_loss_se") is not None else "",
             _f(c["unigram_entropy"]),
             _f(c["ln_vocab"]),
         ),
@@ -463,12 +505,34 @@ def format_report(r: dict) -> str:
             f"(tolerance {p['rel_tol']})",
             bar,
         ]
+    rows += recompute_rows(r.get("recompute") or {})
     rows += ["", f"verdict      {v['verdict'].upper()}: {v['reason']}"]
     rows += [f"             note: {x}" for x in v["notes"]]
     rows.append("")
     for i, smp in enumerate(r["samples"]):
         rows.append(f"sample {i}     {smp['prompt']!r} -> {smp['output']!r}")
     return "\n".join(rows)
+
+
+def recompute_rows(rec: dict) -> list:
+    """The report's recompute line: each cached path against the full recompute, or a banner when one fails."""
+    parts = [
+        f"{name} {r['samples_identical']}/{r['samples']} samples identical, max rel logit diff "
+        f"{r['max_rel_logit_diff']:.3g}"
+        for name, r in rec.items()
+        if isinstance(r, dict)
+    ]
+    if not parts:
+        return []
+    if rec.get("ok"):
+        return [f"recompute    ok: cached decoding = a full recompute with no cache ({'; '.join(parts)})"]
+    bar = "!" * 78
+    return [
+        bar,
+        "CACHE MISMATCH: cached decoding does not compute what a full recompute of the same tokens computes",
+        *(f"  {p}" for p in parts),
+        bar,
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -566,7 +630,7 @@ def main(argv=None, prog=None) -> int:
         else:
             report["saved_to"] = str(where)
     print(json.dumps(report) if args.json else format_report(report))
-    return 1 if report["parity"]["ok"] is False else 0
+    return 1 if report["parity"]["ok"] is False or report["recompute"]["ok"] is False else 0
 
 
 def cli(prog=None) -> int:

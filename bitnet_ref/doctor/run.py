@@ -27,22 +27,23 @@ class Run:
     steps: list  # records with a train loss
     evals: list  # records with a val loss
     skipped_lines: int = 0
-    stopped: str | None = None  # the trainer's "stop" record (non-finite loss/gradient), if any
+    stopped: str | None = None  # the trainer's "stop" record for a non-finite loss/gradient, if any
     ended: bool = False  # the trainer wrote its "end" record: the run completed
     ckpt: dict | None = None
     probe: dict | None = None
     checked: dict | None = None  # measure.checkpoint_check's measurements, once measured
+    measured: dict | None = None  # reproduce.measurements: the log reproduced from the checkpoint, once measured
+    error: str | None = None  # the trainer's "stop" record for an error that ended the run (not a non-finite value)
 
     @classmethod
     def from_metrics(cls, m: metrics.Metrics, path) -> Run:
         """The run a parsed metrics.jsonl describes (no checkpoint, no decode probe report yet)."""
         stop = m.stop
-        stopped = (
-            None
-            if stop is None
-            else f"training stopped at step {stop.get('step')}: {stop.get('reason', 'no reason given')}"
-        )
-        return cls(Path(path), m.header, m.steps, m.evals, m.skipped, stopped=stopped, ended=m.ended)
+        reason = str(stop.get("reason", "no reason given")) if stop is not None else ""
+        said = f"training stopped at step {stop.get('step')}: {reason}" if stop is not None else None
+        error = said if said and (reason.startswith("error") or reason.startswith("interrupted")) else None
+        stopped = None if error else said  # a non-finite loss or gradient (or an older log's stop record)
+        return cls(Path(path), m.header, m.steps, m.evals, m.skipped, stopped=stopped, ended=m.ended, error=error)
 
     @property
     def planned_steps(self) -> int | None:
