@@ -76,3 +76,17 @@ PROBE_LOSS_MARGIN = 0.05  # nats: the noise of the probe's loss on a few validat
 #                           unigram entropy - this is "not learning" (no better than a token-frequency table);
 #                           one at or above ln(V) - this is, in the reason given, no better than uniform guessing.
 #                           An absolute margin on one measurement, not the doctor's NEAR_UNIGRAM_FRAC on a run.
+
+# ---- crosscheck (crosscheck/): does a file encode its source, and does a runtime compute what the file encodes?
+
+SCALE_RTOL = 1e-6  # relative slack on a scale relation (1/beta, beta x p) on top of the stored type's rounding:
+#                    float32 arithmetic of the converter (1/x and x*p round once each)
+CODE_TIE_SHARE = 0.01  # codes differing at up to this share of weights, each by one step, read as re-quantization
+#                        of dequantized floats (W*(1/beta) vs W/beta flip exact .5 ties: measured < 0.1%); more is
+#                        "not the source's codes"
+RUNTIME_REL_TOL = 0.02  # largest logit difference / largest |reference logit| up to which a runtime computes what the
+#                         file encodes: float order and precision (ggml sums in other orders, rounds activations to
+#                         fp16 before an F16 matmul) move a last bit, and a last bit can move an int8 activation code
+#                         by one step where a value sits on a rounding boundary; a wrong scale, norm, cache position
+#                         or quantization moves logits by tens of percent. Measured in docs/crosscheck.md.
+RUNTIME_TOP1_MIN = 0.9  # ... and the share of positions whose argmax agrees (near-ties may flip)

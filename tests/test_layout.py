@@ -5,6 +5,7 @@ dependency). The layers, lowest first, are written down once here and in docs/mo
 
     core (bitnet_ref/*.py)  <  data  <  train
     core  <  runtime  <  formats  <  decode  <  doctor
+                                          decode  <  crosscheck   (reads formats, runs runtime and decode)
     core  <  conform
 
 A module may import its own subpackage and the layers below it. The package's ``__init__.py`` (its lazy
@@ -30,6 +31,7 @@ ALLOWED = {
     "formats": {"core", "data", "runtime"},
     "decode": {"core", "data", "runtime", "formats"},
     "doctor": {"core", "data", "train", "runtime", "formats", "decode"},
+    "crosscheck": {"core", "data", "runtime", "formats", "decode"},
     "conform": {"core"},
 }
 EXTENSIONS = {"bitnet_ref._core", "bitnet_ref._bench"}  # the C++ modules: leaves, importable from anywhere
