@@ -84,9 +84,15 @@ SCALE_RTOL = 1e-6  # relative slack on a scale relation (1/beta, beta x p) on to
 CODE_TIE_SHARE = 0.01  # codes differing at up to this share of weights, each by one step, read as re-quantization
 #                        of dequantized floats (W*(1/beta) vs W/beta flip exact .5 ties: measured < 0.1%); more is
 #                        "not the source's codes"
-RUNTIME_REL_TOL = 0.02  # largest logit difference / largest |reference logit| up to which a runtime computes what the
-#                         file encodes: float order and precision (ggml sums in other orders, rounds activations to
-#                         fp16 before an F16 matmul) move a last bit, and a last bit can move an int8 activation code
-#                         by one step where a value sits on a rounding boundary; a wrong scale, norm, cache position
-#                         or quantization moves logits by tens of percent. Measured in docs/crosscheck.md.
-RUNTIME_TOP1_MIN = 0.9  # ... and the share of positions whose argmax agrees (near-ties may flip)
+RUNTIME_MEDIAN_FLOOR = 5e-4  # a runtime agrees with the file's reference when the median over positions of its
+#                              largest logit difference (relative to the largest reference logit) is at most this...
+RUNTIME_MAX_FLOOR = 5e-3  # ...and its largest at most this, or NOISE_FACTOR x what float rounding alone does to this
+#                           model (whichever is larger). Measured (docs/crosscheck.md): real llama.cpp, bitnet_ref and
+#                           its fused path on a trained model: median 0, largest <= 0.15%; the subtlest runtime faults
+#                           of the zoo on it (per-tensor activations, a KV cache one position off): median >= 0.14%,
+#                           largest >= 0.6%. Random-weight models move 10x more under float rounding: hence the noise.
+NOISE_EPS = 2.0**-22  # relative nudge of the reference's normalised activations: a float32 ulp or two, what a change
+#                       of summation order does
+NOISE_SEEDS = 2  # nudged reference runs; the tolerance takes the largest difference they show
+NOISE_FACTOR = 2.0  # a faithful runtime stays within this x the nudged reference's difference (the fused path on
+#                     random default-size models: <= 0.8x; per-tensor activation quantization: >= 2.8x)

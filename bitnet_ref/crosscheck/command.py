@@ -118,6 +118,8 @@ def run(args) -> dict:
     out["sequence"] = {"ids": ids, "made": how}
     reports = []
     for name in names:
+        if name not in BUILTIN and ":" not in name:
+            raise CrosscheckError(f"runtime {name!r}: give one of {', '.join(BUILTIN)} or module:function")
         why = available(name) if name in BUILTIN else None
         if why is not None:
             raise CrosscheckError(f"runtime {name}: {why}")
@@ -125,7 +127,7 @@ def run(args) -> dict:
         reports.append(rep)
     out["runtimes"] = [r.as_dict() for r in reports]
     out["descriptions"] = [describe(r) for r in reports]
-    out.update(_verdict(findings, reports))
+    out.update(_verdict(findings, reports, args.source is not None))
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -149,7 +151,7 @@ def _cfg(fm: FileModel) -> dict:
     }
 
 
-def _verdict(findings, reports) -> dict:
+def _verdict(findings, reports, had_source: bool) -> dict:
     faults = [f for f in findings if f.fault]
     broken = [r for r in reports if r.error is None and not r.ok]
     failed = [r for r in reports if r.error is not None]
@@ -171,7 +173,7 @@ def _verdict(findings, reports) -> dict:
         v = "model"
         ran = ", ".join(r.runtime for r in reports)
         text = (
-            f"{'the file encodes its source and ' if findings is not None else ''}{ran} "
+            f"{'the file encodes its source and ' if had_source else ''}{ran} "
             f"compute{'s' if len(reports) == 1 else ''} what the file encodes: the output is the model's own. Run the "
             "doctor on its training run and the decode probe on the file"
         )
@@ -209,8 +211,9 @@ def render(r: dict) -> str:
             if a is not None:
                 fd = "" if a["first_divergent"] is None else f", first divergent position {a['first_divergent']}"
                 rows.append(
-                    f"          {label:11s} top-1 {a['top1']:.3f}, largest logit difference {a['max_abs']:.3g} "
-                    f"({a['rel']:.2%}){fd}"
+                    f"          {label:11s} top-1 {a['top1']:.3f}, logit difference median {a['median']:.3%}, largest "
+                    f"{a['max_abs']:.3g} ({a['rel']:.2%}); float rounding allows {a['tol'][0]:.3%} / "
+                    f"{a['tol'][1]:.2%}{fd}"
                 )
         if rep["threads"]:
             t = rep["threads"]
@@ -280,6 +283,8 @@ def main(argv=None, prog: str | None = "python -m bitnet_ref.crosscheck") -> int
         print(f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
         return 2
     print(json.dumps(report) if args.json else render(report))
+    if report["verdict"] == "error":  # a runtime that could not be run: one line, whatever the format above
+        print(f"error: {report['verdict_text']}", file=sys.stderr)
     return {"model": 0, "converter": 1, "runtime": 1}.get(report["verdict"], 2)
 
 

@@ -16,7 +16,6 @@ What this is not: a check of what a runtime computes (agreement.py) or of the mo
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,28 +109,39 @@ def compare_codes(name: str, got: np.ndarray, want: np.ndarray, heads: int) -> F
 
 
 def compare_scale(name: str, fm: FileModel, src: FileModel, codes: np.ndarray, stored: str) -> tuple:
-    """(Finding or None, factor file/source or None) for one linear's effective scale."""
+    """(kind, Finding) for one linear's effective scale: kind None when equal, else "blocks", "inverse",
+    "nonzero" or a factor (float) for the aggregation in ``compare``."""
     where, got, want = gguf_name(name), fm.linears[name].effective_scale(), src.linears[name].effective_scale()
     if got.shape != want.shape:
         lo, hi = float(got.min()), float(got.max())
-        return Finding(where, f"blocks carry their own scales ({lo:.4g} to {hi:.4g}) where the source has one"), None
+        return "blocks", Finding(
+            where, f"blocks carry their own scales ({lo:.4g} to {hi:.4g}) where the source has one"
+        )
     g, w = got.astype(np.float64), want.astype(np.float64)
     rtol = TYPE_RTOL.get(stored, 1e-6)
     if np.allclose(g, w, rtol=rtol, atol=0):
-        return None, 1.0
+        return None, None
     if np.allclose(g * w, 1.0, rtol=4 * rtol + SCALE_RTOL, atol=0):
-        return Finding(
-            where, f"scale = 1/beta (divided instead of multiplied): {g.flat[0]:.6g} where beta is {w.flat[0]:.6g}"
-        ), None
-    ratio = float(np.median(g / w))
+        text = f"scale = 1/beta (divided instead of multiplied): {g.flat[0]:.6g} where beta is {w.flat[0]:.6g}"
+        return "inverse", Finding(where, text)
     nonzero = float((codes != 0).mean())
     if np.allclose(g / w, nonzero, rtol=4 * rtol + SCALE_RTOL, atol=0):
-        return Finding(
-            where,
-            f"scale = beta x {nonzero:.3f}, the share of nonzero codes: the absmean of codes x beta (the file was "
-            "re-quantized from dequantized weights, and beta shrank)",
-        ), None
-    return Finding(where, f"scale off by a factor {ratio:.6g} ({g.flat[0]:.6g} where beta is {w.flat[0]:.6g})"), ratio
+        return "nonzero", Finding(where, f"scale = beta x {nonzero:.3f}, {NONZERO_TEXT}")
+    ratio = float(np.median(g / w))
+    return round(ratio, 5), Finding(
+        where, f"scale off by a factor {ratio:.6g} ({g.flat[0]:.6g} where beta is {w.flat[0]:.6g})"
+    )
+
+
+NONZERO_TEXT = (
+    "the share of nonzero codes: the absmean of codes x beta (the file was re-quantized from dequantized weights, "
+    "and beta shrank)"
+)
+EVERY = {
+    "inverse": "scale = 1/beta (divided instead of multiplied)",
+    "nonzero": "scale = beta x " + NONZERO_TEXT,
+    "blocks": "blocks carry their own scales where the source has one",
+}
 
 
 def _scale_type(fm: FileModel, name: str) -> str:
@@ -169,31 +179,38 @@ def compare_hparams(fm: FileModel, src: FileModel) -> list[Finding]:
     return out
 
 
+VOCAB_PROBE = "def f(x):\n    return x  # The quick brown fox, \u00e9\u00fc\u4e2d"
+
+
 def compare_vocab(fm: FileModel, src: FileModel) -> list[Finding]:
+    """Does the file's vocabulary turn text into the source's token ids?"""
     a, b = fm.tokenizer, src.tokenizer
-    src_bytes = src.kind == "bitnet_ref" and src.cfg.vocab_size == 256 and b is None
-    if src_bytes:
-        if fm.hparams.get("byte_vocab") or getattr(a, "source", "").startswith("token ids"):
-            return (
-                []
-                if fm.hparams.get("byte_vocab")
-                else [Finding("vocabulary", "the file has none: feed token ids", False)]
-            )
-        return [Finding("vocabulary", "the source's tokens are bytes; the file's vocabulary maps text otherwise")]
-    if a is None or b is None or not hasattr(a, "decode") or not hasattr(b, "decode"):
+    if src.kind == "bitnet_ref" and b is None:  # a checkpoint's tokens: bytes if trained on bytes, else ids
+        if src.cfg.vocab_size != 256:
+            return []
+        if getattr(a, "source", "").startswith("token ids"):
+            return [Finding("vocabulary", "the file has none: feed token ids", fault=False)]
+        try:
+            same = a is not None and a.encode(VOCAB_PROBE) == list(VOCAB_PROBE.encode("utf-8"))
+        except ValueError:
+            same = False
+        return (
+            []
+            if same
+            else [Finding("vocabulary", "the source's tokens are bytes; the file's vocabulary maps text otherwise")]
+        )
+    if a is None or b is None:
         return []
-    probe = list(range(min(fm.cfg.vocab_size, src.cfg.vocab_size, 2000)))
     try:
-        bad = next((i for i in probe if a.decode([i]) != b.decode([i])), None)
-    except Exception:  # a codec without text (ids only): nothing to compare
+        ta, tb = a.encode(VOCAB_PROBE), b.encode(VOCAB_PROBE)
+    except ValueError:  # one side has ids only: nothing to compare
         return []
-    return (
-        []
-        if bad is None
-        else [
-            Finding("vocabulary", f"token {bad} is {a.decode([bad])!r} in the file, {b.decode([bad])!r} in the source")
-        ]
-    )
+    if ta == tb or ta[1:] == tb or ta == tb[1:]:  # one side adds its BOS id before a prompt
+        return []
+    at = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    return [
+        Finding("vocabulary", f"the file tokenizes text differently from the source (from token {at} of a probe line)")
+    ]
 
 
 def compare(fm: FileModel, src: FileModel) -> list[Finding]:
@@ -201,7 +218,7 @@ def compare(fm: FileModel, src: FileModel) -> list[Finding]:
     findings = compare_hparams(fm, src)
     if any(f.where in ("d_model", "n_layers", "ffn_hidden", "n_heads", "n_kv_heads") for f in findings):
         return findings  # the tensors cannot be lined up
-    factors = Counter()
+    kinds: dict = {}
     for name in src.linears:
         got, want = codes_of(fm, name), codes_of(src, name)
         heads = fm.cfg.n_heads if name.endswith("q_proj") else fm.cfg.n_kv_heads
@@ -209,15 +226,15 @@ def compare(fm: FileModel, src: FileModel) -> list[Finding]:
         if f is not None:
             findings.append(f)
             continue
-        f, ratio = compare_scale(name, fm, src, want, _scale_type(fm, name))
+        kind, f = compare_scale(name, fm, src, want, _scale_type(fm, name))
         if f is not None:
-            findings.append(f)
-        if ratio is not None and ratio != 1.0:
-            factors[round(ratio, 5)] += 1
-    if factors and len(factors) == 1 and sum(factors.values()) == len(src.linears):
-        r = next(iter(factors))
-        findings = [f for f in findings if "off by a factor" not in f.relation]
-        findings.append(Finding("every linear", f"scale off by the same factor {r:.6g}"))
+            kinds.setdefault(kind, []).append(f)
+    for kind, fs in kinds.items():  # one relation on every linear is one converter bug: named once
+        if len(fs) == len(src.linears) and len(src.linears) > 1:
+            text = EVERY.get(kind) if isinstance(kind, str) else f"scale off by the same factor {kind:.6g}"
+            findings.append(Finding("every linear", text))
+        else:
+            findings += fs
     for key, t in src.floats.items():
         if key == "head.weight" and src.cfg.tie_embeddings:
             continue

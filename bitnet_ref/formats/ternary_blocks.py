@@ -72,7 +72,9 @@ def _no_code_3(fields: np.ndarray, name: str) -> None:
 def check_packed(packed: np.ndarray, name: str) -> None:
     """FormatError if any 2-bit field of our packed buffer is 3 (a byte whose fields are all 0..2 passes)."""
     b = np.asarray(packed, dtype=np.uint8)
-    bad = ((b & 0x55) & (b >> 1)) != 0  # a field whose two bits are both set
+    bad = b >> 1
+    bad &= b
+    bad &= 0x55  # a field whose two bits are both set
     if bool(bad.any()):
         raise FormatError(f"{name}: packed data holds the 2-bit value 3, which is no ternary code (w + 1 is 0..2)")
 
@@ -155,9 +157,9 @@ def i2_s_split(raw, n: int, k: int, layout: str = "x86", name: str = "tensor") -
     scale = float(b[count // 4 : count // 4 + 4].copy().view("<f4")[0])
     q = I2_S_LAYOUTS[layout]
     if layout == "x86" and k % 128 == 0:  # the blocks are ours with the fields reversed
-        packed = FIELD_REVERSE[b[: count // 4]]
-        check_packed(packed, name)
-        return packed, scale
+        body = b[: count // 4]
+        check_packed(body, name)  # a field 3 stays a field 3 when the fields swap places
+        return FIELD_REVERSE[body], scale
     if count % q:
         raise FormatError(f"{name}: {count} weights do not fill whole {q}-weight I2_S blocks")
     g = q // 4  # bytes per block

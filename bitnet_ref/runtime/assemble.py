@@ -20,6 +20,8 @@ What this is not: a file reader (formats/) or the training model (model.Transfor
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,8 +36,20 @@ from bitnet_ref.runtime.packed import replace_submodule
 ACT_CHOICES = ("token", "file", *ACT_MODES[1:])
 
 
+@contextlib.contextmanager
+def _no_weight_init():
+    """Skip the N(0, 0.02) draws while a skeleton is built: on the meta device they draw nothing, but route through
+    torch's reference ops, whose first use imports torch._dynamo (seconds). Every weight is replaced afterwards."""
+    saved = nn.init.normal_
+    nn.init.normal_ = lambda tensor, *args, **kwargs: tensor
+    try:
+        yield
+    finally:
+        nn.init.normal_ = saved
+
+
 def _skeleton(cfg: ModelConfig) -> Transformer:
-    with torch.device("meta"):  # (the first meta-device build imports torch._dynamo: seconds, once)
+    with torch.device("meta"), _no_weight_init():
         return Transformer(cfg)
 
 

@@ -22,8 +22,9 @@ for ``--steps`` unless given) is exported as a good GGUF (bitnet_ref's exporter)
   llama-cpp-python is installed), transformers (the Hugging Face export, when installed): must say *model*.
 
 It prints the confusion table (case, side, expected, verdict, where, right?) with each runtime case's margin: the
-largest logit difference relative to the largest logit, over ``RUNTIME_REL_TOL`` (faults far above 1, good runs far
-below). Exit 0 when every case is right, else 1. What this is not: proof crosscheck names faults unlike these.
+worst logit difference (median or largest over positions, relative to the largest logit) over what float rounding
+allows on this model (faults above 1, good runs below). Exit 0 when every case is right, else 1.
+What this is not: proof that crosscheck names faults unlike these.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bitnet_ref.thresholds import RUNTIME_REL_TOL  # noqa: E402
 
 HERE = Path(__file__).resolve()
 
@@ -100,12 +100,11 @@ def thread_race(model_path, ids, *, incremental=False, threads=1):
         rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
         lin = model.blocks[0].ffn.down_proj
 
-        def lose(module, inputs, out):
-            if rng.random() < 0.5:
-                cols = out.shape[-1] // threads
-                j = int(rng.integers(0, threads)) * cols
-                out = out.clone()
-                out[..., j : j + cols] = 0
+        def lose(module, inputs, out):  # one worker's columns of one random token, lost
+            cols = out.shape[-1] // threads
+            j, t = int(rng.integers(0, threads)) * cols, int(rng.integers(0, out.shape[-2]))
+            out = out.clone()
+            out[..., t, j : j + cols] = 0
             return out
 
         lin.register_forward_hook(lose)
@@ -199,7 +198,7 @@ def converter_cases(cfg) -> list:
             "scale-x-nonzero",
             "re-quantized from dequantized weights: scale = beta x share of nonzero codes",
             lambda fm: every(fm, lambda b, w: b * _nonzero_share(w)),
-            "blk.0.attn_q",
+            "every linear",
             "share of nonzero",
         ),
         (
@@ -321,11 +320,14 @@ def crosscheck(args: list[str]) -> tuple[int, dict | None, str, float]:
 
 
 def _margin(rep: dict | None) -> str:
+    """The worst comparison of a report, over what float rounding allows it (median or largest, whichever is worse):
+    far above 1 for a fault, far below for a faithful runtime."""
     if not rep or not rep.get("runtimes"):
         return ""
-    rels = [r[k]["rel"] for r in rep["runtimes"] for k in ("prefill", "incremental") if r.get(k)]
-    rels += [r["threads"][k]["rel"] for r in rep["runtimes"] if r.get("threads") for k in ("vs_one", "repeat")]
-    return f"{max(rels) / RUNTIME_REL_TOL:.3g}x tol" if rels else ""
+    comps = [r[k] for r in rep["runtimes"] for k in ("prefill", "incremental") if r.get(k)]
+    comps += [r["threads"][k] for r in rep["runtimes"] if r.get("threads") for k in ("vs_one", "repeat")]
+    worst = max((max(c["median"] / c["tol"][0], c["rel"] / c["tol"][1]) for c in comps), default=None)
+    return "" if worst is None else f"{worst:.3g}x tol"
 
 
 def make_source(args, work: Path) -> Path:
@@ -386,6 +388,7 @@ def run_zoo(args) -> list[dict]:
                 right=right,
                 margin=_margin(rep),
                 seconds=round(secs, 1),
+                runtimes=(rep or {}).get("runtimes"),
             )
         )
 
@@ -410,7 +413,7 @@ def run_zoo(args) -> list[dict]:
             )
     if args.only in (None, "runtime"):
         faults = [
-            ("act-per-tensor", "act_per_tensor", "kernel"),
+            ("act-per-tensor", "act_per_tensor", "prefill"),
             ("cache-offset", "cache_offset", "incremental"),
             ("prefill-overwrites", "prefill_overwrites", "prefill"),
             ("thread-race", "thread_race", "threads"),
@@ -419,7 +422,7 @@ def run_zoo(args) -> list[dict]:
         for name, fn, where in faults:
             code, rep, err, secs = crosscheck([str(good), "--runtime", f"{HERE}:{fn}"] + common)
             ok = code == 1 and rep is not None and rep["verdict"] == "runtime" and where in rep["where"]
-            if name == "act-per-tensor" and ok:
+            if name == "act-per-tensor" and ok:  # one token per matmul when incremental: only the prefill differs
                 ok = rep["runtimes"][0]["matches"] == "tensor"
             record(name, "runtime", f"runtime ({where})", code, rep, err, secs, ok)
         for name, fn in (("crashes", "crashes"), ("hangs", "hangs"), ("wrong-shape", "wrong_shape")):
