@@ -93,6 +93,7 @@ RUNTIME_MAX_FLOOR = 5e-3  # ...and its largest at most this, or NOISE_FACTOR x w
 #                           largest >= 0.6%. Random-weight models move 10x more under float rounding: hence the noise.
 NOISE_EPS = 2.0**-22  # relative nudge of the reference's normalised activations: a float32 ulp or two, what a change
 #                       of summation order does
-NOISE_SEEDS = 2  # nudged reference runs; the tolerance takes the largest difference they show
+NOISE_SEEDS = 4  # nudged reference runs; the tolerance takes the largest difference they show (a flip at a
+#                  rounding boundary is a rare event: 2 seeds missed the one a real runtime hit on a trained model)
 NOISE_FACTOR = 2.0  # a faithful runtime stays within this x the nudged reference's difference (the fused path on
 #                     random default-size models: <= 0.8x; per-tensor activation quantization: >= 2.8x)

@@ -165,11 +165,12 @@ def test_crosscheck_with_real_llama_cpp(trained, tmp_path, capsys):
     assert crosscheck([str(path), "--source", str(ckpt), "--runtime", "llama.cpp", "--length", "48", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     r = rep["runtimes"][0]
-    print(
-        f"\ncrosscheck, llama.cpp on our export: prefill top-1 {r['prefill']['top1']:.3f}, relative "
-        f"{r['prefill']['rel']:.2e}; incremental {r['incremental']['top1']:.3f}, {r['incremental']['rel']:.2e}; "
-        f"2 threads vs 1 {r['threads']['vs_one']['rel']:.2e} ({rep['seconds']} s)"
-    )
+    with capsys.disabled():
+        print(
+            f"\ncrosscheck, llama.cpp on our export: prefill top-1 {r['prefill']['top1']:.3f}, relative "
+            f"{r['prefill']['rel']:.2e}; incremental {r['incremental']['top1']:.3f}, {r['incremental']['rel']:.2e}; "
+            f"2 threads vs 1 {r['threads']['vs_one']['rel']:.2e} ({rep['seconds']} s)"
+        )
     assert rep["verdict"] == "model" and r["ok"] and r["prefill"]["top1"] == 1.0
 
     fm = read_bitnet_gguf(path)

@@ -188,17 +188,21 @@ def i2_s_join(codes, scale: float, layout: str = "x86") -> np.ndarray:
 
 def hf_rows_to_packed(hf: np.ndarray, name: str = "tensor") -> np.ndarray:
     """Hugging Face's packing (uint8 (N/4, K): row i*(N/4)+p in byte-row p at bits 2i, code + 1) straight to our
-    packed buffer (N, K) without an int8 code matrix: four passes of shifts over the bytes."""
+    packed buffer (N, K) without an int8 code matrix.
+
+    The four bytes of one element position of our block (elements j, j+32, j+64, j+96: fields f = 0..3) hold, in
+    their fields i = 0..3, the four rows i*R + p: a 4x4 matrix of 2-bit fields whose transpose is the four bytes of
+    our rows. Gathered into one uint32 (byte f at bits 8f), it is transposed with two masked swaps."""
     b = np.asarray(hf, dtype=np.uint8)
     r, k = b.shape
     kp = _padded(k)
     if kp != k:  # padding needs the codes; rare (no public model has such a width)
         return pack_codes(unpack_rows(torch.from_numpy(b.copy()), name).numpy())
-    blocks = b.reshape(r, k // 128, 4, 32)  # [p, block, f, j] = bytes of element 128 block + 32 f + j
-    out = np.empty((4, r, k // 128, 32), dtype=np.uint8)
-    for i in range(4):  # rows i*R .. (i+1)*R
-        f = (blocks >> (2 * i)) & 3
-        out[i] = f[:, :, 0] | f[:, :, 1] << 2 | f[:, :, 2] << 4 | f[:, :, 3] << 6
-    packed = out.reshape(-1)
-    check_packed(packed, name)
-    return packed
+    check_packed(b, name)  # a field 3 stays a field 3 when fields move
+    x = np.ascontiguousarray(b.reshape(r, k // 128, 4, 32).transpose(0, 1, 3, 2)).view(np.uint32)  # (R, nb, 32, 1)
+    t = ((x >> 12) ^ x) & 0x0000F0F0  # swap the off-diagonal 2x2 blocks of fields: (f<2, i>=2) <-> (f>=2, i<2)
+    x ^= t ^ (t << 12)
+    t = ((x >> 6) ^ x) & 0x00CC00CC  # then within each block: (f even, i odd) <-> (f + 1, i - 1)
+    x ^= t ^ (t << 6)
+    out = x.view(np.uint8).reshape(r, k // 128, 32, 4).transpose(3, 0, 1, 2)  # [i, p, block, j]
+    return np.ascontiguousarray(out).reshape(-1)

@@ -11,10 +11,10 @@ Writes, once (``--keep`` reuses them), a random model of the preset's shape in t
   i2_s`` writes): I2_S linears (x86 blocks, float32 scale in the tail), F16 ``token_embd``, F32 norms.
 
 Then, in a fresh process per file and head format, ``decode.loader.load_for_decode(path, head=...)`` (the path the
-decode probe and crosscheck take) and one decoded token: seconds to a model, seconds for that token, and the
-process's peak resident memory (VmHWM). The codes are random (weights -1/0/+1 with probability 1/4, 1/2, 1/4; the
-speed of loading does not depend on what they learned). What this is not: a decode speed benchmark
-(tools/bench_decode.py).
+decode probe and crosscheck take) and one decoded token: seconds to a model (wall and CPU: on a shared machine
+the CPU seconds are the steadier figure), seconds for that token, and the process's peak resident memory (VmHWM).
+The codes are random (weights -1/0/+1 with probability 1/4, 1/2, 1/4; the speed of loading does not depend on what
+they learned). What this is not: a decode speed benchmark (tools/bench_decode.py).
 """
 
 from __future__ import annotations
@@ -42,13 +42,14 @@ import torch
 from bitnet_ref.decode.loader import load_for_decode
 from bitnet_ref import generate as G
 torch.set_num_threads(1)
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 m = load_for_decode(sys.argv[1], head=sys.argv[2]).model
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 G.generate(m, [[1, 2, 3]], 1)
 t3 = time.perf_counter()
 hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_token_s": t3 - t2, "peak_rss_mb": int(hwm) / 1024}))
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "load_cpu_s": c2 - c1, "first_token_s": t3 - t2,
+                  "peak_rss_mb": int(hwm) / 1024}))
 """
 
 
