@@ -9,6 +9,7 @@ quantize_row_q8_K_ref; bad files are one FormatError line (and exit 2 from the d
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import asdict
 
@@ -339,3 +340,33 @@ def test_decode_probe_bad_file_exits_2_without_traceback(tmp_path, capsys):
     assert main([str(q), "--prompt", "x", "--no-save"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "truncated" in err and err.count("\n") == 1
+
+
+def test_bpe_vocabulary_with_merges_tokenizes_as_its_tokenizer():
+    """A GGUF gpt2 vocabulary (tokens in id order, merges) made from a trained byte-level BPE tokenizes text as the
+    tokenizer itself does, and decodes back."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from bitnet_ref.formats.gguf_vocab import codec_of
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = "def f(x):\n    return x + 1\n" * 50 + "class Point:\n    def __init__(self, x, y):\n" * 50
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator([text], trainer)
+    state = json.loads(tok.to_str())["model"]
+    vocab = sorted(state["vocab"].items(), key=lambda kv: kv[1])
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
+    meta = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.tokens": [t for t, _ in vocab],
+        "tokenizer.ggml.merges": merges,
+    }
+    c = codec_of(meta, len(vocab))
+    probe = "def g(y):\n    return y + 2  # new"
+    assert c.encode(probe) == tok.encode(probe).ids and len(c.encode(probe)) < len(probe.encode())
+    assert c.decode(c.encode(probe)) == probe

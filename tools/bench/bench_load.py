@@ -163,7 +163,8 @@ def main(argv=None) -> int:
             r = measure(path, head)
             rows.append({"layout": layout, "head": head, "file_mb": size / 1e6, **r})
             print(
-                f"{layout:38s} head {head:4s}  load {r['load_s']:6.2f} s  first token {r['first_token_s']:5.2f} s  "
+                f"{layout:38s} head {head:4s}  load {r['load_s']:6.2f} s ({r['load_cpu_s']:5.2f} s CPU)  "
+                f"first token {r['first_token_s']:5.2f} s  "
                 f"peak RSS {r['peak_rss_mb']:7.0f} MB  (file {size / 1e6:.0f} MB; imports {r['import_s']:.1f} s)"
             )
     if args.json:

@@ -426,7 +426,7 @@ def run_zoo(args) -> list[dict]:
                 ok = rep["runtimes"][0]["matches"] == "tensor"
             record(name, "runtime", f"runtime ({where})", code, rep, err, secs, ok)
         for name, fn in (("crashes", "crashes"), ("hangs", "hangs"), ("wrong-shape", "wrong_shape")):
-            code, rep, err, secs = crosscheck([str(good), "--runtime", f"{HERE}:{fn}", "--timeout", "20"] + common)
+            code, rep, err, secs = crosscheck([str(good), "--runtime", f"{HERE}:{fn}", "--timeout", "10"] + common)
             record(
                 name,
                 "runtime",
