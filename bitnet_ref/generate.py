@@ -4,19 +4,19 @@
   or temperature + top-k sampling under a seeded torch.Generator. It returns a ``Generation``: the new tokens,
   the entropy and top-1 probability of each next-token distribution, prefill and decode seconds. The model
   runs in eval mode for the call and gets its previous mode back, so the trainer can probe mid-training
-  (``probe.greedy_decode``) with the same code the decode probe and tools/bench_decode.py time.
+  (``diversity.greedy_decode``) with the same code the decode probe and the decode benchmark time.
 - ``generate_reference``: greedy decoding that recomputes the whole sequence for every token (no cache): the
   oracle ``generate`` is tested against.
 - ``teacher_forced`` and ``val_loss``: one full forward over given tokens (all logits; mean cross-entropy).
-- ``parity``: does a runtime model (packed.py) compute what the reference fake-quant model computes? Greedy
+- ``parity``: does a runtime model (runtime/packed.py) compute what the reference fake-quant model computes? Greedy
   tokens must be identical and the logits within ``PARITY_REL_TOL``.
 
 The model is anything with the Transformer's interface (``cfg.context``, ``tok_emb``, ``new_cache``,
 ``forward(idx, targets, cache)``): the fake-quant training model on any device, or the packed model of
-``packed.py`` on the CPU. This module imports torch and nothing of the C++ extension, so training can use it
-without one. ``DecodeError`` lives here because generation raises it; ``packed`` re-exports it for loading.
+runtime/packed.py on the CPU. This module imports torch and nothing of the C++ extension, so training can use it
+without one. ``DecodeError`` lives here because generation raises it; the runtime and the loader raise it too.
 What this is not: a serving engine (no batching across requests, no streaming, no beam search) or a loader
-(``packed.load_for_decode``).
+(``loader.load_for_decode`` in decode/).
 """
 
 from __future__ import annotations

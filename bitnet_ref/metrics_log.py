@@ -14,7 +14,7 @@ Every line is one JSON object with a ``kind``:
 Numbers are finite or null: JSON has no NaN. The writer puts each record down with one ``write`` of a whole
 line and flushes, so a killed run leaves at most a torn last line, which the reader reports and skips and
 ``repair`` cuts away. Readers here are lenient (a garbled line is counted, not fatal); tools that must be
-strict (tools/kill_loop.py) look at ``Metrics.bad_lines`` and ``Metrics.torn`` themselves.
+strict (tools/reliability/kill_loop.py) look at ``Metrics.bad_lines`` and ``Metrics.torn`` themselves.
 What this is not: a general event log or a TensorBoard writer.
 """
 

@@ -1,12 +1,12 @@
-"""The numbers the two judges go by: the doctor (doctor.py, causes.py) and the decode probe (decode_probe.py).
+"""The numbers the two judges go by: the doctor (doctor/) and the decode probe (decode/probe.py).
 
 Each name is one number and one test, written down here once with why it is where it is. Where the two judges
 test different things (the doctor judges a whole run from its logged metrics, the probe one checkpoint from
 what it generates), they use different names; where they note the same thing, they share one.
 
-The doctor's numbers were set on short real runs of the tiny preset (tests/test_doctor.py, tools/experiments.py
---quick: the reference, each ablation, stage-1-only, LR/3, LR 1e-2, LR 0.3, WD 2.0, LR 1e-6); the probe's on
-checkpoints of the default recipe and on broken heads (tests/test_decode_probe.py).
+The doctor's numbers were set on short real runs of the tiny preset (tests/test_doctor.py,
+tools/experiments/experiments.py --quick: the reference, each ablation, stage-1-only, LR/3, LR 1e-2, LR 0.3, WD 2.0,
+LR 1e-6); the probe's on checkpoints of the default recipe and on broken heads (tests/test_decode_probe.py).
 What this is not: configuration. Nothing here changes how a model trains or decodes.
 """
 
@@ -15,7 +15,7 @@ What this is not: configuration. Nothing here changes how a model trains or deco
 REPETITIVE_TOP_SHARE = 0.5  # one token is at least half of the greedy output: a note, never a verdict (a small or
 #                             short run's greedy decoding loops, e.g. "te te te", without having collapsed)
 
-# ---- the doctor's verdicts (doctor.py), on the loss and diversity curves of a run
+# ---- the doctor's verdicts (doctor/verdicts.py), on the loss and diversity curves of a run
 
 DIVERGE_RISE = 1.0  # nats: train loss (smoothed) ending this far above its best smoothed value = blow-up
 NEAR_LN_V_FRAC = 0.95  # final loss >= this x ln(V): about as good as uniform guessing (verdict not_learning)
@@ -28,16 +28,16 @@ MIN_UNIQUE_SIGNAL = 4  # a fall from fewer unique tokens than this (2 -> 1) is p
 DIP_FRAC = 0.5  # a dip: unique tokens at or below half of an earlier value...
 RECOVER_FRAC = 0.8  # ...recovered: back to at least 80% of that earlier value at the end
 
-# ---- the doctor's checks against the checkpoint (doctor_checks.py): distrust the log
+# ---- the doctor's checks against the checkpoint (doctor/measure.py): distrust the log
 
 CHECK_WINDOWS = 8  # validation windows the doctor measures the checkpoint's loss on (cheap: one forward)
 LOG_MISMATCH_NATS = 0.5  # nats: measured vs logged val loss further apart than this = the log is not the model's
-#                          loss (healthy grid of tools/fault_zoo.py: <= 0.1 apart; window-sampling noise)
+#                          loss (healthy grid of tools/reliability/fault_zoo.py: <= 0.1 apart; window-sampling noise)
 IMPLAUSIBLE_LOSS_FRAC = 0.1  # a logged val loss below this x the unigram entropy is not reachable on held-out
 #                              text (byte-level Python: ~0.25 of it for very good models; a target leak: ~0.01)
 BASELINE_IMPLAUSIBLE_FRAC = 0.5  # ...or below half the FP baseline's: a ternary model does not beat FP by 2x
 
-# ---- the doctor's causes (causes.py), on the health metrics of the eval records
+# ---- the doctor's causes (doctor/causes.py), on the health metrics of the eval records
 
 GRAD_ZERO = 1e-12  # a latent-weight gradient norm this small is no gradient
 DEAD_CLIP_FRAC = 0.9  # share of exactly-zero gradients in the clip region that marks the clamp-STE bug
@@ -66,7 +66,7 @@ FLIP_KEEP_FRAC = 0.7  # last third still >= 70% of the middle third: a plateau (
 FLIP_MIN_EVALS = 6  # measured flip intervals needed before judging the trend
 ZERO_LOW, ZERO_HIGH = 0.05, 0.60  # share of 0 codes outside this band: zeros drifting (FAQ: ~1/3 each)
 
-# ---- the decode probe's verdict (decode_probe.py), on one checkpoint's generations and measured loss
+# ---- the decode probe's verdict (decode/probe.py), on one checkpoint's generations and measured loss
 
 COLLAPSE_TOP1 = 0.9  # mean top-1 probability along the samples at or above which the model is near-certain; a
 #                      weak model's greedy loop sits at ~0.5 and sampling from it is diverse, a collapsed one not
@@ -76,6 +76,12 @@ PROBE_LOSS_MARGIN = 0.05  # nats: the noise of the probe's loss on a few validat
 #                           unigram entropy - this is "not learning" (no better than a token-frequency table);
 #                           one at or above ln(V) - this is, in the reason given, no better than uniform guessing.
 #                           An absolute margin on one measurement, not the doctor's NEAR_UNIGRAM_FRAC on a run.
+
+# ---- logs of other trainers (doctor/trainer_logs.py): nearest evidence, stated as such, never a verdict
+OVERCONFIDENT_FRAC = 0.5  # the model's mean predictive entropy on training batches (TRL's "entropy") below this x
+#                           its train loss: it is far surer than it is right. A calibrated model has entropy ~ loss;
+#                           one that greedily repeats a token puts most mass on it (low entropy) and pays for it
+#                           on the real next token (high loss).
 
 # ---- crosscheck (crosscheck/): does a file encode its source, and does a runtime compute what the file encodes?
 

@@ -8,7 +8,6 @@ Real llama.cpp is tests/test_llama_cpp.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -29,10 +28,9 @@ ZOO_PATH = Path(__file__).resolve().parents[1] / "tools" / "reliability" / "cros
 
 
 def zoo():
-    spec = importlib.util.spec_from_file_location("crosscheck_zoo", ZOO_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tools.reliability import crosscheck_zoo
+
+    return crosscheck_zoo
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,8 @@ ONE_TOKEN = {**DIVERSE, "unique_tokens": 1, "top_token_share": 1.0, "max_repeat_
     [
         (2.0, DIVERSE, 0.5, "healthy"),
         (3.2, DIVERSE, 0.5, "not learning"),  # within PROBE_LOSS_MARGIN of the unigram entropy
-        (5.5, ONE_TOKEN, 0.2, "not learning"),  # greedy loop at low confidence, loss at ln V: the seed's symptom
+        # greedy loop at low confidence, loss at ln V: the debugging report's symptom
+        (5.5, ONE_TOKEN, 0.2, "not learning"),
         (2.0, ONE_TOKEN, 0.95, "collapsed"),
         (6.0, ONE_TOKEN, 0.99, "collapsed"),  # confidently one token: collapse is the more specific diagnosis
         (2.0, {**DIVERSE, "top_token_share": 0.7}, 0.5, "healthy"),  # repetitive greedy output alone is not collapse

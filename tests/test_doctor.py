@@ -145,7 +145,7 @@ def test_transient_dip_recovered():
 
 
 def test_dip_during_the_unigram_phase_is_a_note_not_a_verdict():
-    # the seed's pattern at small scale: random init is "diverse", the unigram phase repeats one token
+    # the debugging report's pattern at small scale: random init is "diverse", the unigram phase repeats one token
     val = lambda s: {0: 5.6, 20: 3.5, 40: 2.95, 60: 2.85, 80: 2.82, 100: 2.8}[s] if s % 20 == 0 else 3.0
     d = diag(make_records(val=val, unique=lambda s: {0: 20, 20: 1, 40: 2, 60: 3, 80: 4, 100: 5}[s]))
     assert d.verdict == "healthy"
@@ -337,28 +337,11 @@ def test_cli_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
 
 # Tiny model, 80 steps: every ablation's signature is there from the first evaluation; the reference run's
 # val loss ends well under the unigram entropy. Runs go two at a time in fresh processes (the trainer's CLI).
-REAL_ARGS = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "80",
-    "--batch-size",
-    "16",
-    "--warmup",
-    "8",
-    "--eval-every",
-    "20",
-    "--eval-batches",
-    "2",
-    "--probe-prompts",
-    "2",
-    "--probe-tokens",
-    "24",
-    "--threads",
-    "1",
-    "--log-every",
-    "1000000",
-]
+REAL_ARGS = (
+    "--preset tiny --steps 80 --batch-size 16 --warmup 8 --eval-every 20 "
+    "--eval-batches 2 --probe-prompts 2 --probe-tokens 24 --threads 1 --log-every "
+    "1000000"
+).split()
 ABLATION_CAUSES = {
     "no-ste": "missing_ste",
     "clamp-ste": "clamp_ste",

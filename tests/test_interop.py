@@ -1,4 +1,5 @@
-"""bitnet_ref <-> Hugging Face BitNet (bitnet_ref/hf.py, interop.py, export.py), checked by transformers itself.
+"""bitnet_ref <-> Hugging Face BitNet (formats/hf.py, formats/hf_read.py, formats/export.py), checked by
+transformers itself.
 
 (a) models trained here, exported in both forms, load in transformers and decode the same greedy tokens, logits
 within tolerance; (b) a BitNetForCausalLM built and trained by transformers, saved in the latent form and in

@@ -1,10 +1,11 @@
 """The decode probe: what does a checkpoint generate when it runs as a real ternary model, and is it healthy?
 
-``python tools/decode_probe.py RUN/ckpt.pt`` (or ``python -m bitnet_ref.decode_probe``) loads the checkpoint,
-swaps in the packed int8 x 2-bit layers (``packed.py``), decodes prompts from the checkpoint's validation data
-(default: the trainer's own probe prompts, so the numbers match its last eval line), and reports:
+``python tools/decode_probe.py RUN/ckpt.pt`` (or ``python -m bitnet_ref.decode_probe``, ``python -m
+bitnet_ref.decode``) loads the checkpoint through loader.py, which swaps in the packed int8 x 2-bit layers
+(runtime/packed.py), decodes prompts from the checkpoint's validation data (default: the trainer's own probe
+prompts, so the numbers match its last eval line), and reports:
 
-- the diversity probe of ``probe.py`` over the generated tokens;
+- the diversity probe of diversity.py over the generated tokens;
 - the model's next-token distribution along the samples: mean entropy (nats) and mean top-1 probability;
 - context: step, last validation loss (stored), validation loss measured now on ``data.corpus.VAL_WINDOWS`` windows by
   the decoding model, ln(vocab), unigram entropy of the training data;
@@ -13,7 +14,7 @@ swaps in the packed int8 x 2-bit layers (``packed.py``), decodes prompts from th
 - parity: packed vs fake-quant torch forward, greedy tokens and the largest logit difference.
 
 The report prints as a table, or ``--json`` as one object, and is written atomically to ``decode_probe.json``
-beside the checkpoint (``--no-save`` skips that); ``bitnet_ref.doctor`` reads its ``parity`` object.
+beside the checkpoint (``--no-save`` skips that); the doctor reads its ``parity`` object.
 Exit status: 0 done, 1 parity failure (the packed path disagrees with training: a bug), 2 bad input.
 
 Verdict rules, first match wins (each upper-case name is a number in thresholds.py, documented there):

@@ -1,6 +1,6 @@
 """The doctor's causes: why a run is unhealthy, as a table of small named rules over its health metrics.
 
-Each rule reads a run (doctor.Run: its eval and step records, its checkpoint, its decode_probe.json) and
+Each rule reads a run (run.Run: its eval and step records, its checkpoint, its decode_probe.json) and
 returns the evidence lines that name the cause, or None. ``CAUSES`` lists them in priority order: every
 rule that fires is a finding, and the first is "the" cause. The rules read what the run measured, never
 its config or ablation list; their thresholds are in thresholds.py.
@@ -29,7 +29,7 @@ its config or ablation list; their thresholds are in thresholds.py.
                    >= FLIP_KEEP_FRAC, is only a note of the doctor's: stage-1-only runs plateau too)
   zero_drift       mean share of 0 codes outside [ZERO_LOW, ZERO_HIGH] (from ckpt.pt without health metrics)
 
-What this is not: the verdict (doctor.py decides whether the run learned; a cause only says what is broken).
+What this is not: the verdict (verdicts.py decides whether the run learned; a cause only says what is broken).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ checkpoint holds: parameter and optimizer-state dtypes (fp32 master weights), an
 weights.
 
 - ``checkpoint_check(run)``: the measurements, once per run (cached on it); notes when something is missing.
-- ``log_check`` and ``sample_collapse``: verdict rules (doctor.VERDICT_RULES), stated before the loss curves.
-- ``low_precision``: a cause rule (causes.CAUSES) on the checkpoint's dtypes.
+- ``log_check`` and ``sample_collapse``: verdict rules (verdicts.VERDICT_RULES), stated before the loss curves.
+- the dtype findings the cause rule ``low_precision`` (causes.py) reads.
 
 Every upper-case name is a number in thresholds.py. What this is not: the decode probe (no parity, no speed,
 no packed kernels); a check here costs a corpus reload and one forward over CHECK_WINDOWS windows.

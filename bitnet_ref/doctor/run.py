@@ -1,4 +1,10 @@
-"""A run as the doctor reads it: its log records, checkpoint and decode probe report, loaded once."""
+"""A run as the doctor reads it: its log records, checkpoint and decode probe report, loaded once.
+
+``load_run(RUN_DIR)`` reads ``metrics.jsonl``, ``ckpt.pt`` and ``decode_probe.json``; ``Run`` is the type every
+verdict and cause rule reads, kept here so that none of them imports the command line. Unusable input is a
+one-line ``DoctorError``. What this is not: a judge (verdicts.py, causes.py) or a reader of other trainers' logs
+(foreign_logs.py turns those into a ``Run``).
+"""
 
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ class Run:
     ended: bool = False  # the trainer wrote its "end" record: the run completed
     ckpt: dict | None = None
     probe: dict | None = None
-    checked: dict | None = None  # doctor_checks.checkpoint_check's measurements, once measured
+    checked: dict | None = None  # measure.checkpoint_check's measurements, once measured
 
     @classmethod
     def from_metrics(cls, m: metrics.Metrics, path) -> Run:

@@ -1,15 +1,14 @@
-"""The doctor: read a training run's metrics and say whether it is healthy, and if not, most likely why.
+"""The doctor's verdicts: is a training run healthy, and if not, what kind of unhealthy? ``diagnose(run)``.
 
-    python -m bitnet_ref.doctor RUN_DIR [--baseline FP_RUN_DIR] [--json]
-
-It reads ``RUN_DIR/metrics.jsonl`` (through metrics.py: a torn or garbled line is skipped and reported), the
-checkpoint ``RUN_DIR/ckpt.pt`` when the metrics lack something it holds, and ``RUN_DIR/decode_probe.json``
-when the decode probe left one. It prints a verdict line, a cause line and the evidence lines with the
-numbers; with ``--json`` one JSON object with the same content. Exit 0 for any diagnosis, 2 for unusable input.
+``diagnose`` takes a run as run.py loads it (``RUN_DIR/metrics.jsonl`` through metrics_log.py, a torn or garbled
+line skipped and reported; ``RUN_DIR/ckpt.pt`` when the metrics lack something it holds; ``decode_probe.json``
+when the decode probe left one), applies ``VERDICT_RULES`` in order and then the cause rules of causes.py, and
+returns a ``Diagnosis``: a verdict, a cause, and the evidence lines with the numbers. The command line
+(``python -m bitnet_ref.doctor RUN_DIR [--baseline FP_RUN_DIR] [--json]``) is command.py.
 
 Verdicts (from the losses and the diversity probe; the first that applies; every upper-case name is a number
 in thresholds.py):
-  log_mismatch        the checkpoint's own next-token loss on validation windows (measured here, doctor_checks.py)
+  log_mismatch        the checkpoint's own next-token loss on validation windows (measured by measure.py)
                       or decode_probe.json's differs from the logged one by > LOG_MISMATCH_NATS
   implausible_loss    the logged loss < IMPLAUSIBLE_LOSS_FRAC x unigram entropy (or < BASELINE_IMPLAUSIBLE_FRAC
                       x the FP baseline's): better than held-out data allows
@@ -33,7 +32,7 @@ in thresholds.py):
 Causes: the table of rules in causes.py, read from the health metrics in the eval records, never from the
 run's config. The first that applies is "the" cause; all that apply are listed.
 
-What it is not: a replacement for reading the curves.
+What it is not: a replacement for reading the curves, nor the command line (command.py prints and exits).
 """
 
 from __future__ import annotations

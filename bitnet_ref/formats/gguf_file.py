@@ -27,7 +27,7 @@ vocabulary is written as ``no_vocab`` with its size (feed token ids).
 
 Needs the ``gguf`` package (``pip install "bitnet_ref[gguf]"``), imported only when a file is written or read.
 What this is not: a converter for other people's GGUF files (``read_gguf`` reads what ``write_gguf`` wrote), or
-llama.cpp (never imported here; tests and tools/bench_decode.py use llama-cpp-python). The command line is
+llama.cpp (never imported here; tests and tools/bench/bench_decode.py use llama-cpp-python). The command line is
 ``python -m bitnet_ref.export CKPT --format gguf --out model.gguf`` (export.py).
 """
 

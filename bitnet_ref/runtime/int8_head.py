@@ -6,7 +6,7 @@ layers. At decode time its rows are stored as int8 with one absmax scale per row
 normalised hidden state is quantized to int8 per token exactly as a BitLinear input (``kernels.act_quant``),
 and ``kernels.int8_matmul`` multiplies the two exactly in int32; the logits are ``acc * (gamma * row_scale)``.
 A quarter of the float32 bytes; the logits differ from the float32 head's by the rounding of the two int8
-quantizations (tools/bench_decode.py reports top-1 agreement and the largest difference).
+quantizations (tools/bench/bench_decode.py reports top-1 agreement and the largest difference).
 
 - ``Int8Rows``: the rows (V, d) int8 and their scales (V,) float32, as torch tensors (CPU, contiguous).
 - ``Int8Head``: drop-in for the model's ``head`` (``nn.Linear(d, V)``); ``forward_reference`` is the same in

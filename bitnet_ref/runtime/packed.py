@@ -17,17 +17,16 @@ merely close. Embeddings, the final norm, the head, attention and the KV cache a
 Ablated checkpoints: ``no-dequant`` is reproduced exactly (acc.float(), no scales: that ablation never multiplies
 them back); ``no-subln`` keeps its Identity norm; ``quant-head`` keeps the Transformer's fake-quant head.
 ``no-ste``/``clamp-ste`` change only gradients; their forward is F.linear on dequantized floats, so the packed
-layer matches it to float rounding (not bitwise). ``quant="none"`` checkpoints have nothing to pack:
-``load_for_decode`` returns the torch model and says why.
+layer matches it to float rounding (not bitwise). ``quant="none"`` checkpoints have nothing to pack: the decode
+loader (decode/loader.py) returns the torch model and says why.
 
 Also here: ``DequantLinear`` (the same weights as a plain fp32 F.linear with codes * beta: the "torch fp32 eager"
-baseline of tools/bench_decode.py), ``weight_bytes_per_token``, and loading: ``build_model`` (the fake-quant
-Transformer of a checkpoint) and ``load_for_decode`` (checkpoint -> model on the chosen backend and device).
-Errors for users are ``DecodeError`` (one line; the class is generate.py's, re-exported here).
+baseline of the decode benchmark, tools/bench/bench_decode.py) and ``weight_bytes_per_token``. Errors for users are
+``DecodeError`` (one line; the class is generate.py's).
 
-What this is not: generation, parity or teacher forcing (``generate.py``, which runs on any model, packed or
-not), a serving engine (one process, CPU kernels, no batching across requests), or a file format (packing
-happens at load time, from the training checkpoint).
+What this is not: a loader (decode/loader.py reads a checkpoint and calls ``to_packed``), generation, parity or
+teacher forcing (generate.py, which runs on any model, packed or not), a serving engine (one process, CPU kernels,
+no batching across requests), or a file format (packing happens at load time, from the training checkpoint).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ betas and rows whatever the head format, so the two heads are comparable.
 
 Speed does not depend on what weights learned, which is why random weights serve for decode benchmarks; the
 outputs mean nothing. What this is not: an initialiser for training (``model.Transformer``) or a loader of
-real checkpoints (``packed.load_for_decode``).
+real checkpoints (``loader.load_for_decode`` in decode/).
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ The loop is ``train``, read top to bottom: for each step set LR and WD from the 
 step's batch, forward/backward, check for non-finite values, clip, update; evaluate (validation loss, the
 diversity probe, the health metrics) at the chosen points; checkpoint atomically. ``TrainingRun`` holds what
 the loop works on (data, model, AdamW, the metrics log) and does the one-step, eval and save chores. Settings
-and their checks are in ``config.py``, devices and torchrun in ``dist.py``, the log's schema in ``metrics.py``.
+are resolved once, before the loop, into a ``Plan`` (config.py, with their checks); torchrun in dist.py; the log's
+schema in metrics_log.py.
 
-Outputs in ``--out`` (default ``runs/<timestamp>-<quant>``): ``metrics.jsonl`` (see metrics.py; each line is
+Outputs in ``--out`` (default ``runs/<timestamp>-<quant>``): ``metrics.jsonl`` (see metrics_log.py; each line is
 one ``write`` and a flush, so a kill leaves at most a torn last line) and ``ckpt.pt`` (see checkpoint.py; saved
 every ``--save-every`` steps and at the end, never with NaN/inf).
 

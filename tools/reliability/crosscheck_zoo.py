@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
     sys.path.insert(0, str(ROOT))
 
 

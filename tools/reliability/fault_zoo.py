@@ -1,6 +1,6 @@
 """The fault zoo: does the doctor name faults it was never tuned on, and stay quiet on healthy runs?
 
-    python tools/fault_zoo.py [--quick] [--split tuned|held-out|all] [--workers 2] [--out DIR] [--json FILE]
+    python tools/reliability/fault_zoo.py [--quick] [--split tuned|held-out|all] [--workers 2] [--out DIR] [--json FILE]
 
 Each case is one short training run (tiny preset; ~300 steps, or 100 with --quick) in a fresh process with one
 torch thread, with a fault patched into the trainer from here (nothing in the package changes): data (targets
@@ -30,50 +30,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FULL = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "300",
-    "--batch-size",
-    "16",
-    "--warmup",
-    "30",
-    "--eval-every",
-    "50",
-    "--eval-batches",
-    "2",
-    "--probe-prompts",
-    "4",
-    "--probe-tokens",
-    "24",
-    "--threads",
-    "1",
-    "--log-every",
-    "1000000",
-]
-QUICK = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "100",
-    "--batch-size",
-    "16",
-    "--warmup",
-    "10",
-    "--eval-every",
-    "25",
-    "--eval-batches",
-    "2",
-    "--probe-prompts",
-    "4",
-    "--probe-tokens",
-    "16",
-    "--threads",
-    "1",
-    "--log-every",
-    "1000000",
-]
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+FULL = (
+    "--preset tiny --steps 300 --batch-size 16 --warmup 30 --eval-every 50 --eval-batches 2 "
+    "--probe-prompts 4 --probe-tokens 24 --threads 1 --log-every 1000000"
+).split()
+QUICK = (
+    "--preset tiny --steps 100 --batch-size 16 --warmup 10 --eval-every 25 --eval-batches 2 "
+    "--probe-prompts 4 --probe-tokens 16 --threads 1 --log-every 1000000"
+).split()
 TEXT_DATA = "/usr/share/common-licenses"  # English licence texts: a second, non-code dataset where present
 
 
