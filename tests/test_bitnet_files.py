@@ -1,5 +1,6 @@
-"""Reading the BitNet files users have, exactly (formats/gguf_container.py, ternary_blocks.py, gguf_model.py,
-gguf_vocab.py, gguf_write.py, hf_read.read_file_model), and the activation modes of runtime/act_modes.py.
+"""Reading the BitNet files users have, exactly (formats/gguf_container.py, formats/ternary_blocks.py,
+formats/gguf_model.py, formats/gguf_vocab.py, formats/gguf_write.py, hf_read.read_file_model), and the activation
+modes of runtime/act_modes.py.
 
 The block codecs are checked against gguf-py (llama.cpp's own Python quantizer) and against the layouts written out
 by hand from ggml-quants.c and bitnet.cpp's quantize_i2_s; every file type is read back into logits bit-identical

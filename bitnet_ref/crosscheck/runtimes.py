@@ -12,7 +12,7 @@ never in the checker itself.
 - ``bitnet_ref``: bitnet_ref's exact packed path of the file (the recipe, per-token int8);
 - ``bitnet_ref-fused``: bitnet_ref's fused whole-token C++ step (runtime/fused.py), which runs positions one at a
   time either way;
-- a user's own: ``module:function`` (or ``path/to/file.py:function``) with that signature; ``incremental`` and
+- a user's own: ``module:function`` (or ``PATH:function``, PATH a Python file) with that signature; ``incremental`` and
   ``threads`` are passed only if the function accepts them (else those checks are skipped, and said so).
 
 ``EXPECTS`` says which activation quantization each built-in computes, so the reference it is compared with does
@@ -109,7 +109,7 @@ FUNCTIONS = {
 
 
 def resolve(spec: str):
-    """The function a runtime name or ``module:function`` / ``file.py:function`` spec names; ValueError (one
+    """The function a runtime name or ``module:function`` / ``PATH:function`` spec names; ValueError (one
     line) if it cannot be imported or is not callable."""
     if spec in FUNCTIONS:
         return FUNCTIONS[spec]

@@ -5,7 +5,7 @@ microsoft's packed layout: hf_read.read_file_model) returns a ``FileModel``, and
 a bitnet_ref checkpoint, so decoding (decode/loader.py) and comparing (crosscheck/) treat them alike:
 ``FileModel.model(act=...)`` is the decoding Transformer (runtime/assemble.py), with no fp32 latent anywhere.
 
-What this is not: a reader or a writer itself (the modules named above; gguf_model.write_bitnet_gguf writes).
+What this is not: a reader or a writer itself (the modules named above; gguf_write.write_bitnet_gguf writes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The tokenizer a GGUF file carries (``tokenizer.ggml.*``), as a text codec for prompts and samples.
+"""The tokenizer a GGUF file carries (its ``tokenizer.ggml.model``, tokens, merges and scores), as a text codec for
+prompts and samples.
 
 - ``gpt2`` (byte-level BPE: ``tokens`` and ``merges``; LLaMA 3 and bitnet-b1.58-2B-4T, and bitnet_ref's own
   byte vocabulary): a ``tokenizers`` BPE with GPT-2's byte-to-character table, split first by the pre-tokenizer

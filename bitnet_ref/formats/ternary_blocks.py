@@ -18,7 +18,7 @@ bitnet_ref's packed row (cpp/ternary.h, ``gguf_file.pack_codes``): K padded to a
   The file does not say which; x86 is what the Python converter and the x86 builds write.
 
 Every decoder checks sizes and refuses the code 3 (no ternary weight), so a damaged tensor is one FormatError line.
-What this is not: a GGUF reader (gguf_reader.py, gguf_model.py) or a kernel (the packed runtime multiplies our rows).
+What this is not: a GGUF reader (gguf_container.py, gguf_model.py) or a kernel (the packed runtime multiplies our rows).
 """
 
 from __future__ import annotations

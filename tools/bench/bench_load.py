@@ -7,14 +7,14 @@ Writes, once (``--keep`` reuses them), a random model of the preset's shape in t
 - **microsoft's Hugging Face layout** (bitnet-b1.58-2B-4T's): ``config.json`` (BitNetForCausalLM, ReLU^2, tied,
   GQA, ``quantization_config`` autobitlinear/offline), ``model.safetensors`` with every linear as uint8 codes packed
   four rows a byte plus a bf16 ``weight_scale``, and bf16 embedding and norms;
-- **bitnet.cpp's I2_S GGUF** (arch ``bitnet-b1.58``, the layout ``utils/convert-hf-to-gguf-bitnet.py --outtype
+- the **I2_S GGUF of bitnet.cpp** (arch ``bitnet-b1.58``, the layout ``utils/convert-hf-to-gguf-bitnet.py --outtype
   i2_s`` writes): I2_S linears (x86 blocks, float32 scale in the tail), F16 ``token_embd``, F32 norms.
 
 Then, in a fresh process per file and head format, ``decode.loader.load_for_decode(path, head=...)`` (the path the
 decode probe and crosscheck take) and one decoded token: seconds to a model (wall and CPU: on a shared machine
 the CPU seconds are the steadier figure), seconds for that token, and the process's peak resident memory (VmHWM).
 The codes are random (weights -1/0/+1 with probability 1/4, 1/2, 1/4; the speed of loading does not depend on what
-they learned). What this is not: a decode speed benchmark (tools/bench_decode.py).
+they learned). What this is not: a decode speed benchmark (tools/bench/bench_decode.py).
 """
 
 from __future__ import annotations
