@@ -13,8 +13,8 @@ for ``--steps`` unless given) is exported as a good GGUF (bitnet_ref's exporter)
   unit gain, one layer's codes transposed, one layer's codes sign-flipped, q/k rows permuted for interleaved RoPE,
   a wrong RoPE theta, a wrong norm eps, wrong block scales. Each is checked as ``crosscheck FILE --source CKPT``
   and must be named as *converter*, on the right tensor;
-- **runtime faults**, adapters (functions below, run through ``--runtime tools/reliability/crosscheck_zoo.py:NAME``) that
-  compute the good file with one bug each: activations quantized per tensor instead of per token, an incremental
+- **runtime faults**, adapters (the functions below, run as ``--runtime tools/reliability/crosscheck_zoo.py:NAME``)
+  that compute the good file with one bug each: activations quantized per tensor instead of per token, an incremental
   path whose KV cache sits one position off, a prefill that writes its second half over the first (microsoft/BitNet
   #617), a thread race, kernels with empty bodies (#547); each must be named *runtime*, in the right place.
   Runtimes that crash, hang or return the wrong shape must be a one-line error with exit status 2;
