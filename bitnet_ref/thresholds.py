@@ -149,3 +149,24 @@ OVERCONFIDENT_FRAC = 0.5  # the model's mean predictive entropy on training batc
 #                           its train loss: it is far surer than it is right. A calibrated model has entropy ~ loss;
 #                           one that greedily repeats a token puts most mass on it (low entropy) and pays for it
 #                           on the real next token (high loss).
+
+# ---- crosscheck (crosscheck/): does a file encode its source, and does a runtime compute what the file encodes?
+
+SCALE_RTOL = 1e-6  # relative slack on a scale relation (1/beta, beta x p) on top of the stored type's rounding:
+#                    float32 arithmetic of the converter (1/x and x*p round once each)
+CODE_TIE_SHARE = 0.01  # codes differing at up to this share of weights, each by one step, read as re-quantization
+#                        of dequantized floats (W*(1/beta) vs W/beta flip exact .5 ties: measured < 0.1%); more is
+#                        "not the source's codes"
+RUNTIME_MEDIAN_FLOOR = 5e-4  # a runtime agrees with the file's reference when the median over positions of its
+#                              largest logit difference (relative to the largest reference logit) is at most this...
+RUNTIME_MAX_FLOOR = 5e-3  # ...and its largest at most this, or NOISE_FACTOR x what float rounding alone does to this
+#                           model (whichever is larger). Measured (docs/crosscheck.md): real llama.cpp, bitnet_ref and
+#                           its fused path on a trained model: median 0, largest <= 0.15%; the subtlest runtime faults
+#                           of the zoo on it (per-tensor activations, a KV cache one position off): median >= 0.14%,
+#                           largest >= 0.6%. Random-weight models move 10x more under float rounding: hence the noise.
+NOISE_EPS = 2.0**-22  # relative nudge of the reference's normalised activations: a float32 ulp or two, what a change
+#                       of summation order does
+NOISE_SEEDS = 4  # nudged reference runs; the tolerance takes the largest difference they show (a flip at a
+#                  rounding boundary is a rare event: 2 seeds missed the one a real runtime hit on a trained model)
+NOISE_FACTOR = 2.0  # a faithful runtime stays within this x the nudged reference's difference (the fused path on
+#                     random default-size models: <= 0.8x; per-tensor activation quantization: >= 2.8x)

@@ -38,6 +38,9 @@ EXTERNAL = {
     "ggml-common.h",  # ggml's block structs (TQ2_0)
     "integrations/bitnet.py",  # transformers' BitNet integration
     "src/ggml-bitnet-mad.cpp",  # microsoft/BitNet (bitnet.cpp)
+    "utils/convert-hf-to-gguf-bitnet.py",  # microsoft/BitNet's converter (bitnet-b1.58, I2_S)
+    "utils/codegen_tl2.py",  # microsoft/BitNet's kernel-header generator
+    "ggml/include/gguf.h",  # llama.cpp's GGUF container
     "linux/arch/arm64/include/uapi/asm/hwcap.h",  # the Linux kernel's HWCAP bits
     "avx512fintrin.h",  # GCC's intrinsics header
     # public BitLinear layers read and checked in docs/conformance-real-code.md, each cited with its repository

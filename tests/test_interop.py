@@ -271,8 +271,8 @@ def test_transformers_model_imports(hf_trained, kind):
     r = compare(model, imp.model())
     FIGURES[f"transformers -> ours, {kind}"] = r
     assert_agree(r)
-    loaded = L.load_for_decode(path, "packed")  # runtime: the stored codes and beta as they are
-    par = G.parity(loaded.model, build_model(loaded.ckpt), PROMPTS, NEW)
+    loaded = L.load_for_decode(path, "packed")  # runtime: the stored codes and beta as they are (a packed directory
+    par = G.parity(loaded.model, imp.model(), PROMPTS, NEW)  # is read without latents: the reference has them)
     FIGURES[f"packed runtime vs training forward, {kind}"] = {
         k: par[k] for k in ("ok", "bitwise", "max_rel_logit_diff")
     }

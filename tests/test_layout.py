@@ -5,6 +5,7 @@ dependency). The layers, lowest first, are written down once here and in docs/mo
 
     core (bitnet_ref/*.py)  <  data  <  train
     core  <  runtime  <  formats  <  decode  <  doctor
+                                          decode  <  crosscheck   (reads formats, runs runtime and decode)
     core  <  conform
     core  <  watch  <  doctor
 
@@ -34,6 +35,7 @@ ALLOWED = {
     "formats": {"core", "data", "runtime"},
     "decode": {"core", "data", "runtime", "formats"},
     "doctor": {"core", "data", "train", "runtime", "formats", "decode", "watch"},
+    "crosscheck": {"core", "data", "runtime", "formats", "decode"},
     "conform": {"core"},
     "watch": {"core"},
 }

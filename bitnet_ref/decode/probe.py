@@ -67,6 +67,7 @@ from bitnet_ref.diversity import diversity, probe_prompts
 from bitnet_ref.files import atomic_write
 from bitnet_ref.runtime import kernels
 from bitnet_ref.runtime import packed as P
+from bitnet_ref.runtime.assemble import ACT_CHOICES
 from bitnet_ref.runtime.int8_head import HEAD_FORMATS
 from bitnet_ref.thresholds import (
     COLLAPSE_TOP1,
@@ -78,6 +79,7 @@ from bitnet_ref.thresholds import (
 )
 
 REPORT_NAME = "decode_probe.json"
+PARITY_MAX_PARAMS = 500_000_000  # a file's torch reference holds its codes as int8: one byte a weight
 
 
 class ProbeError(ValueError):
@@ -313,6 +315,7 @@ def run(args) -> dict:
         format=args.format,
         head=args.head,
         fused=args.fused,
+        act=args.act,
     )
     ckpt, cfg, model = loaded.ckpt, loaded.cfg, loaded.model
     if args.max_new_tokens is None:  # the trainer's probe length, so the numbers match its eval lines
@@ -325,11 +328,13 @@ def run(args) -> dict:
     windows = val_windows(corpus.val, cfg.context) if corpus is not None and len(corpus.val) > cfg.context else None
 
     # a packed twin and a fake-quant reference on the CPU, for parity and the speed comparison
-    reference = build_model(ckpt, args.checkpoint)
-    packed = None
-    if cfg.quant == "ternary" and kernels.available():
-        exact = loaded.backend == "packed" and args.head == "fp32" and not args.fused  # the bit-exact packed path
-        packed = model if exact else P.to_packed(build_model(ckpt), threads=args.threads, format=args.format)
+    exact = loaded.backend == "packed" and args.head == "fp32" and not args.fused and args.act == "token"
+    if loaded.file_model is not None:  # codes and no latents: the plain-torch recipe model of the codes
+        reference, packed, why_not = _file_twins(loaded, args, exact)
+    else:
+        reference, packed, why_not = build_model(ckpt, args.checkpoint), None, None
+        if cfg.quant == "ternary" and kernels.available():
+            packed = model if exact else P.to_packed(build_model(ckpt), threads=args.threads, format=args.format)
     for m in filter(None, (model, packed, reference)):  # warm-up: thread pool, allocator, first-call paths
         G.generate(m, [prompts[0][:1]], 2)
 
@@ -354,7 +359,7 @@ def run(args) -> dict:
         "fused": args.fused,
         "decoded_tok_s": g.tok_per_s,
     }
-    if packed is not None:
+    if packed is not None and reference is not None:
         par, gp, gr = G.parity(packed, reference, prompts, args.max_new_tokens, return_generations=True)
         speed.update(
             packed_tok_s=gp.tok_per_s,
@@ -366,7 +371,7 @@ def run(args) -> dict:
             },
         )
     else:
-        why = (
+        why = why_not or (
             "quant='none' checkpoint: nothing is packed"
             if cfg.quant != "ternary"
             else f"C++ extension unavailable ({kernels.import_error()})"
@@ -379,8 +384,12 @@ def run(args) -> dict:
             "skipped": why,
         }
         speed.update(torch_tok_s=g.tok_per_s if loaded.backend == "torch" else None)
+        if reference is None:
+            speed.update(torch_tok_s=None)
     paths = {"packed": packed} if packed is not None else {}
-    rec = recompute({**paths, "fake_quant": reference}, prompts, args.max_new_tokens)
+    if reference is not None:  # a file read without latents has no fake-quant twin
+        paths["fake_quant"] = reference
+    rec = recompute(paths, prompts, args.max_new_tokens)
     if model is not packed and loaded.backend == "packed":
         rec["note"] = "the samples were decoded by the fused step or the int8 head: the check covers the exact paths"
     main["verdict"] = recompute_verdict(main["verdict"], rec)
@@ -415,6 +424,30 @@ def run(args) -> dict:
         ],
     }
     return _jsonable(report)
+
+
+def _file_twins(loaded, args, exact: bool):
+    """(reference, packed twin, why parity is skipped) for a file read without latents: the reference is the
+    plain-torch recipe model of the file's codes (runtime/assemble.ternary_reference), the twin the exact packed
+    path; above PARITY_MAX_PARAMS the int8 codes of the torch reference are not held (parity skipped)."""
+    from bitnet_ref.decode.loader import read_file
+
+    fm = loaded.file_model
+    if fm.cfg.num_params() > PARITY_MAX_PARAMS:
+        return (
+            None,
+            None,
+            f"{fm.cfg.num_params():,} parameters: the torch reference of the codes is not built above "
+            f"{PARITY_MAX_PARAMS:,}",
+        )
+    if any(s.block_scales is not None for s in fm.linears.values()):
+        return None, None, "the file's blocks carry different scales: the recipe has one per tensor (see crosscheck)"
+    if isinstance(fm.floats["tok_emb.weight"], torch.Tensor):
+        full = fm
+    else:
+        full = read_file(args.checkpoint)
+    packed = loaded.model if exact else full.model(threads=args.threads)
+    return full.reference(), packed, None
 
 
 def _jsonable(x):
@@ -557,8 +590,9 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "checkpoint",
-        help="a ckpt.pt written by python -m bitnet_ref.train, or a Hugging Face BitNet "
-        "directory (config.json + safetensors; its tokenizer.json, if any, encodes --prompt)",
+        help="a ckpt.pt written by python -m bitnet_ref.train, a Hugging Face BitNet directory (config.json + "
+        "safetensors; its tokenizer.json, if any, encodes --prompt), or a BitNet GGUF (llama.cpp's TQ1_0/TQ2_0, "
+        "bitnet.cpp's I2_S, F16 ternary; its vocabulary encodes --prompt)",
     )
     p.add_argument(
         "--backend",
@@ -584,6 +618,13 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
         action="store_true",
         help="decode the samples through the fused whole-token C++ step (faster; close to, not bit-exact "
         "with, the packed path); parity always checks the exact packed path",
+    )
+    p.add_argument(
+        "--act",
+        choices=ACT_CHOICES,
+        default="token",
+        help="how the linears quantize activations: token (the recipe, default), file (what a GGUF's own runtime "
+        "computes: llama.cpp per 256-block on TQ weights, float on F16), block, tensor or none",
     )
     p.add_argument(
         "--samples",

@@ -46,8 +46,8 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
     ap.add_argument(
         "--checkpoint",
         metavar="PATH",
-        help="a run recorded by bitnet_ref.watch: your checkpoint (a Hugging Face BitNet directory or a ckpt.pt) "
-        "to measure on the run's loss windows and check the log against",
+        help="a run recorded by bitnet_ref.watch: your checkpoint (a Hugging Face BitNet directory, a ckpt.pt or a "
+        "BitNet GGUF) to measure on the run's loss windows and check the log against",
     )
     ap.add_argument(
         "--report",

@@ -15,6 +15,17 @@ from pathlib import Path
 from bitnet_ref import metrics_log as metrics
 from bitnet_ref.metrics_log import number_or_none
 
+MODEL_FILE_HINT = (
+    "the doctor judges a training run from its log; python -m bitnet_ref.decode FILE shows what the model decodes, "
+    "and python -m bitnet_ref.crosscheck FILE tells the model, its converter and its runtime apart"
+)
+
+
+def _is_model_file(path: Path) -> bool:
+    from bitnet_ref.formats.gguf_container import is_gguf
+
+    return is_gguf(path) or path.suffix in (".pt", ".safetensors", ".bin")
+
 
 class DoctorError(Exception):
     """Unusable input; the message is one line."""
@@ -73,9 +84,13 @@ def load_run(run_dir) -> Run:
     if not path.exists():
         raise DoctorError(f"{path}: no such run directory")
     if not path.is_dir():
+        if _is_model_file(path):
+            raise DoctorError(f"{path} is a model file, not a run directory; {MODEL_FILE_HINT}")
         raise DoctorError(f"{path} is not a directory; pass the run directory that holds metrics.jsonl")
     mpath = path / metrics.FILE_NAME
     if not mpath.is_file():
+        if (path / "config.json").is_file():
+            raise DoctorError(f"{path} is a model directory with no training log (metrics.jsonl); {MODEL_FILE_HINT}")
         raise DoctorError(f"{path} has no metrics.jsonl; is it a bitnet_ref run directory?")
     try:
         run = Run.from_metrics(metrics.read(mpath), path)

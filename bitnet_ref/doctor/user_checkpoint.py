@@ -2,7 +2,8 @@
 
 A run recorded by bitnet_ref.watch has no ckpt.pt of ours, and its data is the user's. But its header holds the
 fixed windows every ``val_loss`` was measured on, so a checkpoint the user points at (a Hugging Face BitNet
-directory such as the Trainer's ``checkpoint-N``, or a bitnet_ref ``ckpt.pt``; read by formats.hf_read) can be
+directory such as the Trainer's ``checkpoint-N``, a bitnet_ref ``ckpt.pt``, or a BitNet GGUF; read by
+formats.hf_read, or from its codes by decode.loader.read_file) can be
 measured on exactly those tokens and compared with what the log says at the checkpoint's step: the doctor's
 ``log_mismatch`` check, with the same numbers it reads from our own checkpoints (measured loss, logits on a coarse
 float grid or an integer lattice). The checkpoint's step is the Trainer's ``global_step`` (trainer_state.json in
@@ -30,11 +31,22 @@ def _step_of(path: Path) -> int | None:
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
+def _model_of(path):
+    """A file that holds codes (a GGUF, a packed Hugging Face directory) as the model of its codes and scales, read
+    without latents: the packed path where the extension is built, else the plain-torch one (the same values)."""
+    from bitnet_ref.decode.loader import read_file
+    from bitnet_ref.runtime import kernels
+
+    fm = read_file(path)
+    return fm.model() if kernels.available() else fm.reference()
+
+
 def check_user_checkpoint(run: Run, path) -> None:
     """Measure ``path`` on the run's recorded windows and leave the result where the doctor's checkpoint checks
     read it (the run's ``checked`` measurements); DoctorError (one line) for a run without windows or an
     unreadable checkpoint."""
     from bitnet_ref.checkpoint import CheckpointError
+    from bitnet_ref.decode.loader import holds_codes
     from bitnet_ref.formats import hf_read
     from bitnet_ref.formats.hf import FormatError
     from bitnet_ref.generate import val_loss
@@ -49,7 +61,7 @@ def check_user_checkpoint(run: Run, path) -> None:
             "recorded by bitnet_ref.watch; a bitnet_ref run's own ckpt.pt is checked without it)"
         )
     try:
-        model = hf_read.load(path)
+        model = _model_of(path) if holds_codes(path) else hf_read.load(path)
     except (FormatError, CheckpointError) as e:
         raise DoctorError(f"--checkpoint: {e}") from None
     try:
