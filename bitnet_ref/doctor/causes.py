@@ -20,13 +20,13 @@ optimizer_config.py, upstream.py) and are listed here.
                    share of exactly-zero gradients on 0 codes
   low_precision    ckpt.pt holds master weights or AdamW moments below fp32 (before grad_flow: it explains
                    updates that round away)
+  lr_schedule      the logged LR is off its configured schedule (optimizer_config.py)
+  optimizer_step   AdamW's RMS step / LR outside [ADAM_STEP_LOW, ADAM_STEP_HIGH]; the setting that does it named
   grad_flow        where the gradient flow stops (health "groups" and layers): a parameter group (latent, norm,
                    embed, head) or a BitLinear with gradient norm <= GRAD_ZERO while others get one; a median over
                    BitLinears of >= DEAD_GRAD_FRAC exactly-zero gradient elements; a group or layer whose update ratio
                    is UPDATE_GAP x below the largest group's / the median layer's / the FP twin's; each followed
                    upstream to what starves it (upstream.py: "chain:" lines)
-  lr_schedule      the logged LR is off its configured schedule (optimizer_config.py)
-  optimizer_step   AdamW's RMS step / LR outside [ADAM_STEP_LOW, ADAM_STEP_HIGH]; the setting that does it named
   coarse_logits    >= FLOAT_GRID_MIN of the logits fit a coarse float format's significand (bf16/fp16/fp8-like
                    rounding in the full-precision path)
   missing_dequant  median BitLinear output RMS / FP-linear output RMS outside [OUT_RATIO_LOW, OUT_RATIO_HIGH]
@@ -396,17 +396,17 @@ CAUSES = (  # in priority order: the first that applies is "the" cause
     Cause("missing_ste", "missing STE: no gradient reaches the latent weights", missing_ste),
     Cause("clamp_ste", "clamp-STE bug: clipped (saturated) weights get zero gradient", clamp_ste),
     Cause("low_precision", "low-precision master weights or optimizer state: small updates round away", low_precision),
-    Cause(
-        "grad_flow",
-        "gradient flow stops: some parameters get no gradient, or the optimizer does not move them",
-        grad_flow,
-        uses_baseline=True,
-    ),
     Cause("lr_schedule", "the LR the run used is not its configured schedule", lr_schedule),
     Cause(
         "optimizer_step",
         "AdamW moves the weights far less (or more) than its LR implies: a setting holds the updates back",
         optimizer_step,
+    ),
+    Cause(
+        "grad_flow",
+        "gradient flow stops: some parameters get no gradient, or the optimizer does not move them",
+        grad_flow,
+        uses_baseline=True,
     ),
     Cause(
         "coarse_logits",

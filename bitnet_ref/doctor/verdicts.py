@@ -35,8 +35,10 @@ in thresholds.py):
   faulty              the loss and samples look fine, but the health metrics show a known fault
   healthy             none of the above
 
-Causes: the table of rules in causes.py, read from the health metrics in the eval records, never from the
-run's config. The first that applies is "the" cause; all that apply are listed.
+Causes: the table of rules in causes.py (some living in the modules it lists), read from the health metrics in the
+eval records, the checkpoint and the data, never from the run's ablation list (the optimizer rules hold the run
+against its own configuration). The first that applies is "the" cause; all that apply are listed. The numbers the
+checks measured go into ``Diagnosis.measurements`` (``--json``).
 
 What it is not: a replacement for reading the curves, nor the command line (command.py prints and exits).
 """

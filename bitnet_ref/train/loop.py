@@ -85,9 +85,11 @@ def param_groups(model: nn.Module) -> list[dict]:
 
 
 def optimizer_settings(opt: torch.optim.Optimizer) -> dict:
-    """What the metrics header records of the optimizer as built: its class and AdamW's betas and eps."""
+    """What the metrics header records of the optimizer as built: its class, whether it steps as Adam does, and
+    AdamW's betas and eps."""
     d = opt.defaults
-    return {"name": type(opt).__name__, "betas": list(d.get("betas", ())), "eps": d.get("eps")}
+    adam = isinstance(opt, (torch.optim.Adam, torch.optim.AdamW))  # a subclass keeps AdamW's step
+    return {"name": type(opt).__name__, "adam": adam, "betas": list(d.get("betas", ())), "eps": d.get("eps")}
 
 
 def autocast_for(device: torch.device, mode: str):
