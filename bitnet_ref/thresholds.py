@@ -27,6 +27,9 @@ LOSS_FELL = 0.05  # nats: "the loss still falls" = last val loss this much below
 MIN_UNIQUE_SIGNAL = 4  # a fall from fewer unique tokens than this (2 -> 1) is probe noise, not a dip or collapse
 DIP_FRAC = 0.5  # a dip: unique tokens at or below half of an earlier value...
 RECOVER_FRAC = 0.8  # ...recovered: back to at least 80% of that earlier value at the end
+DIP_Z = 1.5  # ...and the fall is larger than the probe's counting noise: (a - b) / sqrt(a + b) >= this (a count
+#             read as Poisson). Healthy tiny-preset runs probed with 4 x 24 tokens wander 8 -> 4 -> 7 (z 1.15); the
+#             debugging report's S-curve, 14 -> 6 -> 33, is z 1.79
 
 # ---- the doctor's checks against the checkpoint (doctor/measure.py): distrust the log
 

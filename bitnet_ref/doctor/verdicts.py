@@ -28,7 +28,8 @@ in thresholds.py):
   diversity_collapse  (also) every greedy sample repeats one token (min_sample_top_share >= COLLAPSE_TOP_SHARE)
                       with top-1 >= COLLAPSE_TOP1, or decode_probe.json says collapsed
   transient_dip       past the unigram phase, unique tokens fell to <= DIP_FRAC of an earlier value (itself
-                      >= MIN_UNIQUE_SIGNAL), then came back to >= RECOVER_FRAC of it by the end
+                      >= MIN_UNIQUE_SIGNAL) by >= DIP_Z x its counting noise, then came back to >= RECOVER_FRAC of
+                      it by the end
   A fall in unique tokens while the val loss is still at unigram level is the expected "unigram phase"
   (greedy decoding of a frequency-only model repeats its most frequent token): a note, not a verdict. A
   final greedy output with one token >= REPETITIVE_TOP_SHARE of it that did not fall is also only a note.
@@ -60,6 +61,7 @@ from bitnet_ref.thresholds import (
     BASELINE_GAP_FRAC,
     COLLAPSE_FRAC,
     DIP_FRAC,
+    DIP_Z,
     DIVERGE_RISE,
     FLIP_KEEP_FRAC,
     LOSS_FELL,
@@ -153,6 +155,7 @@ class _Case:
     notes: list
     ln_v: float | None
     uni: float | None
+    dip_z: float | None = None  # the largest dip candidate's fall in units of counting noise (for the margins)
 
 
 class _Eval(NamedTuple):  # one eval record's diversity numbers
@@ -296,16 +299,28 @@ def _collapsed(c: _Case, past: list, best_u: float) -> str | None:
     return None
 
 
+def _dip_candidates(us: list) -> list:
+    """[(z, i, j)]: evals i < j (j not the last) where unique tokens fell to DIP_FRAC of a value >= MIN_UNIQUE_SIGNAL
+    and came back to RECOVER_FRAC of it by the end; z is the fall over its counting noise, sqrt(a + b)."""
+    return [
+        ((us[i] - us[j]) / math.sqrt(us[i] + us[j]), i, j)
+        for i in range(len(us))
+        for j in range(i + 1, len(us) - 1)
+        if us[i] >= MIN_UNIQUE_SIGNAL and us[j] <= DIP_FRAC * us[i] and us[-1] >= RECOVER_FRAC * us[i]
+    ]
+
+
 def _dipped(c: _Case, past: list) -> str | None:
-    us = [d.unique for d in past]
-    for i in range(len(us)):
-        for j in range(i + 1, len(us) - 1):
-            if us[i] >= MIN_UNIQUE_SIGNAL and us[j] <= DIP_FRAC * us[i] and us[-1] >= RECOVER_FRAC * us[i]:
-                c.evidence.append(
-                    f"dip past the unigram phase: {int(us[i])} -> {int(us[j])} unique tokens (step "
-                    f"{past[i].step} -> {past[j].step}), back to {int(us[-1])} at step {past[-1].step}"
-                )
-                return "transient_dip"
+    cands = _dip_candidates([d.unique for d in past])
+    c.dip_z = max((z for z, _, _ in cands), default=None)
+    for z, i, j in cands:
+        if z >= DIP_Z:
+            c.evidence.append(
+                f"dip past the unigram phase: {int(past[i].unique)} -> {int(past[j].unique)} unique tokens (step "
+                f"{past[i].step} -> {past[j].step}; {z:.1f} x the counting noise), back to {int(past[-1].unique)} "
+                f"at step {past[-1].step}"
+            )
+            return "transient_dip"
     return None
 
 
@@ -365,4 +380,6 @@ def measured(run: Run, c: _Case) -> dict:
     final = run.val_losses[-1][1] if run.val_losses else None
     if final is not None and c.ln_v:
         out["loss_over_ln_v"] = final / c.ln_v
+    if c.dip_z is not None:
+        out["dip_z"] = c.dip_z
     return out

@@ -250,6 +250,7 @@ MARGINS = [  # (statistic in the doctor's measurements, threshold name, "max": h
     ("recompute_rel", "RECOMPUTE_REL_TOL", "max"),
     ("sample_mismatches", "SAMPLE_MISMATCH_MIN", "max"),
     ("loss_over_ln_v", "UNIGRAM_CEILING_FRAC", "max"),
+    ("dip_z", "DIP_Z", "max"),
 ]
 
 
