@@ -6,8 +6,12 @@ dependency). The layers, lowest first, are written down once here and in docs/mo
     core (bitnet_ref/*.py)  <  data  <  train
     core  <  runtime  <  formats  <  decode  <  doctor
     core  <  conform
+    formats  <  train    (a warm start, --init-from, reads a Hugging Face Llama through formats/)
 
-A module may import its own subpackage and the layers below it. The package's ``__init__.py`` (its lazy
+A module may import its own subpackage and the layers below it. ``train`` reading ``formats`` is the one edge
+between the two chains: formats/ is where other tools' files are read, and the trainer's warm start is one
+more consumer of it, as decode/ is (formats/ never imports train/, so no cycle can form). The package's
+``__init__.py`` (its lazy
 ``load``) and the two commands kept at their old names (``bitnet_ref.export``, ``bitnet_ref.decode_probe``) are
 entry points that stand above everything.
 """
@@ -25,7 +29,7 @@ ENTRY_POINTS = {"bitnet_ref", "bitnet_ref.export", "bitnet_ref.decode_probe"}
 ALLOWED = {
     "core": set(),
     "data": {"core"},
-    "train": {"core", "data"},
+    "train": {"core", "data", "formats"},
     "runtime": {"core"},
     "formats": {"core", "data", "runtime"},
     "decode": {"core", "data", "runtime", "formats"},
