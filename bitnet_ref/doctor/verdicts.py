@@ -27,6 +27,9 @@ in thresholds.py):
   A fall in unique tokens while the val loss is still at unigram level is the expected "unigram phase"
   (greedy decoding of a frequency-only model repeats its most frequent token): a note, not a verdict. A
   final greedy output with one token >= REPETITIVE_TOP_SHARE of it that did not fall is also only a note.
+  quant_unfinished    (first of all) a warm start whose quantization strength never reached 1 (quant_shock.py)
+  quantization_shock  (after log_mismatch) a warm start whose loss climbed >= SHOCK_FRAC of the way to ln V where
+                      the quantization came in (quant_shock.py)
   faulty              the loss and samples look fine, but the health metrics show a known fault
   healthy             none of the above
 
@@ -44,6 +47,7 @@ from typing import NamedTuple
 
 from bitnet_ref.doctor.causes import CAUSE_TEXT, find_causes, flip_trend, fmt
 from bitnet_ref.doctor.measure import log_check, sample_collapse
+from bitnet_ref.doctor.quant_shock import quant_shock, quant_unfinished
 from bitnet_ref.doctor.run import Run
 from bitnet_ref.metrics_log import number_or_none
 from bitnet_ref.thresholds import (
@@ -70,6 +74,9 @@ VERDICTS = {
     "diversity_collapse": "diversity collapse while the loss still falls",
     "transient_dip": "transient dip, recovered: unique tokens fell and came back",
     "diverged": "diverged: the loss became NaN/inf or blew up",
+    "quantization_shock": "quantization shock: the loss jumped toward ln V when the quantization came in",
+    "quant_unfinished": "the quantization warmup never finished: the logged losses are of a partly "
+    "full-precision model",
 }
 
 
@@ -302,7 +309,9 @@ def _note_plateau_and_repetition(c: _Case, last: _Eval) -> None:
 
 
 VERDICT_RULES = (
+    quant_unfinished,
     log_check,
+    quant_shock,
     diverged,
     loss_level,
     sample_collapse,
