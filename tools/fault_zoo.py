@@ -1,6 +1,7 @@
 """The fault zoo: does the doctor name faults it was never tuned on, and stay quiet on healthy runs?
 
-    python tools/fault_zoo.py [--quick] [--split tuned|held-out|all] [--workers 2] [--out DIR] [--json FILE]
+    python tools/fault_zoo.py [--quick] [--split tuned|held-out|all] [--only A,B] [--workers 2] [--out DIR]
+                              [--json FILE]
 
 Each case is one short training run (tiny preset; ~300 steps, or 100 with --quick) in a fresh process with one
 torch thread, with a fault patched into the trainer from here (nothing in the package changes): data (targets
@@ -8,7 +9,10 @@ torch thread, with a fault patched into the trainer from here (nothing in the pa
 of latent gradients zeroed, a detached norm, a detached layer), numerics (logits rounded to bf16 or an fp8-like
 grid, bf16 master weights), evaluation (no shift in eval only) and export (a checkpoint holding fresh weights);
 beside them a healthy grid (seeds, FFN kinds, FP and ternary, two-stage and stage-1-only, both layouts, two
-datasets, two sizes). The doctor then judges each run directory as a user would (its checkpoint included).
+datasets, two sizes). Warm starts (full mode only): a full-precision source of d_model 128 (trained enough that
+quantizing it costs something), continued as ternary abruptly, with warmups, and with a warmup longer than the
+run; those cases start after their source has finished. The doctor then judges each run directory as a user
+would (its checkpoint included).
 
 It prints the confusion table (case, split, true fault, verdict, cause, right?) and, over the healthy runs, each
 rule's statistic against its threshold (the margin). Cases are split in two: "tuned" (looked at while the
@@ -85,8 +89,10 @@ class Case:
     extra: list = field(default_factory=list)
     expect: tuple = ("healthy",)  # right if the verdict or the cause is one of these (and a fault is not healthy)
     quick: bool = False  # part of --quick (CI)
+    init_from: str | None = None  # --init-from the checkpoint of this case's run (it runs after that one)
 
 
+WARM_SOURCE = ["--d-model", "128", "--n-layers", "4", "--n-heads", "4", "--ffn-hidden", "384", "--quant", "none"]
 CASES = [
     Case("ref", "tuned", None, quick=True),
     Case("seed7", "tuned", None, ["--seed", "7"]),
@@ -109,6 +115,40 @@ CASES = [
     Case("eval-no-shift", "held-out", "eval_no_shift", expect=("log_mismatch", "implausible_loss")),
     Case("stale-export", "held-out", "stale_export", expect=("log_mismatch",), quick=True),
     Case("bf16-master", "held-out", "bf16_master", expect=("low_precision",)),
+    # warm starts: the fault is in the flags, not patched in
+    Case("warm-source", "tuned", None, WARM_SOURCE),
+    Case("warm-linear", "tuned", None, ["--quant-warmup", "100"], init_from="warm-source"),
+    Case(
+        "warm-abrupt",
+        "tuned",
+        "abrupt_quant",
+        [],
+        ("quantization_shock", "abrupt_quantization"),
+        init_from="warm-source",
+    ),
+    Case(
+        "warm-unfinished",
+        "tuned",
+        "unfinished_warmup",
+        ["--quant-warmup", "1000"],
+        ("quant_unfinished", "warmup_longer_than_run"),
+        init_from="warm-source",
+    ),
+    Case(
+        "warm-sigmoid",
+        "held-out",
+        None,
+        ["--quant-warmup", "100", "--quant-warmup-shape", "sigmoid"],
+        init_from="warm-source",
+    ),
+    Case(
+        "warm-short",
+        "held-out",
+        "short_warmup",
+        ["--quant-warmup", "3"],
+        ("quantization_shock",),
+        init_from="warm-source",
+    ),
 ]
 FAULT_TEXT = {
     None: "none (healthy)",
@@ -124,7 +164,11 @@ FAULT_TEXT = {
     "bf16_master": "numerics: bf16 master weights",
     "eval_no_shift": "eval: val targets = inputs",
     "stale_export": "export: ckpt holds fresh weights",
+    "abrupt_quant": "warm start: abrupt quantization",
+    "unfinished_warmup": "warm start: warmup longer than the run",
+    "short_warmup": "warm start: a 3-step warmup",
 }
+FLAG_FAULTS = {"abrupt_quant", "unfinished_warmup", "short_warmup"}  # set by the case's flags: nothing to patch
 
 
 # ---------------------------------------------------------------------------- the faults (patched in the worker)
@@ -244,10 +288,11 @@ def run_case(case: Case, argv: list, out: str) -> dict:
     from bitnet_ref.doctor import verdicts as doctor
     from bitnet_ref.doctor.causes import last_with, layer_values, median
     from bitnet_ref.doctor.measure import checkpoint_check
+    from bitnet_ref.doctor.quant_shock import measure_shock
     from bitnet_ref.doctor.run import load_run
     from bitnet_ref.train import loop as train
 
-    if case.fault:
+    if case.fault and case.fault not in FLAG_FAULTS:
         _patch(case.fault)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = train.main(argv + case.extra + ["--out", out])
@@ -272,6 +317,7 @@ def run_case(case: Case, argv: list, out: str) -> dict:
         "float_grid": last.get("health_logit_float_grid"),
         "lattice": last.get("health_logit_lattice"),
         "non_fp32_tensors": len(chk["dtypes"]),
+        "shock_frac": shock.frac if (shock := measure_shock(run)) is not None else None,
     }
     return {
         "case": case.name,
@@ -303,6 +349,7 @@ MARGINS = [  # (statistic, threshold name, "max" if healthy must stay below, "mi
     ("layer_ratio_spread", "UPDATE_GAP", "max"),
     ("float_grid", "FLOAT_GRID_MIN", "max"),
     ("lattice", "LATTICE_MIN", "max"),
+    ("shock_frac", "SHOCK_FRAC", "max"),
 ]
 
 
@@ -348,6 +395,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="runs at a time, one torch thread each (default 2)")
     ap.add_argument("--out", help="keep the run directories here (default: a temporary directory)")
     ap.add_argument("--json", help="also write the results as JSON to this file")
+    ap.add_argument("--only", help="comma-separated case names (and the warm starts' sources they need)")
     args = ap.parse_args(argv)
     cases = [
         c
@@ -355,7 +403,10 @@ def main(argv=None) -> int:
         if (args.split == "all" or c.split == args.split)
         and (c.quick or not args.quick)
         and (c.name != "text-data" or Path(TEXT_DATA).is_dir())
+        and (args.only is None or c.name in args.only.split(","))
     ]
+    needed = {c.init_from for c in cases if c.init_from} - {c.name for c in cases}
+    cases = [c for c in CASES if c.name in needed] + cases
     base = FULL if not args.quick else QUICK
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
@@ -363,7 +414,16 @@ def main(argv=None) -> int:
         with ProcessPoolExecutor(
             args.workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1
         ) as pool:
-            futs = {c.name: pool.submit(run_case, c, base, str(root / c.name.replace("%", "pc"))) for c in cases}
+
+            def submit(c):
+                warm = ["--init-from", str(root / c.init_from / "ckpt.pt")] if c.init_from else []
+                return pool.submit(run_case, c, base + warm, str(root / c.name.replace("%", "pc")))
+
+            futs = {c.name: submit(c) for c in cases if c.init_from is None}
+            sources = {c.init_from for c in cases if c.init_from}
+            for name in sources & set(futs):  # the warm starts need their source's checkpoint
+                futs[name].result()
+            futs.update({c.name: submit(c) for c in cases if c.init_from in futs})
             results = {k: f.result() for k, f in futs.items()}
     text, ok = report(cases, results)
     print(text)
