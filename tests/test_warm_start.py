@@ -218,13 +218,17 @@ def test_refusals_of_hugging_face_directories(tmp_path, corpus_file, capsys):
 
 
 @needs_ext
-def test_fp_run_continued_as_ternary_then_probed_and_doctored(tmp_path, corpus_file, capsys):
+def test_fp_run_continued_as_ternary_then_probed_and_doctored(tmp_path, corpus_file, capsys, monkeypatch):
     from bitnet_ref.decode import probe
 
-    fp = tiny_run(tmp_path, corpus_file, "fp", quant="none", steps=6)
+    monkeypatch.setenv("BITNET_REF_CACHE", str(tmp_path / "cache"))
+    tok = tmp_path / "bytes.json"
+    byte_tokenizer().save(str(tok))
+    fp = tiny_run(tmp_path, corpus_file, "fp", quant="none", steps=6, tokenizer=str(tok))
     T.train(fp, log=lambda *a: None)
     warm = tiny_run(tmp_path, corpus_file, "warm", init_from=str(Path(fp.out) / "ckpt.pt"), quant_warmup=3, steps=6)
     T.train(warm, log=lambda *a: None)
+    assert (Path(warm.out) / "tokenizer.json").read_bytes() == tok.read_bytes()  # taken from beside the ckpt
     recs = [json.loads(line) for line in (Path(warm.out) / "metrics.jsonl").read_text().splitlines()]
     assert [r["quant_lambda"] for r in recs if r["kind"] == "step"] == [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0]
     init = recs[0]["init"]

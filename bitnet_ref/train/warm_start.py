@@ -3,8 +3,9 @@
 Two sources: a bitnet_ref checkpoint of a ``--quant none`` run (its ``ckpt.pt``), or a Hugging Face
 Llama-family directory (``formats/llama.py``). ``read_warm_start`` reads one into the run's layout
 (``layouts.relayout``; the norms a source lacks start at unit gain, and ``notes`` say so); ``resolve`` makes the
-run's settings take the source's shapes (a shape flag that disagrees is refused, one line) and, for a Hugging
-Face directory, its tokenizer.json, exactly as ``--tokenizer PATH`` would; ``check_data`` refuses data whose
+run's settings take the source's shapes (a shape flag that disagrees is refused, one line) and its
+tokenizer.json when it has one (a Hugging Face directory's, or the one a subword run keeps beside its
+checkpoint), exactly as ``--tokenizer PATH`` would; ``check_data`` refuses data whose
 tokenizer is not the one the source was trained with. The trainer loads ``state`` into its fresh model and
 starts its own schedule, optimizer and step count at 0: only the weights come from the source.
 
@@ -51,7 +52,7 @@ class WarmStart:
     cfg: ModelConfig  # the source's model, in the run's layout, quant "none"
     state: dict = field(repr=False)  # its weights under our names, in the run's layout
     notes: tuple = ()  # what the mapping added (unit-gain norms), for the run's log and header
-    tokenizer: str | None = None  # a Hugging Face directory's tokenizer.json
+    tokenizer: str | None = None  # its tokenizer.json (a Hugging Face directory's, a subword run's), if any
     tokenizer_sha: str | None = None  # a checkpoint's: the sha256 of the tokenizer it was trained with (None: bytes)
     info: dict = field(default_factory=dict)  # step and last val loss of a bitnet_ref source
 
@@ -87,12 +88,15 @@ def _from_checkpoint(p: Path) -> WarmStart:
         raise WarmStartError(f"--init-from {p}: its model is ablated ({', '.join(changed)}); start from a sound one")
     data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
     info = {"source_step": ckpt.get("step"), "source_val_loss": ckpt.get("last_val_loss")}
+    sha = (data.get("tokenizer") or {}).get("sha256")
+    tok = p.parent / "tokenizer.json"  # the trainer keeps the run's tokenizer beside its checkpoint
     return WarmStart(
         str(p),
         "bitnet_ref",
         cfg,
         ckpt["model"],
-        tokenizer_sha=(data.get("tokenizer") or {}).get("sha256"),
+        tokenizer=str(tok) if sha and tok.is_file() else None,
+        tokenizer_sha=sha,
         info={k: v for k, v in info.items() if v is not None},
     )
 
@@ -108,7 +112,7 @@ def _from_llama(p: Path) -> WarmStart:
 
 
 def resolve(cfg, ws: WarmStart):
-    """``cfg`` (a TrainConfig) with the source's shapes and, for a Hugging Face source, its tokenizer.json;
+    """``cfg`` (a TrainConfig) with the source's shapes and its tokenizer.json (if it has one);
     WarmStartError where a flag asks for something else."""
     over = {}
     for ours, theirs in SHAPES.items():
