@@ -70,10 +70,11 @@ ZERO_LOW, ZERO_HIGH = 0.05, 0.60  # share of 0 codes outside this band: zeros dr
 
 SHOCK_WINDOW = 10  # steps of train loss averaged (one batch's loss varies by ~0.1 nats on the tiny presets)
 SHOCK_SETTLE = 20  # steps after lambda first reaches 1 that still count as "where the quantization came in"
-SHOCK_FRAC = 0.06  # a loss that jumps this share of the way from the start's unquantized val loss to ln V is a
-#                    quantization shock. Set on docs/experiments/report-warmup.md's arms: abrupt quantization of a
-#                    trained model climbs ~0.2 of the way at that scale (Llama3-8B in the study: beyond 1), the
-#                    warmed ones <= ~0.08, the LR warmup's own disturbance of a trained model included
+SHOCK_FRAC = 0.08  # a loss that jumps this share of the way from the start's unquantized val loss to ln V is a
+#                    quantization shock. Set on docs/experiments/report-warmup.md's arms (d_model 128, 500 FP
+#                    steps): abrupt quantization jumps 0.19 of the way (0.10 from a start trained 300 steps; the
+#                    study's Llama3-8B: beyond 1); the six warmed arms 0.03-0.05, the sigmoid's steep middle over
+#                    30 steps the most (the LR warmup's own disturbance of a trained model included)
 
 # ---- the decode probe's verdict (decode_probe.py), on one checkpoint's generations and measured loss
 

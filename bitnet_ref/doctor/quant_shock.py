@@ -8,11 +8,11 @@ quantization strength per step (``quant_lambda``) can fail in two ways of its ow
       SHOCK_SETTLE steps after it first reaches 1), the loss jumps, over one short span, by at least SHOCK_FRAC
       of the way from the start's unquantized val loss to ln V: the quantization destroyed much of what the
       start knew (Hugging Face's "Fine-tuning LLMs to 1.58bit": Llama3-8B from ~2 to ~13 nats, above ln V,
-      abruptly quantized). A span is measured like with like (``_jumps``): consecutive evaluations on the
-      same validation batches, evaluation 0 against the start's unquantized val loss, SHOCK_WINDOW-step means of
-      the train loss against the start's unquantized loss on the same batches or the SHOCK_WINDOW steps before.
-      A jump, not a drift: a warmup the model follows, or the LR rising, moves the loss little over one span. Its
-      cause:
+      abruptly quantized). A span is measured like with like (``_jumps``): evaluation 0 against the start's
+      unquantized val loss, consecutive evaluations at most SHOCK_WINDOW steps apart (the same validation
+      batches), SHOCK_WINDOW-step means of the train loss against the start's unquantized loss on the same
+      batches or the SHOCK_WINDOW steps before. A jump, not a drift: a warmup the model follows, or the LR
+      rising, moves the loss little over one span. Its cause:
         abrupt_quantization  lambda is 1 from the first step: no warmup (--quant-warmup N to warm it in);
         short_quant_warmup   a warmup of N steps that did not prevent it: too short for this model.
   quant_unfinished (verdict)  the last logged lambda is below 1 in a run that is complete or was planned too
@@ -93,19 +93,20 @@ def start_loss(run: Run) -> float | None:
 def _jumps(run: Run, lams: list, last: int) -> list:
     """(rise, before, after, what, step, lambda) for every short span that ends by step ``last``.
 
-    Each compares like with like: an evaluation with the one before it (the same validation batches; evaluation 0
-    with the start's unquantized val loss), the first SHOCK_WINDOW steps' mean train loss with the start's
-    unquantized loss on those very batches, and each later SHOCK_WINDOW-step mean with the SHOCK_WINDOW steps
-    before it. A slow drift (a warmup followed, a rising LR) moves little over one span; a shock moves a lot."""
+    Each compares like with like: an evaluation with the one before it when they are at most SHOCK_WINDOW
+    steps apart (the same validation batches; evaluation 0 with the start's unquantized val loss), the first
+    SHOCK_WINDOW steps' mean train loss with the start's unquantized loss on those very batches, and each later
+    SHOCK_WINDOW-step mean with the SHOCK_WINDOW steps before it. A slow drift (a warmup followed, a rising LR)
+    moves little over one span; a shock moves a lot."""
     out, w = [], SHOCK_WINDOW
-    prev = ("the start's unquantized val loss", start_loss(run))
+    prev = ("the start's unquantized val loss", start_loss(run), 0)
     for r in run.evals:
         v, lam, step = (number_or_none(r.get(k)) for k in ("val_loss", "quant_lambda", "step"))
         if v is None or step is None or step > last:
             continue
-        if prev[1] is not None and lam:
+        if prev[1] is not None and lam and step - prev[2] <= w:  # evaluations further apart than a span: a drift
             out.append((v - prev[1], prev[1], v, f"val loss at step {int(step)} vs {prev[0]}", int(step), lam))
-        prev = (f"step {int(step)}'s", v)
+        prev = (f"step {int(step)}'s", v, step)
     window = [x for x in lams if x[0] <= last]
     mean = [sum(x[2] for x in window[i : i + w]) / w for i in range(len(window) - w + 1)]
     first = _init(run, "train_loss_unquantized")
