@@ -146,9 +146,11 @@ def test_trainer_logs_lambda_and_evaluates_step_zero_in_full_precision(tmp_path,
     recs = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
     w = QuantWarmup(4, "exponential")
     assert [r["quant_lambda"] for r in recs if r["kind"] == "step"] == [quant_lambda(s, w) for s in range(1, 7)]
+    # evaluations at 0 (full precision), 3, 6, and at 4: the first step at full strength
     assert [(r["step"], r["quant_lambda"]) for r in recs if r["kind"] == "eval"] == [
         (0, 0.0),
         (3, quant_lambda(3, w)),
+        (4, 1.0),
         (6, 1.0),
     ]
     assert recs[0]["quant_warmup"] == {"steps": 4, "shape": "exponential", "k": 6.0, "on": "both"}

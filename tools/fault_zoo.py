@@ -141,11 +141,21 @@ CASES = [
         ["--quant-warmup", "100", "--quant-warmup-shape", "sigmoid"],
         init_from="warm-source",
     ),
+    # held out, and missed: their jumps (6.8% and 7.9% of the way to ln V) sit just under SHOCK_FRAC (8%); warm-short
+    # measured 5.3% before the trainer evaluated at the step lambda first reaches 1 (added after seeing it)
     Case(
         "warm-short",
         "held-out",
         "short_warmup",
         ["--quant-warmup", "3"],
+        ("quantization_shock",),
+        init_from="warm-source",
+    ),
+    Case(
+        "warm-short-exp",
+        "held-out",
+        "short_warmup_exp",
+        ["--quant-warmup", "6", "--quant-warmup-shape", "exponential"],
         ("quantization_shock",),
         init_from="warm-source",
     ),
@@ -167,8 +177,14 @@ FAULT_TEXT = {
     "abrupt_quant": "warm start: abrupt quantization",
     "unfinished_warmup": "warm start: warmup longer than the run",
     "short_warmup": "warm start: a 3-step warmup",
+    "short_warmup_exp": "warm start: a 6-step exponential warmup",
 }
-FLAG_FAULTS = {"abrupt_quant", "unfinished_warmup", "short_warmup"}  # set by the case's flags: nothing to patch
+FLAG_FAULTS = {
+    "abrupt_quant",
+    "unfinished_warmup",
+    "short_warmup",
+    "short_warmup_exp",
+}  # set by the case's flags: nothing to patch
 
 
 # ---------------------------------------------------------------------------- the faults (patched in the worker)

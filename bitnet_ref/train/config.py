@@ -286,9 +286,10 @@ def plan(cfg: TrainConfig) -> Plan:
         except WarmStartError as e:
             raise ConfigError(str(e)) from None
         check_config(cfg)  # the tokenizer it brought
-    return Plan(
-        cfg, schedule_config(cfg), frozenset(eval_steps(cfg)), cfg.stop_at or cfg.steps, quant_warmup(cfg), init
-    )
+    evals = eval_steps(cfg)
+    if 0 < cfg.quant_warmup <= cfg.steps:  # the first evaluation of the model fully quantized, where a shock shows
+        evals.add(cfg.quant_warmup)
+    return Plan(cfg, schedule_config(cfg), frozenset(evals), cfg.stop_at or cfg.steps, quant_warmup(cfg), init)
 
 
 def resume_mismatch(settings: dict, saved: dict) -> str | None:
