@@ -1,4 +1,4 @@
-"""The fused decode path (bitnet_ref/fused.py, cpp/decode_step.cpp) against the exact packed path, its oracle:
+"""The fused decode path (bitnet_ref/runtime/fused.py, cpp/decode_step.cpp) against the exact packed path, its oracle:
 identical greedy tokens on fixed prompts and logits within FUSED_REL_TOL (the float glue rounds differently from
 torch's, so not bit for bit); and the FusedDecoder binding refusing bad input before it reads anything."""
 

@@ -225,6 +225,12 @@ def warmup_longer_than_run(run: Run) -> list | None:
     ]
 
 
+def summary(run: Run) -> dict:
+    """The shock as a plain number (for --json and the fault zoo's margins); empty where no rule applies."""
+    s = measure_shock(run)
+    return {} if s is None else {"shock_frac": s.frac, "shock_nats": s.jump}
+
+
 # ---------------------------------------------------------------------------- verdict rules (doctor.verdicts)
 
 

@@ -1,7 +1,7 @@
 """From full precision to 1.58 bits at this machine's scale: abrupt quantization, the warmup shapes, from scratch.
 
-    python tools/experiments/warmup.py --out runs/exp-warmup           # full mode: ~15-20 min of CPU, 2 arms at once
-    python tools/experiments/warmup.py --quick --out /tmp/exp-warmup   # tiny preset, short runs: a minute or two
+    python tools/experiments/warmup.py --out runs/exp-warmup           # full mode: ~25 min of CPU, 2 arms at once
+    python tools/experiments/warmup.py --quick --out runs/exp-warmup-q  # tiny preset, short runs: a minute or two
 
 Arms (same seed, data order and recipe schedule everywhere; one torch thread each, ``--jobs`` at a time):
   fp            the full-precision source: the default recipe with --quant none, F steps
@@ -33,10 +33,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 MODES = {
     # model, F (fp steps), C (continuation steps), the two warmup lengths, evals every E steps, batch
     "full": dict(
-        model=["--d-model", "128", "--n-layers", "4", "--n-heads", "4", "--ffn-hidden", "384", "--context", "64"],
+        model=["--d-model", "128", "--n-layers", "4", "--n-heads", "4", "--ffn-hidden", "384", "--context", "128"],
         fp_steps=500,
         cont_steps=300,
         short=30,
@@ -201,7 +204,7 @@ def main(argv=None) -> int:
         took = f"{r['seconds']:.0f}s wall, {r['cpu_seconds']:.0f}s CPU" if r["seconds"] is not None else "?"
         took += " (reused)" if r["reused"] else ""
         print(f"  {name:18s} exit {r['rc']} ({took})", flush=True)
-    from warmup_report import write_report  # beside this file: the script's own directory
+    from tools.experiments.warmup_report import write_report
 
     path = write_report(out, mode_name, mode, table, results, time.time() - t0)
     failed = [n for n, r in results.items() if r["rc"] != 0]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
+from bitnet_ref import machine
 from bitnet_ref.doctor.quant_shock import measure_shock
 from bitnet_ref.doctor.run import load_run
 from bitnet_ref.doctor.verdicts import diagnose
@@ -297,14 +297,6 @@ def write_report(out: Path, mode_name: str, mode: dict, table: dict, results: di
     any_run = next(iter(arms.values()))["run"]
     ln_v, uni = any_run.header.get("ln_vocab"), any_run.header.get("unigram_entropy")
     why_no_plots = make_plots(arms, out, mode, ln_v, uni)
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
     cfg = any_run.header.get("config", {})
     cpu_total = sum(r.get("cpu_seconds") or 0 for r in results.values())
     lines = [
@@ -313,7 +305,7 @@ def write_report(out: Path, mode_name: str, mode: dict, table: dict, results: di
         f"> Generated on {time.strftime('%Y-%m-%d')} by `python tools/experiments/warmup.py --out OUT"
         + (" --quick" if mode_name == "quick" else "")
         + f"` ({mode_name} mode) in {seconds / 60:.0f} min wall, {cpu_total / 60:.0f} min of CPU summed over the "
-        f"arms (2 at a time, one torch thread each) on a {os.cpu_count()}-vCPU {cpu}; load average at the end "
+        f"arms (2 at a time, one torch thread each) on {machine.summary()}; load average at the end "
         f"{os.getloadavg()[0]:.1f} (the machine is shared).",
         "",
         f"Model: d_model {cfg.get('d_model')}, {cfg.get('n_layers')} layers, {cfg.get('n_heads')} heads, FFN "
@@ -324,12 +316,10 @@ def write_report(out: Path, mode_name: str, mode: dict, table: dict, results: di
         "10% of each run's steps) and data order everywhere. One seed: differences below "
         f"{TIE} nats are called ties (an assumption, not measured).",
         "",
-        "Why this scale: a few hundred steps per arm of a 0.9M-parameter model keep the whole experiment to minutes "
-        "of one core on this shared 2-core machine; context 64 (not the default preset's 128) because at 128 the "
-        "doctor's own check of the log (8 validation windows against the logged loss; issue 28) sits ~0.45 nats "
-        "from the log on healthy runs, next to its 0.5 threshold, and its verdicts there would report that noise. "
-        "The study fine-tuned an 8B model on 10B tokens; nothing here is at that scale, and a model this small "
-        "learns about as fast ternary as in full precision (compare fp and scratch over their first 500 steps).",
+        "The scale, plainly: a 0.9M-parameter byte-level model and a few hundred steps per arm, so that the whole "
+        "experiment takes minutes of one core on this shared 2-core machine. The study fine-tuned an 8B model on "
+        "10B tokens; nothing here is at that scale, and a model this small learns about as fast ternary as in full "
+        "precision (compare fp and scratch over their first steps in the first plot).",
         "",
         "## Arms",
         "",
