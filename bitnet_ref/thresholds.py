@@ -71,6 +71,16 @@ FLIP_KEEP_FRAC = 0.7  # last third still >= 70% of the middle third: a plateau (
 FLIP_MIN_EVALS = 6  # measured flip intervals needed before judging the trend
 ZERO_LOW, ZERO_HIGH = 0.05, 0.60  # share of 0 codes outside this band: zeros drifting (FAQ: ~1/3 each)
 
+# ---- the doctor on warm starts (doctor/quant_shock.py): a trained full-precision start, quantized
+
+SHOCK_WINDOW = 10  # steps of train loss averaged (one batch's loss varies by ~0.1 nats on the tiny presets)
+SHOCK_SETTLE = 20  # steps after lambda first reaches 1 that still count as "where the quantization came in"
+SHOCK_FRAC = 0.08  # a loss that jumps this share of the way from the start's unquantized val loss to ln V is a
+#                    quantization shock. Set on docs/experiments/report-warmup.md's arms (d_model 128, 500 FP
+#                    steps): abrupt quantization jumps 0.19 of the way (0.10 from a start trained 300 steps; the
+#                    study's Llama3-8B: beyond 1); the six warmed arms 0.03-0.05, the sigmoid's steep middle over
+#                    30 steps the most (the LR warmup's own disturbance of a trained model included)
+
 # ---- the decode probe's verdict (decode/probe.py), on one checkpoint's generations and measured loss
 
 COLLAPSE_TOP1 = 0.9  # mean top-1 probability along the samples at or above which the model is near-certain; a

@@ -39,6 +39,8 @@ optimizer_config.py, upstream.py) and are listed here.
                    >= FLIP_RISE x that over the middle third: LR or weight decay too high (a plateau,
                    >= FLIP_KEEP_FRAC, is only a note of the doctor's: stage-1-only runs plateau too)
   zero_drift       mean share of 0 codes outside [ZERO_LOW, ZERO_HIGH] (from ckpt.pt without health metrics)
+  abrupt_quantization, short_quant_warmup, warmup_longer_than_run: the warm-start causes (quant_shock.py, which
+                   reads the logged quantization strength and the header's warm start)
 
 What this is not: the verdict (verdicts.py decides whether the run learned; a cause only says what is broken).
 """
@@ -51,6 +53,7 @@ from typing import TYPE_CHECKING, Callable
 from bitnet_ref.doctor.decode_check import cache_mismatch, parity_mismatch
 from bitnet_ref.doctor.measure import checkpoint_check
 from bitnet_ref.doctor.optimizer_config import lr_schedule, optimizer_step
+from bitnet_ref.doctor.quant_shock import abrupt_quantization, short_quant_warmup, warmup_longer_than_run
 from bitnet_ref.doctor.records import fmt, last_with, layer_values, median
 from bitnet_ref.doctor.splits import memorisation, train_leak, wrong_split
 from bitnet_ref.doctor.upstream import chain_lines, starved
@@ -420,6 +423,21 @@ CAUSES = (  # in priority order: the first that applies is "the" cause
     ),
     Cause("quant_head", "quantized embedding or output head: the full-precision path is ternary", quant_head),
     Cause("no_subln", "no RMSNorm before the activation quantizer: its input scale drifts far from 1", no_subln),
+    Cause(
+        "warmup_longer_than_run",
+        "the quantization warmup outlasts the run: lambda never reaches 1",
+        warmup_longer_than_run,
+    ),
+    Cause(
+        "abrupt_quantization",
+        "abrupt quantization of a trained full-precision model: no warmup of the quantization strength",
+        abrupt_quantization,
+    ),
+    Cause(
+        "short_quant_warmup",
+        "a quantization warmup too short for the model: lambda reached 1 before the model could follow",
+        short_quant_warmup,
+    ),
     Cause(
         "const_wd",
         "weight decay kept on through stage 2: latent weights keep being pulled toward 0 (recipe: WD 0)",

@@ -8,11 +8,14 @@ returns a ``Diagnosis``: a verdict, a cause, and the evidence lines with the num
 
 Verdicts (from the losses and the diversity probe; the first that applies; every upper-case name is a number
 in thresholds.py):
+  quant_unfinished    a warm start whose quantization strength never reached 1 (quant_shock.py)
   log_mismatch        the checkpoint's next-token loss on the very windows of the log's evaluation differs from the
                       logged one by > REPRO_TOL_* (reproduce.py), or on fresh windows (the doctor's, or
                       decode_probe.json's) by > LOG_MISMATCH_NATS and LOG_MISMATCH_Z standard errors
   implausible_loss    the logged loss < IMPLAUSIBLE_LOSS_FRAC x unigram entropy (or < BASELINE_IMPLAUSIBLE_FRAC
                       x the FP baseline's): better than held-out data allows
+  quantization_shock  a warm start whose loss jumped >= SHOCK_FRAC of the way to ln V where the quantization came
+                      in (quant_shock.py)
   diverged            a non-finite loss, or the train loss ends > DIVERGE_RISE nats above its best
   incomplete          the run ended before its planned last step (progress.py): said, with the error where the log
                       has one, and judged only on what the records hold
@@ -55,6 +58,8 @@ from bitnet_ref.doctor.causes import CAUSE_TEXT, find_causes, flip_trend, fmt
 from bitnet_ref.doctor.decode_check import decode_path
 from bitnet_ref.doctor.measure import log_check, sample_collapse
 from bitnet_ref.doctor.progress import incomplete, uniform_phase
+from bitnet_ref.doctor.quant_shock import quant_shock, quant_unfinished
+from bitnet_ref.doctor.quant_shock import summary as quant_shock_summary
 from bitnet_ref.doctor.run import Run
 from bitnet_ref.metrics_log import number_or_none
 from bitnet_ref.thresholds import (
@@ -85,6 +90,9 @@ VERDICTS = {
     "diverged": "diverged: the loss became NaN/inf or blew up",
     "incomplete": "incomplete: the run ended before its planned last step; judged only on what its records hold",
     "decode_mismatch": "the decode path does not compute what the model computes: its samples are not the model's",
+    "quantization_shock": "quantization shock: the loss jumped toward ln V when the quantization came in",
+    "quant_unfinished": "the quantization warmup never finished: the logged losses are of a partly "
+    "full-precision model",
 }
 
 
@@ -340,7 +348,9 @@ def _note_plateau_and_repetition(c: _Case, last: _Eval) -> None:
 
 
 VERDICT_RULES = (
+    quant_unfinished,
     log_check,
+    quant_shock,
     diverged,
     incomplete,
     decode_path,
@@ -377,6 +387,7 @@ def diagnose(run: Run, baseline: Run | None = None) -> Diagnosis:
 def measured(run: Run, c: _Case) -> dict:
     """The numbers the checks measured, for --json and the fault zoo's margins."""
     out = {**reproduce.summary(run), **optimizer_config.summary(run), **decode_check.summary(run)}
+    out.update(quant_shock_summary(run))
     final = run.val_losses[-1][1] if run.val_losses else None
     if final is not None and c.ln_v:
         out["loss_over_ln_v"] = final / c.ln_v
