@@ -77,9 +77,11 @@ SHOCK_WINDOW = 10  # steps of train loss averaged (one batch's loss varies by ~0
 SHOCK_SETTLE = 20  # steps after lambda first reaches 1 that still count as "where the quantization came in"
 SHOCK_FRAC = 0.08  # a loss that jumps this share of the way from the start's unquantized val loss to ln V is a
 #                    quantization shock. Set on docs/experiments/report-warmup.md's arms (d_model 128, 500 FP
-#                    steps): abrupt quantization jumps 0.19 of the way (0.10 from a start trained 300 steps; the
-#                    study's Llama3-8B: beyond 1); the six warmed arms 0.03-0.05, the sigmoid's steep middle over
-#                    30 steps the most (the LR warmup's own disturbance of a trained model included)
+#                    steps): abrupt quantization jumps 0.29 of the way (0.10 from a start trained 300 steps; the
+#                    study's Llama3-8B: beyond 1); the six warmed arms 0.02-0.074, the sigmoid's steep middle over
+#                    30 steps the most (the LR warmup's own disturbance of a trained model included). The fault
+#                    zoo's held-out 3- and 6-step warmups jump 0.079 and 0.068, no more than that healthy sigmoid:
+#                    at this scale the jump cannot tell them apart, and the doctor misses them
 
 # ---- the decode probe's verdict (decode/probe.py), on one checkpoint's generations and measured loss
 

@@ -40,6 +40,7 @@ def summarize(d: Path, base) -> dict:
                     p["context"]["val_loss_measured"],
                     p["diversity"]["unique_tokens"],
                     p["parity"]["ok"],
+                    number_or_none(p["context"].get("val_loss_se")),
                 )
             )
     shock = measure_shock(run)
@@ -299,13 +300,15 @@ def write_report(out: Path, mode_name: str, mode: dict, table: dict, results: di
     why_no_plots = make_plots(arms, out, mode, ln_v, uni)
     cfg = any_run.header.get("config", {})
     cpu_total = sum(r.get("cpu_seconds") or 0 for r in results.values())
+    wall_total = sum(r.get("seconds") or 0 for r in results.values())
     lines = [
         "# From full precision to 1.58 bits, at this machine's scale",
         "",
         f"> Generated on {time.strftime('%Y-%m-%d')} by `python tools/experiments/warmup.py --out OUT"
         + (" --quick" if mode_name == "quick" else "")
-        + f"` ({mode_name} mode) in {seconds / 60:.0f} min wall, {cpu_total / 60:.0f} min of CPU summed over the "
-        f"arms (2 at a time, one torch thread each) on {machine.summary()}; load average at the end "
+        + f"` ({mode_name} mode): the arms' training took {cpu_total / 60:.0f} min of CPU and {wall_total / 60:.0f} "
+        f"min of wall time summed over the arms (one torch thread each; an arm already trained is reused), this "
+        f"invocation {seconds / 60:.0f} min, on {machine.summary()}; load average at the end "
         f"{os.getloadavg()[0]:.1f} (the machine is shared).",
         "",
         f"Model: d_model {cfg.get('d_model')}, {cfg.get('n_layers')} layers, {cfg.get('n_heads')} heads, FFN "
@@ -340,6 +343,14 @@ def write_report(out: Path, mode_name: str, mode: dict, table: dict, results: di
             + (f" / {d['cause']}" if d["cause"] else "")
             + " |"
         )
+    se = [s["probes"][-1][5] for s in arms.values() if s["probes"] and s["probes"][-1][5] is not None]
+    if se:
+        lines += [
+            "",
+            f"The decode probe measures its loss on a fixed sample of validation text (standard error ~{max(se):.2f} "
+            "nats): the same windows for every arm, so its figures compare arms with each other, not with the "
+            "logged val loss, which is read on other windows.",
+        ]
     lines += ["", "## Over the steps", ""]
     for n, s in arms.items():
         ev = ", ".join(f"{v:.2f}@{st}" for st, v, _ in s["evals"][:: max(1, len(s["evals"]) // 8)] if v is not None)
