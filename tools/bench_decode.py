@@ -276,7 +276,7 @@ def fused_split(model, fused, positions: int, steps: int = 5) -> dict:
     import numpy as np
 
     cache = fused.new_cache(1, positions + steps)
-    cache.pos = positions  # attention over `positions` cached (zero) keys: the cost of a late token
+    cache.pos[:] = positions  # attention over `positions` cached (zero) keys: the cost of a late token
     tok = np.array([3], np.int64)
     fused.decoder.step(tok, positions, cache.k, cache.v)
     lins = [m for m in model.modules() if isinstance(m, P.PackedBitLinear)]
