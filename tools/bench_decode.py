@@ -26,6 +26,10 @@ process, the DRAM roofline, and the head formats' agreement and cost. Issue 16's
 llama.cpp TQ2_0 at 1 and 2 threads (its column comes from --vs-llama-cpp), >= 85% of the roofline, peak memory
 <= 1.1x llama.cpp's.
 
+--llama-bench reports what llama.cpp's llama-bench reports (pp128, pp512, tg128), our batched decoding at B = 1, 4, 8,
+and the fractions of the multiply ceiling (pp) and of the read bandwidth (tg), ours and llama.cpp's side by side on
+the same GGUF (tools/bench_llama_cpp.py).
+
 What this is not: a kernel benchmark (tools/bench_kernels.py) or a quality test (tools/decode_probe.py).
 """
 
@@ -456,8 +460,8 @@ def cpu_name() -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--vs-llama-cpp" in argv:  # ours and llama.cpp on the same GGUF: its own options (--vs-llama-cpp --help)
-        import bench_llama_cpp
+    if "--vs-llama-cpp" in argv or "--llama-bench" in argv:  # ours and llama.cpp on the same GGUF: its own options
+        import bench_llama_cpp  # (--vs-llama-cpp --help)
 
         return bench_llama_cpp.main(argv)
     p = argparse.ArgumentParser(
@@ -469,6 +473,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="instead: ours and llama.cpp on the same GGUF (2B-4T and large shapes, 1 and 2 threads, "
         "tok/s, peak memory, GB/s); tools/bench_llama_cpp.py, see --vs-llama-cpp --help",
+    )
+    p.add_argument(
+        "--llama-bench",
+        action="store_true",
+        help="instead: pp128, pp512, tg128 as llama-bench names them, ours and llama.cpp on the same GGUF (ours "
+        "alone without llama-cpp-python), our batched decoding at B = 1, 4, 8, fractions of the multiply ceiling "
+        "and the read bandwidth; tools/bench_llama_cpp.py, see --llama-bench --help",
     )
     p.add_argument(
         "--checkpoint",
