@@ -4,6 +4,7 @@
 #include "decode_step.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "attention.h"
 #include "int8_matmul.h"
 #include "ternary5.h"
+#include "threadpool.h"
 #include "vector_math.h"
 
 namespace bitnet {
@@ -19,6 +21,25 @@ namespace {
 // A long prompt goes through in chunks of at most this many rows (every sequence's next positions): it bounds the
 // scratch (about 30 MB at the 2B-4T shape) while each weight is still read once for 256 rows.
 constexpr int64_t kChunkRows = 256;
+
+// fn(r0, r1) over the rows [0, m), split across threads when there are enough rows: the float work around the
+// products (norms, quantization, scaling, RoPE, residuals) is per row, so a split changes no number.
+template <typename Fn>
+void for_rows(int64_t m, int threads, Fn&& fn) {
+  if (threads <= 1 || m < 8) {
+    fn(int64_t{0}, m);
+    return;
+  }
+  struct Ctx {
+    Fn* fn;
+    int64_t per, m;
+  } ctx{&fn, std::max<int64_t>(2, m / (int64_t{threads} * 4)), m};
+  const auto task = [](void* c, int64_t t) {
+    const Ctx& x = *static_cast<const Ctx*>(c);
+    (*x.fn)(t* x.per, std::min(x.m, (t + 1) * x.per));
+  };
+  parallel_for(threads, (m + ctx.per - 1) / ctx.per, task, &ctx);
+}
 
 // y = x * (1 / sqrt(mean(x^2) + eps)) * w, in the order of model.RMSNorm (the sum of squares in double, in four
 // interleaved partial sums the compiler can vectorise, then float).
@@ -32,10 +53,6 @@ void rmsnorm(const float* x, const float* w, int64_t d, float eps, float* y) {
   const float ms = static_cast<float>(ss) / static_cast<float>(d);
   const float r = 1.0f / std::sqrt(ms + eps);
   for (i = 0; i < d; ++i) y[i] = (x[i] * r) * w[i];
-}
-
-void rmsnorm_rows(const float* x, const float* w, int64_t m, int64_t d, float eps, float* y) {
-  for (int64_t r = 0; r < m; ++r) rmsnorm(x + r * d, w, d, eps, y + r * d);
 }
 
 // RoPE on one head vector (half-split, model.apply_rope): out = x * cos + rotate(x) * sin.
@@ -57,11 +74,17 @@ struct Work {
   std::vector<const float*> krow, vrow;
 };
 
-// Quantizes m rows of width k (w.h) into w.codes / w.gamma; false on a non-finite value.
-bool quantize(const float* x, int64_t m, int64_t k, Work& w) {
+// w.codes / w.gamma = the int8 quantization of rmsnorm(x, norm) (m rows of width k; the normalised rows go to w.h);
+// false on a non-finite value.
+bool norm_quant(const float* x, const float* norm, int64_t m, int64_t k, float eps, Work& w, int threads) {
   w.codes.resize(static_cast<size_t>(m * k));
   w.gamma.resize(static_cast<size_t>(m));
-  return act_quant_rows(x, m, k, w.codes.data(), w.gamma.data()) < 0;
+  std::atomic<bool> ok{true};
+  for_rows(m, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) rmsnorm(x + r * k, norm, k, eps, w.h.data() + r * k);
+    if (act_quant_rows(w.h.data() + r0 * k, r1 - r0, k, w.codes.data() + r0 * k, w.gamma.data() + r0) >= 0) ok = false;
+  });
+  return ok.load();
 }
 
 // y (m, lin.n) = float(codes . w^T) * (gamma[row] * beta): quant_matmul's product and order, on codes already made.
@@ -72,12 +95,21 @@ void ternary(const DecodeModel& md, const TernaryLinear& lin, Work& w, int64_t m
     matmul5(w.codes.data(), lin.w, w.acc.data(), m, lin.n, lin.k, backend, threads);
   else
     matmul(w.codes.data(), lin.w, w.acc.data(), m, lin.n, lin.k, backend, threads);
-  for (int64_t r = 0; r < m; ++r) {
-    const float scale = w.gamma[r] * lin.beta;
-    const int32_t* a = w.acc.data() + r * lin.n;
-    float* out = y + r * lin.n;
-    for (int64_t j = 0; j < lin.n; ++j) out[j] = static_cast<float>(a[j]) * scale;
-  }
+  for_rows(m, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float scale = w.gamma[r] * lin.beta;
+      const int32_t* a = w.acc.data() + r * lin.n;
+      float* out = y + r * lin.n;
+      for (int64_t j = 0; j < lin.n; ++j) out[j] = static_cast<float>(a[j]) * scale;
+    }
+  });
+}
+
+// x += y over m rows of width d.
+void residual(float* x, const float* y, int64_t m, int64_t d, int threads) {
+  for_rows(m, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0 * d; i < r1 * d; ++i) x[i] += y[i];
+  });
 }
 
 // The attention half of layer l for the m rows of w (their keys and values go to the caches first).
@@ -86,54 +118,54 @@ bool attention_block(const DecodeModel& md, const ForwardBatch& fb, size_t l, in
   const DecodeLayer& L = md.layers[l];
   const int64_t m = fb.b * c, d = md.d, hd = md.head_dim, kvd = md.n_kv_heads * hd;
   const int64_t layer_floats = fb.max_len * kvd, seq_floats = static_cast<int64_t>(md.layers.size()) * layer_floats;
-  rmsnorm_rows(w.x.data(), L.attn_norm, m, d, md.eps, w.h.data());
-  if (!quantize(w.h.data(), m, d, w)) return false;
+  if (!norm_quant(w.x.data(), L.attn_norm, m, d, md.eps, w, threads)) return false;
   ternary(md, L.q, w, m, w.q.data(), backend, threads);
   ternary(md, L.k, w, m, w.k.data(), backend, threads);
   ternary(md, L.v, w, m, w.v.data(), backend, threads);
-  for (int64_t r = 0; r < m; ++r) {
-    const float* cos = md.rope_cos + w.pos[r] * hd;
-    const float* sin = md.rope_sin + w.pos[r] * hd;
-    for (int64_t hh = 0; hh < md.n_heads; ++hh) rope(w.q.data() + r * d + hh * hd, cos, sin, hd);
-    for (int64_t j = 0; j < md.n_kv_heads; ++j) rope(w.k.data() + r * kvd + j * hd, cos, sin, hd);
-    const int64_t off = (r / c) * seq_floats + static_cast<int64_t>(l) * layer_floats;  // sequence r / c, layer l
-    std::memcpy(fb.kcache + off + w.pos[r] * kvd, w.k.data() + r * kvd, sizeof(float) * kvd);
-    std::memcpy(fb.vcache + off + w.pos[r] * kvd, w.v.data() + r * kvd, sizeof(float) * kvd);
-    w.krow[r] = fb.kcache + off;
-    w.vrow[r] = fb.vcache + off;
-  }
+  for_rows(m, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* cos = md.rope_cos + w.pos[r] * hd;
+      const float* sin = md.rope_sin + w.pos[r] * hd;
+      for (int64_t hh = 0; hh < md.n_heads; ++hh) rope(w.q.data() + r * d + hh * hd, cos, sin, hd);
+      for (int64_t j = 0; j < md.n_kv_heads; ++j) rope(w.k.data() + r * kvd + j * hd, cos, sin, hd);
+      const int64_t off = (r / c) * seq_floats + static_cast<int64_t>(l) * layer_floats;  // sequence r / c, layer l
+      std::memcpy(fb.kcache + off + w.pos[r] * kvd, w.k.data() + r * kvd, sizeof(float) * kvd);
+      std::memcpy(fb.vcache + off + w.pos[r] * kvd, w.v.data() + r * kvd, sizeof(float) * kvd);
+      w.krow[r] = fb.kcache + off;
+      w.vrow[r] = fb.vcache + off;
+    }
+  });
   AttentionArgs a;
   a.m = m, a.n_heads = md.n_heads, a.n_kv_heads = md.n_kv_heads, a.head_dim = hd;
   a.q = w.q.data(), a.out = w.att.data(), a.k = w.krow.data(), a.v = w.vrow.data(), a.len = w.len.data();
   attention(a, backend, threads);
-  rmsnorm_rows(w.att.data(), L.attn_sub_norm, m, d, md.eps, w.h.data());
-  if (!quantize(w.h.data(), m, d, w)) return false;
+  if (!norm_quant(w.att.data(), L.attn_sub_norm, m, d, md.eps, w, threads)) return false;
   ternary(md, L.o, w, m, w.y.data(), backend, threads);
-  for (int64_t i = 0; i < m * d; ++i) w.x[i] += w.y[i];
+  residual(w.x.data(), w.y.data(), m, d, threads);
   return true;
 }
 
 // The feed-forward half of layer l for the m rows of w.
 bool ffn_block(const DecodeModel& md, const DecodeLayer& L, int64_t m, Work& w, Backend backend, int threads) {
   const int64_t d = md.d, f = md.ffn;
-  rmsnorm_rows(w.x.data(), L.ffn_norm, m, d, md.eps, w.h.data());
-  if (!quantize(w.h.data(), m, d, w)) return false;
+  if (!norm_quant(w.x.data(), L.ffn_norm, m, d, md.eps, w, threads)) return false;
   ternary(md, L.gate, w, m, w.g.data(), backend, threads);
   ternary(md, L.up, w, m, w.u.data(), backend, threads);
   float* g = w.g.data();
   const float* u = w.u.data();
-  if (md.swiglu) {  // silu(g) * u, as F.silu: g / (1 + exp(-g))
-    for (int64_t i = 0; i < m * f; ++i) g[i] = (g[i] / (1.0f + fast_exp(-g[i]))) * u[i];
-  } else {  // relu(g)^2 * u
-    for (int64_t i = 0; i < m * f; ++i) {
-      const float r = relu(g[i]);
-      g[i] = (r * r) * u[i];
+  for_rows(m, threads, [&](int64_t r0, int64_t r1) {
+    if (md.swiglu) {  // silu(g) * u, as F.silu: g / (1 + exp(-g))
+      for (int64_t i = r0 * f; i < r1 * f; ++i) g[i] = (g[i] / (1.0f + fast_exp(-g[i]))) * u[i];
+    } else {  // relu(g)^2 * u
+      for (int64_t i = r0 * f; i < r1 * f; ++i) {
+        const float r = relu(g[i]);
+        g[i] = (r * r) * u[i];
+      }
     }
-  }
-  rmsnorm_rows(w.g.data(), L.ffn_sub_norm, m, f, md.eps, w.h.data());
-  if (!quantize(w.h.data(), m, f, w)) return false;
+  });
+  if (!norm_quant(w.g.data(), L.ffn_sub_norm, m, f, md.eps, w, threads)) return false;
   ternary(md, L.down, w, m, w.y.data(), backend, threads);
-  for (int64_t i = 0; i < m * d; ++i) w.x[i] += w.y[i];
+  residual(w.x.data(), w.y.data(), m, d, threads);
   return true;
 }
 
@@ -141,8 +173,10 @@ bool ffn_block(const DecodeModel& md, const DecodeLayer& L, int64_t m, Work& w, 
 bool head_rows(const DecodeModel& md, const std::vector<int64_t>& src, const std::vector<int64_t>& dst, float* logits,
                Work& w, Backend backend, int threads) {
   const int64_t d = md.d, n = static_cast<int64_t>(src.size()), V = md.vocab;
-  for (int64_t i = 0; i < n; ++i) rmsnorm(w.x.data() + src[i] * d, md.final_norm, d, md.eps, w.h.data() + i * d);
+  std::vector<float> x(static_cast<size_t>(n * d));  // the rows asked for, together
+  for (int64_t i = 0; i < n; ++i) std::copy_n(w.x.data() + src[i] * d, d, x.data() + i * d);
   if (md.head.f32 != nullptr) {
+    for (int64_t i = 0; i < n; ++i) rmsnorm(x.data() + i * d, md.final_norm, d, md.eps, w.h.data() + i * d);
     for (int64_t i = 0; i < n; ++i) {
       const float* h = w.h.data() + i * d;
       for (int64_t r = 0; r < V; ++r) {
@@ -154,12 +188,14 @@ bool head_rows(const DecodeModel& md, const std::vector<int64_t>& src, const std
     }
     return true;
   }
-  if (!quantize(w.h.data(), n, d, w)) return false;
+  if (!norm_quant(x.data(), md.final_norm, n, d, md.eps, w, threads)) return false;
   w.acc.resize(static_cast<size_t>(n * V));
   int8_matmul(w.codes.data(), md.head.q, w.acc.data(), n, V, d, backend, threads);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t r = 0; r < V; ++r)
-      logits[dst[i] * V + r] = static_cast<float>(w.acc[i * V + r]) * (w.gamma[i] * md.head.scale[r]);
+  for_rows(n, threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t r = 0; r < V; ++r)
+        logits[dst[i] * V + r] = static_cast<float>(w.acc[i * V + r]) * (w.gamma[i] * md.head.scale[r]);
+  });
   return true;
 }
 
@@ -204,6 +240,7 @@ int64_t forward_chunk(const DecodeModel& md, const ForwardBatch& fb, int64_t c0,
 
 int64_t decode_forward(const DecodeModel& m, const ForwardBatch& fb, Backend backend, int threads) {
   if (fb.b <= 0 || fb.t <= 0) return -1;
+  if (threads <= 0) threads = default_threads();
   const int64_t chunk = std::max<int64_t>(1, kChunkRows / fb.b);
   Work w;
   for (int64_t c0 = 0; c0 < fb.t; c0 += chunk) {
