@@ -186,14 +186,15 @@ BATCHES = (1, 4, 8)
 BATCH_PROMPT, BATCH_STEPS = 8, 32
 
 
-def median_rate(fn, repeats: int) -> dict:
+def median_rate(fn, repeats: int, cpu: bool) -> dict:
     """fn(clock) times one run with `clock` and returns tokens/s. After a warm-up, `repeats` runs timed by wall
-    time and by this process's CPU time (all its threads: on a shared machine the CPU-time rate of a one-thread run
-    says what the code does when it gets the core), median of each."""
+    time and, if `cpu` (one-thread runs), as many by this process's CPU time (on a shared machine the CPU-time rate
+    of a one-thread run says what the code does when it gets the core); the median of each."""
     fn(time.perf_counter)
-    wall = [fn(time.perf_counter) for _ in range(repeats)]
-    cpu = [fn(time.process_time) for _ in range(repeats)]
-    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+    out = {"wall": statistics.median(fn(time.perf_counter) for _ in range(repeats))}
+    if cpu:
+        out["cpu"] = statistics.median(fn(time.process_time) for _ in range(repeats))
+    return out
 
 
 def ours_llama_bench(path, threads: int, repeats: int) -> dict:
@@ -230,9 +231,10 @@ def ours_llama_bench(path, threads: int, repeats: int) -> dict:
             model(step, cache=cache)
         return b * BATCH_STEPS / (clock() - t0)
 
-    out = {f"pp{n}": median_rate(lambda c, n=n: pp(n, c), repeats) for n in LLAMA_BENCH_PP}
-    out[f"tg{LLAMA_BENCH_TG}"] = median_rate(lambda c: tg(LLAMA_BENCH_TG, c), repeats)
-    out["batched"] = {str(b): median_rate(lambda c, b=b: batched(b, c), repeats) for b in BATCHES}
+    cpu = threads == 1
+    out = {f"pp{n}": median_rate(lambda c, n=n: pp(n, c), repeats, cpu) for n in LLAMA_BENCH_PP}
+    out[f"tg{LLAMA_BENCH_TG}"] = median_rate(lambda c: tg(LLAMA_BENCH_TG, c), repeats, cpu)
+    out["batched"] = {str(b): median_rate(lambda c, b=b: batched(b, c), repeats, cpu) for b in BATCHES}
     return {**out, **memory()}
 
 
@@ -266,8 +268,9 @@ def llama_cpp_llama_bench(path, threads: int, repeats: int) -> dict:
             llm.eval([tokens[i]])
         return n / (clock() - t0)
 
-    out = {f"pp{n}": median_rate(lambda c, n=n: pp(n, c), repeats) for n in LLAMA_BENCH_PP}
-    out[f"tg{LLAMA_BENCH_TG}"] = median_rate(lambda c: tg(LLAMA_BENCH_TG, c), repeats)
+    cpu = threads == 1
+    out = {f"pp{n}": median_rate(lambda c, n=n: pp(n, c), repeats, cpu) for n in LLAMA_BENCH_PP}
+    out[f"tg{LLAMA_BENCH_TG}"] = median_rate(lambda c: tg(LLAMA_BENCH_TG, c), repeats, cpu)
     return {**out, "system_info": llama_cpp.llama_print_system_info().decode(), **memory()}
 
 
@@ -439,6 +442,7 @@ def run_llama_bench(args, threads, work, have_llama) -> int:
             row = {"shape": preset, "threads": t, "dram_gb_s": bw[t], "macs": macs, "weight_bytes": nbytes}
             for side in SIDES if have_llama else ("ours",):
                 row[side] = run_child(side, path, t, [], 0, args.repeats, llama_bench=True)
+                print(f"{preset}, {t} thread(s), {side}: {json.dumps(row[side])}", file=sys.stderr, flush=True)
             rows.append(row)
     meta = {
         "cpu": cpu_name(),
