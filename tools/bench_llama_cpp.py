@@ -52,6 +52,7 @@ from bitnet_ref import generate as G
 from bitnet_ref.formats import gguf_file as GF
 from bitnet_ref.model import ModelConfig
 from bitnet_ref.runtime import kernels
+from bitnet_ref.runtime import packed as P
 from bitnet_ref.runtime.packed import PackedWeight
 
 PRESETS = ("bitnet-b1.58-2b-4t", "bitnet-b1.58-large")
@@ -204,8 +205,10 @@ def ours_llama_bench(path, threads: int, repeats: int) -> dict:
     torch.set_num_threads(1)
     kernels.set_threads(threads)
     cfg, packed, floats = GF.read_gguf(path, head="int8")
-    model = FusedTransformer(GF.packed_model(cfg, packed, floats, threads=threads), threads=threads)
+    packed_model = GF.packed_model(cfg, packed, floats, threads=threads)
     del packed, floats
+    weight_bytes = P.weight_bytes_per_token(packed_model)["total"]  # the int8 head whole, one embedding row
+    model = FusedTransformer(packed_model, threads=threads)
     tokens = [(7 * i + 3) % cfg.vocab_size for i in range(max(LLAMA_BENCH_PP + (LLAMA_BENCH_TG,)))]
 
     def pp(n, clock):
@@ -235,7 +238,7 @@ def ours_llama_bench(path, threads: int, repeats: int) -> dict:
     out = {f"pp{n}": median_rate(lambda c, n=n: pp(n, c), repeats, cpu) for n in LLAMA_BENCH_PP}
     out[f"tg{LLAMA_BENCH_TG}"] = median_rate(lambda c: tg(LLAMA_BENCH_TG, c), repeats, cpu)
     out["batched"] = {str(b): median_rate(lambda c, b=b: batched(b, c), repeats, cpu) for b in BATCHES}
-    return {**out, **memory()}
+    return {**out, "weight_bytes": weight_bytes, **memory()}
 
 
 def llama_cpp_llama_bench(path, threads: int, repeats: int) -> dict:
@@ -271,7 +274,10 @@ def llama_cpp_llama_bench(path, threads: int, repeats: int) -> dict:
     cpu = threads == 1
     out = {f"pp{n}": median_rate(lambda c, n=n: pp(n, c), repeats, cpu) for n in LLAMA_BENCH_PP}
     out[f"tg{LLAMA_BENCH_TG}"] = median_rate(lambda c: tg(LLAMA_BENCH_TG, c), repeats, cpu)
-    return {**out, "system_info": llama_cpp.llama_print_system_info().decode(), **memory()}
+    weights = sum(
+        int(t.n_bytes) for t in GF.gguf_module().GGUFReader(str(path)).tensors
+    )  # the F16 embedding is the head
+    return {**out, "weight_bytes": weights, "system_info": llama_cpp.llama_print_system_info().decode(), **memory()}
 
 
 def memory() -> dict:
@@ -374,13 +380,10 @@ def format_table(rows, meta) -> str:
     return "\n".join(out)
 
 
-def token_costs(cfg: ModelConfig, path) -> tuple[int, int]:
-    """(ternary multiply-adds of one token, weight bytes one decoded token reads: every tensor of the file; the tied
-    embedding is the head, read whole)."""
+def ternary_macs(cfg: ModelConfig) -> int:
+    """Ternary multiply-adds of one token (the head's are not counted: a prompt needs it for its last position only)."""
     d, kv, h = cfg.d_model, cfg.kv_dim, cfg.ffn_hidden
-    macs = cfg.n_layers * (d * (d + 2 * kv + d) + 3 * d * h)
-    nbytes = sum(int(t.n_bytes) for t in GF.gguf_module().GGUFReader(str(path)).tensors)
-    return macs, nbytes
+    return cfg.n_layers * (d * (d + 2 * kv + d) + 3 * d * h)
 
 
 def format_llama_bench(rows, meta) -> str:
@@ -404,7 +407,7 @@ def format_llama_bench(rows, meta) -> str:
                 cells += "".join(f"{b[str(n)]:>8.1f}" for n in BATCHES) if b else "".join(f"{'-':>8}" for _ in BATCHES)
                 cells += f"{b['8'] / b['1']:>6.2f}x" if b else f"{'-':>7}"
                 fr = [s[f"pp{n}"][clock] * r["macs"] / ceiling for n in LLAMA_BENCH_PP]
-                tg = s[f"tg{LLAMA_BENCH_TG}"][clock] * r["weight_bytes"] / 1e9 / r["dram_gb_s"]
+                tg = s[f"tg{LLAMA_BENCH_TG}"][clock] * s["weight_bytes"] / 1e9 / r["dram_gb_s"]
                 out.append(
                     f"{r['shape']:<20}{r['threads']:>4} {side:<10}{clock:<6}{cells}{fr[0]:>18.0%}{fr[1]:>18.0%}"
                     f"{tg:>12.0%}"
@@ -416,8 +419,9 @@ def format_llama_bench(rows, meta) -> str:
         "pp: a prompt of that many tokens in one call, last logits only; tg128: 128 tokens one at a time from an "
         "empty cache; B=b: b sequences, 8-token prompts, then 32 steps of b tokens (aggregate tokens/s; ours "
         "only); clock: wall time, or (one thread) the process's CPU time; of ceiling: ternary multiply-adds per "
-        "token x tokens/s over the ceiling x threads; of DRAM: weight bytes per token x tokens/s over the "
-        "read-bandwidth probe at that thread count (best of 3, before the run)"
+        "token x tokens/s over the ceiling x threads; of DRAM: the side's own weight bytes per token (ours: packed "
+        "layers + int8 head; llama.cpp: every tensor of the file, its F16 embedding read as the head) x tokens/s "
+        "over the read-bandwidth probe at that thread count (best of 3, before the run)"
     )
     return "\n".join(out)
 
@@ -437,9 +441,8 @@ def run_llama_bench(args, threads, work, have_llama) -> int:
             packed, floats = random_packed(cfg)
             GF.write_gguf(path, cfg, packed, floats, emb_type="f16", name=f"{preset} shape, random weights")
             del packed, floats
-        macs, nbytes = token_costs(cfg, path)
         for t in threads:
-            row = {"shape": preset, "threads": t, "dram_gb_s": bw[t], "macs": macs, "weight_bytes": nbytes}
+            row = {"shape": preset, "threads": t, "dram_gb_s": bw[t], "macs": ternary_macs(cfg)}
             for side in SIDES if have_llama else ("ours",):
                 row[side] = run_child(side, path, t, [], 0, args.repeats, llama_bench=True)
                 print(f"{preset}, {t} thread(s), {side}: {json.dumps(row[side])}", file=sys.stderr, flush=True)
