@@ -2,7 +2,8 @@
 
 The shared core sits here (quantizers, the model, checkpoint files, the metrics log, thresholds, generation); each
 subsystem is a subpackage: data, train, runtime, formats, decode, doctor, conform. docs/modules.md maps them.
-``bitnet_ref.load(path)`` reads a bitnet_ref checkpoint or a Hugging Face BitNet directory.
+``bitnet_ref.load(path)`` reads a bitnet_ref checkpoint or a Hugging Face BitNet directory. What this file is not:
+a re-export of the subpackages (``import bitnet_ref`` stays light: import what you use from where it lives).
 """
 
 __version__ = "0.1.0"

@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors and Python builtins (no classes), so it 
 ``torch.load(weights_only=True)``, which refuses any pickle that would construct arbitrary objects or run
 code. Keys (version 1): ``format`` ("bitnet_ref.ckpt"), ``version``, ``config`` (ModelConfig as a dict),
 ``train_config``, ``model`` (state_dict), ``optimizer``, ``step``, ``rng``, ``last_val_loss``,
-``unigram_entropy``, ``ln_vocab``, ``data`` (see ``data.Corpus.info``).
+``unigram_entropy``, ``ln_vocab``, ``data`` (see ``corpus.Corpus.info`` in data/).
 
 - ``save_checkpoint`` is atomic: it writes a temporary file in the same directory, flushes and fsyncs it,
   renames it over the target with ``os.replace`` and fsyncs the directory, so a crash at any moment leaves

@@ -1,4 +1,6 @@
-"""``python -m bitnet_ref.decode_probe``, kept at the name it has always had: the command is decode/probe.py."""
+"""``python -m bitnet_ref.decode_probe``, kept at the name it has always had: the command is decode/probe.py.
+
+Only runs it (and re-exports its ``main`` and ``cli``); nothing of the probe lives here."""
 
 import sys
 

@@ -1,4 +1,9 @@
-"""Where a computation runs: the one parser of --device for training and decoding."""
+"""Where a computation runs: the one parser of --device for training and decoding.
+
+``resolve_device`` turns ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` into a torch.device, or raises a one-line
+``DeviceError``. It is core because the trainer (train/dist.py) and the decode loader (decode/loader.py) both need
+it and neither may import the other. What this is not: the process group (train/dist.py) or a device manager.
+"""
 
 from __future__ import annotations
 

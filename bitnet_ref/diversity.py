@@ -1,8 +1,8 @@
 """The token-diversity probe: is the model still saying different things?
 
-The seed's symptom was a "unique tokens" column falling from 20 to 2 while the loss barely moved. This module
-measures that carefully, with fixed prompts and deterministic (greedy) decoding so that two evaluations of
-the same weights give the same numbers:
+The debugging report's symptom was a "unique tokens" column falling from 20 to 2 while the loss barely moved
+(docs/modules.md says what that report was). This module measures that carefully, with fixed prompts and
+deterministic (greedy) decoding so that two evaluations of the same weights give the same numbers:
 
 - ``probe_prompts``: ``n`` fixed prompts evenly spaced through the validation tokens;
 - ``greedy_decode``: argmax continuation through the model's KV cache (``generate.generate``, greedy), run on the

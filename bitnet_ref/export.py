@@ -1,4 +1,6 @@
-"""``python -m bitnet_ref.export``, kept at the name it has always had: the command is formats/export.py."""
+"""``python -m bitnet_ref.export``, kept at the name it has always had: the command is formats/export.py.
+
+Only runs it (and re-exports its ``main`` and ``cli``); nothing of the export lives here."""
 
 import sys
 

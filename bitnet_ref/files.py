@@ -44,7 +44,7 @@ def _fsync_file(path: Path) -> None:
 
 
 def atomic_write(
-    path,
+    path: str | os.PathLike,
     write: Callable,
     *,
     binary: bool = True,
@@ -72,7 +72,7 @@ def atomic_write(
             os.chmod(tmp, 0o666 & ~umask())  # the writer may have replaced the file
             _fsync_file(tmp)
         else:
-            with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -91,7 +91,10 @@ def atomic_write(
 
 
 def atomic_dir(
-    out, files: dict[str, Callable[[Path], None]], *, before_replace: Callable[[], None] | None = None
+    out: str | os.PathLike,
+    files: dict[str, Callable[[Path], None]],
+    *,
+    before_replace: Callable[[], None] | None = None,
 ) -> None:
     """Write ``files`` (name -> writer(path)) into a new directory beside ``out``, fsync them, then rename it into
     place: an old ``out`` is moved aside first and removed after, and put back if the rename fails."""

@@ -29,7 +29,7 @@ and goes into the eval records of metrics.jsonl:
   ``health_logit_float_grid`` is the share of logits exactly representable with FLOAT_GRID_BITS significand
   bits (~1: logits rounded to a coarse float format such as bf16/fp16/fp8; ~0: fp32 logits, and an int8 x
   ternary head, whose lattice unit is an arbitrary fp32 scale).
-- ``groups``: ``{group: {"grad_norm", "grad_zero", "update_ratio", "numel"}}`` for every parameter group
+- ``groups``: ``{group: {"grad_norm", "grad_zero", "update_ratio", "w_rms", "numel"}}`` for every parameter group
   (``latent``: BitLinear weights; ``norm``: RMSNorm gains; ``embed``: token embedding; ``head``: the output
   head when untied): where the gradient flow stops and which parameters the optimizer does not move.
 
@@ -39,10 +39,14 @@ What it is not: a profiler, or a judge. ``bitnet_ref.doctor`` turns these number
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bitnet_ref.model import BitLinear
+from bitnet_ref.quant import weight_quant
 
 THRESHOLD = 0.5  # |w|/beta where round() switches between 0 and +-1
 CLIP = 1.5  # |w|/beta beyond which round() gives +-2 and the clamp saturates
@@ -212,9 +216,15 @@ def float_grid_share(values: torch.Tensor, bits: int = FLOAT_GRID_BITS) -> float
 
 def param_groups_of(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The model's parameters by role (GROUPS); a tied head is the embedding; anything else goes to norm."""
-    latent = [m.weight for _, m in model.bitlinears()]
-    emb = getattr(model, "tok_emb", None)
-    head = getattr(model, "head", None)
+    return param_groups(
+        model, [m for _, m in _bitlinears(model)], getattr(model, "tok_emb", None), getattr(model, "head", None)
+    )
+
+
+def param_groups(model: nn.Module, ternary: list, emb: nn.Module | None, head: nn.Module | None) -> dict:
+    """``param_groups_of`` for any model: the ternary layers' weights are ``latent``, ``emb``'s weight ``embed``,
+    ``head``'s weight ``head`` (unless it is the embedding's: tied), every other parameter ``norm``."""
+    latent = [m.weight for m in ternary]
     embed = [emb.weight] if emb is not None else []
     heads = [head.weight] if head is not None and all(head.weight is not p for p in embed) else []
     taken = {id(p) for p in latent + embed + heads}
@@ -249,12 +259,41 @@ def mean_over(layers: dict, key: str) -> float | None:
 # ---------------------------------------------------------------------------- the tracker
 
 
-def _bitlinears(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.bitlinears()]
+def _bitlinears(model: nn.Module) -> list[tuple[str, BitLinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BitLinear)]
 
 
-def _codes(module: nn.Module) -> tuple[torch.Tensor, float]:
-    codes, beta = module.ternary_state()
+def _logits(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    logits, _ = model(idx)
+    return logits
+
+
+def _first_block(model: nn.Module) -> tuple[nn.Module, bool] | None:
+    blocks = getattr(model, "blocks", None)
+    return (blocks[0], True) if isinstance(blocks, nn.ModuleList) and len(blocks) else None
+
+
+def _embedding_hook(at: tuple[nn.Module, bool] | None, seen: dict) -> list:
+    """A hook putting the token embedding into ``seen["emb"]``: the input of ``at[0]`` (at[1] True) or its output."""
+    if at is None:
+        return []
+    if at[1]:
+        return [at[0].register_forward_pre_hook(lambda mod, i: seen.__setitem__("emb", i[0]))]
+    return [at[0].register_forward_hook(lambda mod, i, o: seen.__setitem__("emb", o))]
+
+
+def ternary_state(module: nn.Module) -> tuple[torch.Tensor, float]:
+    """(int8 codes on the CPU, beta) of a ternary layer: its own ``ternary_state()`` where it has one (BitLinear),
+    else the b1.58 absmean rule (quant.weight_quant) applied to its ``weight``."""
+    own = getattr(module, "ternary_state", None)
+    if callable(own):
+        codes, beta = own()
+    else:
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"{type(module).__name__} has no weight tensor to read ternary codes from")
+        with torch.no_grad():
+            codes, beta = weight_quant(weight.detach().float())
     return codes.detach().to("cpu", torch.int8), float(beta)
 
 
@@ -265,9 +304,24 @@ class HealthTracker:
     Trainer usage (on steps that end in an evaluation; calling it every step is correct too, just slower):
         loss.backward(); tracker.after_backward(model); opt.step(); tracker.after_step(model)
         record.update(tracker.evaluate(model, val_x, step))
+
+    The defaults read bitnet_ref's Transformer; for any other model (bitnet_ref.watch) pass ``layers`` (model ->
+    [(name, ternary module)]), ``groups`` (model -> GROUPS dict), ``logits`` ((model, idx) -> (B, T, V) logits)
+    and ``embedding`` (model -> (module, pre) whose forward input (pre=True) or output is the token embedding,
+    or None).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        layers: Callable | None = None,
+        groups: Callable | None = None,
+        logits: Callable | None = None,
+        embedding: Callable | None = None,
+    ) -> None:
+        self.layers_of = layers or _bitlinears
+        self.groups_of = groups or param_groups_of
+        self.logits_of = logits or _logits
+        self.embedding_of = embedding or _first_block
         self.prev_codes: dict[str, torch.Tensor] = {}  # name -> int8 codes at the previous evaluation
         self.prev_step: int | None = None
         self.grads: dict[str, dict] = {}  # name -> grad_split() of the last after_backward
@@ -280,14 +334,14 @@ class HealthTracker:
     def after_backward(self, model: nn.Module) -> None:
         """After backward(), before optimizer.step(): gradient statistics and a weight snapshot."""
         self.grads, self.before = {}, {}
-        for name, m in _bitlinears(model):
+        for name, m in self.layers_of(model):
             w = m.weight.detach().to("cpu", torch.float32, copy=True)
-            _, beta = _codes(m)
+            _, beta = ternary_state(m)
             grad = None if m.weight.grad is None else m.weight.grad.to("cpu")
             self.grads[name] = grad_split(grad, w, beta)
             self.before[name] = w
         self.groups, self.group_before = {}, {}
-        for g, params in param_groups_of(model).items():
+        for g, params in self.groups_of(model).items():
             if params:
                 self.groups[g] = group_grads(params)
                 self.group_before[g] = [p.detach().to("cpu", torch.float32, copy=True) for p in params]
@@ -296,14 +350,15 @@ class HealthTracker:
     def after_step(self, model: nn.Module) -> None:
         """Right after the optimizer.step() that followed after_backward()."""
         self.updates = {}
-        for name, m in _bitlinears(model):
+        for name, m in self.layers_of(model):
             if name in self.before:
                 self.updates[name] = update_ratio(self.before[name], m.weight.detach().to("cpu", torch.float32))
-        for g, params in param_groups_of(model).items():
+        for g, params in self.groups_of(model).items():
             if g in self.group_before and g in self.groups:
                 before = torch.cat([t.reshape(-1) for t in self.group_before[g]])
                 after = torch.cat([p.detach().to("cpu", torch.float32).reshape(-1) for p in params])
                 self.groups[g]["update_ratio"] = update_ratio(before, after)
+                self.groups[g]["w_rms"] = rms(before)  # update RMS = ratio x this: the step AdamW took
         self.before, self.group_before = {}, {}
 
     @torch.no_grad()
@@ -317,35 +372,35 @@ class HealthTracker:
         acts: dict[str, dict] = {}
         seen: dict[str, torch.Tensor] = {}
         hooks = []
-        for name, m in _bitlinears(model):
+        for name, m in self.layers_of(model):
             store = acts.setdefault(name, {})
-            norm = getattr(m, "norm", None)
+            norm = getattr(m, "norm", None) or getattr(m, "rms_norm", None)  # bitnet_ref / transformers
             if isinstance(norm, nn.Module):  # its output is what the activation quantizer sees
                 hooks.append(norm.register_forward_hook(lambda mod, i, o, s=store: s.__setitem__("act_in", o)))
             else:
                 hooks.append(m.register_forward_pre_hook(lambda mod, i, s=store: s.__setitem__("act_in", i[0])))
             hooks.append(m.register_forward_hook(lambda mod, i, o, s=store: s.__setitem__("out", o)))
-        blocks = getattr(model, "blocks", None)
-        if isinstance(blocks, nn.ModuleList) and len(blocks):
-            hooks.append(blocks[0].register_forward_pre_hook(lambda mod, i: seen.__setitem__("emb", i[0])))
+        hooks += _embedding_hook(self.embedding_of(model), seen)
         was_training = model.training
         model.eval()
         try:
-            logits, _ = model(idx)  # (B, T, V)
+            logits = self.logits_of(model, idx)  # (B, T, V)
         finally:
             for h in hooks:
                 h.remove()
             model.train(was_training)
 
         layers: dict[str, dict] = {}
-        for name, m in _bitlinears(model):
-            codes, beta = _codes(m)
+        for name, m in self.layers_of(model):
+            codes, beta = ternary_state(m)
             w = m.weight.detach().float()
             rec = code_fractions(codes)
             prev = self.prev_codes.get(name)
             fresh = prev is not None and prev.shape == codes.shape
-            rec["flip_rate"] = flip_rate(prev, codes) if fresh else None
-            rec["flip_steps"] = step - self.prev_step if fresh and None not in (step, self.prev_step) else None
+            rec["flip_rate"] = flip_rate(prev, codes) if prev is not None and fresh else None
+            rec["flip_steps"] = (
+                step - self.prev_step if fresh and step is not None and self.prev_step is not None else None
+            )
             self.prev_codes[name] = codes
             rec["beta"] = beta
             rec["w_rms"] = rms(w)
@@ -363,7 +418,7 @@ class HealthTracker:
                 rec["out_ratio"] = rms(a["out"]) / ref if ref > 0 else None
             layers[name] = rec
         self.prev_step = step
-        groups = {g: {"update_ratio": None, **v} for g, v in self.groups.items()}
+        groups = {g: {"update_ratio": None, "w_rms": None, **v} for g, v in self.groups.items()}
         self.grads, self.updates, self.groups = {}, {}, {}
 
         out: dict = {"layers": layers, "groups": groups}

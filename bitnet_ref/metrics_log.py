@@ -3,18 +3,19 @@
 Every line is one JSON object with a ``kind``:
 
 - ``header`` (first line): ``config`` (ModelConfig), ``train_config``, ``ln_vocab``, ``unigram_entropy``,
-  ``data``, parameter counts, device and versions;
+  ``data``, parameter counts, ``optimizer`` (class, betas, eps), device and versions;
 - ``step`` (one per optimizer step): ``step``, ``loss``, ``lr``, ``wd``, ``stage``, ``grad_norm``, ``tok_s``,
   and ``skipped``/``nonfinite``/``skipped_total`` for a skipped update;
 - ``eval``: ``step``, ``val_loss``, the diversity probe (probe.diversity), ``samples``, and the health metrics
   (health.py: ``layers`` and ``health_*``);
-- ``resume`` (``step``, ``dropped_lines``), ``stop`` (``step``, ``reason``: a non-finite loss or gradient) and
-  ``end`` (the run's summary, written once when the last step is done).
+- ``resume`` (``step``, ``dropped_lines``), ``stop`` (``step``, ``reason``: a non-finite loss or gradient,
+  ``error: <type>: <message>`` for an error that ended the run, or ``interrupted (Ctrl-C)``) and ``end`` (the
+  run's summary, written once when the last step is done).
 
 Numbers are finite or null: JSON has no NaN. The writer puts each record down with one ``write`` of a whole
 line and flushes, so a killed run leaves at most a torn last line, which the reader reports and skips and
 ``repair`` cuts away. Readers here are lenient (a garbled line is counted, not fatal); tools that must be
-strict (tools/kill_loop.py) look at ``Metrics.bad_lines`` and ``Metrics.torn`` themselves.
+strict (tools/reliability/kill_loop.py) look at ``Metrics.bad_lines`` and ``Metrics.torn`` themselves.
 What this is not: a general event log or a TensorBoard writer.
 """
 

@@ -25,7 +25,9 @@ This is the fake-quant training model; the packed int8 x ternary runtime path li
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -49,7 +51,7 @@ ABLATIONS = {
 }
 _NEEDS_QUANT = ("no-ste", "clamp-ste", "no-dequant")  # meaningless with quant="none": refused, not ignored
 
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=2, ffn_hidden=192, context=64),
     "default": dict(d_model=256, n_layers=4, n_heads=4, ffn_hidden=704, context=128),
     "wide": dict(d_model=2048, n_layers=4, n_heads=16, ffn_hidden=5504, context=256),
@@ -125,7 +127,7 @@ class ModelConfig:
             raise ValueError(f"unknown model config key(s): {', '.join(repr(k)[:40] for k in unknown)}")
         kw = {}
         for k, v in d.items():
-            kind = fields[k].type  # int | float | str | bool | list
+            kind: Any = fields[k].type  # int | float | str | bool | list
             if kind is float and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
             if kind is list and isinstance(v, tuple):
@@ -376,6 +378,12 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    # The decode path swaps these for int8 rows (runtime/int8_head.py), so they are typed by role, not class.
+    tok_emb: Any
+    head: Any
+    rope_cos: torch.Tensor  # (context, hd) buffers
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
@@ -393,11 +401,11 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)  # (context, hd)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def bitlinears(self):
+    def bitlinears(self) -> Iterator[tuple[str, BitLinear]]:
         """(name, module) for every BitLinear (with quant='none' these are the plain, unquantized linears)."""
         return ((n, m) for n, m in self.named_modules() if isinstance(m, BitLinear))
 
-    def new_cache(self, batch: int, max_len: int = None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         max_len = self.cfg.context if max_len is None else max_len
         if not 1 <= max_len <= self.cfg.context:
             raise ValueError(f"cache length {max_len} must be in [1, context={self.cfg.context}]")

@@ -15,7 +15,7 @@ The reference straight-through estimator keeps the *whole* quantizer inside `.de
 element, saturated ones included. Two deliberately wrong variants exist only for the ablations `clamp-ste`
 and `no-ste` (and the `no-dequant` helpers for the ablation of that name); nothing else should use them.
 
-This module is not the packed runtime path (see `kernels.py`); it is the training-time arithmetic and the
+This module is not the packed runtime path (see runtime/kernels.py); it is the training-time arithmetic and the
 oracle the packed path is checked against.
 """
 

@@ -3,7 +3,7 @@
 // Only converts and checks arguments; all computing is in the kernels. Every argument is checked
 // (type, dtype, ndim, shape, contiguity, buffer size) before any data pointer is read, results are
 // allocated with the GIL held, and the GIL is released around the kernel alone. Accepts numpy
-// arrays only: bitnet_ref/kernels.py turns torch tensors and other inputs into them first and is
+// arrays only: bitnet_ref/runtime/kernels.py turns torch tensors and other inputs into them first and is
 // the documented API; this module is its implementation detail. The kernels and their bindings only:
 // the benchmark-only code is in bitnet_ref._bench (bench/bindings.cpp).
 #include <pybind11/stl.h>

@@ -95,7 +95,7 @@ inline Backend parse_backend(const std::string& name) {
 // A writable 1-D uint8 array of n bytes whose data starts on a 64-byte boundary (a view into a
 // slightly larger array, which it keeps alive). numpy's own allocations are only 16-byte aligned,
 // and a weight buffer 16 bytes off a cache line makes every other 32- or 64-byte load split two
-// lines: measured 3-4% slower GEMV (tools/bench_kernels.py, 4096 x 4096, one thread, hot).
+// lines, which measurably slows the GEMV (docs/kernels.md, "Why the hot loops are written as they are").
 inline py::array_t<uint8_t> aligned_bytes(int64_t n) {
   constexpr int64_t kAlign = 64;
   py::array_t<uint8_t> holder(n + kAlign - 1);

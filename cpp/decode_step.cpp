@@ -74,7 +74,7 @@ struct Work {
   std::vector<const float*> krow, vrow;
 };
 
-// w.codes / w.gamma = the int8 quantization of rmsnorm(x, norm) (m rows of width k; the normalised rows go to w.h);
+// w.codes / w.gamma = the int8 quantization of rmsnorm(x, norm) (m rows of width k; the normalised rows go to w's h);
 // false on a non-finite value.
 bool norm_quant(const float* x, const float* norm, int64_t m, int64_t k, float eps, Work& w, int threads) {
   w.codes.resize(static_cast<size_t>(m * k));

@@ -22,9 +22,9 @@
 //
 // The integer products are the exact ones of quant_matmul (ternary.h) and int8_matmul; the float glue (norm
 // sums, softmax, SiLU) is plain C++ whose rounding differs from torch's vectorised reductions in the last
-// bits, so this path is NOT bit-exact with the training forward. The torch path (packed.py) is the exact
+// bits, so this path is NOT bit-exact with the training forward. The torch path (runtime/packed.py) is the exact
 // oracle; tests/test_fused.py checks this one against it (identical greedy tokens, logits within a tolerance).
-// Only the official layout without ablations is supported (bitnet_ref/fused.py refuses the rest).
+// Only the official layout without ablations is supported (bitnet_ref/runtime/fused.py refuses the rest).
 #pragma once
 
 #include <cstdint>

@@ -1,10 +1,10 @@
 // int8_matmul.h: the exact int8 x int8 product of the int8 output head (and tied embedding) of bitnet_ref.
 //
 // The output head of a BitNet model stays in floating point during training; at decode time its rows are
-// stored as int8 with one float32 scale per row (bitnet_ref/head.py quantizes them, absmax per row), and the
-// normalised hidden state is quantized to int8 per token exactly as a BitLinear input (act_quant_rows). The
-// product of the two is an exact int32; the caller scales it back with gamma * row_scale. This header
-// declares that integer product only: no scales, no float math.
+// stored as int8 with one float32 scale per row (bitnet_ref/runtime/int8_head.py quantizes them, absmax per row), and
+// the normalised hidden state is quantized to int8 per token exactly as a BitLinear input (act_quant_rows). The product
+// of the two is an exact int32; the caller scales it back with gamma * row_scale. This header declares that integer
+// product only: no scales, no float math.
 //
 // Layout: w is (N, K) int8, row-major, row n at byte n * K (no padding, no alignment needed).
 // Product, exact in int32:  y[m, n] = sum_k x[m, k] * w[n, k],   x and w int8 in [-128, 127].

@@ -106,8 +106,8 @@ void int8_rows_avx2(const int16_t* xw, const int8_t* w, int32_t* y, int64_t m, i
     return;
   }
   const int16_t* x = xw;
-  // GEMV: tiles of four rows a quarter of [n0, n1) apart (four read streams: one Zen 3 core streams ~15.5 GB/s
-  // from one and ~22 from four, see ternary_avx2_asm.cpp), then the 0-3 rows left over.
+  // GEMV: tiles of four rows a quarter of [n0, n1) apart (four read streams: one core streams faster from four
+  // than from one, see ternary_avx2_asm.cpp), then the 0-3 rows left over.
   const int64_t q = (n1 - n0) / 4;
   for (int64_t t = 0; t < q; ++t) rows_tile<4, false>(x, w, y, k, n0 + t, q);
   for (int64_t r = n0 + 4 * q; r < n1; ++r) rows_tile<1, true>(x, w, y, k, r, 1);

@@ -62,8 +62,8 @@ static_assert(row_stride_bytes(1) == 32 && row_stride_bytes(128) == 32 && row_st
 // How far ahead (bytes) the AVX-512 assembly GEMV prefetches weights (its tiles are adjacent rows, one
 // read stream): rows are 0.25-3 KB, too short for the hardware prefetcher to ramp up on each, so it
 // fetches eight rows ahead at the rate it consumes its own, and at least 8 KB so short rows still keep
-// enough DRAM requests in flight (Zen 5, 2048 x 2048 cold, one thread: 68 -> 85 G weights/s). The AVX2
-// assembly GEMV reads four streams instead and needs no software prefetch (ternary_avx2_asm.cpp).
+// enough DRAM requests in flight (docs/kernels.md, "Why the hot loops are written as they are"). The AVX2 assembly GEMV
+// reads four streams instead and needs no software prefetch (ternary_avx2_asm.cpp).
 constexpr int64_t gemv_prefetch_bytes(int64_t k) {
   return 8 * row_stride_bytes(k) > 8192 ? 8 * row_stride_bytes(k) : 8192;
 }
@@ -170,7 +170,7 @@ enum class PackedFormat { k2Bit = 0, k1_6Bit = 1 };
 // Fused BitLinear core: y (m, n) float32 = float(q . w^T) * (gamma[row] * beta), where (q, gamma) =
 // act_quant_rows(x) and the int32 product is exact (as matmul). gamma * beta is one float32 multiply,
 // then one more with the converted accumulator: the order of quant.fake_quant_linear and
-// bitnet_ref/packed.py. Returns -1, or the flat index of the first non-finite x (y not written).
+// bitnet_ref/runtime/packed.py. Returns -1, or the flat index of the first non-finite x (y not written).
 int64_t quant_matmul(const float* x, const uint8_t* w, float* y, int64_t m, int64_t n, int64_t k, float beta,
                      Backend backend, int threads, PackedFormat format = PackedFormat::k2Bit);
 

@@ -6,7 +6,7 @@
 // DRAM pays for; the price is a dearer unpack (below). This header is the one place the format is
 // written down. Not a file format (nothing stores it) and not ggml's TQ1_0 (which has a per-block fp16
 // scale, a different order and a tail of four weights per byte; the base-3 fraction is the same idea,
-// compilade's, see /work/shared/research/ternary-cpu-kernels.md).
+// compilade's, from llama.cpp's TQ1_0).
 //
 // ---------------------------------------------------------------------------------------------
 // Packed format (1.6 bits per weight, no scale)

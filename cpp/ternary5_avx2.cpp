@@ -13,9 +13,9 @@
 // back in byte order with one shift and one blend:
 //   c_i = blendv(even_i >> 8, odd_i, 0xFF00)        (even codes to the low bytes, odd codes stay high)
 // 6 vector instructions per 32 weights, 3 of them multiplies, where the 2-bit kernel needs 3.25 with 1
-// multiply; a chain of byte adds (x3) and two signed compares per code register measured 1.2x slower here
-// (9 instructions per 32 weights, one multiply). Then maddubs(c_i, x_i) and an int16 add, as in
-// ternary_avx2.cpp, and the offset trick (subtract sum_k x once per row).
+// multiply; a chain of byte adds (x3) and two signed compares per code register measured slower (9
+// instructions per 32 weights, one multiply; docs/kernels.md, "What bounds the AVX2 kernels"). Then maddubs(c_i, x_i)
+// and an int16 add, as in ternary_avx2.cpp, and the offset trick (subtract sum_k x once per row).
 //
 // Overflow, for every K and x in [-128, 127]: the decoding maddubs give at most 3 * 255 = 765; maddubs of codes 0..2
 // gives [-512, 508] per lane; a block adds five such terms to one int16 lane ([-2560, 2540]); after kT5Widen = 12

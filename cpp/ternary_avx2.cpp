@@ -142,8 +142,8 @@ inline void gemm_tile(const uint8_t* const* wr, const int8_t* const* x, int64_t 
 void rows_avx2(const KernelArgs& a, int64_t n0, int64_t n1) {
   // GEMV: tiles of four rows a quarter of the range apart in assembly, then pairs of adjacent rows (tile).
   // GEMM: each unpacked weight row serves up to 4 activation rows at a time (gemm_tile; 8 would need 8 int16
-  // and 8 int32 accumulators, all 16 ymm registers, and GCC spills them: measured 131 G MAC/s at M = 8 against
-  // 158 with tiles of 4).
+  // and 8 int32 accumulators, all 16 ymm registers, and GCC spills them: slower, docs/kernels.md, "Why the hot loops
+  // are written as they are").
   int64_t r = n0;
 #if defined(BITNET_HAVE_AVX2_ASM)
   if (a.m == 1) r = gemv_rows_avx2_asm(a, r, n1);

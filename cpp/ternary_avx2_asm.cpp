@@ -7,23 +7,17 @@
 // computes.
 //
 // Row order: a tile's four rows are a quarter of the row range apart (rows t, t + q, t + 2q, t + 3q of
-// the range [r0, r0 + 4q)), so the loop reads four sequential streams at once. Measured on a Zen 3
-// (AVX2, no AVX-512; tools/bench_kernels.py, "row order" section): one core reads one sequential
-// stream at ~15.5 GB/s and four at ~22 GB/s, and a GEMV whose tiles are adjacent rows is one stream,
-// so with cold weights it ran at the one-stream rate (0.6 of the four-stream roofline) while its
-// hot-weight loop was ~1.6x faster than that. Four spread rows, cold, one thread: 68-74 G weights/s
-// against 57-64 for the two-adjacent-row loop with software prefetch they replaced (same machine, same
-// day), and 1.8-2.5x this loop in the adjacent order without prefetch, which KernelArgs::gemv_adjacent
-// keeps as the benchmark's baseline.
+// the range [r0, r0 + 4q)), so the loop reads four sequential streams at once. One core reads several
+// interleaved streams from DRAM faster than one, and a GEMV whose tiles are adjacent rows is one stream:
+// with cold weights it ran at the one-stream rate, well below what its hot loop could compute. The
+// adjacent order is kept as KernelArgs::gemv_adjacent, the benchmark's baseline for this choice.
 //
 // The loop itself: each row's instructions as in ternary_avx2.cpp, the block's four activation vectors
-// loaded once into registers and shared by the four rows (8 loads per 512 weights; with vpmaddubsw reading
-// them from memory for each row it was 20, and the GEMV was 6-7% slower hot and 9-30% slower cold, measured
-// side by side), all sixteen ymm registers assigned by hand, int32 row accumulators in memory (touched once
-// per 8 blocks). 13 vector instructions per 128 weights and row: llvm-mca -mcpu=znver3 puts the loop at
-// 6.5 cycles per 256 weights (four vector pipes full), the vpmaddubsw ceiling at 4.0, so a hot GEMV built
-// this way reaches at most 0.61 of the multiply ceiling on Zen 3 (docs/kernels.md, "What bounds the AVX2
-// kernels").
+// loaded once into registers and shared by the four rows (8 loads per 512 weights instead of 20 with
+// vpmaddubsw reading them from memory for each row), all sixteen ymm registers assigned by hand, int32 row
+// accumulators in memory (touched once per 8 blocks). 13 vector instructions per 128 weights and row, with
+// four vector pipes and two multiply pipes, bound the hot GEMV below the multiply ceiling. The measurements
+// behind each choice, with their command and CPU, are in docs/kernels.md, "What bounds the AVX2 kernels".
 #include "ternary.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)

@@ -7,14 +7,14 @@
 //
 // Why assembly: GCC 12 compiles the intrinsic tiles with register copies and reloads in the loop,
 // folds the GEMM's activation loads into the vpdpbusd operands (loading each vector twice), and the
-// intrinsic GEMV pays a call and a horizontal sum per row. Measured here (tools/bench_kernels.py,
-// 4096 x 4096, one thread, hot): GEMV 163 -> 200 G weights/s, GEMM at M = 8 173 -> 217 G MAC/s.
+// intrinsic GEMV pays a call and a horizontal sum per row; the assembly is faster for both (the figures
+// are in docs/kernels.md, "Why the hot loops are written as they are").
 //
 // GEMV (gemv4_tiles): four rows per tile, and no shift: the four 2-bit fields are masked in place
 // (0x03, 0x0C, 0x30, 0xC0, i.e. scales 1, 4, 16, 64) into four accumulators per row, so 256 weights
 // cost 4 vpandd + 4 vpdpbusd, which on a core with one 512-bit multiply pipe and a free logic pipe is
-// the multiply bound itself (the loop alone runs at the 234 G MAC/s vpdpbusd ceiling from L1). Four
-// row sums are finished with three vphaddd.
+// the multiply bound itself (from L1 the loop alone runs at the vpdpbusd ceiling). Four row sums are
+// finished with three vphaddd.
 //
 // GEMM (gemm_2x8_asm): two weight rows x eight activation rows, codes at scale 1 (three shifts, four
 // masks per row), each activation vector loaded once into a register for both weight rows.
@@ -122,7 +122,7 @@ void gemv4_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntil
       "movq 24(%[p]), %[pfc]\n\t"
       "addq %[w], %[pfc]\n\t"
       "movq 0(%[p]), %[cnt]\n\t"
-      // an odd step first, then two steps per iteration (measured 2-3% faster than one)
+      // an odd step first, then two steps per iteration (measured faster than one: docs/kernels.md)
       "testq $1, %[cnt]\n\t"
       "jz 6f\n\t"
       "prefetcht1 (%[pfc])\n\t"
@@ -187,7 +187,7 @@ void gemv4_tiles(const uint8_t* w, int64_t stride, const int8_t* x, int64_t ntil
 // any K <= kMaxK), with each activation vector loaded once into a register and used for both weight
 // rows. (GCC folds the loads of the intrinsic version into the vpdpbusd operands, loading every
 // activation vector twice: 64 zmm loads per 64 vpdpbusd, which on a core with two 256-bit load ports
-// is as many load cycles as multiply cycles. Measured 173 -> 217 G MAC/s, 4096 x 4096, M = 8, hot.)
+// is as many load cycles as multiply cycles.)
 //
 // Registers: zmm(2m + r) accumulates weight row r against activation row m; zmm16-19 / zmm20-23 the
 // codes of row 0 / row 1 at scale 1 (three shifts, four masks each); zmm24 the 0x03 mask; zmm25-26
@@ -347,8 +347,8 @@ void gemm_2x8(const KernelArgs& a, int64_t r0, int64_t m0, int64_t q0, int64_t n
 // Rows [r0, r1) (an even count) against activation rows m0 .. m0+7. Eight activation rows of K bytes
 // each are read once per pair of weight rows; beyond 16 steps (K > 4096, 33 KB for eight rows) they
 // no longer stay in the 32 KB L1, so K is cut into slices of 12 steps (24 KB) and every slice sweeps
-// all the row pairs before the next. Measured 4096 x 11008, M = 8, hot: 137 -> 195 G MAC/s (slices of
-// 8 steps: 190, 14: 192); at K = 4096 slicing was 7% slower, so shorter rows are done in one pass.
+// all the row pairs before the next; at K = 4096 slicing was slower, so shorter rows are done in one pass
+// (the slice lengths tried and their figures: docs/kernels.md, "Why the hot loops are written as they are").
 void gemm_rows_2x8(const KernelArgs& a, int64_t r0, int64_t r1, int64_t m0) {
   const int64_t nblk = blocks_per_row(a.k);
   const int64_t nsteps = nblk / 2;

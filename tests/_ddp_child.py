@@ -1,4 +1,4 @@
-"""Entry point for test_ddp.py under torchrun: the real ``bitnet_ref.train.main``, plus a record of the batch
+"""Entry point for test_ddp.py under torchrun: the real ``bitnet_ref.train.loop.main``, plus a record of the batch
 each rank feeds its model on each training step (written to ``$BITNET_SHARD_LOG.rank<R>.jsonl``).
 
 Not a test and not a tool: it only exists so the DDP test can prove each rank reads its own shard.

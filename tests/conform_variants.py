@@ -1,7 +1,7 @@
 """Deliberately deviating BitLinear layers for tests/test_conform.py, one deviation each.
 
-Each is modelled on a row of the catalogue (shared/research/bitlinear-variants.md) or on a failure mode of the
-training-recipe notes, and overrides one piece of `Faq`: the FAQ's BitLinear written the plain way (float
+Each is modelled on a way public BitLinear implementations deviate from the official b1.58 recipe, or on a
+failure mode the recipe warns about, and overrides one piece of `Faq`: the FAQ's BitLinear written the plain way (float
 matmul on dequantized tensors, scales in float32), which must pass every check, being the reference computed
 another way. All take (in_features, out_features) like nn.Linear. The layers at the end are bad input.
 """
@@ -257,7 +257,7 @@ class BiasScaled(Faq):
     def forward(self, x):
         xq = ste(self.act_quant, self.norm(x.float()))
         beta = self.weight_scale(self.weight).detach()
-        codes = ste(lambda w: (w / beta).round().clamp(-1, 1), self.weight)
+        codes = ste(lambda u: u.round().clamp(-1, 1), self.weight / beta)  # STE on W / beta: * beta undoes it
         return (F.linear(xq, codes, self.bias) * beta).to(x.dtype)
 
 
@@ -298,6 +298,143 @@ class WrongFlatten(Faq):
         b, t, k = x.shape
         y = super().forward(x.transpose(0, 1).reshape(-1, k))
         return y.reshape(b, t, -1)
+
+
+# ---- deviations the checker once missed or misread (issue 26) ---------------------------------------------------
+
+
+class WeightGradTimesBeta(Faq):
+    """STE on the latent weight straight to the integer codes, beta multiplied after: the forward is right, the
+    latent-weight gradient is beta times the reference's."""
+
+    def quantized(self, x):
+        beta = self.weight_scale(self.weight).detach()
+        codes = ste(lambda w: (w / beta).round().clamp(-1, 1), self.weight)
+        return ste(self.act_quant, self.norm(x)), codes * beta
+
+
+class InputGradTimesGamma(Faq):
+    """STE on the normalised input straight to the int8 codes, divided by the scale after: the input gradient
+    carries absmax/127."""
+
+    def act_quant(self, x):
+        s = self.act_scale(x).detach()
+        return ste(lambda v: (v * s).round().clamp(-128, 127), x) / s
+
+    def quantized(self, x):
+        return self.act_quant(self.norm(x)), ste(self.weight_quant, self.weight)
+
+
+class PerTensorActNoEps(Faq):
+    """One activation scale for the whole batch and no floor: a batch of only all-zero tokens gives 0/0."""
+
+    def act_scale(self, x):
+        return 127 / x.abs().amax()
+
+
+class LayerNormNoRounding(LayerNormInside):
+    """kyegomez/BitNet 6cdb2ea's shape: a LayerNorm, then x * 127/absmax clamped to the int8 range, never rounded."""
+
+    def act_round(self, v):
+        return v
+
+
+class AffineLayerNorm(Faq):
+    """An affine nn.LayerNorm (weight and bias, the bias the reference lacks) and a bias parameter never added:
+    on a square layer (in == out) the norm's bias has the length of the layer's."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__(in_features, out_features, bias)
+        self.ln = nn.LayerNorm(in_features, eps=self.norm_eps)
+
+    def norm(self, x):
+        return self.ln(x)
+
+    def add_bias(self, y):
+        return y
+
+
+class SignActs(Faq):
+    """kyegomez/BitNet BitLinear15b's activations: no norm, sign(x) (with an STE here, so only the forward
+    deviates)."""
+
+    def norm(self, x):
+        return x
+
+    def act_quant(self, x):
+        return torch.sign(x)
+
+
+class UpcastOutput(Faq):
+    """Computes in float32 and returns float32 whatever the input dtype: a bf16 model's stream is upcast."""
+
+    def forward(self, x):
+        xq, wq = self.quantized(x.float())
+        return self.add_bias(F.linear(xq, wq))
+
+
+class SequenceNorm(Faq):
+    """Normalises by the RMS over the whole (T, in) sequence (or the whole 2-D batch), not per token."""
+
+    def norm(self, x):
+        return x * torch.rsqrt(x.pow(2).mean((-2, -1), keepdim=True) + self.norm_eps)
+
+
+class BiasInsideDequant(Faq):
+    """The FAQ's inference form with a bias in the integer GEMM: (codes_x @ codes_w^T + bias) * gamma * beta."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__(in_features, out_features, bias)
+
+    def forward(self, x):
+        xn = self.norm(x.float())
+        s, beta = self.act_scale(xn).detach(), self.weight_scale(self.weight).detach()
+        cx = ste(lambda v: v.round().clamp(-128, 127), xn * s)
+        cw = ste(lambda u: u.round().clamp(-1, 1), self.weight / beta)
+        return ((F.linear(cx, cw, self.bias) * beta) / s).to(x.dtype)
+
+
+class Unquantized(Faq):
+    """The latent weights used as they are (weight_quant forgotten)."""
+
+    def weight_quant(self, w):
+        return w
+
+
+class EpsOnRms(Faq):
+    """huggingface/nanotron's BitNet norm: x / (rms + eps), the eps added to the RMS."""
+
+    def norm(self, x):
+        return x / (x.norm(dim=-1, keepdim=True) * x.shape[-1] ** -0.5 + self.norm_eps)
+
+
+class PackedCodes(Faq):
+    """A faithful inference layer that holds int8 codes and beta (buffers, no latent weight), as an exporter
+    writes them; checked through load_packed_codes (--load conform_variants:load_packed_codes)."""
+
+    def __init__(self, in_features, out_features):
+        nn.Module.__init__(self)
+        self.register_buffer("codes", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("beta", torch.ones(()))
+        self.bias = None
+
+    def forward(self, x):
+        xq = ste(self.act_quant, self.norm(x.float()))
+        return F.linear(xq, self.codes.float() * self.beta).to(x.dtype)
+
+
+def load_packed_codes(layer, weight):
+    """The user's loader for PackedCodes: the reference quantization of the probe weight into codes and beta."""
+    beta = weight.abs().mean().clamp(min=EPS)
+    layer.codes.copy_((weight / beta).round().clamp(-1, 1).to(torch.int8))
+    layer.beta.fill_(float(beta))
+
+
+class NeedsBias(Faq):
+    """Like transformers' BitLinear(in, out, bias): a constructor with a required positional bias."""
+
+    def __init__(self, in_features, out_features, bias):
+        super().__init__(in_features, out_features, bias)
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------

@@ -1,21 +1,16 @@
 """Crash safety: SIGKILL the trainer at random moments and during saves; the checkpoint always loads, the
 metrics file never has a torn line in the middle, and ``--resume`` finishes bit-identical to a straight run.
 
-CI runs ``tools/kill_loop.py`` with ``BITNET_KILL_POINTS`` kill points (default 6: 3 at random delays, 3
+CI runs ``tools/reliability/kill_loop.py`` with ``BITNET_KILL_POINTS`` kill points (default 6: 3 at random delays, 3
 inside a checkpoint write widened by a 0.2 s sleep half-way through it). The release check is
-``python tools/kill_loop.py --kills 200`` (see that file for every invariant checked after each kill).
+``python tools/reliability/kill_loop.py --kills 200`` (see that file for every invariant checked after each kill).
 """
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("kill_loop", ROOT / "tools" / "kill_loop.py")
-KL = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(KL)
+from tools.reliability import kill_loop as KL
 
 
 def test_check_dir_catches_a_torn_line_in_the_middle(tmp_path):

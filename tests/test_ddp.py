@@ -2,7 +2,7 @@
 each rank reads its own slice of the global batch, and ``--resume`` works under DDP.
 
 Two ``torchrun --standalone --nproc_per_node=2`` launches (about 10 s each on a loaded 2-core machine):
-a run stopped at step 3 (through ``tests/_ddp_child.py``, the real ``train.main`` plus a record of every batch
+a run stopped at step 3 (through ``tests/_ddp_child.py``, the real ``loop.main`` plus a record of every batch
 each rank fed its model), then the real ``python -m bitnet_ref.train --resume`` command to the end. Both are
 compared with a straight single-process run of the same global batch. Exact (bit-for-bit) resume holds only
 for the same number of processes; across 1 vs 2 processes the all-reduce changes the summation order, so the
@@ -28,30 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 STEPS, STOP, BATCH = 6, 3, 4
 ARGS = [
-    "--preset",
-    "tiny",
-    "--steps",
+    *"--preset tiny --steps".split(),
     str(STEPS),
     "--batch-size",
     str(BATCH),
-    "--warmup",
-    "2",
-    "--eval-at",
-    "end",
-    "--eval-batches",
-    "1",
-    "--probe-prompts",
-    "2",
-    "--probe-prompt-len",
-    "8",
-    "--probe-tokens",
-    "4",
-    "--threads",
-    "1",
-    "--device",
-    "cpu",
-    "--save-every",
-    "2",
+    *(
+        "--warmup 2 --eval-at end --eval-batches 1 --probe-prompts 2 --probe-prompt-len 8 "
+        "--probe-tokens 4 --threads 1 --device cpu --save-every 2"
+    ).split(),
 ]
 LOSS_TOL = 1e-3  # steps 2.. (see the test): measured drift <= 1e-4; step 1 is held to 1e-5
 

@@ -80,7 +80,8 @@ ONE_TOKEN = {**DIVERSE, "unique_tokens": 1, "top_token_share": 1.0, "max_repeat_
     [
         (2.0, DIVERSE, 0.5, "healthy"),
         (3.2, DIVERSE, 0.5, "not learning"),  # within PROBE_LOSS_MARGIN of the unigram entropy
-        (5.5, ONE_TOKEN, 0.2, "not learning"),  # greedy loop at low confidence, loss at ln V: the seed's symptom
+        # greedy loop at low confidence, loss at ln V: the debugging report's symptom
+        (5.5, ONE_TOKEN, 0.2, "not learning"),
         (2.0, ONE_TOKEN, 0.95, "collapsed"),
         (6.0, ONE_TOKEN, 0.99, "collapsed"),  # confidently one token: collapse is the more specific diagnosis
         (2.0, {**DIVERSE, "top_token_share": 0.7}, 0.5, "healthy"),  # repetitive greedy output alone is not collapse
@@ -165,6 +166,10 @@ def test_json_report_holds_every_field_and_is_saved(trained, tmp_path):
     par = rep["parity"]
     assert par["tokens_identical"] is True and par["ok"] is True
     assert par["max_abs_logit_diff"] == 0.0 and par["max_rel_logit_diff"] == 0.0
+    rc = rep["recompute"]  # every run: each cached path against a full recompute, figure and verdict
+    assert rc["ok"] is True and set(rc) == {"packed", "fake_quant", "ok"}
+    assert all(rc[k]["samples_identical"] == rc[k]["samples"] and rc[k]["disagreements"] == 0 for k in rc if k != "ok")
+    assert 0 < rep["context"]["val_loss_se"] < 0.2  # the measured loss comes with its standard error
     assert rep["backend"] == "packed" and len(rep["samples"]) == rep["decoding"]["samples"]
     # the trainer's probe prompts and length by default: the diversity numbers match its last eval record
     last_eval = [json.loads(x) for x in (src.parent / "metrics.jsonl").read_text().splitlines() if '"eval"' in x][-1]
@@ -318,3 +323,20 @@ def test_missing_extension_for_packed_says_how_to_build(trained):
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert_one_line_error(r, "pip install", "--backend torch")
+
+
+@needs_ext
+def test_a_cache_fault_both_cached_paths_share_is_its_own_verdict(trained, monkeypatch, capsys):
+    # parity compares packed with fake-quant, both through the KV cache: blind to a fault in the cache path
+    # itself; the recompute check against a full forward with no cache is not
+    from test_generate import rope_restarts_in_the_cache
+
+    path = trained[0]
+    assert DP.main([str(path), "--json", "--no-save", "--max-new-tokens", "24"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["recompute"]["ok"] and rep["verdict"]["verdict"] != "cache mismatch"
+    rope_restarts_in_the_cache(monkeypatch)
+    assert DP.main([str(path), "--no-save", "--max-new-tokens", "24"]) == 1
+    text = capsys.readouterr().out
+    assert "CACHE MISMATCH" in text and "verdict      CACHE MISMATCH" in text
+    assert "parity       ok" in text  # both cached paths share the fault

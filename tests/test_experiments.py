@@ -1,4 +1,5 @@
-"""tools/experiments.py --quick: every arm trains, the report answers the seed's questions, the doctor is right."""
+"""tools/experiments/experiments.py --quick: every arm trains, the report answers the debugging report's questions,
+the doctor is right."""
 
 import importlib.util
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOL = ROOT / "tools" / "experiments.py"
+TOOL = ROOT / "tools" / "experiments" / "experiments.py"
 ARMS = [
     "ref",
     "fp",
@@ -58,7 +59,7 @@ def test_quick_trains_every_arm(quick):
 @pytest.mark.slow
 def test_quick_report_answers_the_five_questions(quick):
     _, report = quick
-    section = report.split("## The seed's five open questions")[1].split("\n## ")[0]
+    section = report.split("## The debugging report's five open questions")[1].split("\n## ")[0]
     for i in range(1, 6):
         assert f"\n{i}. **" in section, i
     assert "## What a correct BitNet of this width does" in report
@@ -85,7 +86,8 @@ def test_quick_plots_or_a_plain_note(quick, tmp_path):
     stub = tmp_path / "stub" / "matplotlib"
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text("raise ImportError('matplotlib hidden for this test')\n")
-    p = _run(["--quick", "--out", str(out)], env={"PYTHONPATH": str(tmp_path / "stub")})
+    path = os.pathsep.join(filter(None, [str(tmp_path / "stub"), os.environ.get("PYTHONPATH")]))
+    p = _run(["--quick", "--out", str(out)], env={"PYTHONPATH": path})
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.count("(reused)") == len(ARMS)
     assert "No plots: matplotlib is not installed" in (out / "report.md").read_text()

@@ -1,4 +1,4 @@
-"""tools/fault_zoo.py --quick: the doctor names each injected fault and calls the healthy runs healthy."""
+"""tools/reliability/fault_zoo.py --quick: the doctor names each injected fault and calls the healthy runs healthy."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ZOO = Path(__file__).resolve().parents[1] / "tools" / "fault_zoo.py"
+ZOO = Path(__file__).resolve().parents[1] / "tools" / "reliability" / "fault_zoo.py"
 
 
 @pytest.mark.slow

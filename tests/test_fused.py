@@ -1,8 +1,8 @@
-"""The fused path (bitnet_ref/fused.py, cpp/decode_step.cpp) against the exact packed path, its oracle: identical
-greedy tokens on fixed prompts (generate: a prompt in one call, then a batch of sequences a step at a time) and
-logits within FUSED_REL_TOL (the float glue rounds differently from torch's, so not bit for bit); among its own
-calls bit for bit (a prompt in one call or a token at a time, sequences batched or alone, at different positions);
-and the FusedDecoder binding refusing bad input before it reads anything."""
+"""The fused path (bitnet_ref/runtime/fused.py, cpp/decode_step.cpp) against the exact packed path, its oracle:
+identical greedy tokens on fixed prompts (generate: a prompt in one call, then a batch of sequences a step at a
+time) and logits within FUSED_REL_TOL (the float glue rounds differently from torch's, so not bit for bit); among
+its own calls bit for bit (a prompt in one call or a token at a time, sequences batched or alone, at different
+positions); and the FusedDecoder binding refusing bad input before it reads anything."""
 
 import copy
 

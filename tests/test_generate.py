@@ -57,3 +57,32 @@ def test_generate_runs_in_eval_mode_and_restores_the_mode():
     model.train()
     assert G.generate(model, [[1, 2, 3]], 4).tokens == want
     assert model.training and seen and not any(seen)
+
+
+def rope_restarts_in_the_cache(monkeypatch):
+    """A decode-path fault every cached path shares: decode steps through the KV cache get RoPE angles from 0."""
+    forward = Transformer.forward
+
+    def fwd(self, idx, targets=None, cache=None, **kw):
+        if cache is None or cache.pos == 0:
+            return forward(self, idx, targets, cache, **kw)
+        cos, sin, p = self.rope_cos, self.rope_sin, cache.pos
+        self.rope_cos, self.rope_sin = cos.roll(p, 0), sin.roll(p, 0)
+        try:
+            return forward(self, idx, targets, cache, **kw)
+        finally:
+            self.rope_cos, self.rope_sin = cos, sin
+
+    monkeypatch.setattr(Transformer, "forward", fwd)
+
+
+def test_recompute_check_agrees_on_a_sound_cache_and_not_on_a_broken_one(trained, monkeypatch):
+    ckpt, prompts = trained
+    model = build_model(ckpt)
+    ok = G.recompute_check(model, prompts[:3], 24)
+    assert ok["ok"] and ok["samples_identical"] == 3 and ok["disagreements"] == 0
+    assert ok["max_rel_logit_diff"] <= G.RECOMPUTE_REL_TOL / 100  # the same arithmetic, another order
+    rope_restarts_in_the_cache(monkeypatch)
+    bad = G.recompute_check(model, prompts[:3], 24)
+    assert not bad["ok"] and bad["disagreements"] > 0 and bad["max_rel_logit_diff"] > 0.05
+    assert bad["first_disagreement"]["position"] >= 1  # the first token comes from the prefill: always right

@@ -1,4 +1,5 @@
-"""GGUF export (gguf_file.py, export --format gguf): the bytes, the names llama.cpp loads, exact round trips, refusals.
+"""GGUF export (formats/gguf_file.py, export --format gguf): the bytes, the names llama.cpp loads, exact round trips,
+refusals.
 
 Needs the gguf package (in the ``test`` extra). llama.cpp itself decoding the file is tests/test_llama_cpp.py.
 """

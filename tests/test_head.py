@@ -1,6 +1,6 @@
-"""The int8 head (bitnet_ref/head.py) and its exact int8 x int8 kernel (kernels.int8_matmul): the kernel equals the
-int64 product on every backend; Int8Head's C++ path equals its torch reference bit for bit; quantized rows stay in
-range and near the float rows; a tied model's head and embedding share one set of rows."""
+"""The int8 head (bitnet_ref/runtime/int8_head.py) and its exact int8 x int8 kernel (kernels.int8_matmul): the
+kernel equals the int64 product on every backend; Int8Head's C++ path equals its torch reference bit for bit;
+quantized rows stay in range and near the float rows; a tied model's head and embedding share one set of rows."""
 
 import copy
 

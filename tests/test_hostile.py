@@ -1,13 +1,15 @@
-"""Hostile inputs the other test files do not already cover (the full catalogue is notes/hostile_table.md):
+"""Hostile inputs the other test files do not already cover (the full table is in docs/reliability.md):
 bad --data and bad --resume checkpoints leave nothing behind, decode_probe writes no report for a bad file,
 random shapes/dtypes/strides at the kernel bindings never crash the process, CUDA flags without a GPU,
-fp32 master weights and scales under bf16 autocast, and no non-finite checkpoint is ever written.
+fp32 master weights and scales under bf16 autocast, no non-finite checkpoint is ever written, and every kind of
+bad trainer log (trainer_state.json, TensorBoard event files, W&B exports) is one line from doctor --log.
 
 Unreadable files: the tests run as root, where chmod 000 does not stop reads, so "unreadable" is made with a
 FIFO (no writer: opening it would block, so it must never be opened), a dangling symlink and a directory
 named like a file.
 """
 
+import json
 import os
 import pickle
 import signal
@@ -27,30 +29,10 @@ from bitnet_ref.train import loop as T
 from bitnet_ref.train.faults import FAULT_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "4",
-    "--batch-size",
-    "4",
-    "--warmup",
-    "1",
-    "--eval-at",
-    "end",
-    "--eval-batches",
-    "1",
-    "--probe-prompts",
-    "1",
-    "--probe-prompt-len",
-    "8",
-    "--probe-tokens",
-    "4",
-    "--threads",
-    "1",
-    "--device",
-    "cpu",
-]
+TINY = (
+    "--preset tiny --steps 4 --batch-size 4 --warmup 1 --eval-at end --eval-batches 1 "
+    "--probe-prompts 1 --probe-prompt-len 8 --probe-tokens 4 --threads 1 --device cpu"
+).split()
 
 
 @contextmanager
@@ -310,3 +292,73 @@ def test_trainer_never_writes_a_checkpoint_with_nonfinite_weights(tmp_path, corp
     one_line_exit_2(capsys, rc, "refusing to save", "NaN or inf")
     assert load_checkpoint(out / "ckpt.pt")["step"] == 1  # raises if it held NaN
     assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "metrics.jsonl"]  # no temp file left
+
+
+# ------------------------------------------------------------------------------------- trainer logs (doctor --log)
+
+
+def write_state(d: Path, history) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "trainer_state.json").write_text(json.dumps({"global_step": 3, "log_history": history}))
+    return d / "trainer_state.json"
+
+
+def bad_trainer_logs(tmp_path):
+    """{what: path} for every kind of bad trainer log (trainer_state.json, TensorBoard events, W&B CSV)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = {}
+    out["no log_history"] = write_state(tmp_path / "a", [])
+    out["no log_history"].write_text(json.dumps({"global_step": 3}))
+    out["state not JSON"] = write_state(tmp_path / "b", [])
+    out["state not JSON"].write_text("{not json")
+    out["state steps go back"] = write_state(tmp_path / "c", [{"loss": 1.0, "step": 5}, {"loss": 1.0, "step": 2}])
+    out["state without a loss"] = write_state(tmp_path / "d", [{"train_runtime": 3.0, "step": 5}])
+    w = SummaryWriter(str(tmp_path / "tb"))
+    for s in range(50):
+        w.add_scalar("train/loss", 1.0, s)
+    w.close()
+    [good] = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    data = good.read_bytes()
+    out["truncated events"] = tmp_path / "cut" / good.name
+    out["truncated events"].parent.mkdir()
+    out["truncated events"].write_bytes(data[: len(data) // 2 + 5])
+    out["events from another tool"] = tmp_path / "other" / "events.out.tfevents.123.host"
+    out["events from another tool"].parent.mkdir()
+    out["events from another tool"].write_bytes(os.urandom(2000))
+    out["events damaged"] = tmp_path / "dmg" / good.name
+    out["events damaged"].parent.mkdir()
+    out["events damaged"].write_bytes(data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
+    out["no event files"] = tmp_path / "empty"
+    out["no event files"].mkdir()
+    out["two runs"] = tmp_path / "two"
+    for r in ("x", "y"):
+        SummaryWriter(str(tmp_path / "two" / r)).close()
+    out["wandb no usable column"] = tmp_path / "w.csv"
+    out["wandb no usable column"].write_text("_step,_runtime,system/gpu\n0,1.0,3\n1,2.0,4\n")
+    return out
+
+
+EXPECT = {
+    "no log_history": "no log_history list",
+    "state not JSON": "not a JSON file",
+    "state steps go back": "goes back from step 5 to step 2",
+    "state without a loss": "no step with a loss",
+    "truncated events": "truncated",
+    "events from another tool": "not a TensorBoard event file",
+    "events damaged": "damaged",
+    "no event files": "no TensorBoard event files",
+    "two runs": "holds the event files of 2 runs",
+    "wandb no usable column": "a W&B export with no usable column",
+}
+
+
+def test_bad_trainer_logs_are_one_line_exit_2(tmp_path, capsys):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install -e .[test])")
+    files = bad_trainer_logs(tmp_path)
+    assert set(files) == set(EXPECT)
+    for what, path in files.items():
+        rc = doctor_main(["--log", str(path)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, (what, err)
+        assert EXPECT[what] in err and "Traceback" not in err, (what, err)

@@ -1,4 +1,5 @@
-"""bitnet_ref <-> Hugging Face BitNet (bitnet_ref/hf.py, interop.py, export.py), checked by transformers itself.
+"""bitnet_ref <-> Hugging Face BitNet (formats/hf.py, formats/hf_read.py, formats/export.py), checked by
+transformers itself.
 
 (a) models trained here, exported in both forms, load in transformers and decode the same greedy tokens, logits
 within tolerance; (b) a BitNetForCausalLM built and trained by transformers, saved in the latent form and in
@@ -270,8 +271,8 @@ def test_transformers_model_imports(hf_trained, kind):
     r = compare(model, imp.model())
     FIGURES[f"transformers -> ours, {kind}"] = r
     assert_agree(r)
-    loaded = L.load_for_decode(path, "packed")  # runtime: the stored codes and beta as they are
-    par = G.parity(loaded.model, build_model(loaded.ckpt), PROMPTS, NEW)
+    loaded = L.load_for_decode(path, "packed")  # runtime: the stored codes and beta as they are (a packed directory
+    par = G.parity(loaded.model, imp.model(), PROMPTS, NEW)  # is read without latents: the reference has them)
     FIGURES[f"packed runtime vs training forward, {kind}"] = {
         k: par[k] for k in ("ok", "bitwise", "max_rel_logit_diff")
     }
@@ -296,6 +297,8 @@ def test_decode_probe_reads_a_directory(checkpoints, tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["parity"]["ok"] and rep["parity"]["bitwise"] and rep["backend"] == "packed"
+    rc = rep["recompute"]  # an imported model's cached paths against a full recompute, too (issue 28)
+    assert rc["ok"] and rc["packed"]["samples_identical"] == rc["fake_quant"]["samples_identical"] == 1
     assert rep["samples"][0]["prompt"] == "def " and isinstance(rep["samples"][0]["output"], str)
     assert (out / "decode_probe.json").is_file()  # inside the directory, not beside it
     os.remove(out / "tokenizer.json")  # without a tokenizer, prompts and samples are token ids (in-process now)

@@ -304,7 +304,7 @@ def float_rows(draw, max_m=5, max_k=300):
 
 
 def two_step(x, codes, packed, beta, backend=None):
-    """The reference path: torch act_quant -> int32 kernel -> acc.float() * (gamma * beta), as packed.py did."""
+    """The reference path: torch act_quant -> int32 kernel -> acc.float() * (gamma * beta), as runtime/packed.py did."""
     q, gamma = Q.act_quant(torch.from_numpy(x))  # (M, K) int8, (M, 1) float32
     n, k = codes.shape
     acc = torch.from_numpy(kernels.ternary_matmul(q.numpy(), packed, n, k, backend=backend))  # (M, N) int32
@@ -574,7 +574,7 @@ def test_gemv_seconds_times_each_implementation_and_refuses_bad_input():
     w = bench.i2s_repack(p, 8, 256)
     impls = {"i2s": [w, w.copy()], **{b: [p, p.copy()] for b in BACKENDS if b != "scalar"}}
     if "avx2" in BACKENDS:
-        impls["avx2-adjacent"] = [p]  # the row-order baseline of tools/bench_kernels.py
+        impls["avx2-adjacent"] = [p]  # the row-order baseline of tools/bench/bench_kernels.py
     for impl, bufs in impls.items():
         for threads in (1, 2):
             secs = bench.gemv_seconds(impl, x, bufs, 8, 256, 5, threads)

@@ -5,7 +5,12 @@ dependency). The layers, lowest first, are written down once here and in docs/mo
 
     core (bitnet_ref/*.py)  <  data  <  train
     core  <  runtime  <  formats  <  decode  <  doctor
+                                          decode  <  crosscheck   (reads formats, runs runtime and decode)
     core  <  conform
+    core  <  watch  <  doctor
+
+``watch`` (the health hooks for other trainers' loops) stands on the core alone: it records what health.py and
+diversity.py measure into the metrics.jsonl schema the doctor reads; the doctor may use it, never the reverse.
 
 A module may import its own subpackage and the layers below it. The package's ``__init__.py`` (its lazy
 ``load``) and the two commands kept at their old names (``bitnet_ref.export``, ``bitnet_ref.decode_probe``) are
@@ -29,8 +34,10 @@ ALLOWED = {
     "runtime": {"core"},
     "formats": {"core", "data", "runtime"},
     "decode": {"core", "data", "runtime", "formats"},
-    "doctor": {"core", "data", "train", "runtime", "formats", "decode"},
+    "doctor": {"core", "data", "train", "runtime", "formats", "decode", "watch"},
+    "crosscheck": {"core", "data", "runtime", "formats", "decode"},
     "conform": {"core"},
+    "watch": {"core"},
 }
 EXTENSIONS = {"bitnet_ref._core", "bitnet_ref._bench"}  # the C++ modules: leaves, importable from anywhere
 

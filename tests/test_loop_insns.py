@@ -1,4 +1,4 @@
-"""tools/loop_insns.py on an object file compiled here: it finds the innermost loop, counts its multiply-adds
+"""tools/bench/loop_insns.py on an object file compiled here: it finds the innermost loop, counts its multiply-adds
 and memory operands, and with --mca hands it to llvm-mca (skipped where gcc, objdump or llvm-mca is missing)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOL = ROOT / "tools" / "loop_insns.py"
+TOOL = ROOT / "tools" / "bench" / "loop_insns.py"
 
 # Two vpmaddubsw a step, one with a memory operand: the counts the tool must report.
 LOOP = r"""

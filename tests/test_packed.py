@@ -1,4 +1,4 @@
-"""The packed runtime (bitnet_ref/packed.py): exact parity with the fake-quant forward, the packed model through
+"""The packed runtime (bitnet_ref/runtime/packed.py): exact parity with the fake-quant forward, the packed model through
 the KV cache vs full recompute, ablation semantics, and the loader's choices. Generation itself (sampling, the
 torch path, argument checks) is tests/test_generate.py."""
 

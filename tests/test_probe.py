@@ -18,7 +18,7 @@ from bitnet_ref.diversity import (
 )
 from bitnet_ref.model import ModelConfig, Transformer
 
-COLLAPSED = [[7] * 10, [7] * 10]  # the seed's failure: one token forever
+COLLAPSED = [[7] * 10, [7] * 10]  # the debugging report's failure: one token forever
 HEALTHY = [[1, 2, 3, 4, 5], [5, 6, 7, 8, 9]]
 
 

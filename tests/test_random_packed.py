@@ -1,6 +1,6 @@
-"""Random packed models (bitnet_ref/random_packed.py): built without the training model's storage, deterministic by
-seed, valid packed codes with the documented distribution, the same rows whatever the head format, and decodable
-by both the exact and the fused path."""
+"""Random packed models (bitnet_ref/runtime/random_packed.py): built without the training model's storage,
+deterministic by seed, valid packed codes with the documented distribution, the same rows whatever the head format,
+and decodable by both the exact and the fused path."""
 
 import numpy as np
 import pytest

@@ -359,19 +359,7 @@ def test_cli_help_documents_every_flag(capsys):
 def test_cli_resume_takes_settings_from_the_run(tmp_path, corpus_file, capsys):
     out = str(tmp_path / "run")
     args = [
-        "--preset",
-        "tiny",
-        "--steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--eval-at",
-        "end",
-        "--eval-batches",
-        "1",
-        "--probe-tokens",
-        "4",
-        "--data",
+        *("--preset tiny --steps 4 --batch-size 4 --eval-at end --eval-batches 1 --probe-tokens 4 --data").split(),
         corpus_file,
         "--out",
         out,
@@ -389,26 +377,12 @@ def test_cli_resume_takes_settings_from_the_run(tmp_path, corpus_file, capsys):
 def test_cli_subprocess_exit_codes(tmp_path, corpus_file):
     base = [
         sys.executable,
-        "-m",
-        "bitnet_ref.train",
-        "--preset",
-        "tiny",
-        "--steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--eval-at",
-        "end",
-        "--eval-batches",
-        "1",
-        "--probe-tokens",
-        "4",
-        "--data",
+        *(
+            "-m bitnet_ref.train --preset tiny --steps 4 --batch-size 4 --eval-at end "
+            "--eval-batches 1 --probe-tokens 4 --data"
+        ).split(),
         corpus_file,
-        "--save-every",
-        "2",
-        "--threads",
-        "1",
+        *"--save-every 2 --threads 1".split(),
     ]
     ok = subprocess.run(base + ["--out", str(tmp_path / "ok")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
@@ -452,4 +426,4 @@ def test_300_steps_learn_well_below_unigram_entropy(tmp_path, quant):
     )
     s = T.train(cfg, log=quiet)
     assert s["val_loss"] < 0.7 * s["unigram_entropy"], s
-    assert s["diversity"]["unique_tokens"] >= 8, s  # not the seed's 1-2 token collapse
+    assert s["diversity"]["unique_tokens"] >= 8, s  # not the debugging report's 1-2 token collapse

@@ -1,7 +1,11 @@
-"""The BitLinear conformance checker: ``assert_conforms(MyLinear)`` from a test suite, ``python -m bitnet_ref.conform
-module:Class`` from a shell. The checker and its command (checker.py), the forward checks (checks.py), the quantizer
-checks (quantizers.py) and the probe harness (harness.py)."""
+"""The BitLinear conformance checker: someone else's layer against the b1.58 reference, one property at a time.
 
-from bitnet_ref.conform.checker import CHECKS, ConformResult, assert_conforms, check, main
+``assert_conforms(MyLinear)`` from a test suite, ``python -m bitnet_ref.conform module:Class`` from a shell. The
+checker (checker.py) and its command (command.py), the layer under test and its loaders for layers that hold
+codes (layer.py, loaders.py), the checks (checks.py, norms.py, quantizers.py, gradients.py, layer_checks.py) and
+the probes (harness.py). Not a model-level check: see checker.py for what it cannot see."""
+
+from bitnet_ref.conform.checker import CHECKS, ConformResult, assert_conforms, check
+from bitnet_ref.conform.command import main
 
 __all__ = ["CHECKS", "ConformResult", "assert_conforms", "check", "main"]

@@ -1,18 +1,22 @@
-"""Check a BitLinear implementation against the BitNet b1.58 reference, one property at a time.
-
-    python -m bitnet_ref.conform MODULE:CLASS [--init-kwargs JSON] [--in N] [--out N] [--norm-outside]
-                                 [--norm-eps EPS] [--weight-name NAME] [--device cpu|cuda] [--json]
+"""Check a BitLinear implementation against the BitNet b1.58 reference, one property at a time (the command
+line is command.py: python -m bitnet_ref.conform MODULE:CLASS).
 
 It builds the layer as CLASS(in_features, out_features, **init_kwargs), finds its latent weight (the one
-floating-point parameter of shape (out, in)), loads probe weights into it and runs probe inputs through it,
+floating-point parameter of shape (out, in)) or, for a layer that holds codes and a scale, a loader
+(loaders.py: transformers' packed BitLinear and offline AutoBitLinear built in, ``load=`` for others), loads
+probe weights into it and runs probe inputs through it,
 comparing with the reference (bitnet_ref.quant: absmean ternary weights per tensor, per-token absmax int8
 activations, the whole quantizer inside the STE, scales in float32; an RMSNorm with gain 1 right before the
 activation quantizer, or none with --norm-outside, as in HF's AutoBitLinear and the 2B-4T model, whose norms
 sit in the model). Each check names one property (see CHECKS) and reports pass, fail or not-checkable, the
 numbers it measured, what the deviation does in training and the doctor's cause name where one fits.
 
-Exit status: 0 every check passed (or could not apply), 1 deviations found, 2 bad input (the module does not
-import, the class does not construct, no weight parameter) or a layer that cannot run here at all (CUDA).
+The layer runs eagerly: torch.compile directives are ignored (``keep_compile=True`` keeps them; on a CPU each
+new probe shape then compiles for many seconds), which runs the same Python code.
+
+Exit status (ConformResult.exit_code): 0 every check passed (or could not apply), 1 deviations found, 2 bad
+input (the module does not import, the class does not construct, no weight parameter) or a layer that cannot
+run here at all (CUDA).
 
 From Python:  result = check(MyLinear, in_features=128, out_features=64); print(result.render())
 In a test suite:  assert_conforms(MyLinear)  raises AssertionError with the failing checks' lines.
@@ -24,20 +28,18 @@ quantized lm_head, the weight-decay schedule: the ablations quant-head and const
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import json
-import math
-import os
-import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
-from bitnet_ref.cli import OneLineParser, run_quietly, whole_at_least
 from bitnet_ref.conform import checks as C
+from bitnet_ref.conform import gradients as G
+from bitnet_ref.conform import layer_checks as L
+from bitnet_ref.conform import norms as N
 from bitnet_ref.conform import quantizers as QC
-from bitnet_ref.conform.harness import ConformError, LayerUnderTest, ProbeError
+from bitnet_ref.conform.layer import ConformError, LayerUnderTest, ProbeError
+from bitnet_ref.conform.loaders import auto_loader, resolve
 
 # in order: later checks read facts earlier ones established (Probing.facts); (name, function, what it checks)
 CHECKS = [
@@ -55,11 +57,15 @@ CHECKS = [
     ),
     (
         "norm",
-        C.check_norm,
-        "an RMSNorm inside: 4x the input gives 1x the output and a mean offset is kept "
-        "(with --norm-outside: 4x gives 4x)",
+        N.check_norm,
+        "an RMSNorm inside: 4x the input gives 1x the output, a mean offset is kept and magnitudes are not "
+        "lost to sign(x) (with --norm-outside: 4x gives 4x)",
     ),
-    ("norm-eps", C.check_norm_eps, "a token of mean square eps comes out sqrt(1/2) of a unit one (eps measured)"),
+    (
+        "norm-eps",
+        N.check_norm_eps,
+        "tokens of mean square eps and eps/1e4 come out as rsqrt(ms + eps) says (eps measured, and where it sits)",
+    ),
     (
         "act-scale-per-token",
         QC.check_act_per_token,
@@ -69,12 +75,19 @@ CHECKS = [
         "act-range",
         QC.check_act_range,
         "integer activations with absmax 127 come through exactly: the int8 "
-        "127/absmax grid (128, 255, 63, 15, 7 recognised)",
+        "127/absmax grid (128, 255, 63, 15, 7 and sign() recognised)",
     ),
     (
         "act-rounding",
         QC.check_act_rounding,
-        "quarter values are rounded, exact .5 ties go to even (half-up, half-away, half-down, half-to-zero recognised)",
+        "quarter values are rounded, exact .5 ties go to even (half-up, half-away, half-down, half-to-zero "
+        "recognised); behind an RMSNorm or a LayerNorm",
+    ),
+    (
+        "weight-codes",
+        QC.check_weight_codes,
+        "weights at 0.36 beta give code 0: ternary, not binary or unquantized (on sign tokens, so activation "
+        "deviations cannot leak in)",
     ),
     (
         "weight-scale",
@@ -86,28 +99,40 @@ CHECKS = [
         QC.check_weight_per_tensor,
         "rows, and halves of the input columns, of |W| 0.75 and 1.25 share one beta",
     ),
-    ("weight-codes", QC.check_weight_codes, "weights at 0.36 beta give code 0: ternary, not binary or unquantized"),
     ("weight-rounding-ties", QC.check_weight_ties, "weights at exactly +-beta/2 give code 0 (torch.round)"),
-    ("bias", C.check_bias, "a bias parameter is added after the matmul, unscaled (ignored, beta-scaled recognised)"),
+    (
+        "bias",
+        L.check_bias,
+        "the bias beside the weight is added after the matmul, unscaled (ignored, scaled by beta or by beta * "
+        "absmax/127 recognised)",
+    ),
     (
         "degenerate-input",
-        C.check_degenerate,
-        "zero, constant and 1e-30 tokens, all-zero weights and a zero weight "
-        "row: finite outputs and gradients, 0 where the reference gives 0",
+        L.check_degenerate,
+        "zero, constant and 1e-30 tokens alone, in an all-zero batch and beside ordinary ones, all-zero "
+        "weights and a zero weight row: finite outputs and gradients, 0 where the reference gives 0",
     ),
     (
         "grad-latent-weights",
-        QC.check_grad_weights,
-        "every latent weight gets the STE gradient g^T x_hat: code 0, +-1, exactly +-beta and clamped alike",
+        G.check_grad_weights,
+        "every latent weight gets the STE gradient g^T x_hat at its size (beta = 3): code 0, +-1, exactly "
+        "+-beta and clamped alike",
     ),
     (
         "grad-input",
-        QC.check_grad_input,
-        "the input gradient is the STE through the norm's Jacobian, absmax elements included",
+        G.check_grad_input,
+        "the input gradient is the STE through the norm's Jacobian, at its size, absmax elements included",
     ),
-    ("latent-weights-kept", QC.check_latent_kept, "forward and backward leave the latent weight as loaded"),
-    ("bf16-input", C.check_bf16, "bf16 input gives the float32 output rounded to bf16: scales in float32"),
-    ("input-shapes", C.check_input_shapes, "2-D, 3-D and one-token-at-a-time inputs agree"),
+    ("latent-weights-kept", G.check_latent_kept, "forward and backward leave the latent weight as loaded"),
+    ("bf16-input", L.check_bf16, "bf16 input gives the float32 output rounded to bf16: scales in float32"),
+    ("output-dtype", L.check_output_dtype, "the output comes back in the input's dtype (float32, bf16)"),
+    ("input-shapes", L.check_input_shapes, "2-D, 3-D and one-token-at-a-time inputs agree"),
+    (
+        "extra-parameters",
+        L.check_extra_parameters,
+        "the census of trainable tensors beyond the latent weight and bias: norm gains noted, anything the "
+        "reference lacks (a norm bias, an unknown tensor) reported",
+    ),
 ]
 Check = C.Check
 MIN_IN, IN_MULTIPLE, MIN_OUT = 64, 16, 8
@@ -160,9 +185,10 @@ class ConformResult:
     def render(self) -> str:
         s = self.settings
         norm = "outside the layer" if s["norm_outside"] else f"RMSNorm inside, eps {s['norm_eps']:g}"
+        loaded = f", codes loaded by {s['loader']}" if s.get("loader") else ""
         lines = [
             f"conformance of {self.target} (in={s['in_features']}, out={s['out_features']}, norm {norm}, "
-            f"{s['device']}) against the BitNet b1.58 reference"
+            f"{s['device']}{loaded}) against the BitNet b1.58 reference"
         ]
         tag = {"pass": "pass", "fail": "FAIL", "not-checkable": "n/a "}
         for c in self.checks:
@@ -194,14 +220,20 @@ def check(
     weight_name: str | None = None,
     device: str = "cpu",
     wide_in_features: int | None = None,
+    load=None,
+    keep_compile: bool = False,
 ) -> ConformResult:
     """Run every check on layers built as factory(in_features, out_features, **init_kwargs).
 
     norm_outside: the layer has no norm of its own (its model normalises before it); it is then compared
     with the reference without a norm. norm_eps: the eps of the reference RMSNorm. weight_name: the latent
-    weight's parameter name when several (out, in) parameters exist. Raises ConformError for bad input.
+    weight's parameter name when several (out, in) parameters exist. load: for a layer that holds codes, a
+    built-in loader's name, "MODULE:FUNCTION" or a callable(layer, weight) (loaders.py); transformers' code
+    classes get theirs without asking. keep_compile: keep torch.compile (default: run eagerly). Raises ConformError
+    for bad input.
     """
     _validate(in_features, out_features, norm_eps, device)
+    loader = resolve(load) or auto_loader(factory, dict(init_kwargs or {}))
     wide = wide_in_features or (4096 if in_features < 4096 else 2 * in_features)
     settings = {
         "in_features": in_features,
@@ -212,9 +244,22 @@ def check(
         "wide_in_features": wide,
         "init_kwargs": dict(init_kwargs or {}),
         "weight_name": weight_name,
+        "loader": loader.name if loader else None,
+        "keep_compile": keep_compile,
     }
-    lut = LayerUnderTest(factory, in_features, out_features, init_kwargs, device, weight_name)
+    lut = LayerUnderTest(factory, in_features, out_features, init_kwargs, device, weight_name, loader)
     result = ConformResult(_label(factory), settings)
+    with nullcontext() if keep_compile else _eager():
+        return _run_all(result, lut, norm_outside, norm_eps, wide, device)
+
+
+def _eager():
+    """torch.compile directives ignored (torch >= 2.6); a no-op on older torch, which compiles as written."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance else nullcontext()
+
+
+def _run_all(result, lut, norm_outside, norm_eps, wide, device) -> ConformResult:
     try:
         lut.build()  # bad input (no weight parameter, ...) raises ConformError here
     except ProbeError as e:
@@ -273,140 +318,3 @@ def _validate(k, n, eps, device):
 def _label(factory) -> str:
     mod, name = getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)
     return f"{mod}:{name}" if mod and name else repr(factory)
-
-
-# ---- command line -------------------------------------------------------------------------------------------------
-
-
-def load_factory(target: str):
-    """MODULE:CLASS (CLASS may be dotted) -> the callable; ConformError in one line for anything wrong."""
-    mod_name, sep, attr = target.partition(":")
-    if not sep or not mod_name or not attr:
-        raise ConformError(f"expected MODULE:CLASS (e.g. bitnet_ref.model:BitLinear), got {target!r}")
-    if os.getcwd() not in sys.path:  # as `python -m` does, so that a console script finds the user's modules
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj = importlib.import_module(mod_name)
-    except Exception as e:  # the user's module: any import-time error is bad input
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConformError(f"cannot import {mod_name}: {type(e).__name__}: {first}".rstrip(": ")) from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConformError(f"{mod_name} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConformError(f"{target} is a {type(obj).__name__}, not a class or callable")
-    return obj
-
-
-def _kwargs(text: str) -> dict:
-    try:
-        d = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object, got {type(d).__name__}")
-    return d
-
-
-def _eps(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < v < 1e-2 or not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be in (0, 0.01), got {text}")
-    return v
-
-
-def build_parser() -> argparse.ArgumentParser:
-    checks = "\n".join(f"  {name:<24} {what}" for name, _, what in CHECKS)
-    ap = OneLineParser(
-        prog="python -m bitnet_ref.conform",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Check a BitLinear implementation against the BitNet b1.58 reference. "
-        "Exit 0: conforms; 1: deviations found; 2: bad input or not checkable here.",
-        epilog=f"checks, in order:\n{checks}",
-    )
-    ap.add_argument("target", metavar="MODULE:CLASS", help="the layer, built as CLASS(in, out, **init_kwargs)")
-    ap.add_argument(
-        "--init-kwargs",
-        type=_kwargs,
-        default={},
-        metavar="JSON",
-        help="extra constructor arguments as a JSON object, e.g. '{\"bias\": false}'",
-    )
-    ap.add_argument(
-        "--in",
-        dest="in_features",
-        type=whole_at_least(MIN_IN),
-        default=128,
-        metavar="N",
-        help=f"in_features of the probed layer (a multiple of {IN_MULTIPLE}; default 128)",
-    )
-    ap.add_argument(
-        "--out",
-        dest="out_features",
-        type=whole_at_least(MIN_OUT),
-        default=64,
-        metavar="N",
-        help="out_features of the probed layer (even; default 64)",
-    )
-    ap.add_argument(
-        "--wide",
-        type=whole_at_least(MIN_IN),
-        default=None,
-        metavar="N",
-        help="in_features for the output-scale-at-width check (default 4096)",
-    )
-    ap.add_argument(
-        "--norm-outside",
-        action="store_true",
-        help="the layer has no norm of its own, its model normalises its input (HF AutoBitLinear, "
-        "the 2B-4T model): compare with the reference without a norm",
-    )
-    ap.add_argument(
-        "--norm-eps",
-        type=_eps,
-        default=1e-5,
-        metavar="EPS",
-        help="eps of the reference RMSNorm inside the layer (default 1e-5)",
-    )
-    ap.add_argument(
-        "--weight-name", metavar="NAME", help="the latent weight's parameter name, when several have shape (out, in)"
-    )
-    ap.add_argument("--device", default="cpu", help="device to run the layer on (default cpu)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    return ap
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        factory = load_factory(args.target)
-        result = check(
-            factory,
-            args.in_features,
-            args.out_features,
-            init_kwargs=args.init_kwargs,
-            norm_outside=args.norm_outside,
-            norm_eps=args.norm_eps,
-            weight_name=args.weight_name,
-            device=args.device,
-            wide_in_features=args.wide,
-        )
-    except ConformError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    result.target = args.target
-    print(json.dumps(result.as_dict(), indent=2) if args.json else result.render())
-    return result.exit_code
-
-
-def cli() -> int:
-    """The ``bitnet-conform`` console script."""
-    return run_quietly(main)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -1,4 +1,4 @@
-"""Probe inputs, probe weights, the reference and the harness of the BitLinear conformance checker (conform.py).
+"""Probe inputs, probe weights and the reference of the BitLinear conformance checker (checker.py).
 
 The probes are built so that one property of a layer shows at a time:
 
@@ -7,6 +7,9 @@ The probes are built so that one property of a layer shows at a time:
   float32, and a mean subtraction (LayerNorm) subtracts an exact 0. With peak 127 the int8 scale 127/absmax is
   then exactly rms, so x_n * 127 / absmax gives back the integers themselves: the int8 grid, rounding and .5
   ties are visible exactly, and every per-token/per-tensor/rounding variant agrees on an integer token.
+- sign tokens: zero-mean +-1 vectors. Every activation quantizer seen in the wild agrees on them up to a factor
+  (RMSNorm, LayerNorm and sign() all give +-1, and +-1 is exactly +-127 on the int8 grid), so the weight and
+  latent-gradient probes run on them: a deviation of the activation side cannot leak into a weight question.
 - dense +-a weights: mean, median and max of |W| all equal a, every code is +-1, and every row and group has
   the same statistic, so every weight-quantizer variant (binary ones included) turns them into the same +-a.
 - block weights: each block of 8 consecutive weights in a row holds the same magnitudes, so a row's or a
@@ -15,28 +18,15 @@ The probes are built so that one property of a layer shows at a time:
 
 `simulate` is the reference forward in float64 (norm in float32, as the layers compute it) with knobs for the
 known deviations: a check predicts each candidate on its probe and reports the one the layer matches.
-`LayerUnderTest` builds a fresh layer for every probe, loads the probe weight and runs it. Not a test suite.
+layer.py builds and runs the layer under test. Not a test suite.
 """
 
 import math
-import re
 
 import torch
 import torch.nn.functional as F
 
 EPS = 1e-5  # the reference's weight and activation scale floor (quant.EPS)
-
-
-class ConformError(Exception):
-    """Unusable input to the checker (module, class, constructor, weight parameter); the message is one line."""
-
-
-class ProbeError(Exception):
-    """The layer could not be run on a probe (raised, returned no tensor or the wrong shape); one line."""
-
-    def __init__(self, message, needs_gpu=False):
-        super().__init__(message)
-        self.needs_gpu = needs_gpu
 
 
 # ---- rounding rules and the reference with knobs ----------------------------------------------------------------
@@ -67,8 +57,12 @@ def layer_norm(x, eps):
 
 
 def act_quant_sim(x, levels=127, rounding="half-to-even", per_token=True):
-    """Dequantized activations with the STE, in float64: scale levels/absmax, clamp [-levels-1, levels]."""
+    """Dequantized activations with the STE, in float64: scale levels/absmax, clamp [-levels-1, levels].
+
+    levels "sign": 1-bit activations sign(x) (BitNet b1-style layers that binarize their input)."""
     x = x.double()
+    if levels == "sign":
+        return x + (torch.sign(x) - x).detach()
     amax = x.abs().amax(-1, keepdim=True) if per_token else x.abs().amax()
     s = levels / amax.clamp(min=EPS)
     lo, hi = (-128, 127) if levels == 128 else (-levels - 1, levels)  # 128/absmax: still clamped to int8
@@ -225,6 +219,13 @@ def spike_token(k, seed=0):
     return x[torch.randperm(k, generator=_gen(seed + 1))]
 
 
+def sign_token(k, seed=0):
+    """+-1, half each: zero mean, mean square 1, absmax 1; every activation quantizer agrees on it."""
+    x = torch.ones(k)
+    x[: k // 2] = -1.0
+    return x[torch.randperm(k, generator=_gen(seed))]
+
+
 def normal_token(k, seed=0):
     return torch.randn(k, generator=_gen(seed))
 
@@ -261,140 +262,3 @@ STAT_BLOCK = (1.0, 1.0, 1.0, 1.0, 1.0, 1.6, 1.6, 1.9)  # mean 1.2625, median 1.0
 CODES_BLOCK = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.3, 0.3)  # mean 0.825: 0.3 -> code 0 (ternary), +-1 (binary)
 TIES_BLOCK = (0.5, 0.5, 1.0, 1.0, 1.25, 1.25, 1.25, 1.25)  # mean exactly 1: +-0.5 are exact ties
 GRAD_BLOCK = (0.25, 0.75, 0.75, 1.0, 1.0, 1.25, 1.25, 1.75)  # mean exactly 1: code 0, +-1, at the bound, clamped
-
-
-# ---- the layer under test ----------------------------------------------------------------------------------------
-
-_GPU_WORDS = re.compile(r"cuda|triton|gpu|nvidia|\bnccl\b", re.IGNORECASE)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
-
-
-class LayerUnderTest:
-    """Builds the user's layer, finds its weight (and bias), loads probe weights and runs probes on it."""
-
-    def __init__(self, factory, in_features, out_features, init_kwargs=None, device="cpu", weight_name=None):
-        self.factory, self.k, self.n = factory, in_features, out_features
-        self.init_kwargs, self.device, self.weight_name = dict(init_kwargs or {}), torch.device(device), weight_name
-        self.label = getattr(factory, "__qualname__", None) or repr(factory)
-        self.as_3d = False  # run 2-D probes as (1, T, in): set when the layer accepts only 3-D input
-        self.last_weight = None
-
-    def build(self, k=None):
-        """A fresh layer with in_features k, in train mode on the device; (layer, weight, bias or None)."""
-        k = k or self.k
-        try:
-            with torch.random.fork_rng(devices=[]):  # the same init every time, the caller's RNG untouched
-                torch.manual_seed(0)
-                layer = self.factory(k, self.n, **self.init_kwargs)
-        except Exception as e:  # a user's constructor: anything it raises is a finding, not a crash
-            raise ProbeError(
-                f"{self.label}({k}, {self.n}) raised {_one_line(e)}", needs_gpu=bool(_GPU_WORDS.search(str(e)))
-            ) from None
-        if not isinstance(layer, torch.nn.Module):
-            raise ConformError(f"{self.label}({k}, {self.n}) returned a {type(layer).__name__}, not a torch.nn.Module")
-        try:
-            layer = layer.to(self.device).train()
-        except Exception as e:
-            raise ProbeError(
-                f"moving the layer to {self.device} raised {_one_line(e)}", needs_gpu=bool(_GPU_WORDS.search(str(e)))
-            ) from None
-        return layer, self._weight(layer, k), self._bias(layer)
-
-    def _weight(self, layer, k):
-        params = dict(layer.named_parameters())
-        if self.weight_name is not None:
-            p = params.get(self.weight_name)
-            if p is None:
-                raise ConformError(
-                    f"the layer has no parameter named {self.weight_name!r}; it has: {', '.join(params) or 'none'}"
-                )
-            if tuple(p.shape) != (self.n, k):
-                raise ConformError(
-                    f"parameter {self.weight_name!r} has shape {tuple(p.shape)}, expected (out, in) = ({self.n}, {k})"
-                )
-            return p
-        found = [
-            (n, p)
-            for n, p in params.items()
-            if p.dim() == 2 and tuple(p.shape) == (self.n, k) and p.is_floating_point()
-        ]
-        if len(found) == 1:
-            return found[0][1]
-        if not found:
-            seen = ", ".join(f"{n} {tuple(p.shape)}" for n, p in params.items()) or "no parameters at all"
-            raise ConformError(
-                f"the layer has no floating-point parameter of shape (out, in) = ({self.n}, {k}) "
-                f"(it has {seen}); a layer holding packed codes cannot be checked, and a weight of "
-                f"another shape needs matching --in/--out"
-            )
-        names = ", ".join(n for n, _ in found)
-        raise ConformError(
-            f"several parameters have shape ({self.n}, {k}): {names}; name the latent weight with "
-            f"--weight-name (weight_name= in Python)"
-        )
-
-    def _bias(self, layer):
-        cands = [
-            p
-            for n, p in layer.named_parameters()
-            if n.split(".")[-1] == "bias" and p.dim() == 1 and p.numel() == self.n
-        ]
-        return cands[0] if len(cands) == 1 else None
-
-    def has_bias(self) -> bool:
-        return self.build()[2] is not None
-
-    def run(self, w, x, *, bias=None, grad=False, dtype=None, autocast=False, layout=None):
-        """Layer output for probe weight w (n, k) and input x (..., k) as float64 on the CPU.
-
-        grad: a tensor g like the output: also backpropagate sum(y * g) and return (y, x.grad, weight.grad),
-        a missing gradient as None. The bias is zeroed unless given. layout "3d" runs a 2-D probe as
-        (1, T, in), "as is" as it comes; the default follows as_3d.
-        """
-        if (layout or ("3d" if self.as_3d else "as is")) == "3d" and x.dim() == 2:
-            out = self.run(
-                w,
-                x[None],
-                bias=bias,
-                grad=grad if grad is False else grad[None],
-                dtype=dtype,
-                autocast=autocast,
-                layout="as is",
-            )
-            if grad is False:
-                return out[0]
-            return out[0][0], None if out[1] is None else out[1][0], out[2]
-        layer, wp, bp = self.build(w.shape[-1])
-        with torch.no_grad():
-            wp.copy_(w.to(wp.dtype))
-            if bp is not None:
-                bp.copy_(bias.to(bp.dtype) if bias is not None else torch.zeros_like(bp))
-        xd = x.detach().to(self.device, dtype or torch.float32).clone()  # the layer may write to it
-        if grad is not False:
-            xd.requires_grad_(True)
-        try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-                y = layer(xd)
-            if not isinstance(y, torch.Tensor):
-                raise ProbeError(f"forward returned a {type(y).__name__}, not a tensor")
-            want = (*x.shape[:-1], self.n)
-            if tuple(y.shape) != want:
-                raise ProbeError(f"forward on input {tuple(x.shape)} returned shape {tuple(y.shape)}, expected {want}")
-            if grad is False:
-                return y.detach().double().cpu()
-            if y.requires_grad:
-                (y.float() * grad.to(y.device, torch.float32)).sum().backward()
-        except ProbeError:
-            raise
-        except Exception as e:  # the user's forward/backward: a finding, reported in one line
-            raise ProbeError(
-                f"forward on input {tuple(x.shape)} ({xd.dtype}) raised {_one_line(e)}",
-                needs_gpu=bool(_GPU_WORDS.search(str(e))),
-            ) from None
-        cpu = lambda t: None if t is None else t.detach().double().cpu()
-        self.last_weight = cpu(wp).clone()  # what the latent weight holds after forward and backward
-        return y.detach().double().cpu(), cpu(xd.grad), cpu(wp.grad)

@@ -1,6 +1,6 @@
 """Subword tokenizers for training: ``--tokenizer bpe:N`` (train a byte-level BPE) or ``--tokenizer PATH``.
 
-``tokenize_corpus(corpus, spec)`` turns a text corpus (the bytes that ``data.load_corpus`` read) into token
+``tokenize_corpus(corpus, spec)`` turns a text corpus (the bytes that ``corpus.load_corpus`` read) into token
 space: a ``Corpus`` whose ids come from a ``tokenizers`` tokenizer.json, whose ``vocab_size`` is the tokenizer's,
 and whose ``text()`` decodes through it.
 

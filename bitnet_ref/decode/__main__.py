@@ -1,4 +1,6 @@
-"""``python -m bitnet_ref.decode CKPT``: the decode probe."""
+"""``python -m bitnet_ref.decode CKPT``: the decode probe.
+
+Only runs the command; the command is probe.py (``cli``)."""
 
 import sys
 

@@ -1,23 +1,30 @@
 """The decode probe: what does a checkpoint generate when it runs as a real ternary model, and is it healthy?
 
-``python tools/decode_probe.py RUN/ckpt.pt`` (or ``python -m bitnet_ref.decode_probe``) loads the checkpoint,
-swaps in the packed int8 x 2-bit layers (``packed.py``), decodes prompts from the checkpoint's validation data
-(default: the trainer's own probe prompts, so the numbers match its last eval line), and reports:
+``python tools/decode_probe.py RUN/ckpt.pt`` (or ``python -m bitnet_ref.decode_probe``, ``python -m
+bitnet_ref.decode``) loads the checkpoint through loader.py, which swaps in the packed int8 x 2-bit layers
+(runtime/packed.py), decodes prompts from the checkpoint's validation data (default: the trainer's own probe
+prompts, so the numbers match its last eval line), and reports:
 
-- the diversity probe of ``probe.py`` over the generated tokens;
+- the diversity probe of diversity.py over the generated tokens;
 - the model's next-token distribution along the samples: mean entropy (nats) and mean top-1 probability;
 - context: step, last validation loss (stored), validation loss measured now on ``data.corpus.VAL_WINDOWS`` windows by
   the decoding model, ln(vocab), unigram entropy of the training data;
 - a verdict, healthy / collapsed / not learning, with a one-line reason;
 - speed: decode tokens/s of the packed and the fake-quant torch model on the same prompts, in this run;
-- parity: packed vs fake-quant torch forward, greedy tokens and the largest logit difference.
+- parity: packed vs fake-quant torch forward, greedy tokens and the largest logit difference;
+- recompute: each cached path (packed and fake-quant) against a full recompute of the same tokens with no cache
+  (``generate.recompute_check``): greedy samples identical to ``generate_reference``'s, the largest logit
+  difference, tokens the full forward does not rank first. Parity compares two cached paths, so a fault both
+  share (a RoPE offset, a cache mask) shows only here.
 
 The report prints as a table, or ``--json`` as one object, and is written atomically to ``decode_probe.json``
-beside the checkpoint (``--no-save`` skips that); ``bitnet_ref.doctor`` reads its ``parity`` object.
-Exit status: 0 done, 1 parity failure (the packed path disagrees with training: a bug), 2 bad input.
+beside the checkpoint (``--no-save`` skips that); the doctor reads its ``parity`` and ``recompute`` objects.
+Exit status: 0 done, 1 parity or recompute failure (a decode path disagrees with training: a bug), 2 bad input.
 
 Verdict rules, first match wins (each upper-case name is a number in thresholds.py, documented there):
 
+0. **cache mismatch**: a cached path disagrees with the full recompute (``RECOMPUTE_REL_TOL``): whatever the
+   samples look like, they are not what the model computes; the verdict the samples would get is a note.
 1. **collapsed**: the model is near-certain of one token whatever the context: mean top-1 probability along the
    samples >= ``COLLAPSE_TOP1`` and the generated tokens are >= ``COLLAPSE_TOP_SHARE`` one token or at most
    ``COLLAPSE_UNIQUE`` distinct tokens over all samples.
@@ -60,16 +67,19 @@ from bitnet_ref.diversity import diversity, probe_prompts
 from bitnet_ref.files import atomic_write
 from bitnet_ref.runtime import kernels
 from bitnet_ref.runtime import packed as P
+from bitnet_ref.runtime.assemble import ACT_CHOICES
 from bitnet_ref.runtime.int8_head import HEAD_FORMATS
 from bitnet_ref.thresholds import (
     COLLAPSE_TOP1,
     COLLAPSE_TOP_SHARE,
     COLLAPSE_UNIQUE,
     PROBE_LOSS_MARGIN,
+    RECOMPUTE_REL_TOL,
     REPETITIVE_TOP_SHARE,
 )
 
 REPORT_NAME = "decode_probe.json"
+PARITY_MAX_PARAMS = 500_000_000  # a file's torch reference holds its codes as int8: one byte a weight
 
 
 class ProbeError(ValueError):
@@ -128,7 +138,32 @@ def thresholds() -> dict:
         "collapse_unique": COLLAPSE_UNIQUE,
         "learn_margin_nats": PROBE_LOSS_MARGIN,
         "repetitive_top_share": REPETITIVE_TOP_SHARE,
+        "recompute_rel_tol": RECOMPUTE_REL_TOL,
     }
+
+
+def recompute(paths: dict, prompts, max_new_tokens: int) -> dict:
+    """``generate.recompute_check`` for each named cached path ({name: model}), and whether all agree."""
+    out = {name: G.recompute_check(m, prompts, max_new_tokens) for name, m in paths.items()}
+    return {**out, "ok": all(r["ok"] for r in out.values())}
+
+
+def recompute_verdict(v: dict, rec: dict) -> dict:
+    """The verdict when a cached path disagrees with the full recompute: "cache mismatch", the old one a note."""
+    if rec.get("ok") is not False:
+        return v
+    name, r = next((n, r) for n, r in rec.items() if isinstance(r, dict) and not r["ok"])
+    first = r.get("first_disagreement")
+    reason = (
+        f"cached greedy decoding ({name}) is not what a full recompute of the same tokens gives: "
+        f"{r['samples_identical']}/{r['samples']} samples identical, max relative logit difference "
+        f"{r['max_rel_logit_diff']:.3g} (tolerance {r['rel_tol']}), {r['disagreements']} token(s) the full "
+        "forward does not rank first"
+        + (f" (first: sample {first['sample']}, position {first['position']})" if first else "")
+        + ": a KV-cache/position bug in the decode path"
+    )
+    notes = [f"without the cache fault the samples would be judged {v['verdict']}: {v['reason']}", *v["notes"]]
+    return {**v, "verdict": "cache mismatch", "reason": reason, "notes": notes}
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -143,7 +178,9 @@ def probe_model(
     div = diversity(g.tokens)
     mean_ent = sum(map(sum, g.entropy)) / g.n_new
     mean_top1 = sum(map(sum, g.top1)) / g.n_new
-    measured = G.val_loss(model, windows) if windows is not None else None
+    per = G.window_losses(model, windows[:, :-1], windows[:, 1:]) if windows is not None else None  # (n,)
+    measured = float(per.mean()) if per is not None else None
+    se = float(per.std() / len(per) ** 0.5) if per is not None and len(per) > 1 else None
     stored = ckpt.get("last_val_loss")
     loss = measured if measured is not None else stored
     uni = ckpt.get("unigram_entropy")
@@ -156,6 +193,7 @@ def probe_model(
             "step": ckpt.get("step"),
             "last_val_loss": stored,
             "val_loss_measured": measured,
+            "val_loss_se": se,  # standard error over the windows (each window's mean loss one sample)
             "val_loss_tokens": None if windows is None else int(windows[:, 1:].numel()),
             "ln_vocab": lnv,
             "unigram_entropy": uni,
@@ -277,6 +315,7 @@ def run(args) -> dict:
         format=args.format,
         head=args.head,
         fused=args.fused,
+        act=args.act,
     )
     ckpt, cfg, model = loaded.ckpt, loaded.cfg, loaded.model
     if args.max_new_tokens is None:  # the trainer's probe length, so the numbers match its eval lines
@@ -289,11 +328,13 @@ def run(args) -> dict:
     windows = val_windows(corpus.val, cfg.context) if corpus is not None and len(corpus.val) > cfg.context else None
 
     # a packed twin and a fake-quant reference on the CPU, for parity and the speed comparison
-    reference = build_model(ckpt, args.checkpoint)
-    packed = None
-    if cfg.quant == "ternary" and kernels.available():
-        exact = loaded.backend == "packed" and args.head == "fp32" and not args.fused  # the bit-exact packed path
-        packed = model if exact else P.to_packed(build_model(ckpt), threads=args.threads, format=args.format)
+    exact = loaded.backend == "packed" and args.head == "fp32" and not args.fused and args.act == "token"
+    if loaded.file_model is not None:  # codes and no latents: the plain-torch recipe model of the codes
+        reference, packed, why_not = _file_twins(loaded, args, exact)
+    else:
+        reference, packed, why_not = build_model(ckpt, args.checkpoint), None, None
+        if cfg.quant == "ternary" and kernels.available():
+            packed = model if exact else P.to_packed(build_model(ckpt), threads=args.threads, format=args.format)
     for m in filter(None, (model, packed, reference)):  # warm-up: thread pool, allocator, first-call paths
         G.generate(m, [prompts[0][:1]], 2)
 
@@ -318,7 +359,7 @@ def run(args) -> dict:
         "fused": args.fused,
         "decoded_tok_s": g.tok_per_s,
     }
-    if packed is not None:
+    if packed is not None and reference is not None:
         par, gp, gr = G.parity(packed, reference, prompts, args.max_new_tokens, return_generations=True)
         speed.update(
             packed_tok_s=gp.tok_per_s,
@@ -330,7 +371,7 @@ def run(args) -> dict:
             },
         )
     else:
-        why = (
+        why = why_not or (
             "quant='none' checkpoint: nothing is packed"
             if cfg.quant != "ternary"
             else f"C++ extension unavailable ({kernels.import_error()})"
@@ -343,6 +384,15 @@ def run(args) -> dict:
             "skipped": why,
         }
         speed.update(torch_tok_s=g.tok_per_s if loaded.backend == "torch" else None)
+        if reference is None:
+            speed.update(torch_tok_s=None)
+    paths = {"packed": packed} if packed is not None else {}
+    if reference is not None:  # a file read without latents has no fake-quant twin
+        paths["fake_quant"] = reference
+    rec = recompute(paths, prompts, args.max_new_tokens)
+    if model is not packed and loaded.backend == "packed":
+        rec["note"] = "the samples were decoded by the fused step or the int8 head: the check covers the exact paths"
+    main["verdict"] = recompute_verdict(main["verdict"], rec)
     report = {
         "checkpoint": str(args.checkpoint),
         "backend": loaded.backend,
@@ -366,6 +416,7 @@ def run(args) -> dict:
         **main,
         "speed": speed,
         "parity": par,
+        "recompute": rec,
         "tokenizer": codec.source if codec is not None else ("bytes" if byte_level else "token ids"),
         "samples": [
             {"prompt": D.text(p, byte_level, codec), "output": D.text(t, byte_level, codec)}
@@ -373,6 +424,30 @@ def run(args) -> dict:
         ],
     }
     return _jsonable(report)
+
+
+def _file_twins(loaded, args, exact: bool):
+    """(reference, packed twin, why parity is skipped) for a file read without latents: the reference is the
+    plain-torch recipe model of the file's codes (runtime/assemble.ternary_reference), the twin the exact packed
+    path; above PARITY_MAX_PARAMS the int8 codes of the torch reference are not held (parity skipped)."""
+    from bitnet_ref.decode.loader import read_file
+
+    fm = loaded.file_model
+    if fm.cfg.num_params() > PARITY_MAX_PARAMS:
+        return (
+            None,
+            None,
+            f"{fm.cfg.num_params():,} parameters: the torch reference of the codes is not built above "
+            f"{PARITY_MAX_PARAMS:,}",
+        )
+    if any(s.block_scales is not None for s in fm.linears.values()):
+        return None, None, "the file's blocks carry different scales: the recipe has one per tensor (see crosscheck)"
+    if isinstance(fm.floats["tok_emb.weight"], torch.Tensor):
+        full = fm
+    else:
+        full = read_file(args.checkpoint)
+    packed = loaded.model if exact else full.model(threads=args.threads)
+    return full.reference(), packed, None
 
 
 def _jsonable(x):
@@ -412,10 +487,11 @@ def format_report(r: dict) -> str:
         rows.append(f"note         {dec['data_note']}")
     rows += [
         "",
-        "context      val loss (stored) {}   val loss (measured, {} tokens) {}   unigram entropy {}   ln V {}".format(
+        "context      val loss (stored) {}   val loss (measured, {} tokens) {}{}   unigram entropy {}   ln V {}".format(
             _f(c["last_val_loss"]),
             c["val_loss_tokens"] or 0,
             _f(c["val_loss_measured"]),
+            f" +- {c['val_loss_se']:.3f}" if c.get("val_loss_se") is not None else "",
             _f(c["unigram_entropy"]),
             _f(c["ln_vocab"]),
         ),
@@ -462,12 +538,34 @@ def format_report(r: dict) -> str:
             f"(tolerance {p['rel_tol']})",
             bar,
         ]
+    rows += recompute_rows(r.get("recompute") or {})
     rows += ["", f"verdict      {v['verdict'].upper()}: {v['reason']}"]
     rows += [f"             note: {x}" for x in v["notes"]]
     rows.append("")
     for i, smp in enumerate(r["samples"]):
         rows.append(f"sample {i}     {smp['prompt']!r} -> {smp['output']!r}")
     return "\n".join(rows)
+
+
+def recompute_rows(rec: dict) -> list:
+    """The report's recompute line: each cached path against the full recompute, or a banner when one fails."""
+    parts = [
+        f"{name} {r['samples_identical']}/{r['samples']} samples identical, max rel logit diff "
+        f"{r['max_rel_logit_diff']:.3g}"
+        for name, r in rec.items()
+        if isinstance(r, dict)
+    ]
+    if not parts:
+        return []
+    if rec.get("ok"):
+        return [f"recompute    ok: cached decoding = a full recompute with no cache ({'; '.join(parts)})"]
+    bar = "!" * 78
+    return [
+        bar,
+        "CACHE MISMATCH: cached decoding does not compute what a full recompute of the same tokens computes",
+        *(f"  {p}" for p in parts),
+        bar,
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -492,8 +590,9 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "checkpoint",
-        help="a ckpt.pt written by python -m bitnet_ref.train, or a Hugging Face BitNet "
-        "directory (config.json + safetensors; its tokenizer.json, if any, encodes --prompt)",
+        help="a ckpt.pt written by python -m bitnet_ref.train, a Hugging Face BitNet directory (config.json + "
+        "safetensors; its tokenizer.json, if any, encodes --prompt), or a BitNet GGUF (llama.cpp's TQ1_0/TQ2_0, "
+        "bitnet.cpp's I2_S, F16 ternary; its vocabulary encodes --prompt)",
     )
     p.add_argument(
         "--backend",
@@ -519,6 +618,13 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
         action="store_true",
         help="decode the samples through the fused whole-token C++ step (faster; close to, not bit-exact "
         "with, the packed path); parity always checks the exact packed path",
+    )
+    p.add_argument(
+        "--act",
+        choices=ACT_CHOICES,
+        default="token",
+        help="how the linears quantize activations: token (the recipe, default), file (what a GGUF's own runtime "
+        "computes: llama.cpp per 256-block on TQ weights, float on F16), block, tensor or none",
     )
     p.add_argument(
         "--samples",
@@ -565,7 +671,7 @@ def main(argv=None, prog=None) -> int:
         else:
             report["saved_to"] = str(where)
     print(json.dumps(report) if args.json else format_report(report))
-    return 1 if report["parity"]["ok"] is False else 0
+    return 1 if report["parity"]["ok"] is False or report["recompute"]["ok"] is False else 0
 
 
 def cli(prog=None) -> int:

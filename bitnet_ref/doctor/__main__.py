@@ -1,4 +1,6 @@
-"""``python -m bitnet_ref.doctor RUN``: diagnose a training run."""
+"""``python -m bitnet_ref.doctor RUN``: diagnose a training run.
+
+Only runs the command; the command is command.py (``cli``)."""
 
 import sys
 

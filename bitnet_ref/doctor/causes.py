@@ -1,11 +1,19 @@
 """The doctor's causes: why a run is unhealthy, as a table of small named rules over its health metrics.
 
-Each rule reads a run (doctor.Run: its eval and step records, its checkpoint, its decode_probe.json) and
+Each rule reads a run (run.Run: its eval and step records, its checkpoint, its decode_probe.json) and
 returns the evidence lines that name the cause, or None. ``CAUSES`` lists them in priority order: every
 rule that fires is a finding, and the first is "the" cause. The rules read what the run measured, never
-its config or ablation list; their thresholds are in thresholds.py.
+its ablation list (the optimizer rules compare what it did with its own configuration); their thresholds are in
+thresholds.py. Rules of a subject with several parts live in their own module (decode_check.py, splits.py,
+optimizer_config.py, upstream.py) and are listed here.
 
   parity_mismatch  decode_probe.json reports that the decode path disagrees with the training path
+  cache_mismatch   cached decoding disagrees with a full recompute (decode_check.py: the probe's, the doctor's own,
+                   or the logged samples)
+  train_leak       the logged training loss is reproduced only by a leak: targets = inputs, no causal mask
+                   (splits.py; wrong_split and memorisation are its neighbours there)
+  wrong_split      evaluation reads the training split, training the validation split, or val beats train
+  memorisation     train far below validation: a memorised split (epochs) or a repeating pipeline
   missing_ste      latent-weight gradient norm <= GRAD_ZERO in every BitLinear (or, without gradient
                    metrics, a flip rate of exactly 0 at every evaluation while the LR is > 0)
   clamp_ste        >= DEAD_CLIP_FRAC of clip-region gradients are exactly 0, at least DEAD_GAP more than the
@@ -15,7 +23,10 @@ its config or ablation list; their thresholds are in thresholds.py.
   grad_flow        where the gradient flow stops (health "groups" and layers): a parameter group (latent, norm,
                    embed, head) or a BitLinear with gradient norm <= GRAD_ZERO while others get one; a median over
                    BitLinears of >= DEAD_GRAD_FRAC exactly-zero gradient elements; a group or layer whose update ratio
-                   is UPDATE_GAP x below the largest group's / the median layer's / the FP twin's
+                   is UPDATE_GAP x below the largest group's / the median layer's / the FP twin's; each followed
+                   upstream to what starves it (upstream.py: "chain:" lines)
+  lr_schedule      the logged LR is off its configured schedule (optimizer_config.py)
+  optimizer_step   AdamW's RMS step / LR outside [ADAM_STEP_LOW, ADAM_STEP_HIGH]; the setting that does it named
   coarse_logits    >= FLOAT_GRID_MIN of the logits fit a coarse float format's significand (bf16/fp16/fp8-like
                    rounding in the full-precision path)
   missing_dequant  median BitLinear output RMS / FP-linear output RMS outside [OUT_RATIO_LOW, OUT_RATIO_HIGH]
@@ -29,17 +40,20 @@ its config or ablation list; their thresholds are in thresholds.py.
                    >= FLIP_KEEP_FRAC, is only a note of the doctor's: stage-1-only runs plateau too)
   zero_drift       mean share of 0 codes outside [ZERO_LOW, ZERO_HIGH] (from ckpt.pt without health metrics)
 
-What this is not: the verdict (doctor.py decides whether the run learned; a cause only says what is broken).
+What this is not: the verdict (verdicts.py decides whether the run learned; a cause only says what is broken).
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from bitnet_ref.doctor.decode_check import cache_mismatch, parity_mismatch
 from bitnet_ref.doctor.measure import checkpoint_check
+from bitnet_ref.doctor.optimizer_config import lr_schedule, optimizer_step
+from bitnet_ref.doctor.records import fmt, last_with, layer_values, median
+from bitnet_ref.doctor.splits import memorisation, train_leak, wrong_split
+from bitnet_ref.doctor.upstream import chain_lines, starved
 from bitnet_ref.metrics_log import number_or_none
 from bitnet_ref.thresholds import (
     ACT_RMS_HIGH,
@@ -67,40 +81,6 @@ if TYPE_CHECKING:
     from bitnet_ref.doctor.run import Run
 
 # ---------------------------------------------------------------------------- reading the health metrics
-
-
-def median(vals):
-    vals = [v for v in vals if v is not None and math.isfinite(v)]
-    return statistics.median(vals) if vals else None
-
-
-def layer_values(rec: dict, key: str) -> list:
-    """The per-BitLinear values of ``key`` in an eval record (numbers only)."""
-    layers = rec.get("layers")
-    if not isinstance(layers, dict):
-        return []
-    return [
-        number_or_none(v.get(key))
-        for v in layers.values()
-        if isinstance(v, dict) and number_or_none(v.get(key)) is not None
-    ]
-
-
-def last_with(evals: list, key: str) -> dict | None:
-    """The last eval record whose health summary `key` (or per-layer field) is a number."""
-    for rec in reversed(evals):
-        if number_or_none(rec.get(f"health_{key}")) is not None or layer_values(rec, key):
-            return rec
-    return None
-
-
-def fmt(x, nd=3) -> str:
-    """A number for an evidence line: n/a for None, 3 significant digits when very large or small."""
-    if x is None:
-        return "n/a"
-    if isinstance(x, float) and (abs(x) >= 1e4 or (x != 0 and abs(x) < 1e-3)):
-        return f"{x:.3g}"
-    return f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
 def _flip_per_step(run: Run) -> list:
@@ -163,24 +143,6 @@ def checkpoint_zero_shares(ckpt: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- the rules
-
-
-def parity_mismatch(run: Run) -> list | None:
-    p = run.probe
-    if not isinstance(p, dict) or "error" in p:
-        return None
-    par = p.get("parity")
-    ok = par.get("ok") if isinstance(par, dict) else par
-    if ok is not False:
-        return None
-    detail = (
-        f"greedy tokens identical: {par.get('tokens_identical')}, max relative logit difference "
-        f"{fmt(number_or_none(par.get('max_rel_logit_diff')))} "
-        f"(tolerance {fmt(number_or_none(par.get('rel_tol')))})"
-        if isinstance(par, dict)
-        else "parity: false"
-    )
-    return [f"decode_probe.json: the packed decode path disagrees with training: {detail}"]
 
 
 def low_precision(run: Run) -> list | None:
@@ -332,6 +294,8 @@ def grad_flow(run: Run, baseline: Run | None = None) -> list | None:
     bg = ((brec.get("groups") or {}).get("latent") or {}) if brec is not None else {}
     if "latent" in gr and number_or_none(bg.get("update_ratio")) is not None and not lines:
         lines += _ratio_lines({"latent": gr["latent"]}, "parameter group", bg["update_ratio"], "FP twin's")
+    if lines:  # root causes, not first symptoms: what starves each of them (upstream.py)
+        lines += chain_lines(run, rec, starved(rec), [g for g in groups if any(f"group {g} " in x for x in lines)])
     return lines or None
 
 
@@ -413,6 +377,22 @@ CAUSES = (  # in priority order: the first that applies is "the" cause
         "train/decode parity failure: the decode path does not compute what training did",
         parity_mismatch,
     ),
+    Cause(
+        "cache_mismatch",
+        "the KV-cache decode path does not compute what a full recompute of the same tokens computes",
+        cache_mismatch,
+    ),
+    Cause(
+        "train_leak",
+        "the training forward sees what evaluation does not (targets in the inputs, no causal mask)",
+        train_leak,
+    ),
+    Cause("wrong_split", "training or evaluation reads the other split", wrong_split),
+    Cause(
+        "memorisation",
+        "memorisation: the training loss is far below validation (a small or repeating data stream)",
+        memorisation,
+    ),
     Cause("missing_ste", "missing STE: no gradient reaches the latent weights", missing_ste),
     Cause("clamp_ste", "clamp-STE bug: clipped (saturated) weights get zero gradient", clamp_ste),
     Cause("low_precision", "low-precision master weights or optimizer state: small updates round away", low_precision),
@@ -421,6 +401,12 @@ CAUSES = (  # in priority order: the first that applies is "the" cause
         "gradient flow stops: some parameters get no gradient, or the optimizer does not move them",
         grad_flow,
         uses_baseline=True,
+    ),
+    Cause("lr_schedule", "the LR the run used is not its configured schedule", lr_schedule),
+    Cause(
+        "optimizer_step",
+        "AdamW moves the weights far less (or more) than its LR implies: a setting holds the updates back",
+        optimizer_step,
     ),
     Cause(
         "coarse_logits",

@@ -10,6 +10,7 @@ from functools import partial
 from bitnet_ref.cli import run_quietly
 from bitnet_ref.doctor import foreign_logs as runlog
 from bitnet_ref.doctor.run import DoctorError, Run, load_run
+from bitnet_ref.doctor.user_checkpoint import check_user_checkpoint
 from bitnet_ref.doctor.verdicts import diagnose
 
 
@@ -42,6 +43,17 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
         help="a full-precision run of the same data, to tell 'stuck at unigram level' apart",
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="a run recorded by bitnet_ref.watch: your checkpoint (a Hugging Face BitNet directory, a ckpt.pt or a "
+        "BitNet GGUF) to measure on the run's loss windows and check the log against",
+    )
+    ap.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="also write the diagnosis with its evidence as plots: one self-contained HTML page (needs matplotlib)",
+    )
     f = ap.add_argument_group("a run trained elsewhere (see bitnet_ref/doctor/foreign_logs.py)")
     f.add_argument("--log", metavar="FILE", help="its log: columns step, loss, val_loss, unique_tokens, lr, ...")
     f.add_argument("--columns", metavar="OURS=THEIRS,...", help="column names the log uses, e.g. step=iter,loss=train")
@@ -70,6 +82,8 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
             run = Run.from_metrics(m, args.log)
         else:
             run, notes = load_run(args.run_dir), []
+        if args.checkpoint:
+            check_user_checkpoint(run, args.checkpoint)
         base = load_run(args.baseline) if args.baseline else None
     except (DoctorError, runlog.LogError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -77,8 +91,24 @@ def main(argv=None, prog="python -m bitnet_ref.doctor") -> int:
     diagnosis = diagnose(run, base)
     diagnosis.notes += notes
     d = diagnosis.as_dict(run)
+    if args.report and not report(args.report, run, d):
+        return 2
     print(json.dumps(d, indent=2, default=str) if args.json else render(d))
+    if args.report:
+        print(f"report: {args.report}", file=sys.stderr)
     return 0
+
+
+def report(path, run: Run, d: dict) -> bool:
+    """--report: the HTML page (doctor/report.py); False after a one-line error."""
+    from bitnet_ref.doctor.report import write_report
+
+    try:
+        write_report(path, run, d)
+    except DoctorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def cli(prog=None) -> int:

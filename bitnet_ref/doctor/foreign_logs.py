@@ -1,7 +1,11 @@
 """Training logs written by other trainers, read as a run the doctor can judge.
 
 ``python -m bitnet_ref.doctor --log FILE --vocab-size V`` reads a CSV, a TSV, a JSON-lines file or a Markdown
-table (the kind pasted into reports, like the seed's) of a run trained anywhere. Columns are found by name:
+table (the kind pasted into reports, like the debugging report's) of a run trained anywhere, and the files
+trainers write, with the format detected (``read_any``): a Hugging Face ``trainer_state.json`` (hf_state.py),
+TensorBoard event files or their directory (tensorboard_log.py), and a W&B history CSV (exported from its UI);
+these three go through trainer_logs.py, which also reads bitnet_ref.watch's ``bitnet/`` figures in them.
+Columns of the tables are found by name:
 ``step``, ``loss`` (train), ``val_loss``, ``unique_tokens``, ``lr``, ``wd``, ``top_token_share``,
 ``distinct_2``; common spellings are recognised (``Loss``, ``train/loss``, ``eval_loss``, ``Unique Tokens``,
 ``learning_rate``, ...) and ``--columns step=iter,loss=train_loss_avg`` names others. Cells may use thousands
@@ -112,8 +116,36 @@ def _mapping(names: list, given: dict) -> dict:
     return out
 
 
+def read_any(path, columns: dict | None = None) -> tuple[list, list, dict]:
+    """(records, notes, {"vocab_size", "unigram_entropy"} where the log records them) of a log in any format."""
+    from bitnet_ref.doctor import hf_state, tensorboard_log, trainer_logs
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise LogError(f"{path}: no such file or directory")
+    try:
+        if path.is_dir() and (path / "trainer_state.json").is_file():
+            path = path / "trainer_state.json"
+        if path.is_file() and hf_state.is_trainer_state(path):
+            rows, vocab = hf_state.read_state(path)
+            kind = "trainer_state.json"
+        elif path.is_dir() or tensorboard_log.is_event_file(path):
+            rows, vocab = tensorboard_log.read_events(path)
+            kind = "TensorBoard events"
+        else:
+            return (*read_log(path, columns), {})
+    except (hf_state.StateError, tensorboard_log.EventsError) as e:
+        raise LogError(str(e)) from None
+    except OSError as e:
+        raise LogError(f"cannot read {path}: {e.strerror or e}") from None
+    records, notes = trainer_logs.records(rows, f"{kind} ({path.name})")
+    if not records:
+        raise LogError(f"{path}: no step with a loss, eval_loss or bitnet_ref figures in this {kind}")
+    return records, notes, {"vocab_size": vocab, "unigram_entropy": trainer_logs.logged_unigram_entropy(rows)}
+
+
 def read_log(path, columns: dict | None = None) -> tuple[list, list]:
-    """(records in metrics.jsonl form: step and eval records, notes about how the log was read)."""
+    """(records in metrics.jsonl form: step and eval records, notes about how the log was read) of a table."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -123,6 +155,8 @@ def read_log(path, columns: dict | None = None) -> tuple[list, list]:
         raise LogError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     rows = _rows(text, path.suffix.lower())
     names = list(dict.fromkeys(k for r in rows for k in r if k is not None))
+    if not columns and _wandb(names):
+        return _wandb_records(path, rows, names)
     cols = _mapping(names, columns or {})
     if "step" not in cols or not any(f in cols for f in NEEDED):
         raise LogError(
@@ -146,6 +180,46 @@ def read_log(path, columns: dict | None = None) -> tuple[list, list]:
     if "val_loss" not in cols and "loss" in cols:
         notes.append("no val_loss column: the train loss stands in for it")
     return records, notes
+
+
+def _wandb(names: list) -> bool:
+    from bitnet_ref.doctor.trainer_logs import looks_like_wandb
+
+    return looks_like_wandb(names)
+
+
+def _wandb_records(path: Path, rows: list, names: list) -> tuple[list, list]:
+    """A W&B history CSV (the run's history or a chart's export) through trainer_logs' vocabulary."""
+    from bitnet_ref.doctor.trainer_logs import canonical, records, step_column
+
+    col = step_column(names)
+    if col is None:
+        raise LogError(f"{path}: a W&B export without a step column (_step, train/global_step or Step)")
+    by_step: dict[int, dict] = {}
+    for i, row in enumerate(rows, 1):
+        step = _number(row.get(col), f"{path.name} row {i}, column {col!r}")
+        if step is None or math.isnan(step):
+            continue  # W&B writes rows of other counters with an empty step cell
+        into = by_step.setdefault(int(step), {})
+        for k, cell in row.items():
+            if k is not None and k != col and canonical(k) is not None:
+                v = _number(cell, f"{path.name} row {i}, column {k!r}") if _numeric_cell(cell) else None
+                if v is not None:
+                    into[k] = v
+    recs, notes = records(by_step, f"W&B export ({path.name})")
+    if not recs:
+        raise LogError(
+            f"{path}: a W&B export with no usable column (loss, eval/loss or bitnet/...): found {', '.join(names[:8])}"
+        )
+    return recs, [f"read {len(rows)} rows of {path.name} as a W&B export (step column {col!r})", *notes]
+
+
+def _numeric_cell(cell) -> bool:
+    """W&B histories hold text columns too (run names, media paths): only numbers are read."""
+    if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+        return True
+    s = str(cell or "").strip().strip("*_").replace(",", "")
+    return bool(re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(nan|inf|infinity)", s, re.IGNORECASE))
 
 
 def _records(step: int, vals: dict, has_val: bool) -> list:
@@ -227,11 +301,18 @@ def load(
             unigram_entropy = corpus.unigram_entropy()
         except DataError as e:
             raise LogError(str(e)) from None
-    head = header(vocab_size, unigram_entropy)
-    records, notes = read_log(path, columns)
+    records, notes, found = read_any(path, columns)
     if not records:
         raise LogError(f"{path}: no rows with a loss or unique-token count")
-    notes.append(NO_CAUSES)
+    if vocab_size is None and found.get("vocab_size") is not None:
+        vocab_size = found["vocab_size"]
+        notes.append(f"vocabulary size {vocab_size} from the log's model config")
+    if unigram_entropy is None and found.get("unigram_entropy") is not None:
+        unigram_entropy = found["unigram_entropy"]
+        notes.append(f"unigram entropy {unigram_entropy:.3f} nats as bitnet_ref.watch measured it on its data")
+    head = header(vocab_size, unigram_entropy)
+    if not any(isinstance(r.get("layers"), dict) for r in records):
+        notes.append(NO_CAUSES)
     if unigram_entropy is None:
         notes.append(NO_UNIGRAM)
     if vocab_size is None:

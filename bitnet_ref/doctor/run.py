@@ -1,4 +1,10 @@
-"""A run as the doctor reads it: its log records, checkpoint and decode probe report, loaded once."""
+"""A run as the doctor reads it: its log records, checkpoint and decode probe report, loaded once.
+
+``load_run(RUN_DIR)`` reads ``metrics.jsonl``, ``ckpt.pt`` and ``decode_probe.json``; ``Run`` is the type every
+verdict and cause rule reads, kept here so that none of them imports the command line. Unusable input is a
+one-line ``DoctorError``. What this is not: a judge (verdicts.py, causes.py) or a reader of other trainers' logs
+(foreign_logs.py turns those into a ``Run``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,17 @@ from pathlib import Path
 
 from bitnet_ref import metrics_log as metrics
 from bitnet_ref.metrics_log import number_or_none
+
+MODEL_FILE_HINT = (
+    "the doctor judges a training run from its log; python -m bitnet_ref.decode FILE shows what the model decodes, "
+    "and python -m bitnet_ref.crosscheck FILE tells the model, its converter and its runtime apart"
+)
+
+
+def _is_model_file(path: Path) -> bool:
+    from bitnet_ref.formats.gguf_container import is_gguf
+
+    return is_gguf(path) or path.suffix in (".pt", ".safetensors", ".bin")
 
 
 class DoctorError(Exception):
@@ -21,22 +38,23 @@ class Run:
     steps: list  # records with a train loss
     evals: list  # records with a val loss
     skipped_lines: int = 0
-    stopped: str | None = None  # the trainer's "stop" record (non-finite loss/gradient), if any
+    stopped: str | None = None  # the trainer's "stop" record for a non-finite loss/gradient, if any
     ended: bool = False  # the trainer wrote its "end" record: the run completed
     ckpt: dict | None = None
     probe: dict | None = None
-    checked: dict | None = None  # doctor_checks.checkpoint_check's measurements, once measured
+    checked: dict | None = None  # measure.checkpoint_check's measurements, once measured
+    measured: dict | None = None  # reproduce.measurements: the log reproduced from the checkpoint, once measured
+    error: str | None = None  # the trainer's "stop" record for an error that ended the run (not a non-finite value)
 
     @classmethod
     def from_metrics(cls, m: metrics.Metrics, path) -> Run:
         """The run a parsed metrics.jsonl describes (no checkpoint, no decode probe report yet)."""
         stop = m.stop
-        stopped = (
-            None
-            if stop is None
-            else f"training stopped at step {stop.get('step')}: {stop.get('reason', 'no reason given')}"
-        )
-        return cls(Path(path), m.header, m.steps, m.evals, m.skipped, stopped=stopped, ended=m.ended)
+        reason = str(stop.get("reason", "no reason given")) if stop is not None else ""
+        said = f"training stopped at step {stop.get('step')}: {reason}" if stop is not None else None
+        error = said if said and (reason.startswith("error") or reason.startswith("interrupted")) else None
+        stopped = None if error else said  # a non-finite loss or gradient (or an older log's stop record)
+        return cls(Path(path), m.header, m.steps, m.evals, m.skipped, stopped=stopped, ended=m.ended, error=error)
 
     @property
     def planned_steps(self) -> int | None:
@@ -66,9 +84,13 @@ def load_run(run_dir) -> Run:
     if not path.exists():
         raise DoctorError(f"{path}: no such run directory")
     if not path.is_dir():
+        if _is_model_file(path):
+            raise DoctorError(f"{path} is a model file, not a run directory; {MODEL_FILE_HINT}")
         raise DoctorError(f"{path} is not a directory; pass the run directory that holds metrics.jsonl")
     mpath = path / metrics.FILE_NAME
     if not mpath.is_file():
+        if (path / "config.json").is_file():
+            raise DoctorError(f"{path} is a model directory with no training log (metrics.jsonl); {MODEL_FILE_HINT}")
         raise DoctorError(f"{path} has no metrics.jsonl; is it a bitnet_ref run directory?")
     try:
         run = Run.from_metrics(metrics.read(mpath), path)

@@ -1,22 +1,27 @@
-"""The doctor: read a training run's metrics and say whether it is healthy, and if not, most likely why.
+"""The doctor's verdicts: is a training run healthy, and if not, what kind of unhealthy? ``diagnose(run)``.
 
-    python -m bitnet_ref.doctor RUN_DIR [--baseline FP_RUN_DIR] [--json]
-
-It reads ``RUN_DIR/metrics.jsonl`` (through metrics.py: a torn or garbled line is skipped and reported), the
-checkpoint ``RUN_DIR/ckpt.pt`` when the metrics lack something it holds, and ``RUN_DIR/decode_probe.json``
-when the decode probe left one. It prints a verdict line, a cause line and the evidence lines with the
-numbers; with ``--json`` one JSON object with the same content. Exit 0 for any diagnosis, 2 for unusable input.
+``diagnose`` takes a run as run.py loads it (``RUN_DIR/metrics.jsonl`` through metrics_log.py, a torn or garbled
+line skipped and reported; ``RUN_DIR/ckpt.pt`` when the metrics lack something it holds; ``decode_probe.json``
+when the decode probe left one), applies ``VERDICT_RULES`` in order and then the cause rules of causes.py, and
+returns a ``Diagnosis``: a verdict, a cause, and the evidence lines with the numbers. The command line
+(``python -m bitnet_ref.doctor RUN_DIR [--baseline FP_RUN_DIR] [--json]``) is command.py.
 
 Verdicts (from the losses and the diversity probe; the first that applies; every upper-case name is a number
 in thresholds.py):
-  log_mismatch        the checkpoint's own next-token loss on validation windows (measured here, doctor_checks.py)
-                      or decode_probe.json's differs from the logged one by > LOG_MISMATCH_NATS
+  log_mismatch        the checkpoint's next-token loss on the very windows of the log's evaluation differs from the
+                      logged one by > REPRO_TOL_* (reproduce.py), or on fresh windows (the doctor's, or
+                      decode_probe.json's) by > LOG_MISMATCH_NATS and LOG_MISMATCH_Z standard errors
   implausible_loss    the logged loss < IMPLAUSIBLE_LOSS_FRAC x unigram entropy (or < BASELINE_IMPLAUSIBLE_FRAC
                       x the FP baseline's): better than held-out data allows
   diverged            a non-finite loss, or the train loss ends > DIVERGE_RISE nats above its best
+  incomplete          the run ended before its planned last step (progress.py): said, with the error where the log
+                      has one, and judged only on what the records hold
+  decode_mismatch     a decode path disagrees with a full recompute or with training (decode_check.py)
   not_learning        final val loss >= NEAR_LN_V_FRAC x ln(vocab)
   stuck_unigram       final val loss >= NEAR_UNIGRAM_FRAC x unigram entropy, and the FP baseline (when given)
                       ends at least BASELINE_GAP_FRAC x unigram entropy lower
+  not_learning        (also, without a unigram entropy) after LN_V_EXIT_STEPS steps the loss is still >=
+                      UNIGRAM_CEILING_FRAC x ln V: an inference from the step count and the vocabulary (progress.py)
   diversity_collapse  past the unigram phase (evals with val loss < NEAR_UNIGRAM_FRAC x unigram entropy), the
                       final unique tokens are <= COLLAPSE_FRAC of the best there (or of the baseline's final),
                       that best being >= MIN_UNIQUE_SIGNAL, while the val loss still fell by >= LOSS_FELL
@@ -33,7 +38,7 @@ in thresholds.py):
 Causes: the table of rules in causes.py, read from the health metrics in the eval records, never from the
 run's config. The first that applies is "the" cause; all that apply are listed.
 
-What it is not: a replacement for reading the curves.
+What it is not: a replacement for reading the curves, nor the command line (command.py prints and exits).
 """
 
 from __future__ import annotations
@@ -42,8 +47,11 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from bitnet_ref.doctor import decode_check, optimizer_config, reproduce
 from bitnet_ref.doctor.causes import CAUSE_TEXT, find_causes, flip_trend, fmt
+from bitnet_ref.doctor.decode_check import decode_path
 from bitnet_ref.doctor.measure import log_check, sample_collapse
+from bitnet_ref.doctor.progress import incomplete, uniform_phase
 from bitnet_ref.doctor.run import Run
 from bitnet_ref.metrics_log import number_or_none
 from bitnet_ref.thresholds import (
@@ -58,6 +66,7 @@ from bitnet_ref.thresholds import (
     NEAR_UNIGRAM_FRAC,
     RECOVER_FRAC,
     REPETITIVE_TOP_SHARE,
+    UNIGRAM_CEILING_FRAC,
 )
 
 VERDICTS = {
@@ -70,6 +79,8 @@ VERDICTS = {
     "diversity_collapse": "diversity collapse while the loss still falls",
     "transient_dip": "transient dip, recovered: unique tokens fell and came back",
     "diverged": "diverged: the loss became NaN/inf or blew up",
+    "incomplete": "incomplete: the run ended before its planned last step; judged only on what its records hold",
+    "decode_mismatch": "the decode path does not compute what the model computes: its samples are not the model's",
 }
 
 
@@ -80,6 +91,7 @@ class Diagnosis:
     evidence: list = field(default_factory=list)
     findings: list = field(default_factory=list)  # every cause that applied: {"cause", "evidence"}
     notes: list = field(default_factory=list)
+    measurements: dict = field(default_factory=dict)  # the numbers the checks measured (reproduce.py, ...)
 
     def as_dict(self, run: Run | None = None) -> dict:
         d = {
@@ -90,6 +102,7 @@ class Diagnosis:
             "evidence": self.evidence,
             "findings": self.findings,
             "notes": self.notes,
+            "measurements": self.measurements,
         }
         if run is not None:
             d["run"] = str(run.path)
@@ -173,12 +186,7 @@ def _final_loss(c: _Case) -> float | None:
     """The loss the run is judged by: its last val loss, or its recent train loss when it went well past its last
     evaluation or has none (a note says so); it leads the evidence, beside ln V and the unigram entropy."""
     run, vals = c.run, c.run.val_losses
-    planned, last_step = run.planned_steps, (run.steps[-1].get("step") if run.steps else None)
-    if not run.complete and planned and last_step is not None:
-        c.notes.append(
-            f"incomplete run: {last_step} of {planned} planned steps logged (still running, stopped or "
-            "killed); judged as it stands"
-        )
+    last_step = run.steps[-1].get("step") if run.steps else None
     losses = [number_or_none(r.get("loss")) for r in run.steps]
     final, kind = None, "val"
     if vals:
@@ -233,7 +241,7 @@ def diversity(c: _Case) -> str | None:
     if not div:
         return None
     c.evidence.append("unique tokens: " + ", ".join(f"{int(d.unique)}@{d.step}" for d in div[-10:]))
-    past = [d for d in div if c.uni is None or (d.val_loss is not None and d.val_loss < NEAR_UNIGRAM_FRAC * c.uni)]
+    past = [d for d in div if _past_unigram_phase(c, d.val_loss)]
     early = [d for d in div if d not in past and d.step != 0]
     if early and past and min(d.unique for d in early) <= DIP_FRAC * max(div[0].unique, 1):
         low = min(early, key=lambda d: d.unique)
@@ -260,11 +268,24 @@ def diversity(c: _Case) -> str | None:
     return None
 
 
+def _past_unigram_phase(c: _Case, loss: float | None) -> bool:
+    """An eval past the unigram phase: its loss below NEAR_UNIGRAM_FRAC x the unigram entropy. Without one, only a
+    loss at or above UNIGRAM_CEILING_FRAC x ln V is known to be in it (what the vocabulary implies)."""
+    if c.uni is not None:
+        return loss is not None and loss < NEAR_UNIGRAM_FRAC * c.uni
+    return loss is None or not c.ln_v or loss < UNIGRAM_CEILING_FRAC * c.ln_v
+
+
 def _collapsed(c: _Case, past: list, best_u: float) -> str | None:
     vals, last = c.run.val_losses, past[-1]
     fell = len(vals) >= 2 and vals[-1][1] <= vals[0][1] - LOSS_FELL
     if last.unique <= COLLAPSE_FRAC * best_u and fell:
-        where = "past the unigram phase" if c.uni else "(unigram entropy unknown: the unigram phase is not excluded)"
+        where = (
+            "past the unigram phase"
+            if c.uni
+            else f"(unigram entropy unknown: only evals at or above {UNIGRAM_CEILING_FRAC} x ln V, surely in the "
+            "unigram phase, were left out)"
+        )
         c.evidence.append(
             f"unique tokens {int(last.unique)} at the end vs {int(best_u)} earlier {where}"
             + (f"; top-token share {last.top_share:.2f}" if last.top_share is not None else "")
@@ -304,7 +325,10 @@ def _note_plateau_and_repetition(c: _Case, last: _Eval) -> None:
 VERDICT_RULES = (
     log_check,
     diverged,
+    incomplete,
+    decode_path,
     loss_level,
+    uniform_phase,
     sample_collapse,
     diversity,
 )  # in order: the first verdict one returns is the verdict
@@ -330,4 +354,13 @@ def diagnose(run: Run, baseline: Run | None = None) -> Diagnosis:
             break
     else:
         verdict = "faulty" if cause else "healthy"
-    return Diagnosis(verdict, cause, c.evidence, findings, c.notes)
+    return Diagnosis(verdict, cause, c.evidence, findings, c.notes, measured(run, c))
+
+
+def measured(run: Run, c: _Case) -> dict:
+    """The numbers the checks measured, for --json and the fault zoo's margins."""
+    out = {**reproduce.summary(run), **optimizer_config.summary(run), **decode_check.summary(run)}
+    final = run.val_losses[-1][1] if run.val_losses else None
+    if final is not None and c.ln_v:
+        out["loss_over_ln_v"] = final / c.ln_v
+    return out

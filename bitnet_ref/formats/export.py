@@ -21,7 +21,7 @@ model or of a width that is not a multiple of 4, and an existing ``--out`` witho
 replaces only an earlier model directory). The directory is written beside its target and renamed into place,
 so a crash leaves the old directory or the new one, never a half-written one.
 
-What this is not: an importer (``interop.py``; ``gguf_file.read_gguf`` reads back only its own GGUF files).
+What this is not: an importer (``hf_read.py``; ``gguf_model.read_bitnet_gguf`` reads any BitNet GGUF).
 """
 
 from __future__ import annotations

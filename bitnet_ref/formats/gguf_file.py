@@ -26,8 +26,9 @@ tokens and no merges (``_byte_vocab``), so llama.cpp's tokenizer maps text to ex
 vocabulary is written as ``no_vocab`` with its size (feed token ids).
 
 Needs the ``gguf`` package (``pip install "bitnet_ref[gguf]"``), imported only when a file is written or read.
-What this is not: a converter for other people's GGUF files (``read_gguf`` reads what ``write_gguf`` wrote), or
-llama.cpp (never imported here; tests and tools/bench_decode.py use llama-cpp-python). The command line is
+What this is not: the reader of other people's GGUF files (``read_gguf`` reads what ``write_gguf`` wrote; any
+BitNet GGUF, any block scale, I2_S included, is gguf_model.read_bitnet_gguf's), or
+llama.cpp (never imported here; tests and tools/bench/bench_decode.py use llama-cpp-python). The command line is
 ``python -m bitnet_ref.export CKPT --format gguf --out model.gguf`` (export.py).
 """
 
@@ -137,7 +138,10 @@ def packed_from_tq2_0(rows: np.ndarray, n: int, k: int, name: str) -> np.ndarray
     """The inverse of tq2_0_rows; refuses a block scale other than 1 (not this exporter's file)."""
     blocks = np.asarray(rows, dtype=np.uint8).reshape(n * k // QK, QS_BYTES + 2)
     if not (blocks[:, QS_BYTES:] == D_ONE).all():
-        raise FormatError(f"{name}: TQ2_0 block scales other than 1; read_gguf reads only files bitnet_ref wrote")
+        raise FormatError(
+            f"{name}: TQ2_0 block scales other than 1; read_gguf reads only files bitnet_ref wrote "
+            "(gguf_model.read_bitnet_gguf reads any)"
+        )
     return np.ascontiguousarray(blocks[:, :QS_BYTES]).reshape(-1)
 
 
@@ -392,7 +396,8 @@ def read_gguf(path, *, head: str = "fp32") -> tuple[ModelConfig, dict[str, Packe
     fields = r.fields
     if "bitnet_ref.format_version" not in fields or fields["bitnet_ref.format_version"].contents() != FORMAT_VERSION:
         raise FormatError(
-            f"{path}: not a GGUF written by bitnet_ref (format {FORMAT_VERSION}); read_gguf reads only those"
+            f"{path}: not a GGUF written by bitnet_ref (format {FORMAT_VERSION}); read_gguf reads only those "
+            "(gguf_model.read_bitnet_gguf reads any BitNet GGUF)"
         )
     cfg = ModelConfig.from_dict(json.loads(fields["bitnet_ref.config"].contents()))
     tensors = {t.name: t for t in r.tensors}

@@ -356,7 +356,7 @@ class Imported:
     ckpt: dict | None = None  # a bitnet_ref checkpoint as read, else None
 
     def checkpoint(self) -> dict:
-        """The dict packed.build_model and decode_probe read: config, model weights, no training state."""
+        """The dict checkpoint.build_model and the decode probe read: config, model weights, no training state."""
         if self.ckpt is not None:
             return self.ckpt
         return {"format": "hf", "source": self.source, "config": asdict(self.cfg), "model": self.state, "step": None}

@@ -64,9 +64,8 @@ def load(path):
     return build_model(load_checkpoint(path), path)
 
 
-def read(path) -> Imported:
-    """Read a Hugging Face BitNet directory or weights file (or a bitnet_ref checkpoint with a config.json beside
-    it) into our names, checked; FormatError (one line) for anything unusable."""
+def _locate(path) -> tuple[Path, Path, list[Path]]:
+    """(the path, its model root, its weight files) of a Hugging Face directory or weights file."""
     p = Path(path)
     if not p.exists():
         raise FormatError(f"{p}: no such file or directory")
@@ -74,11 +73,16 @@ def read(path) -> Imported:
         if not (p / "config.json").is_file():
             hint = f"; for a bitnet_ref run directory pass {p / 'ckpt.pt'}" if (p / "ckpt.pt").is_file() else ""
             raise FormatError(f"{p} has no config.json, so it is not a Hugging Face model directory{hint}")
-        root, files = p, _weight_files(p)
-    else:
-        root, files = p.parent, [p]
-        if not (root / "config.json").is_file():
-            raise FormatError(f"{p}: a weights file needs the config.json of its model beside it")
+        return p, p, _weight_files(p)
+    if not (p.parent / "config.json").is_file():
+        raise FormatError(f"{p}: a weights file needs the config.json of its model beside it")
+    return p, p.parent, [p]
+
+
+def read(path) -> Imported:
+    """Read a Hugging Face BitNet directory or weights file (or a bitnet_ref checkpoint with a config.json beside
+    it) into our names, checked; FormatError (one line) for anything unusable."""
+    p, root, files = _locate(path)
     with contextlib.ExitStack() as stack:
         src = _TensorSource(files, stack)
         if src.ckpt is not None:  # a bitnet_ref checkpoint that happens to sit beside a config.json
@@ -274,17 +278,119 @@ def _ternary(kind: str, hf: str, src: _TensorSource):
     if w.dtype == torch.uint8:
         codes = unpack_rows(w, hf)
     else:
-        codes = w.to(torch.float32)
-        if not bool(((codes == -1) | (codes == 0) | (codes == 1)).all()):
-            raise FormatError(f"{hf} is an offline (codes + scale) weight but holds values other than -1, 0, 1")
-        codes = codes.to(torch.int8)
+        codes = _float_codes(w, hf)
+    return codes, _beta(kind, hf, src)
+
+
+def _float_codes(w: torch.Tensor, hf: str) -> torch.Tensor:
+    codes = w.to(torch.float32)
+    if not bool(((codes == -1) | (codes == 0) | (codes == 1)).all()):
+        raise FormatError(f"{hf} is an offline (codes + scale) weight but holds values other than -1, 0, 1")
+    return codes.to(torch.int8)
+
+
+def _beta(kind: str, hf: str, src: _TensorSource) -> torch.Tensor:
+    """beta of a codes + weight_scale linear: weight_scale itself (autobitlinear) or its inverse (bitlinear)."""
     ws = float(src.get(hf + "_scale").reshape(()).to(torch.float64))
     if not (ws > 0 and ws < float("inf")):
         raise FormatError(f"{hf}_scale is {ws}: a scale must be a positive finite number")
     beta = torch.tensor(ws if kind == "autobitlinear" else 1.0 / ws, dtype=torch.float32)  # bitlinear divides by it
     if not (beta >= torch.tensor(Q.EPS, dtype=torch.float32) and bool(torch.isfinite(beta))):  # float32 floor
         raise FormatError(f"{hf}_scale {ws:g} gives beta {float(beta):g}, outside the absmean range [{Q.EPS}, inf)")
-    return codes, beta
+    return beta
 
 
-__all__ = ["load", "read", "is_hf_source", "FormatError", "CheckpointError"]
+# ---------------------------------------------------------------------------------------------- no latents
+
+
+def read_file_model(path, *, head: str = "fp32"):
+    """A Hugging Face BitNet directory as a FileModel (formats/file_model.py): the codes go straight to our packed
+    rows (``ternary_blocks.hf_rows_to_packed``) and beta from ``weight_scale``, with no latent weight searched or
+    held: a 2B-4T-sized directory reads in seconds. A latent (online) directory's codes are ``weight_quant``'s.
+    ``head="int8"`` makes the embedding/head int8 rows a chunk at a time, never a float32 matrix."""
+    from bitnet_ref.formats.file_model import FileModel, from_checkpoint
+    from bitnet_ref.formats.ternary_blocks import hf_rows_to_packed, pack_codes
+    from bitnet_ref.runtime.act_modes import LinearSpec
+    from bitnet_ref.runtime.int8_head import HEAD_FORMATS
+    from bitnet_ref.runtime.packed import PackedWeight
+
+    if head not in HEAD_FORMATS:
+        raise ValueError(f"head must be one of {HEAD_FORMATS}, not {head!r}")
+    p, root, files = _locate(path)
+    with contextlib.ExitStack() as stack:
+        src = _TensorSource(files, stack)
+        if src.ckpt is not None:
+            validate(src.ckpt, p)
+            return from_checkpoint(src.ckpt, str(p))
+        cfg, kind = config_from_hf(read_json(root / "config.json", "model config"))
+        if kind == "none":
+            raise FormatError(f"{p} is a float model (no quantization_config): it has no ternary weights")
+        pairs = _check_names(cfg, kind, src)
+        _check_shapes(cfg, kind, src, pairs)
+        linears, floats, types, precisions = {}, {}, {}, {}
+        for ours, hf, (n, *rest) in pairs:
+            if hf not in src:
+                continue
+            if is_linear(ours):
+                name, dt = ours[: -len(".weight")], src.dtype(hf)
+                if kind == "online":
+                    codes, beta = Q.weight_quant(src.get(hf).to(torch.float32))
+                    packed = pack_codes(codes.numpy())
+                elif dt == torch.uint8:
+                    packed, beta = hf_rows_to_packed(src.get(hf).numpy(), hf), _beta(kind, hf, src)
+                else:
+                    packed, beta = pack_codes(_float_codes(src.get(hf), hf).numpy()), _beta(kind, hf, src)
+                linears[name] = LinearSpec(PackedWeight(packed, beta, n, rest[0]))
+                if kind != "online":
+                    precisions[name] = {torch.bfloat16: "bf16", torch.float16: "f16"}.get(
+                        src.dtype(hf + "_scale"), "f32"
+                    )
+                types[name] = f"{str(dt).replace('torch.', '')}" + ("" if kind == "online" else " + weight_scale")
+            elif ours in ("tok_emb.weight", "head.weight") and head == "int8":
+                floats[ours] = _int8_rows(src, hf)
+            else:
+                t = src.get(hf).to(torch.float32)
+                if not bool(torch.isfinite(t).all()):
+                    raise FormatError(f"{hf} holds NaN or inf")
+                floats[ours] = t
+    tok = root / "tokenizer.json"
+    codec = read_tokenizer(tok, cfg.vocab_size) if tok.is_file() else IdCodec()
+    emb_dtype = str(src.dtype(name_pairs(cfg)[0][1])).replace("torch.", "")
+    hp = dict(
+        arch="BitNetForCausalLM",
+        linear_kind=kind,
+        rope_theta=cfg.rope_theta,
+        norm_eps=cfg.norm_eps,
+        vocab=cfg.vocab_size,
+        tied=cfg.tie_embeddings,
+        head_type=emb_dtype,
+    )
+    return FileModel(
+        cfg,
+        linears,
+        floats,
+        f"{p} (Hugging Face BitNet, {kind})",
+        "hf",
+        "transformers",
+        tokenizer=codec,
+        tensor_types=types,
+        scale_types=precisions,
+        hparams=hp,
+    )
+
+
+def _int8_rows(src: _TensorSource, hf: str, chunk: int = 1024):
+    """Int8Rows of a (V, d) float tensor, ``chunk`` rows at a time (safetensors slices; no float32 matrix)."""
+    from bitnet_ref.runtime.int8_head import Int8Rows, quantize_rows_into
+
+    V, d = src.shape(hf)
+    rows = Int8Rows.empty(V, d)
+    _, _, _, h = src.meta[hf]
+    for r in range(0, V, chunk):
+        e = min(r + chunk, V)
+        part = h[r:e] if isinstance(h, torch.Tensor) else h.get_slice(hf)[r:e]
+        quantize_rows_into(part.to(torch.float32), rows.q[r:e], rows.scale[r:e])
+    return rows
+
+
+__all__ = ["load", "read", "read_file_model", "is_hf_source", "FormatError", "CheckpointError"]

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bitnet_ref.generate import DecodeError
-from bitnet_ref.model import RMSNorm, Transformer
+from bitnet_ref.model import Block, RMSNorm, Transformer
 from bitnet_ref.runtime import kernels
 from bitnet_ref.runtime.int8_head import Int8Embedding, Int8Head
 from bitnet_ref.runtime.packed import PackedBitLinear
@@ -97,7 +97,8 @@ class FusedTransformer(nn.Module):
         if not kernels.available():
             raise DecodeError(f"the fused path needs the C++ extension ({kernels.import_error()})")
         linears, norms, fmt = [], [], None
-        for i, b in enumerate(model.blocks):
+        blocks: list[Block] = list(model.blocks)  # type: ignore[arg-type]  # ModuleList yields Modules
+        for i, b in enumerate(blocks):
             layer = [
                 b.attn.q_proj,
                 b.attn.k_proj,

@@ -6,7 +6,7 @@ layers. At decode time its rows are stored as int8 with one absmax scale per row
 normalised hidden state is quantized to int8 per token exactly as a BitLinear input (``kernels.act_quant``),
 and ``kernels.int8_matmul`` multiplies the two exactly in int32; the logits are ``acc * (gamma * row_scale)``.
 A quarter of the float32 bytes; the logits differ from the float32 head's by the rounding of the two int8
-quantizations (tools/bench_decode.py reports top-1 agreement and the largest difference).
+quantizations (tools/bench/bench_decode.py reports top-1 agreement and the largest difference).
 
 - ``Int8Rows``: the rows (V, d) int8 and their scales (V,) float32, as torch tensors (CPU, contiguous).
 - ``Int8Head``: drop-in for the model's ``head`` (``nn.Linear(d, V)``); ``forward_reference`` is the same in
@@ -23,6 +23,7 @@ stays float32).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ import torch.nn as nn
 
 from bitnet_ref import quant as Q
 from bitnet_ref.runtime import kernels
+
+if TYPE_CHECKING:
+    from bitnet_ref.model import Transformer
 
 HEAD_FORMATS = ("fp32", "int8")  # how a decoded model stores its output head (and a tied embedding)
 ROW_QMAX = 127.0  # symmetric int8 rows: codes in [-127, 127]
@@ -127,7 +131,7 @@ class Int8Embedding(nn.Module):
         return self.rows.q[idx].float() * self.rows.scale[idx].unsqueeze(-1)  # (..., d)
 
 
-def to_int8_head(model: nn.Module, *, threads: int | None = None) -> nn.Module:
+def to_int8_head(model: Transformer, *, threads: int | None = None) -> Transformer:
     """The model's float head as an Int8Head (and its embedding as an Int8Embedding when tied), in place."""
     if getattr(model, "quant_head", False):
         from bitnet_ref.generate import DecodeError

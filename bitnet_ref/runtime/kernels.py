@@ -65,7 +65,7 @@ def _load():
     global _core, _import_error
     if _core is None and _import_error is None:
         try:
-            from bitnet_ref import _core as core
+            import bitnet_ref._core as core
         except ImportError as exc:  # not built, or built for another Python
             _import_error = f"{type(exc).__name__}: {exc}"
         else:

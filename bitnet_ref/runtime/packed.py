@@ -17,17 +17,16 @@ merely close. Embeddings, the final norm, the head, attention and the KV cache a
 Ablated checkpoints: ``no-dequant`` is reproduced exactly (acc.float(), no scales: that ablation never multiplies
 them back); ``no-subln`` keeps its Identity norm; ``quant-head`` keeps the Transformer's fake-quant head.
 ``no-ste``/``clamp-ste`` change only gradients; their forward is F.linear on dequantized floats, so the packed
-layer matches it to float rounding (not bitwise). ``quant="none"`` checkpoints have nothing to pack:
-``load_for_decode`` returns the torch model and says why.
+layer matches it to float rounding (not bitwise). ``quant="none"`` checkpoints have nothing to pack: the decode
+loader (decode/loader.py) returns the torch model and says why.
 
 Also here: ``DequantLinear`` (the same weights as a plain fp32 F.linear with codes * beta: the "torch fp32 eager"
-baseline of tools/bench_decode.py), ``weight_bytes_per_token``, and loading: ``build_model`` (the fake-quant
-Transformer of a checkpoint) and ``load_for_decode`` (checkpoint -> model on the chosen backend and device).
-Errors for users are ``DecodeError`` (one line; the class is generate.py's, re-exported here).
+baseline of the decode benchmark, tools/bench/bench_decode.py) and ``weight_bytes_per_token``. Errors for users are
+``DecodeError`` (one line; the class is generate.py's).
 
-What this is not: generation, parity or teacher forcing (``generate.py``, which runs on any model, packed or
-not), a serving engine (one process, CPU kernels, no batching across requests), or a file format (packing
-happens at load time, from the training checkpoint).
+What this is not: a loader (decode/loader.py reads a checkpoint and calls ``to_packed``), generation, parity or
+teacher forcing (generate.py, which runs on any model, packed or not), a serving engine (one process, CPU kernels,
+no batching across requests), or a file format (packing happens at load time, from the training checkpoint).
 """
 
 from __future__ import annotations
@@ -168,8 +167,8 @@ class PackedBitLinear(nn.Module):
             threads=self.threads,
             format=self.w.format,
         )  # (M, N) int32, exact
-        acc = torch.from_numpy(acc).view(*lead, self.w.n).float()  # (..., N)
-        return acc * (gamma * self.w.beta) if self.scaled else acc
+        out = torch.from_numpy(acc).view(*lead, self.w.n).float()  # (..., N)
+        return out * (gamma * self.w.beta) if self.scaled else out
 
     def extra_repr(self):
         return f"in={self.w.k}, out={self.w.n}, packed={self.w.packed.nbytes} bytes, scaled={self.scaled}"
@@ -181,6 +180,8 @@ class DequantLinear(nn.Module):
     This is the "torch fp32 eager" speed baseline (quant="none" semantics on the ternary weights); its outputs
     differ from the ternary model's because activations stay in float.
     """
+
+    weight: torch.Tensor  # a registered buffer
 
     def __init__(self, weight: torch.Tensor, norm: nn.Module):
         super().__init__()
@@ -242,7 +243,11 @@ def to_packed(
     else:
         state = {
             name: PackedWeight(
-                kernels.pack_ternary(codes, format=format), beta.to(torch.float32).reshape(()), *codes.shape, format
+                kernels.pack_ternary(codes, format=format),
+                beta.to(torch.float32).reshape(()),
+                int(codes.shape[0]),
+                int(codes.shape[1]),
+                format,
             )
             for name, (codes, beta) in ternary.items()
         }

@@ -12,7 +12,7 @@ betas and rows whatever the head format, so the two heads are comparable.
 
 Speed does not depend on what weights learned, which is why random weights serve for decode benchmarks; the
 outputs mean nothing. What this is not: an initialiser for training (``model.Transformer``) or a loader of
-real checkpoints (``packed.load_for_decode``).
+real checkpoints (``loader.load_for_decode`` in decode/).
 """
 
 from __future__ import annotations
@@ -62,19 +62,18 @@ def iter_random_rows(seed: int, V: int, d: int):
         yield r, torch.randn(min(_ROW_CHUNK, V - r), d, generator=g) * ROW_STD
 
 
-def random_rows(seed: int, V: int, d: int, head: str):
+def random_rows(seed: int, V: int, d: int, head: str) -> torch.Tensor | Int8Rows:
     """V rows of width d from iter_random_rows: an Int8Rows (head="int8") or a float32 (V, d) tensor
     (head="fp32"). The float values are the same either way."""
     if head == "fp32":
         out = torch.empty(V, d)
-    else:
-        out = Int8Rows.empty(V, d)
-    for r, chunk in iter_random_rows(seed, V, d):
-        if head == "fp32":
+        for r, chunk in iter_random_rows(seed, V, d):
             out[r : r + len(chunk)] = chunk
-        else:
-            quantize_rows_into(chunk, out.q[r : r + len(chunk)], out.scale[r : r + len(chunk)])
-    return out
+        return out
+    rows = Int8Rows.empty(V, d)
+    for r, chunk in iter_random_rows(seed, V, d):
+        quantize_rows_into(chunk, rows.q[r : r + len(chunk)], rows.scale[r : r + len(chunk)])
+    return rows
 
 
 def head_seed(cfg: ModelConfig, seed: int) -> int:
@@ -113,9 +112,10 @@ def random_packed_model(
     V, d = cfg.vocab_size, cfg.d_model
     emb = random_rows(seed + 1, V, d, head)
     out = emb if cfg.tie_embeddings else random_rows(head_seed(cfg, seed), V, d, head)
-    if head == "int8":
+    if isinstance(emb, Int8Rows) and isinstance(out, Int8Rows):
         model.tok_emb, model.head = Int8Embedding(emb), Int8Head(out, threads)
     else:
+        assert isinstance(emb, torch.Tensor) and isinstance(out, torch.Tensor)
         model.tok_emb = nn.Embedding.from_pretrained(emb, freeze=True)
         model.head = nn.Linear(d, V, bias=False)
         model.head.weight = model.tok_emb.weight if cfg.tie_embeddings else nn.Parameter(out, requires_grad=False)

@@ -1,4 +1,6 @@
-"""``python -m bitnet_ref.train``: train a BitNet b1.58 (or full-precision) LM; ``--help`` lists every flag."""
+"""``python -m bitnet_ref.train``: train a BitNet b1.58 (or full-precision) LM; ``--help`` lists every flag.
+
+Only runs the command; the command is loop.py (``cli``)."""
 
 import sys
 

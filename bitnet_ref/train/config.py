@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--stage2-wd", type=_finite, help=f"stage-2 weight decay (default: {D.stage2_wd})")
     o.add_argument("--stage-split", type=_finite, help=f"fraction of steps in stage 1 (default: {D.stage_split})")
     o.add_argument(
-        "--stage1-only", action="store_true", help="stretch stage 1 over the whole run (the seed's diagnostic)"
+        "--stage1-only",
+        action="store_true",
+        help="stretch stage 1 over the whole run (the debugging report's diagnostic)",
     )
     o.add_argument(
         "--grad-clip", type=_finite, help=f"clip the global gradient norm to this; 0 = off (default: {D.grad_clip})"

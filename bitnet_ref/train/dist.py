@@ -1,9 +1,9 @@
-"""Where a run computes: the device parser, and the torch.distributed process group under ``torchrun``.
+"""Data-parallel training: the torch.distributed process group under ``torchrun``, and each rank's share of a batch.
 
-``resolve_device`` is the one parser of ``--device`` for every entry point (training, decode probe, doctor).
-Under ``torchrun`` (``RANK`` set) ``init_distributed`` joins the process group (gloo on CPU, NCCL on CUDA);
-``rank_slice`` cuts a rank's share out of a global batch, so a batch depends only on (seed, step), never on
-the number of processes. What this is not: a launcher. ``torchrun`` starts the processes; nothing here does.
+The device comes from device.py (``resolve_device``, the one parser of ``--device``), which this module applies
+to its local rank. Under ``torchrun`` (``RANK`` set) ``init_distributed`` joins the process group (gloo on CPU,
+NCCL on CUDA); ``rank_slice`` cuts a rank's share out of a global batch, so a batch depends only on (seed, step),
+never on the number of processes. What this is not: a launcher. ``torchrun`` starts the processes; nothing here does.
 """
 
 from __future__ import annotations

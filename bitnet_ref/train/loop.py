@@ -4,9 +4,10 @@ The loop is ``train``, read top to bottom: for each step set LR and WD from the 
 step's batch, forward/backward, check for non-finite values, clip, update; evaluate (validation loss, the
 diversity probe, the health metrics) at the chosen points; checkpoint atomically. ``TrainingRun`` holds what
 the loop works on (data, model, AdamW, the metrics log) and does the one-step, eval and save chores. Settings
-and their checks are in ``config.py``, devices and torchrun in ``dist.py``, the log's schema in ``metrics.py``.
+are resolved once, before the loop, into a ``Plan`` (config.py, with their checks); torchrun in dist.py; the log's
+schema in metrics_log.py.
 
-Outputs in ``--out`` (default ``runs/<timestamp>-<quant>``): ``metrics.jsonl`` (see metrics.py; each line is
+Outputs in ``--out`` (default ``runs/<timestamp>-<quant>``): ``metrics.jsonl`` (see metrics_log.py; each line is
 one ``write`` and a flush, so a kill leaves at most a torn last line) and ``ckpt.pt`` (see checkpoint.py; saved
 every ``--save-every`` steps and at the end, never with NaN/inf).
 
@@ -83,6 +84,12 @@ def param_groups(model: nn.Module) -> list[dict]:
     ]
 
 
+def optimizer_settings(opt: torch.optim.Optimizer) -> dict:
+    """What the metrics header records of the optimizer as built: its class and AdamW's betas and eps."""
+    d = opt.defaults
+    return {"name": type(opt).__name__, "betas": list(d.get("betas", ())), "eps": d.get("eps")}
+
+
 def autocast_for(device: torch.device, mode: str):
     on = mode == "bf16" or (mode == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
@@ -100,10 +107,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     DeviceError on bad input and NonFiniteError when a loss or gradient is NaN/inf (unless skip_nonfinite)."""
     settings = plan(cfg)
     dist, device = init_distributed(cfg.device, cfg.batch_size)
-    threads, ok = torch.get_num_threads(), False
+    threads, ok, run, s = torch.get_num_threads(), False, None, 0
     try:
         run = TrainingRun(settings, dist, device, log if dist.main else (lambda *a, **k: None))
-        evals = run.plan.evals
+        evals, s = run.plan.evals, run.start
         if run.start == 0 and 0 in evals:
             run.evaluate(0)
         for s in range(run.start, run.end):  # `s` updates are done; this one uses schedule index s
@@ -119,6 +126,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 run.save(s + 1)
         summary, ok = run.finish(), True
         return summary
+    except (Exception, KeyboardInterrupt) as e:
+        if run is not None and not isinstance(e, NonFiniteError):  # a non-finite value wrote its own record
+            run.record_error(s + 1, e)
+        raise
     finally:
         torch.set_num_threads(threads)  # in-process callers get their setting back
         barrier_and_close(dist, barrier=ok)
@@ -259,6 +270,7 @@ class TrainingRun:
                 "params_bitlinear": n_bitlinear,
                 "params_other": n_params - n_bitlinear,
                 "world_size": self.dist.world,
+                "optimizer": optimizer_settings(self.opt),
                 "device": str(self.device),
                 "torch": torch.__version__,
                 "python": platform.python_version(),
@@ -374,6 +386,14 @@ class TrainingRun:
             self.last_eval = rec
         model.train()
         self.t_log, self.tok_log = time.perf_counter(), 0  # keep eval time out of the tok/s figure
+
+    def record_error(self, step: int, e: BaseException) -> None:
+        """A "stop" record for an error that ends the run (the doctor says the run ended early, and why)."""
+        if not self.dist.main or self.metrics is None or self.metrics.f.closed:
+            return
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"error: {type(e).__name__}: {first}"
+        self.metrics.write({"kind": M.STOP, "step": step, "reason": reason})
 
     def save(self, step: int) -> None:
         self.last_saved = step

@@ -11,7 +11,7 @@ Stage 1, steps [0, S):
 Stage 2, steps [S, N):
     LR  drops to lr2 and decays linearly toward 0, which it would reach at step N: every step's LR is > 0.
     WD  stage2_wd (0 by default: "effectively disabled").
-stage1_only: stage 1 stretched over the whole run (S = N), the seed's diagnostic; stage 2 is never entered.
+stage1_only: stage 1 stretched over the whole run (S = N), the debugging report's diagnostic; stage 2 is never entered.
 const_wd: WD = wd at every step (ablation `const-wd`).
 
 This module only computes numbers; the trainer applies them to the optimizer's param groups.

@@ -1,4 +1,4 @@
-// bench.h: benchmark-only code for tools/bench_kernels.py, built into bitnet_ref._bench, never into _core.
+// bench.h: benchmark-only code for tools/bench/bench_kernels.py, built into bitnet_ref._bench, never into _core.
 //
 // A streaming read-bandwidth probe (membench.cpp), the multiply ceiling of one core (mac_peak.cpp and
 // the mac_loop_*_asm.cpp loops) and a bitnet.cpp-style I2_S GEMV loop to time ours against

@@ -1,4 +1,4 @@
-// bench/bindings.cpp: the pybind11 module bitnet_ref._bench, benchmark-only code for tools/bench_kernels.py.
+// bench/bindings.cpp: the pybind11 module bitnet_ref._bench, benchmark-only code for tools/bench/bench_kernels.py.
 //
 // Kept out of bitnet_ref._core so that the shipped extension is the kernels and their bindings only.
 // Same rules as ../bindings.cpp, and the same checks (../bindings.h): only converts and checks
@@ -61,7 +61,7 @@ py::array_t<int32_t> i2s_gemv(const py::object& x_obj, const py::object& packed_
 // rotating through the weight copies in `packs`: impl "i2s" runs the I2_S-style loop on I2_S-layout
 // buffers, "avx2" / "avx512vnni" our kernel through bitnet::matmul (activation preparation included,
 // as in every call), "avx2-adjacent" the AVX2 kernel with its tiles' rows adjacent (one read stream; the
-// baseline of the row-order section). For the side by side in tools/bench_kernels.py, next to the
+// baseline of the row-order section). For the side by side in tools/bench/bench_kernels.py, next to the
 // Python-call timings. `threads` as for matmul (the I2_S loop always runs on one).
 std::vector<double> gemv_seconds(const std::string& impl, const py::object& x_obj, const py::list& packs, int64_t n,
                                  int64_t k, int64_t reps, int threads) {
@@ -106,7 +106,7 @@ std::vector<double> gemv_seconds(const std::string& impl, const py::object& x_ob
 }  // namespace
 
 PYBIND11_MODULE(_bench, m) {
-  m.doc() = "bitnet_ref._bench: benchmark-only code for tools/bench_kernels.py (not part of the kernels API)";
+  m.doc() = "bitnet_ref._bench: benchmark-only code for tools/bench/bench_kernels.py (not part of the kernels API)";
   m.def(
       "measure_read_bandwidth",
       [](int64_t bytes, int threads, int reps, int streams) {
@@ -117,7 +117,7 @@ PYBIND11_MODULE(_bench, m) {
       },
       py::arg("bytes"), py::arg("threads") = 1, py::arg("reps") = 5, py::arg("streams") = 4,
       "Median streaming read bandwidth (GB/s) of a bytes-sized buffer, read as `streams` sequential streams per "
-      "task; for tools/bench_kernels.py.");
+      "task; for tools/bench/bench_kernels.py.");
   m.def(
       "mac_peak",
       [](const std::string& backend, int64_t iters) {
@@ -129,7 +129,8 @@ PYBIND11_MODULE(_bench, m) {
         return bitnet::mac_peak(b, iters);
       },
       py::arg("backend"), py::arg("iters") = 20000000,
-      "Multiply-adds per second of one core on the multiply instruction of `backend`; for tools/bench_kernels.py.");
+      "Multiply-adds per second of one core on the multiply instruction of `backend`; for "
+      "tools/bench/bench_kernels.py.");
 #if defined(BITNET_HAVE_AVX2_KERNEL)
   m.def("gemv_seconds", &gemv_seconds, py::arg("impl"), py::arg("x"), py::arg("packs"), py::arg("n"), py::arg("k"),
         py::arg("reps"), py::arg("threads") = 1,

@@ -2,8 +2,8 @@
 //
 // This is our own re-implementation of the published algorithm of bitnet.cpp's AVX2 I2_S 1x1
 // GEMV inner loop (microsoft/BitNet, src/ggml-bitnet-mad.cpp, ggml_vec_dot_i2_i8_s_1x1), written
-// from its description in shared/research/ternary-cpu-kernels.md §1; no bitnet.cpp code is copied.
-// It exists so that tools/bench_kernels.py can time "our kernel vs a bitnet.cpp-style kernel" in one
+// from a description of that loop; no bitnet.cpp code is copied.
+// It exists so that tools/bench/bench_kernels.py can time "our kernel vs a bitnet.cpp-style kernel" in one
 // run on one machine, compiled with the same AVX2 flags as ../ternary_avx2.cpp. Nothing in bitnet_ref
 // uses it for computing; it is reachable only through bitnet_ref._bench (i2s_repack, i2s_gemv,
 // gemv_seconds) and test_ternary.cpp.

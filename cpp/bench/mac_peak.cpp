@@ -1,4 +1,4 @@
-// mac_peak.cpp: the multiply ceiling of one core, for tools/bench_kernels.py's "of peak" column.
+// mac_peak.cpp: the multiply ceiling of one core, for tools/bench/bench_kernels.py's "of peak" column.
 //
 // Times one of the mac_loop_*_asm.cpp loops (twelve independent multiply instructions per iteration,
 // no loads) and turns it into multiply-adds per second of the calling thread's CPU time. Compiled at the

@@ -1,4 +1,4 @@
-// membench.cpp: a streaming read-bandwidth probe for tools/bench_kernels.py's roofline column.
+// membench.cpp: a streaming read-bandwidth probe for tools/bench/bench_kernels.py's roofline column.
 //
 // Reads a buffer much larger than the last-level cache with plain 64-bit loads and software prefetch, split
 // across the same thread pool, each task reading its range as `streams` interleaved sequential streams.
@@ -29,7 +29,7 @@ void probe_task(void* ctx, int64_t t) {
   const int64_t i0 = t * p.words_per_task, i1 = std::min(p.words, i0 + p.words_per_task);
   // `streams` interleaved sequential streams (the task's range cut in that many parts) with software
   // prefetch, like a GEMV tile reading that many rows far apart: one sequential stream leaves much of the
-  // DRAM bandwidth unused on current cores (Zen 3, one thread: ~15.5 GB/s with one, ~22 with four).
+  // DRAM bandwidth unused on current cores (docs/kernels.md, "What bounds the AVX2 kernels", has figures).
   const int ns = p.streams;
   const int64_t q = (i1 - i0) / ns / 8 * 8;
   const uint64_t* s[kMaxStreams];

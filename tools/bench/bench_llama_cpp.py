@@ -1,4 +1,5 @@
-"""Decode side by side with llama.cpp, on the same GGUF file, in one run (``tools/bench_decode.py --vs-llama-cpp``).
+"""Decode side by side with llama.cpp, on the same GGUF file, in one run (``python tools/bench/bench_decode.py
+--vs-llama-cpp``).
 
 For each shape (bitnet-b1.58-2B-4T: d 2560, 30 layers, 20/5 heads, FFN 6912, vocab 128256; bitnet_b1_58-large:
 d 1536, 24 layers, FFN 4096, vocab 32002), random ternary codes are written straight into a packed state (no
@@ -35,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -48,12 +47,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from bitnet_ref import generate as G
+from bitnet_ref import machine
 from bitnet_ref.formats import gguf_file as GF
 from bitnet_ref.model import ModelConfig
 from bitnet_ref.runtime import kernels
 from bitnet_ref.runtime import packed as P
 from bitnet_ref.runtime.packed import PackedWeight
+from tools.bench.memory import read_bandwidth, resident_mb
 
 PRESETS = ("bitnet-b1.58-2b-4t", "bitnet-b1.58-large")
 SIDES = ("ours", "llama.cpp")
@@ -282,12 +286,7 @@ def llama_cpp_llama_bench(path, threads: int, repeats: int) -> dict:
 
 def memory() -> dict:
     """Peak (VmHWM) and current (VmRSS) resident memory of this process, in MB; called with the model loaded."""
-    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
-    kb = {
-        line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith(("VmHWM", "VmRSS"))
-    }
-    peak = kb.get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    return {"peak_rss_mb": peak / 1024, "rss_mb": kb.get("VmRSS", 0) / 1024}
+    return {"peak_rss_mb": resident_mb("VmHWM"), "rss_mb": resident_mb("VmRSS")}
 
 
 def child(args) -> int:
@@ -336,28 +335,28 @@ def run_child(side, path, threads, prompt, tokens, repeats, how="fused", llama_b
     return r
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def bandwidth(threads: int) -> float:
-    """Streaming read bandwidth (GB/s) at ``threads``, best of 3 medians of the repo's probe (512 MB buffer)."""
-    from bitnet_ref import _bench
+    """Streaming read bandwidth (GB/s) at ``threads``: the best of 3 probes of a 512 MiB buffer, 5 passes each."""
+    return read_bandwidth(threads, 512 << 20, reps=5)
 
-    return max(_bench.measure_read_bandwidth(512 << 20, threads, 5) for _ in range(3))
+
+def thread_counts(text: str, flag: str) -> list[int]:
+    """The thread counts of a flag written like ``1,2``; ValueError, with a one-line message, otherwise."""
+    try:
+        counts = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ValueError(f"{flag} must be positive integers separated by commas, got {text!r}")
+    return counts
 
 
 def format_table(rows, meta) -> str:
     out = [
         f"decode, batch 1, {meta['prompt_len']}-token prompt + {meta['tokens']} greedy tokens, median of "
-        f"{meta['repeats']}; CPU {meta['cpu']} ({os.cpu_count()} logical), our kernel {meta['kernel']}, our path "
+        f"{meta['repeats']}; our kernel {meta['kernel']}, our path "
         f"{meta.get('ours', 'exact')}",
+        f"machine: {machine.summary(meta)}",
         f"llama.cpp: llama-cpp-python {meta['llama_cpp']}, {meta['llama_system_info']}",
         f"{'shape':<20}{'thr':>4} {'side':<10}{'tok/s':>8}{'ours/llama':>11}{'peak RSS MB':>13}"
         f"{'weight MB/tok':>15}{'GB/s':>7}{'DRAM GB/s':>11}{'of DRAM':>9}",
@@ -389,7 +388,7 @@ def ternary_macs(cfg: ModelConfig) -> int:
 def format_llama_bench(rows, meta) -> str:
     cols = [f"pp{n}" for n in LLAMA_BENCH_PP] + [f"tg{LLAMA_BENCH_TG}"]
     out = [
-        f"llama-bench style: tokens/s, median of {meta['repeats']}; CPU {meta['cpu']} ({os.cpu_count()} logical), "
+        f"llama-bench style: tokens/s, median of {meta['repeats']}; machine: {machine.summary(meta)}; "
         f"our kernel {meta['kernel']}, our path fused; multiply ceiling {meta['mac_peak']:.1f} G MAC/s per core "
         f"({meta['mac_instruction']}); llama.cpp: {meta['llama_cpp']}; load average {meta['load']}",
         f"{'shape':<20}{'thr':>4} {'side':<10}{'clock':<6}"
@@ -448,7 +447,7 @@ def run_llama_bench(args, threads, work, have_llama) -> int:
                 print(f"{preset}, {t} thread(s), {side}: {json.dumps(row[side])}", file=sys.stderr, flush=True)
             rows.append(row)
     meta = {
-        "cpu": cpu_name(),
+        **machine.describe(),
         "kernel": backend,
         "mac_peak": peak,
         "mac_instruction": {"avx512vnni": "vpdpbusd zmm", "avx2": "vpmaddubsw ymm"}.get(backend, backend),
@@ -465,7 +464,7 @@ def run_llama_bench(args, threads, work, have_llama) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="tools/bench_decode.py --vs-llama-cpp",
+        prog="tools/bench/bench_decode.py --vs-llama-cpp",
         description="Decode tokens/s, peak memory and weight GB/s, ours and llama.cpp's, on the same GGUF, in one run.",
     )
     p.add_argument("--vs-llama-cpp", action="store_true", help=argparse.SUPPRESS)  # how bench_decode.py calls us
@@ -497,6 +496,11 @@ def main(argv=None) -> int:
         a.threads = int(a.threads)
         return child(a)
     try:
+        threads = thread_counts(a.threads, "--threads")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         import llama_cpp
     except ImportError:
         llama_cpp = None
@@ -513,13 +517,6 @@ def main(argv=None) -> int:
         GF.gguf_module()
     except GF.FormatError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        threads = [int(t) for t in a.threads.split(",")]
-        if not threads or min(threads) < 1:
-            raise ValueError
-    except ValueError:
-        print(f"error: --threads must be positive integers separated by commas, got {a.threads!r}", file=sys.stderr)
         return 2
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_llama_cpp_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -549,14 +546,13 @@ def main(argv=None) -> int:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     meta = {
-        "cpu": cpu_name(),
+        **machine.describe(),
         "kernel": kernels.backend(),
         "llama_cpp": llama_cpp.__version__,
         "llama_system_info": rows[0]["llama.cpp"]["system_info"].strip() if rows else "",
         "tokens": a.tokens,
         "prompt_len": a.prompt_len,
         "repeats": a.repeats,
-        "torch": torch.__version__,
         "ours": a.ours,
     }
     print(json.dumps({"meta": meta, "rows": rows}) if a.json else format_table(rows, meta))

@@ -1,29 +1,31 @@
-"""The seed's experiments, reproduced at this machine's scale, with the doctor's verdict on every arm.
+"""The debugging report's experiments (docs/debugging.md), reproduced at this machine's scale, with the doctor's
+verdict on every arm.
 
-    python tools/experiments.py --out runs/experiments            # full mode: d_model 256, about an hour on 2 cores
-    python tools/experiments.py --quick --out /tmp/exp-quick      # tiny preset, a minute or two (used by the tests)
-    python tools/experiments.py --out runs/exp-bpe50257 --tokenizer bpe:50257 --steps 150 --d-model 64 \
-        --n-layers 4 --n-heads 4 --ffn-hidden 192 --context 64 --batch 8    # the seed's vocabulary, at CPU scale
+    python tools/experiments/experiments.py --out runs/experiments        # full mode: d_model 256 (most of an hour)
+    python tools/experiments/experiments.py --quick --out runs/exp-quick  # tiny preset, a minute or two (the tests')
+    python tools/experiments/experiments.py --out runs/exp-bpe50257 --tokenizer bpe:50257 --steps 150 --d-model 64 \
+        --n-layers 4 --n-heads 4 --ffn-hidden 192 --context 64 --batch 8    # the report's vocabulary, at CPU scale
 
 ``--tokenizer bpe:N|PATH`` trains every arm on BPE tokens (the BPE is trained once, before the arms, and
 cached); ``--data`` and the model/batch flags override the mode's. At vocab 50257 the output head and the
 embedding hold most of the parameters and most of the FLOPs of any model this machine can train.
 
-Arms (every arm: same seed, so the same initial weights and the same batch at every step):
+Arms (every arm: the same random seed, so the same initial weights and the same batch at every step; Tests 1-5
+are the debugging report's):
   ref          the reference recipe: two-stage LR/WD schedule, dense evaluations
   fp           the same with --quant none: the full-precision baseline (the doctor's --baseline for every arm)
-  t1-stage1    seed Test 1: stage 1 only, standard LR (1.5e-3), dense evaluations
-  t2-lr3       seed Test 2: stage 1 only, LR / 3
-  t3-end-only  seed Test 3: the reference recipe, evaluated only at the end
-  t4-long      seed Test 4: stage 1 only, standard LR, trained twice as long, dense evaluations (past the dip)
-  t5-fractions seed Test 5: the reference recipe, evaluated at 0/25/50/75/100% only
+  t1-stage1    Test 1: stage 1 only, standard LR (1.5e-3), dense evaluations
+  t2-lr3       Test 2: stage 1 only, LR / 3
+  t3-end-only  Test 3: the reference recipe, evaluated only at the end
+  t4-long      Test 4: stage 1 only, standard LR, trained twice as long, dense evaluations (past the dip)
+  t5-fractions Test 5: the reference recipe, evaluated at 0/25/50/75/100% only
   t1-half      stage 1 only, half as long, evaluated at the end (with t1 and t4: does longer ever end worse?)
   abl-NAME     the reference recipe with one ablation (--ablate NAME), for every ablation in model.ABLATIONS
 
-Arms run through ``bitnet_ref.train.main`` (the CLI's entry point) in ``--jobs`` worker processes (default 2,
+Arms run through ``bitnet_ref.train.loop.main`` (the CLI's entry point) in ``--jobs`` worker processes (default 2,
 one torch thread each), so each worker imports torch once.
 Output in OUT: ``arms/<arm>/`` (metrics.jsonl, ckpt.pt, train.log), ``report.md`` (setup, the headline
-table, the doctor's verdicts, answers to the seed's five open questions with the measured numbers, and
+table, the doctor's verdicts, answers to the debugging report's five open questions with the measured numbers, and
 what a correct BitNet of this width does), and, if matplotlib is importable, ``plots/<arm>.png`` (loss and
 unique tokens against step) and ``plots/overview.png``. Without matplotlib the report says so.
 An arm whose directory already holds a finished run of the same command is reused (``--fresh`` reruns all).
@@ -42,12 +44,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from experiments_report import Arm, summarize, write_report  # beside this file: the script's own directory
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bitnet_ref import metrics_log as M
 from bitnet_ref.doctor import verdicts as D
 from bitnet_ref.doctor.run import load_run
 from bitnet_ref.model import ABLATIONS
+from tools.experiments.report import Arm, summarize, write_report
 
 MODES = {  # preset, steps N, batch, evaluations per N steps in dense arms, probe prompts, probe tokens
     "quick": dict(preset="tiny", steps=80, batch=16, evals=8, prompts=2, tokens=24, eval_batches=2),
@@ -152,7 +156,7 @@ def run_arm(name: str, args: list, out: str, fresh: bool) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        description="Reproduce the seed's Tests 1-5, the FP baseline and every ablation; "
+        description="Reproduce the debugging report's Tests 1-5, the FP baseline and every ablation; "
         "write OUT/report.md (and plots with matplotlib)."
     )
     ap.add_argument("--out", required=True, help="output directory (arms/, plots/, report.md)")

@@ -4,9 +4,9 @@ For each model (a checkpoint given with --checkpoint, or randomly initialised "d
 speed does not depend on what the weights learned), the same weights decode the same prompt three ways, in one
 run, batch 1, through the KV cache:
 
-- packed:    every BitLinear is a PackedBitLinear (bitnet_ref/packed.py): the C++ ternary kernel, torch glue (the
-             exact path: bit for bit the training forward);
-- fused:     the same packed model, each token one C++ call (bitnet_ref/fused.py; official layout only);
+- packed:    every BitLinear is a PackedBitLinear (bitnet_ref/runtime/packed.py): the C++ ternary kernel, torch
+             glue (the exact path: bit for bit the training forward);
+- fused:     the same packed model, each token one C++ call (bitnet_ref/runtime/fused.py; official layout only);
 - fp32:      every BitLinear is a DequantLinear: F.linear with the fp32 weight codes * beta (the quant="none"
              cost of the same model, no fake-quant overhead);
 - fakequant: the training-time model (act quant + weight quant recomputed at every call).
@@ -28,9 +28,9 @@ llama.cpp TQ2_0 at 1 and 2 threads (its column comes from --vs-llama-cpp), >= 85
 
 --llama-bench reports what llama.cpp's llama-bench reports (pp128, pp512, tg128), our batched decoding at B = 1, 4, 8,
 and the fractions of the multiply ceiling (pp) and of the read bandwidth (tg), ours and llama.cpp's side by side on
-the same GGUF (tools/bench_llama_cpp.py).
+the same GGUF (tools/bench/bench_llama_cpp.py).
 
-What this is not: a kernel benchmark (tools/bench_kernels.py) or a quality test (tools/decode_probe.py).
+What this is not: a kernel benchmark (tools/bench/bench_kernels.py) or a quality test (tools/decode_probe.py).
 """
 
 from __future__ import annotations
@@ -41,15 +41,21 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from bitnet_ref import generate as G
+from bitnet_ref import machine
 from bitnet_ref.checkpoint import CheckpointError, load_checkpoint
 from bitnet_ref.model import PRESETS, ModelConfig, Transformer
 from bitnet_ref.runtime import kernels
 from bitnet_ref.runtime import packed as P
 from bitnet_ref.runtime.fused import FusedTransformer
+from tools.bench.memory import read_bandwidth, resident_mb
 
 BACKENDS = ("packed", "fused", "fp32", "fakequant")
 SMALL_PRESETS = ("tiny", "default", "wide")  # built as training models (fp32 latents), all four backends
@@ -62,7 +68,7 @@ def random_model(preset: str, seed: int = 0) -> Transformer:
 
 def variants(base: Transformer, threads: int) -> dict:
     """{backend: model}, all built from ``base`` (the fake-quant model itself is the last). "fused" is the packed
-    model run by the whole-token C++ step (bitnet_ref/fused.py), where its layout allows."""
+    model run by the whole-token C++ step (bitnet_ref/runtime/fused.py), where its layout allows."""
     out = {"packed": P.to_packed(copy.deepcopy(base), threads=threads)}
     try:
         out["fused"] = FusedTransformer(P.to_packed(copy.deepcopy(base), threads=threads), threads=threads)
@@ -157,7 +163,7 @@ def bench_model(label, base: Transformer, *, new_tokens, repeats, threads, promp
         "backends": {},
     }
     models = variants(base, threads)
-    # the fake-quant forward re-quantizes every weight at every call (~100x slower at d_model 2048): fewer tokens
+    # the fake-quant forward re-quantizes every weight at every call (by far the slowest row): fewer tokens
     tokens = {name: new_tokens if name != "fakequant" else max(4, new_tokens // 8) for name in models}
     rates = {name: [] for name in models}
     for model in models.values():
@@ -186,10 +192,19 @@ def bench_model(label, base: Transformer, *, new_tokens, repeats, threads, promp
     return row
 
 
+def breakdown_line(bd: dict, path: str, unit: str) -> str:
+    """One line of where a token's time goes (a ``breakdown()``), in us, or in ms for the real shapes' slower tokens."""
+    scale, digits = (1e3, ".1f") if unit == "ms" else (1.0, ".0f")
+    parts = ", ".join(
+        f"{k} {v / scale:{digits}} {unit} ({bd['parts_share'][k]:.0%})" for k, v in bd["parts_us"].items()
+    )
+    return f"  {path}, where one token's {bd['us_per_token'] / scale:{digits}} {unit} go (with hooks): {parts}"
+
+
 def format_table(rows, meta) -> str:
     w = max([28] + [len(r["model"]) for r in rows])
     out = [
-        f"decode tokens/s, batch 1, {meta['threads']} thread(s), kernel {meta['kernel']}, torch {meta['torch']}",
+        f"decode tokens/s, batch 1, {meta['threads']} thread(s), kernel {meta['kernel']}",
         f"{'model':<{w}} {'backend':<11}{'tok/s':>9}{'weight MB/token':>17}{'GB/s':>8}{'vs fp32':>9}",
     ]
     for r in rows:
@@ -200,15 +215,13 @@ def format_table(rows, meta) -> str:
                 f"{b['weight_gb_s']:>8.2f}{ratio:>8.2f}x"
             )
         if "packed_breakdown" in r:
-            bd = r["packed_breakdown"]
-            parts = ", ".join(f"{k} {v:.0f} us ({bd['parts_share'][k]:.0%})" for k, v in bd["parts_us"].items())
-            out.append(f"  packed, where one token's {bd['us_per_token']:.0f} us go (with hooks): {parts}")
+            out.append(breakdown_line(r["packed_breakdown"], "packed", "us"))
     return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------- real shapes
 # Models at the shapes of public checkpoints (--preset bitnet-b1.58-2b-4t, bitnet-b1.58-large): random ternary
-# weights built packed directly (bitnet_ref/random_packed.py), int8 head, each in a fresh subprocess so its peak
+# weights built packed directly (bitnet_ref/runtime/random_packed.py), int8 head, each in a fresh subprocess so its peak
 # resident memory is its own. Per thread count: tokens/s of the fused path (and of the exact torch-glue packed
 # path at one thread, to show what the fusion buys), the weight bytes a token reads and the GB/s that implies
 # against the measured DRAM read bandwidth; then the head formats side by side (int8 ours, fp32 and bf16
@@ -218,24 +231,11 @@ REAL_PROMPT_LEN = 8
 EXACT_TOKENS = 16  # the exact path at these sizes: a few tokens a repeat suffice for a rate
 
 
-def _rss_mb(field: str = "VmHWM") -> float:
-    """This process's peak (VmHWM) or current (VmRSS) resident memory in MB. From /proc: ru_maxrss would carry
-    the parent's peak across exec on Linux; getrusage is the fallback elsewhere (macOS: bytes)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":")) * 1024 / 1e6
-    except (OSError, StopIteration):
-        import resource
-
-        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return r / 1e6 if sys.platform == "darwin" else r * 1024 / 1e6
-
-
 def real_shape_child(spec: dict) -> dict:
     """Runs in a fresh process: build, decode, measure (see the section comment). Returns a JSON-able dict."""
     from bitnet_ref.runtime.random_packed import head_seed, iter_random_rows, random_packed_model
 
-    out = {"preset": spec["preset"], "rss_import_mb": _rss_mb()}
+    out = {"preset": spec["preset"], "rss_import_mb": resident_mb()}
     cfg = ModelConfig.preset(spec["preset"])
     t0 = time.perf_counter()
     model = random_packed_model(cfg, seed=spec["seed"], head="int8")
@@ -247,10 +247,10 @@ def real_shape_child(spec: dict) -> dict:
     )
     prompt = [(7 * i + 3) % cfg.vocab_size for i in range(REAL_PROMPT_LEN)]
     G.generate(fused, [prompt], spec["tokens"])  # warm-up, and the full-length KV cache once
-    out["rss_peak_mb"], out["rss_decode_mb"] = _rss_mb("VmHWM"), _rss_mb("VmRSS")  # before the probes' buffers
+    out["rss_peak_mb"], out["rss_decode_mb"] = resident_mb("VmHWM"), resident_mb("VmRSS")  # before the probes' buffers
     out["threads"] = {}
-    torch.set_num_threads(1)  # torch runs only a few tiny ops per token here; its idle OpenMP threads spin, and
-    # at 2 threads they took a core from the kernel's worker (measured 2-3x slower fused decode on 2 cores)
+    torch.set_num_threads(1)  # torch runs only a few tiny ops per token here; its idle OpenMP threads spin and
+    # take a core from the kernel's worker (docs/kernels.md, the fused step)
     exact = []
     for th in spec["threads"]:
         kernels.set_threads(th)
@@ -382,18 +382,16 @@ def bench_real_shape(preset: str, *, threads, tokens, repeats, seed=0, head_chec
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def dram_bandwidth(threads, tries: int = 3, nbytes: int = 1 << 28) -> dict:
+def dram_bandwidth(threads, tries: int = 3) -> dict:
     """Streaming read bandwidth (GB/s) per thread count, best of `tries` probes of a 256 MiB buffer (far past the
-    last-level cache; bitnet_ref._bench, the probe of tools/bench_kernels.py)."""
-    from bitnet_ref import _bench
-
-    return {t: max(_bench.measure_read_bandwidth(nbytes, t, 3) for _ in range(tries)) for t in threads}
+    last-level cache)."""
+    return {t: read_bandwidth(t, 1 << 28, tries=tries) for t in threads}
 
 
 def format_real_table(rows, bw_before, bw_after, meta) -> str:
     out = [
         f"real shapes, random ternary weights built packed, int8 head; greedy, {REAL_PROMPT_LEN}-token prompt, "
-        f"batch 1; kernel {meta['kernel']}, {meta['cpu']}",
+        f"batch 1; kernel {meta['kernel']}",
         "DRAM read bandwidth (GB/s, best of 3, parent process): before "
         + ", ".join(f"{t} thr {v:.1f}" for t, v in bw_before.items())
         + "; after "
@@ -434,9 +432,7 @@ def format_real_table(rows, bw_before, bw_after, meta) -> str:
                 f"{f['ternary_ms']:.1f} ms + head {f['head_ms']:.1f} ms; the rest {f['rest_ms']:.1f} ms"
             )
         if "exact_breakdown" in r:
-            bd = r["exact_breakdown"]
-            parts = ", ".join(f"{k} {v / 1e3:.1f} ms ({bd['parts_share'][k]:.0%})" for k, v in bd["parts_us"].items())
-            out.append(f"  exact path, where one token's {bd['us_per_token'] / 1e3:.1f} ms go (with hooks): {parts}")
+            out.append(breakdown_line(r["exact_breakdown"], "exact path", "ms"))
         out.append(f"  build {r['build_s']:.1f} s, {r['params'] / 1e9:.2f} B parameters")
     out.append(
         "tok/s: median of the repeats, best: the fastest repeat; GB/s and roofline from the median: weight "
@@ -447,21 +443,10 @@ def format_real_table(rows, bw_before, bw_after, meta) -> str:
     return "\n".join(out)
 
 
-def cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
-    except OSError:
-        name = platform.machine()
-    return f"{name}, {kernels.backend()}"
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--vs-llama-cpp" in argv or "--llama-bench" in argv:  # ours and llama.cpp on the same GGUF: its own options
-        import bench_llama_cpp  # (--vs-llama-cpp --help)
+        from tools.bench import bench_llama_cpp  # (--vs-llama-cpp --help)
 
         return bench_llama_cpp.main(argv)
     p = argparse.ArgumentParser(
@@ -472,14 +457,14 @@ def main(argv=None) -> int:
         "--vs-llama-cpp",
         action="store_true",
         help="instead: ours and llama.cpp on the same GGUF (2B-4T and large shapes, 1 and 2 threads, "
-        "tok/s, peak memory, GB/s); tools/bench_llama_cpp.py, see --vs-llama-cpp --help",
+        "tok/s, peak memory, GB/s); tools/bench/bench_llama_cpp.py, see --vs-llama-cpp --help",
     )
     p.add_argument(
         "--llama-bench",
         action="store_true",
         help="instead: pp128, pp512, tg128 as llama-bench names them, ours and llama.cpp on the same GGUF (ours "
         "alone without llama-cpp-python), our batched decoding at B = 1, 4, 8, fractions of the multiply ceiling "
-        "and the read bandwidth; tools/bench_llama_cpp.py, see --llama-bench --help",
+        "and the read bandwidth; tools/bench/bench_llama_cpp.py, see --llama-bench --help",
     )
     p.add_argument(
         "--checkpoint",
@@ -532,15 +517,12 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
             return 2
+    from tools.bench.bench_llama_cpp import thread_counts  # not at the top: a child's "import MB" stays its own
+
     try:
-        thread_list = [int(t) for t in a.threads_list.split(",") if t.strip()]
-        if not thread_list or min(thread_list) < 1:
-            raise ValueError
-    except ValueError:
-        print(
-            f"error: --threads-list must be positive integers separated by commas, got {a.threads_list!r}",
-            file=sys.stderr,
-        )
+        thread_list = thread_counts(a.threads_list, "--threads-list")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     presets = a.presets if a.presets is not None else ("" if a.preset else "default,wide")
     torch.set_num_threads(a.threads)
@@ -570,9 +552,8 @@ def main(argv=None) -> int:
     meta = {
         "threads": a.threads,
         "kernel": kernels.backend(),
-        "torch": torch.__version__,
         "quick": a.quick,
-        "cpu": cpu_name(),
+        **machine.describe(),
     }
     real = {}
     if a.preset:
@@ -587,6 +568,7 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps({"meta": meta, "rows": rows, "real_shapes": real}))
         return 0
+    print(f"machine: {machine.summary(meta)}")
     if rows:
         print(format_table(rows, meta))
     if real:

@@ -15,9 +15,10 @@ docs/kernels.md to say what bounds the x86 loops (``--mca znver3`` for Zen 3).
 
     cmake -S . -B build/aarch64 --toolchain cmake/aarch64-linux-gnu.cmake -DBITNET_PYTHON=OFF
     cmake --build build/aarch64
-    python tools/loop_insns.py build/aarch64/CMakeFiles/bitnet_kernels.dir/cpp/ternary_neon_dotprod.cpp.o
-    python tools/loop_insns.py --objdump objdump --show 3 build/ct/CMakeFiles/bitnet_kernels.dir/cpp/ternary_avx2.cpp.o
-    python tools/loop_insns.py --objdump objdump --mca znver3 \
+    python tools/bench/loop_insns.py build/aarch64/CMakeFiles/bitnet_kernels.dir/cpp/ternary_neon_dotprod.cpp.o
+    python tools/bench/loop_insns.py --objdump objdump --show 3 \
+        build/ct/CMakeFiles/bitnet_kernels.dir/cpp/ternary_avx2.cpp.o
+    python tools/bench/loop_insns.py --objdump objdump --mca znver3 \
         build/ct/CMakeFiles/bitnet_kernels.dir/cpp/ternary_avx2_asm.cpp.o
 """
 

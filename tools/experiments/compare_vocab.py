@@ -1,6 +1,7 @@
-"""One figure and one table: the seed's arms at two vocabularies, side by side.
+"""One figure and one table: the experiments' arms (tools/experiments/experiments.py) at two vocabularies, side by
+side.
 
-    python tools/compare_vocab.py --bytes docs/experiments/report.md --runs runs/exp-bpe50257 \
+    python tools/experiments/compare_vocab.py --bytes docs/experiments/report.md --runs runs/exp-bpe50257 \
         --out docs/experiments/plots-bpe50257/compare.png
 
 The byte-level side comes from the text of its report (the run directories of that report are not kept):
@@ -9,21 +10,26 @@ side comes from ``RUNS/arms/<arm>/metrics.jsonl``. The figure puts the step on a
 runs differ in length) and the val loss as a multiple of the unigram entropy (the vocabularies differ).
 Prints the markdown table of final numbers for both.
 
-What this is not: part of the trainer or of tools/experiments.py; a helper for writing the report.
+What this is not: part of the trainer or of tools/experiments/experiments.py; a helper for writing the report.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
+import sys
 from pathlib import Path
+
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bitnet_ref import metrics_log as M
 
 ARMS = ("ref", "fp", "t1-stage1", "t2-lr3", "t4-long", "t1-half")
 
 
 def byte_report(path: Path) -> dict:
-    """Per arm from a tools/experiments.py report: final val, x unigram, unique min@step -> final, verdict;
+    """Per arm from a tools/experiments/experiments.py report: final val, x unigram, unique min@step -> final, verdict;
     and the unique-token trajectories the answers quote (t2-lr3, t4-long, ref)."""
     text = path.read_text()
     out = {}
@@ -51,11 +57,8 @@ def byte_report(path: Path) -> dict:
 def bpe_runs(runs: Path) -> dict:
     out = {}
     for arm in ARMS + ("t3-end-only", "t5-fractions"):
-        f = runs / "arms" / arm / "metrics.jsonl"
-        if not f.is_file():
-            continue
-        recs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        head, ev = recs[0], [r for r in recs if r.get("kind") == "eval"]
+        log = M.read(runs / "arms" / arm / M.FILE_NAME)
+        head, ev = log.header, log.evals
         if not ev:
             continue
         uni = head["unigram_entropy"]
@@ -66,7 +69,7 @@ def bpe_runs(runs: Path) -> dict:
             "x_unigram": ev[-1]["val_loss"] / uni,
             "traj": [(r["step"], r["unique_tokens"]) for r in ev],
             "loss": [(r["step"], r["val_loss"] / uni) for r in ev],
-            "complete": any(r.get("kind") == "end" for r in recs),
+            "complete": log.ended,
         }
     return out
 
@@ -147,7 +150,7 @@ def table(b: dict, p: dict, label: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Bytes vs BPE: one comparison figure and a markdown table.")
-    ap.add_argument("--bytes", required=True, help="the byte-level report.md of tools/experiments.py")
+    ap.add_argument("--bytes", required=True, help="the byte-level report.md of tools/experiments/experiments.py")
     ap.add_argument("--runs", required=True, help="the BPE experiments' output directory (holding arms/)")
     ap.add_argument("--label", default="bpe:50257", help="name of the BPE side in the figure")
     ap.add_argument("--out", required=True, help="the PNG to write")

@@ -42,15 +42,15 @@ extension, bitnet_ref._bench (cpp/bench/), built by the same pip install as the 
 
 The implementations are timed in interleaved rounds, case by case, so that noise from a
 shared machine hits them alike; medians, not means. Timings include the Python call overhead of
-``kernels.ternary_matmul`` (what callers pay). Not a decode benchmark: see tools/bench_decode.py.
+``kernels.ternary_matmul`` (what callers pay). Not a decode benchmark: see tools/bench/bench_decode.py.
 
-    python tools/bench_kernels.py                  # the full table (a few minutes)
-    python tools/bench_kernels.py --quick          # smoke test, seconds
-    python tools/bench_kernels.py --json out.json  # also write the table as JSON
-    python tools/bench_kernels.py --backend avx2 --threads 1 --shapes 4096x4096 --m 1 8
-    python tools/bench_kernels.py --i2s-only       # just the side-by-side with the I2_S-style loop
-    python tools/bench_kernels.py --formats-only --threads 1   # just 2-bit vs 1.6-bit
-    python tools/bench_kernels.py --order-only     # just the AVX2 GEMV's row orders
+    python tools/bench/bench_kernels.py                  # the full table (a few minutes)
+    python tools/bench/bench_kernels.py --quick          # smoke test, seconds
+    python tools/bench/bench_kernels.py --json out.json  # also write the table as JSON
+    python tools/bench/bench_kernels.py --backend avx2 --threads 1 --shapes 4096x4096 --m 1 8
+    python tools/bench/bench_kernels.py --i2s-only       # just the side-by-side with the I2_S-style loop
+    python tools/bench/bench_kernels.py --formats-only --threads 1   # just 2-bit vs 1.6-bit
+    python tools/bench/bench_kernels.py --order-only     # just the AVX2 GEMV's row orders
 """
 
 from __future__ import annotations
@@ -59,13 +59,18 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bitnet_ref import machine
+from tools.bench.memory import read_bandwidth
 
 SHAPES = [(256, 256), (2048, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
 MS = [1, 8, 64]
@@ -81,26 +86,6 @@ class BenchError(Exception):
 
 # The multiply instruction each backend's ceiling is measured on (cpp/bench/mac_loop_*_asm.cpp).
 MAC_INSTRUCTION = {"avx512vnni": "vpdpbusd zmm", "avx2": "vpmaddubsw ymm", "dotprod": "sdot", "neon": "smlal"}
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    # ARM: Linux's /proc/cpuinfo has no model name (lscpu names the core, e.g. Neoverse-N1); macOS has sysctl.
-    for cmd, prefix in ((["lscpu"], "Model name:"), (["sysctl", "-n", "machdep.cpu.brand_string"], "")):
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
-        except (OSError, subprocess.SubprocessError):
-            continue
-        for line in (ln.strip() for ln in out.splitlines()):  # newer lscpu indents it under "Vendor ID"
-            if line.startswith(prefix) and line[len(prefix) :].strip():
-                return line[len(prefix) :].strip()
-    return platform.processor() or platform.machine()
 
 
 def llc_bytes() -> int:
@@ -439,8 +424,7 @@ def main(argv=None) -> int:
 
 def resolve_args(args, kernels) -> tuple:
     """(thread counts, min time, shapes, M values, backend) from the flags, each checked (BenchError)."""
-    all_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads_list = args.threads or sorted({1, all_cores})
+    threads_list = args.threads or sorted({1, machine.cores()})
     if any(t < 1 for t in threads_list):
         raise BenchError("--threads values must be >= 1")
     min_time = args.min_time if args.min_time is not None else (0.02 if args.quick else 0.3)
@@ -535,23 +519,16 @@ def run(args) -> int:
     cold_bytes = 4 * llc
     bw_bytes = (64 << 20) if args.quick else max(8 * llc, 256 << 20)
 
-    # Both ceilings are the best of a few measurements: on a shared machine a neighbour can only make a probe
-    # slower, never faster, so the best one is the closest to what the hardware allows.
+    # Both ceilings are the best of a few measurements (see read_bandwidth for why the best).
     def measure_bandwidth():
-        tries = 1 if args.quick else 3
-        return {
-            t: max(_bench.measure_read_bandwidth(bw_bytes, t, 3 if args.quick else 5) for _ in range(tries))
-            for t in threads_list
-        }
+        tries, reps = (1, 3) if args.quick else (3, 5)
+        return {t: read_bandwidth(t, bw_bytes, reps=reps, tries=tries) for t in threads_list}
 
     # Measured before the table (the roofline column) and again after it, to show the drift.
     bandwidth = measure_bandwidth()
-    one_stream = {
-        t: max(_bench.measure_read_bandwidth(bw_bytes, t, 3, 1) for _ in range(1 if args.quick else 3))
-        for t in threads_list
-    }
-    # The multiply ceiling of one core: the best of seven short runs (4M iterations, about 10 ms each), short
-    # enough to fit between preemptions. Only where the build has an assembly loop to measure it with (GCC/Clang
+    one_stream = {t: read_bandwidth(t, bw_bytes, tries=1 if args.quick else 3, streams=1) for t in threads_list}
+    # The multiply ceiling of one core: the best of seven short runs of 4M iterations each, short enough to fit
+    # between preemptions. Only where the build has an assembly loop to measure it with (GCC/Clang
     # with BITNET_INLINE_ASM): elsewhere mac_peak is 0 and the column shows "-".
     mac_peak = {
         b: max(_bench.mac_peak(b, 4_000_000) for _ in range(7)) / 1e9
@@ -561,20 +538,17 @@ def run(args) -> int:
     mac_peak = {b: v for b, v in mac_peak.items() if v > 0}
     peak = mac_peak.get(backend) or None
     info = {
-        "cpu": cpu_name(),
+        **machine.describe(),
         "backend": backend,
         "supported_backends": kernels.supported_backends(),
-        "torch": torch.__version__,
         "llc_bytes": llc,
         "cold_bytes": cold_bytes,
         "read_bandwidth_gbs": {str(t): round(v, 2) for t, v in bandwidth.items()},
         "read_bandwidth_one_stream_gbs": {str(t): round(v, 2) for t, v in one_stream.items()},
         "mac_peak_gmacs_per_core": {b: round(v, 1) for b, v in mac_peak.items()},
     }
-    print(
-        f"cpu: {info['cpu']} | backend: {info['backend']} (supported: {', '.join(info['supported_backends'])})"
-        f" | torch {info['torch']}"
-    )
+    print(f"machine: {machine.summary(info)}")
+    print(f"backend: {info['backend']} (supported: {', '.join(info['supported_backends'])})")
     print(
         "measured read bandwidth (best of 3): "
         + ", ".join(f"{t} thread{'s' * (t > 1)}: {bw:.1f} GB/s" for t, bw in bandwidth.items())

@@ -18,8 +18,8 @@ steps, evals, metrics writes or saves); the other half wait for a checkpoint tem
 then, so kills during a save are certain. ``--slow-save S`` (default 0.2) makes the child sleep S seconds
 half-way through writing each checkpoint, widening that window; it patches ``torch.save`` in the child only.
 
-    python tools/kill_loop.py --kills 200          # release check (~15 min on 2 cores)
-    python tools/kill_loop.py --kills 6 --seed 1   # what tests/test_crash.py runs in CI
+    python tools/reliability/kill_loop.py --kills 200          # the release check (docs/reliability.md)
+    python tools/reliability/kill_loop.py --kills 6 --seed 1   # what tests/test_crash.py runs in CI
 
 What this is not: a test of power loss (fsync ordering is trusted, not simulated).
 """
@@ -40,37 +40,17 @@ import tempfile
 import time
 from pathlib import Path
 
+if not __package__:  # run as a file: the repository root, so that `bitnet_ref` and `tools` import from this checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from bitnet_ref import metrics_log as M
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN_ARGS = [
-    "--preset",
-    "tiny",
-    "--steps",
-    "12",
-    "--batch-size",
-    "4",
-    "--warmup",
-    "2",
-    "--eval-at",
-    "0,0.5,1",
-    "--eval-batches",
-    "1",
-    "--probe-prompts",
-    "2",
-    "--probe-prompt-len",
-    "8",
-    "--probe-tokens",
-    "4",
-    "--save-every",
-    "2",
-    "--threads",
-    "1",
-    "--device",
-    "cpu",
-    "--log-every",
-    "1000",
-]
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN_ARGS = (
+    "--preset tiny --steps 12 --batch-size 4 --warmup 2 --eval-at 0,0.5,1 --eval-batches 1 "
+    "--probe-prompts 2 --probe-prompt-len 8 --probe-tokens 4 --save-every 2 --threads 1 --device cpu "
+    "--log-every 1000"
+).split()
 VISIBLE = {"ckpt.pt", "metrics.jsonl"}
 
 

@@ -1,4 +1,5 @@
-"""The report of tools/experiments.py: each arm's numbers, the plots, the answers to the seed's five questions.
+"""The report of tools/experiments/experiments.py: each arm's numbers, the plots, and the answers to the debugging
+report's five open questions (docs/debugging.md says what that report was).
 
 ``summarize`` turns one arm's run (read by the doctor) into the numbers the report quotes; ``write_report``
 writes OUT/report.md (and the plots when matplotlib is importable). Kept apart from experiments.py, which
@@ -11,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bitnet_ref import machine
 from bitnet_ref.doctor import verdicts as D
 from bitnet_ref.doctor.run import Run
 from bitnet_ref.metrics_log import number_or_none
@@ -166,7 +168,7 @@ def _traj(s: dict, n: int = 14) -> str:
 
 
 def answers(by: dict, uni: float, quick: bool) -> list[str]:
-    """The seed's five open questions, answered from the arms' numbers."""
+    """The debugging report's five open questions, answered from the arms' numbers."""
     g = lambda name: by.get(name, Arm(name, "", [], 0)).result.get("summary") or {}
     t1, t2, t4, half, ref, fp = g("t1-stage1"), g("t2-lr3"), g("t4-long"), g("t1-half"), g("ref"), g("fp")
     t3, t5 = g("t3-end-only"), g("t5-fractions")
@@ -294,8 +296,8 @@ def correct_bitnet(by: dict, uni: float, ln_v: float, mode: dict, quick: bool) -
     near_lnv = [a.name for a in by.values() if (a.result.get("diagnosis") or {}).get("verdict") == "not_learning"]
     txt += "No arm here stays near ln V. " if not near_lnv else f"Arms that stay near ln V: {', '.join(near_lnv)}. "
     txt += (
-        "A loss stuck near ln V, as in the seed (10.2-11.0 nats with ln 50257 = 10.82), means the model has not "
-        "learned even token frequencies; that is the doctor's 'not learning', not an S-curve plateau."
+        "A loss stuck near ln V, as in the debugging report (10.2-11.0 nats with ln 50257 = 10.82), means the model "
+        "has not learned even token frequencies; that is the doctor's 'not learning', not an S-curve plateau."
     )
     if quick:
         txt += " (Quick mode: run the full mode for the 256-wide numbers.)"
@@ -321,7 +323,7 @@ def write_report(arms: list, out: Path, mode_name: str, mode: dict, plots: bool 
     header = ref_run.header if ref_run else {}
     tok = vocab_note(by)
     L = [
-        f"# The seed's experiments at this machine's scale ({mode_name} mode"
+        f"# The debugging report's experiments at this machine's scale ({mode_name} mode"
         + (f", tokenizer {mode.get('tokenizer')})" if tok else ", bytes)"),
         "",
     ]
@@ -335,11 +337,12 @@ def write_report(arms: list, out: Path, mode_name: str, mode: dict, plots: bool 
         + f"Parameters: {header.get('params', 0) / 1e6:.2f} M, of which BitLinear "
         f"{header.get('params_bitlinear', 0) / 1e6:.2f} M and embeddings/head/norms "
         f"{header.get('params_other', 0) / 1e6:.2f} M. "
-        f"torch {header.get('torch', '?')} on {header.get('device', '?')}."
+        f"Device: {header.get('device', '?')}; machine: {machine.summary()}"
+        + (" (it wrote this report; reused arms ran earlier)." if any(a.result.get("reused") for a in arms) else ".")
     )
     L.append("")
     L.append(
-        "The seed's setup (GPT-2 vocabulary, loss 10.2-11.0 = ln 50257 = 10.82) never left the ln V level: "
+        "The debugging report's setup (GPT-2 vocabulary, loss 10.2-11.0 = ln 50257 = 10.82) never left the ln V level: "
         "its runs had not learned token frequencies yet. The arms below separate the effects it mixed: "
         "stage-1-only vs the two-stage schedule, the LR, evaluation timing, run length, and each known bug."
     )
@@ -383,7 +386,7 @@ def write_report(arms: list, out: Path, mode_name: str, mode: dict, plots: bool 
         first = next((e for e in d.get("evidence", []) if not e.startswith(("final", "unique", "FP baseline"))), "-")
         first = first[:160].replace("|", "\\|")  # a pipe inside a cell would split the table row
         L.append(f"| {a.name} | {d.get('verdict', 'n/a')} | {got} | {exp} | {ok} | {others} | {first} |")
-    L += ["", "## The seed's five open questions, answered with these runs", ""]
+    L += ["", "## The debugging report's five open questions, answered with these runs", ""]
     L += answers(by, uni, quick)
     L += ["", "## What a correct BitNet of this width does", "", correct_bitnet(by, uni, ln_v, mode, quick)]
     L += ["", "## Plots", ""]

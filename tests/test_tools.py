@@ -1,0 +1,117 @@
+"""The scripts under tools/: each runs as documented (``python tools/<group>/<name>.py``) from any directory and
+imports as a module (``tools.<group>.<name>``); every tools path the repository names exists; and the helpers the
+benchmarks share (resident memory, read bandwidth, thread counts, the time-breakdown line) do their job."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tools.bench import bench_decode, bench_llama_cpp
+from tools.bench.memory import read_bandwidth, resident_mb
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p for p in (ROOT / "tools").glob("*/*.py") if 'if __name__ == "__main__":' in p.read_text())
+# where the repository names its tools; README.md is left out while it is being rewritten
+NAMING = ["docs/**/*.md", "tools/**/*.py", "tests/*.py", "bitnet_ref/**/*.py", "cpp/**/*.*", "CMakeLists.txt"]
+NAMING += ["pyproject.toml", ".ci/run"]
+
+
+def module_of(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def test_the_groups_hold_their_scripts():
+    assert {p.parent.name for p in SCRIPTS} == {"bench", "experiments", "reliability"}
+    assert len(SCRIPTS) >= 9 and (ROOT / "tools" / "decode_probe.py").is_file()
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_every_script_imports_as_a_module(path):
+    assert callable(importlib.import_module(module_of(path)).main)
+
+
+@pytest.mark.slow
+def test_every_script_answers_help_from_another_directory(tmp_path):
+    """Without PYTHONPATH and from outside the checkout: each script finds `tools` (and, uninstalled, the
+    package) from its own location."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    procs = {
+        p: subprocess.Popen(
+            [sys.executable, str(p), "--help"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for p in SCRIPTS
+    }
+    for p, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (p.name, err.decode()[-500:])
+        assert out.decode().startswith("usage:"), (p.name, out.decode()[:200])
+
+
+def test_every_tools_path_named_in_the_repository_exists():
+    named = {}
+    for pattern in NAMING:
+        for f in ROOT.glob(pattern):
+            for m in re.finditer(r"\btools/[A-Za-z0-9_/]+\.py\b", f.read_text(errors="replace")):
+                named.setdefault(m.group(), str(f.relative_to(ROOT)))
+    assert len(named) >= 10
+    missing = {p: where for p, where in named.items() if not (ROOT / p).is_file()}
+    assert not missing, f"tools paths that do not exist (path: first file naming it): {missing}"
+
+
+def test_resident_memory_sees_an_allocation():
+    before = resident_mb("VmRSS")
+    buf = np.ones(80_000_000, dtype=np.uint8)  # written, so resident
+    after, peak = resident_mb("VmRSS"), resident_mb("VmHWM")
+    del buf
+    if sys.platform.startswith("linux"):  # elsewhere only the peak is known
+        assert 70 < after - before < 200, (before, after)
+    assert peak >= after > 0
+    with pytest.raises(ValueError, match="VmHWM or VmRSS"):
+        resident_mb("VmPeak")
+
+
+def test_read_bandwidth_probes_with_the_given_streams():
+    pytest.importorskip("bitnet_ref._bench")
+    assert read_bandwidth(1, 1 << 20, reps=1, tries=2, streams=1) > 0
+    with pytest.raises(ValueError):  # the probe checks what it is handed: streams reach it
+        read_bandwidth(1, 1 << 20, reps=1, tries=1, streams=9)
+
+
+@pytest.mark.parametrize("text, want", [("1,2", [1, 2]), ("4", [4]), (" 1, 3 ,", [1, 3])])
+def test_thread_counts(text, want):
+    assert bench_llama_cpp.thread_counts(text, "--threads") == want
+
+
+@pytest.mark.parametrize("text", ["0", "1,-2", "x", "", ","])
+def test_bad_thread_counts_are_one_line_errors(text):
+    with pytest.raises(ValueError, match=r"^--threads must be positive integers separated by commas, got"):
+        bench_llama_cpp.thread_counts(text, "--threads")
+
+
+def test_bad_thread_flags_exit_2_before_any_work(capsys):
+    assert bench_llama_cpp.main(["--threads", "1,x"]) == 2
+    assert capsys.readouterr().err == "error: --threads must be positive integers separated by commas, got '1,x'\n"
+    from bitnet_ref.runtime import kernels
+
+    if kernels.available():  # otherwise bench_decode stops earlier, at the missing extension
+        assert bench_decode.main(["--preset", "bitnet-b1.58-large", "--threads-list", "0"]) == 2
+        assert capsys.readouterr().err.startswith("error: --threads-list must be positive integers")
+
+
+def test_breakdown_line():
+    bd = {"us_per_token": 1500.0, "parts_us": {"norm": 300.0, "kernel": 1200.0}}
+    bd["parts_share"] = {"norm": 0.2, "kernel": 0.8}
+    assert bench_decode.breakdown_line(bd, "packed", "us") == (
+        "  packed, where one token's 1500 us go (with hooks): norm 300 us (20%), kernel 1200 us (80%)"
+    )
+    assert bench_decode.breakdown_line(bd, "exact path", "ms") == (
+        "  exact path, where one token's 1.5 ms go (with hooks): norm 0.3 ms (20%), kernel 1.2 ms (80%)"
+    )
