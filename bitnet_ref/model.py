@@ -1,6 +1,6 @@
 """A small LLaMA-style decoder built from BitLinear layers: the BitNet b1.58 training-time model.
 
-Architecture, two layouts (``ModelConfig.layout``):
+Architecture, three layouts (``ModelConfig.layout``):
 
 - ``official`` (default): the block of BitNet b1.58 2B-4T and Hugging Face's BitNetForCausalLM. Four RMSNorms
   per block: ``attn_norm`` (input_layernorm) shared by q/k/v, ``attn.sub_norm`` (attn_sub_norm) before o_proj,
@@ -9,7 +9,11 @@ Architecture, two layouts (``ModelConfig.layout``):
   to int8 once and shared.
 - ``per-linear-norm``: the FAQ's reading ("remove RMSNorm before attention and SwiGLU because BitLinear has
   built-in RMSNorm"): every BitLinear normalises its own input with its own gain right before the int8
-  activation quantizer, seven per block. Checkpoints written before layouts existed use it.
+  activation quantizer, seven per block. Checkpoints written before layouts existed use it. It is also the
+  "extra RMSNorm before each linear" variant of the full-precision-to-ternary studies (arXiv 2505.08823).
+- ``llama``: the Llama block, two RMSNorms (input_layernorm, post_attention_layernorm) and no sub-norms, so
+  o_proj and down_proj quantize an un-normalised input. A Llama-family model maps onto it exactly (its
+  full-precision logits are the Llama's); it is what quantizing such a model "as it stands" trains.
 
 Either way q/k/v and gate/up are separate BitLinears, each with its own weight scale, as the official
 converter does; grouped-query attention with ``n_kv_heads``. Embeddings, the final RMSNorm and the output
@@ -17,6 +21,9 @@ head stay full precision (untied by default). No biases anywhere; RoPE (half-spl
 ``rope_theta``); gated FFN with ReLU^2 (BitNet b1.58 2B4T) or SwiGLU.
 
 quant="none" is the same architecture with the quantizers off (RMSNorm + plain linear): the FP baseline.
+Between the two, ``Transformer.set_quant_strength(w, a)`` blends the quantization in, x + s * (quant(x) - x) with
+the straight-through estimator (the quantization warmup of a full-precision-to-ternary fine-tune); at strength
+1 the forward is the recipe's, bit for bit, at 0 the full-precision one.
 Init: every linear and embedding weight ~ N(0, 0.02), norms at 1 (the GPT-2/nanoGPT convention; absmean
 quantization is scale invariant, so the init std only sets beta, i.e. the output scale).
 
@@ -72,7 +79,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         d_model=1536, n_layers=24, n_heads=16, ffn_hidden=4096, context=2048, vocab_size=32002, ffn_act="swiglu"
     ),
 }
-LAYOUTS = ("official", "per-linear-norm")
+LAYOUTS = ("official", "per-linear-norm", "llama")
+FULL_STRENGTH = (1.0, 1.0)  # quantization strength (weights, activations) of the recipe's forward
 
 # Hard caps, checked before anything is allocated (a hostile checkpoint config must not trigger a huge alloc).
 MAX_PARAMS = 4_000_000_000  # admits bitnet-b1.58-2B-4T (2.4 B); 16 GB of fp32 latents
@@ -101,7 +109,8 @@ class ModelConfig:
     ablate: list = field(default_factory=list)  # names in ABLATIONS
     # "official": the 2B-4T block, four RMSNorms (input_layernorm shared by q/k/v, attn_sub_norm before o_proj,
     # post_attention_layernorm shared by gate/up, ffn_sub_norm before down_proj); "per-linear-norm": every
-    # BitLinear normalises its own input with its own gain (seven per block; this project's first layout)
+    # BitLinear normalises its own input with its own gain (seven per block; this project's first layout);
+    # "llama": the official layout without the two sub-norms (a Llama-family block, two norms)
     layout: str = "official"
 
     def __post_init__(self):
@@ -154,7 +163,7 @@ class ModelConfig:
     def num_params(self) -> int:
         d, h, V, L = self.d_model, self.ffn_hidden, self.vocab_size, self.n_layers
         linears = 2 * d * d + 2 * d * self.kv_dim + 3 * d * h
-        norms = 6 * d + h if self.layout == "per-linear-norm" else 3 * d + h  # one gain per BitLinear, or four
+        norms = {"per-linear-norm": 6 * d + h, "official": 3 * d + h, "llama": 2 * d}[self.layout]  # 7, 4 or 2
         return V * d * (1 if self.tie_embeddings else 2) + L * (linears + norms) + d
 
     def validate(self):
@@ -232,6 +241,8 @@ class BitLinear(nn.Module):
     integer codes so the packed runtime path can reproduce it exactly. ``norm=True`` gives the layer its own
     RMSNorm (the per-linear-norm layout); in the official layout the block normalises outside and several
     BitLinears that read one input can share its quantization (``quantize_input``, then ``forward(x, act)``).
+    ``strength`` (weights, activations), set through ``Transformer.set_quant_strength``, blends the quantization in
+    (``quant.blended_linear``); at (1, 1), the default, the forward is the reference one above.
     """
 
     def __init__(self, in_features, out_features, *, quant="ternary", ablate=(), eps=1e-5, norm=True):
@@ -248,11 +259,12 @@ class BitLinear(nn.Module):
             if "clamp-ste" in ablate
             else None
         )
+        self.strength = FULL_STRENGTH  # plain floats, not state: the trainer sets them every step
 
     def quantize_input(self, x):
         """The int8 codes and scale of x (after this layer's norm), to share among layers reading the same x;
-        None where this layer would not use them (full precision, the ablations)."""
-        if self.quant == "none" or not self.dequant or self.wq is not None:
+        None where this layer would not use them (full precision, a blended strength, the ablations)."""
+        if self.quant == "none" or not self.dequant or self.wq is not None or self.strength != FULL_STRENGTH:
             return None
         return Q.act_quant(self.norm(x))
 
@@ -260,6 +272,8 @@ class BitLinear(nn.Module):
         x = self.norm(x)
         if self.quant == "none":
             return F.linear(x, self.weight)
+        if self.strength != FULL_STRENGTH:
+            return Q.blended_linear(x, self.weight, *self.strength)
         if not self.dequant:
             return F.linear(Q.act_codes_ste(x), Q.weight_codes_ste(self.weight))
         if self.wq is not None:
@@ -305,15 +319,16 @@ class KVCache:
         self.batch, self.max_len, self.pos = batch, max_len, 0
 
 
-def _norm(cfg: "ModelConfig", dim: int) -> nn.Module:
-    """A block-level RMSNorm of the official layout (Identity in the per-linear layout and under no-subln)."""
-    if cfg.layout != "official" or "no-subln" in cfg.ablate:
+def _norm(cfg: "ModelConfig", dim: int, *, sub: bool = False) -> nn.Module:
+    """A block-level RMSNorm (Identity in the per-linear layout, for a sub-norm in the llama layout, and under
+    no-subln)."""
+    if cfg.layout == "per-linear-norm" or "no-subln" in cfg.ablate or (sub and cfg.layout == "llama"):
         return nn.Identity()
     return RMSNorm(dim, cfg.norm_eps)
 
 
 def _linears(cfg: "ModelConfig", *shapes):
-    kw = dict(quant=cfg.quant, ablate=cfg.ablate, eps=cfg.norm_eps, norm=cfg.layout != "official")
+    kw = dict(quant=cfg.quant, ablate=cfg.ablate, eps=cfg.norm_eps, norm=cfg.layout == "per-linear-norm")
     return [BitLinear(i, o, **kw) for i, o in shapes]
 
 
@@ -322,9 +337,9 @@ class Attention(nn.Module):
         super().__init__()
         d, kv = cfg.d_model, cfg.kv_dim
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.shared = cfg.layout == "official"  # q/k/v read one normalised input: quantize it once
+        self.shared = cfg.layout != "per-linear-norm"  # q/k/v read one normalised input: quantize it once
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = _linears(cfg, (d, d), (d, kv), (d, kv), (d, d))
-        self.sub_norm = _norm(cfg, d)  # attn_sub_norm (per-linear layout: o_proj's own norm)
+        self.sub_norm = _norm(cfg, d, sub=True)  # attn_sub_norm (per-linear layout: o_proj's own norm)
 
     def forward(self, x, cos, sin, cache=None, layer=0):
         B, T, C = x.shape
@@ -355,9 +370,9 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d, h = cfg.d_model, cfg.ffn_hidden
-        self.act, self.shared = cfg.ffn_act, cfg.layout == "official"
+        self.act, self.shared = cfg.ffn_act, cfg.layout != "per-linear-norm"
         self.gate_proj, self.up_proj, self.down_proj = _linears(cfg, (d, h), (d, h), (h, d))
-        self.sub_norm = _norm(cfg, h)  # ffn_sub_norm (per-linear layout: down_proj's own norm)
+        self.sub_norm = _norm(cfg, h, sub=True)  # ffn_sub_norm (per-linear layout: down_proj's own norm)
 
     def forward(self, x):
         act = self.gate_proj.quantize_input(x) if self.shared else None
@@ -400,6 +415,17 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, cfg.context, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (context, hd)
         self.register_buffer("rope_sin", sin, persistent=False)
+
+    def set_quant_strength(self, weights: float, activations: float) -> None:
+        """Blend the quantization of every BitLinear in: x + s * (quant(x) - x), s in [0, 1] for the weights and
+        for the activations (1, 1: the recipe's forward exactly; 0, 0: full precision exactly)."""
+        s = (float(weights), float(activations))
+        if not all(0.0 <= v <= 1.0 for v in s):
+            raise ValueError(f"quantization strength must lie in [0, 1], got {s}")
+        if s != FULL_STRENGTH and any(a in _NEEDS_QUANT for a in self.cfg.ablate):
+            raise ValueError(f"the ablations {', '.join(_NEEDS_QUANT)} replace the quantizer: no strength to blend")
+        for _, m in self.bitlinears():
+            m.strength = s
 
     def bitlinears(self) -> Iterator[tuple[str, BitLinear]]:
         """(name, module) for every BitLinear (with quant='none' these are the plain, unquantized linears)."""

@@ -118,6 +118,19 @@ def fake_quant_linear(x: torch.Tensor, w: torch.Tensor, act=None) -> torch.Tenso
     return _FakeQuantLinear.apply(x, w, act)
 
 
+def blended_linear(x: torch.Tensor, w: torch.Tensor, weights: float, activations: float) -> torch.Tensor:
+    """F.linear(x + a * (act_dequant(x) - x), w + b * (weight_dequant(w) - w)), each difference detached.
+
+    The quantization warmup of a full-precision-to-ternary fine-tune (Hugging Face's "Fine-tuning LLMs to
+    1.58bit"): the strength b (weights) and a (activations) go from 0 to 1. The gradient is the identity to x and
+    w (the straight-through estimator). At 0 the value is F.linear(x, w) exactly (0 * d = 0 and x + 0 = x); at 1
+    it is the FAQ form, equal to ``fake_quant_linear`` up to float rounding, so callers at full strength use that.
+    """
+    x_hat = x if activations == 0 else x + activations * (act_dequant(x) - x).detach()
+    w_hat = w if weights == 0 else w + weights * (weight_dequant(w) - w).detach()
+    return F.linear(x_hat, w_hat.to(x_hat.dtype))
+
+
 # ---- deliberately broken variants, for ablations only ----------------------------------------------------------
 
 

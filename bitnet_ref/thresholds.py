@@ -27,6 +27,9 @@ LOSS_FELL = 0.05  # nats: "the loss still falls" = last val loss this much below
 MIN_UNIQUE_SIGNAL = 4  # a fall from fewer unique tokens than this (2 -> 1) is probe noise, not a dip or collapse
 DIP_FRAC = 0.5  # a dip: unique tokens at or below half of an earlier value...
 RECOVER_FRAC = 0.8  # ...recovered: back to at least 80% of that earlier value at the end
+DIP_Z = 1.5  # ...and the fall is larger than the probe's counting noise: (a - b) / sqrt(a + b) >= this (a count
+#             read as Poisson). Healthy tiny-preset runs probed with 4 x 24 tokens wander 8 -> 4 -> 7 (z 1.15); the
+#             debugging report's S-curve, 14 -> 6 -> 33, is z 1.79
 
 # ---- the doctor's checks against the checkpoint (doctor/measure.py): distrust the log
 
@@ -68,6 +71,16 @@ FLIP_KEEP_FRAC = 0.7  # last third still >= 70% of the middle third: a plateau (
 FLIP_MIN_EVALS = 6  # measured flip intervals needed before judging the trend
 ZERO_LOW, ZERO_HIGH = 0.05, 0.60  # share of 0 codes outside this band: zeros drifting (FAQ: ~1/3 each)
 
+# ---- the doctor on warm starts (doctor/quant_shock.py): a trained full-precision start, quantized
+
+SHOCK_WINDOW = 10  # steps of train loss averaged (one batch's loss varies by ~0.1 nats on the tiny presets)
+SHOCK_SETTLE = 20  # steps after lambda first reaches 1 that still count as "where the quantization came in"
+SHOCK_FRAC = 0.08  # a loss that jumps this share of the way from the start's unquantized val loss to ln V is a
+#                    quantization shock. Set on docs/experiments/report-warmup.md's arms (d_model 128, 500 FP
+#                    steps): abrupt quantization jumps 0.19 of the way (0.10 from a start trained 300 steps; the
+#                    study's Llama3-8B: beyond 1); the six warmed arms 0.03-0.05, the sigmoid's steep middle over
+#                    30 steps the most (the LR warmup's own disturbance of a trained model included)
+
 # ---- the decode probe's verdict (decode/probe.py), on one checkpoint's generations and measured loss
 
 COLLAPSE_TOP1 = 0.9  # mean top-1 probability along the samples at or above which the model is near-certain; a
@@ -92,8 +105,9 @@ RECOMPUTE_REL_TOL = 1e-2  # cached greedy decoding vs one full forward over the 
 REPRO_TOL_FP32 = 1e-3  # nats: the checkpoint's val loss on the log's own eval windows vs the logged one, fp32 run.
 #                        Same weights, windows and arithmetic: only summation order differs (healthy grid: 0 to
 #                        ~1e-6); a log that is not this model's loss on these windows is off by far more
-REPRO_TOL_AUTOCAST = 0.05  # ...the same for a run that evaluated under bf16 autocast (CUDA): bf16 rounding of
-#                            the compute against the doctor's fp32 (docs/debugging.md: the measured gap)
+REPRO_TOL_AUTOCAST = 0.05  # ...the same for a run that evaluated under bf16 autocast (CUDA) against the doctor's
+#                            fp32: bf16 autocast on the CPU moved four tiny checkpoints' eval loss by <= 1.1e-4
+#                            (docs/debugging.md); CUDA kernels differ more, unmeasured here: a wide allowance
 MEASURE_SE_TARGET = 0.02  # nats: the doctor measures fresh windows until its standard error is this small, 10x
 #                           below LOG_MISMATCH_NATS (per-window SD of a small model's loss is ~0.4-0.5 nats, so
 #                           ~500-600 windows), unless MEASURE_MAX_TOKENS comes first

@@ -144,6 +144,12 @@ def test_transient_dip_recovered():
     assert d.verdict == "transient_dip"
 
 
+def test_a_dip_within_the_probe_counting_noise_is_no_dip():
+    # 8 -> 4 -> 7 (a healthy tiny run probed with 96 tokens): half, but (8 - 4) / sqrt(12) = 1.15 < DIP_Z
+    d = diag(make_records(unique=lambda s: {0: 20, 20: 3, 40: 5, 60: 8, 80: 4, 100: 7}[s]))
+    assert d.verdict == "healthy"
+
+
 def test_dip_during_the_unigram_phase_is_a_note_not_a_verdict():
     # the debugging report's pattern at small scale: random init is "diverse", the unigram phase repeats one token
     val = lambda s: {0: 5.6, 20: 3.5, 40: 2.95, 60: 2.85, 80: 2.82, 100: 2.8}[s] if s % 20 == 0 else 3.0

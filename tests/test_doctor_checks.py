@@ -122,7 +122,7 @@ def test_a_run_that_crashes_records_its_error_and_the_doctor_says_it_ended_early
     with pytest.raises(RuntimeError):
         train.main(argv + ["--probe-tokens", "4", "--log-every", "1000", "--out", str(tmp_path / "run")])
     recs = M.read(tmp_path / "run" / "metrics.jsonl").records
-    assert recs[0]["optimizer"] == {"name": "AdamW", "betas": [0.9, 0.95], "eps": 1e-8}
+    assert recs[0]["optimizer"] == {"name": "AdamW", "adam": True, "betas": [0.9, 0.95], "eps": 1e-8}
     assert recs[-1] == {
         "kind": "stop",
         "step": 4,

@@ -8,12 +8,15 @@ dependency). The layers, lowest first, are written down once here and in docs/mo
                                           decode  <  crosscheck   (reads formats, runs runtime and decode)
     core  <  conform
     core  <  watch  <  doctor
+    formats  <  train    (a warm start, --init-from, reads a Hugging Face Llama through formats/)
 
 ``watch`` (the health hooks for other trainers' loops) stands on the core alone: it records what health.py and
 diversity.py measure into the metrics.jsonl schema the doctor reads; the doctor may use it, never the reverse.
 
-A module may import its own subpackage and the layers below it. The package's ``__init__.py`` (its lazy
-``load``) and the two commands kept at their old names (``bitnet_ref.export``, ``bitnet_ref.decode_probe``) are
+A module may import its own subpackage and the layers below it. ``train`` reading ``formats`` joins the first
+two chains: formats/ is where other tools' files are read, and the trainer's warm start is one more consumer of
+it, as decode/ is (formats/ never imports train/, so no cycle can form). The package's ``__init__.py`` (its
+lazy ``load``) and the two commands kept at their old names (``bitnet_ref.export``, ``bitnet_ref.decode_probe``) are
 entry points that stand above everything.
 """
 
@@ -30,7 +33,7 @@ ENTRY_POINTS = {"bitnet_ref", "bitnet_ref.export", "bitnet_ref.decode_probe"}
 ALLOWED = {
     "core": set(),
     "data": {"core"},
-    "train": {"core", "data"},
+    "train": {"core", "data", "formats"},
     "runtime": {"core"},
     "formats": {"core", "data", "runtime"},
     "decode": {"core", "data", "runtime", "formats"},

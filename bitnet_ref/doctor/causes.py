@@ -20,13 +20,13 @@ optimizer_config.py, upstream.py) and are listed here.
                    share of exactly-zero gradients on 0 codes
   low_precision    ckpt.pt holds master weights or AdamW moments below fp32 (before grad_flow: it explains
                    updates that round away)
+  lr_schedule      the logged LR is off its configured schedule (optimizer_config.py)
+  optimizer_step   AdamW's RMS step / LR outside [ADAM_STEP_LOW, ADAM_STEP_HIGH]; the setting that does it named
   grad_flow        where the gradient flow stops (health "groups" and layers): a parameter group (latent, norm,
                    embed, head) or a BitLinear with gradient norm <= GRAD_ZERO while others get one; a median over
                    BitLinears of >= DEAD_GRAD_FRAC exactly-zero gradient elements; a group or layer whose update ratio
                    is UPDATE_GAP x below the largest group's / the median layer's / the FP twin's; each followed
                    upstream to what starves it (upstream.py: "chain:" lines)
-  lr_schedule      the logged LR is off its configured schedule (optimizer_config.py)
-  optimizer_step   AdamW's RMS step / LR outside [ADAM_STEP_LOW, ADAM_STEP_HIGH]; the setting that does it named
   coarse_logits    >= FLOAT_GRID_MIN of the logits fit a coarse float format's significand (bf16/fp16/fp8-like
                    rounding in the full-precision path)
   missing_dequant  median BitLinear output RMS / FP-linear output RMS outside [OUT_RATIO_LOW, OUT_RATIO_HIGH]
@@ -39,6 +39,8 @@ optimizer_config.py, upstream.py) and are listed here.
                    >= FLIP_RISE x that over the middle third: LR or weight decay too high (a plateau,
                    >= FLIP_KEEP_FRAC, is only a note of the doctor's: stage-1-only runs plateau too)
   zero_drift       mean share of 0 codes outside [ZERO_LOW, ZERO_HIGH] (from ckpt.pt without health metrics)
+  abrupt_quantization, short_quant_warmup, warmup_longer_than_run: the warm-start causes (quant_shock.py, which
+                   reads the logged quantization strength and the header's warm start)
 
 What this is not: the verdict (verdicts.py decides whether the run learned; a cause only says what is broken).
 """
@@ -51,6 +53,7 @@ from typing import TYPE_CHECKING, Callable
 from bitnet_ref.doctor.decode_check import cache_mismatch, parity_mismatch
 from bitnet_ref.doctor.measure import checkpoint_check
 from bitnet_ref.doctor.optimizer_config import lr_schedule, optimizer_step
+from bitnet_ref.doctor.quant_shock import abrupt_quantization, short_quant_warmup, warmup_longer_than_run
 from bitnet_ref.doctor.records import fmt, last_with, layer_values, median
 from bitnet_ref.doctor.splits import memorisation, train_leak, wrong_split
 from bitnet_ref.doctor.upstream import chain_lines, starved
@@ -396,17 +399,17 @@ CAUSES = (  # in priority order: the first that applies is "the" cause
     Cause("missing_ste", "missing STE: no gradient reaches the latent weights", missing_ste),
     Cause("clamp_ste", "clamp-STE bug: clipped (saturated) weights get zero gradient", clamp_ste),
     Cause("low_precision", "low-precision master weights or optimizer state: small updates round away", low_precision),
-    Cause(
-        "grad_flow",
-        "gradient flow stops: some parameters get no gradient, or the optimizer does not move them",
-        grad_flow,
-        uses_baseline=True,
-    ),
     Cause("lr_schedule", "the LR the run used is not its configured schedule", lr_schedule),
     Cause(
         "optimizer_step",
         "AdamW moves the weights far less (or more) than its LR implies: a setting holds the updates back",
         optimizer_step,
+    ),
+    Cause(
+        "grad_flow",
+        "gradient flow stops: some parameters get no gradient, or the optimizer does not move them",
+        grad_flow,
+        uses_baseline=True,
     ),
     Cause(
         "coarse_logits",
@@ -420,6 +423,21 @@ CAUSES = (  # in priority order: the first that applies is "the" cause
     ),
     Cause("quant_head", "quantized embedding or output head: the full-precision path is ternary", quant_head),
     Cause("no_subln", "no RMSNorm before the activation quantizer: its input scale drifts far from 1", no_subln),
+    Cause(
+        "warmup_longer_than_run",
+        "the quantization warmup outlasts the run: lambda never reaches 1",
+        warmup_longer_than_run,
+    ),
+    Cause(
+        "abrupt_quantization",
+        "abrupt quantization of a trained full-precision model: no warmup of the quantization strength",
+        abrupt_quantization,
+    ),
+    Cause(
+        "short_quant_warmup",
+        "a quantization warmup too short for the model: lambda reached 1 before the model could follow",
+        short_quant_warmup,
+    ),
     Cause(
         "const_wd",
         "weight decay kept on through stage 2: latent weights keep being pulled toward 0 (recipe: WD 0)",

@@ -14,7 +14,9 @@ AdamW's param groups (lr, eps, betas) and moments. Two rules (cause rules of cau
                   weight by about lr x m/sqrt(v), ~0.1-1 lr, whatever the gradient's scale. The evidence names what
                   holds the steps back: the checkpoint's param groups holding another LR than the log, an eps
                   that dominates the per-element gradient (after clipping), betas; else an LR applied that is not the
-                  one logged
+                  one logged. It comes before grad_flow (the optimizer as a whole is upstream of one group's update
+                  ratio), except where the BitLinears alone are not moved while another group moves UPDATE_GAP x more:
+                  that is a group left out of AdamW or given no LR, grad_flow's finding
 
 What this is not: grad_flow (causes.py: one group or layer not moved while others are); a rule here looks at the
 optimizer as a whole against what its own settings imply.
@@ -36,6 +38,7 @@ from bitnet_ref.thresholds import (
     LR_OFF_FACTOR,
     LR_OFF_SHARE,
     LR_PEAK_FRAC,
+    UPDATE_GAP,
 )
 
 if TYPE_CHECKING:
@@ -229,10 +232,19 @@ def _betas_line(run: Run) -> str | None:
 def adamw(run: Run) -> bool:
     """The run's optimizer is AdamW (or Adam): its header says so, or it is bitnet_ref's trainer (which records a
     schedule and has always used AdamW). A loop watched by bitnet_ref.watch may use any optimizer."""
-    name = (run.header.get("optimizer") or {}).get("name")
-    if name is not None:
-        return name in ("AdamW", "Adam")
+    opt = run.header.get("optimizer") or {}
+    if isinstance(opt.get("adam"), bool):
+        return opt["adam"]
+    if opt.get("name") is not None:
+        return opt["name"] in ("AdamW", "Adam")
     return configured_schedule(run) is not None
+
+
+def _latent_alone(steps: list) -> bool:
+    """The BitLinears are the one group not moved while another moves UPDATE_GAP x more: a group left out of the
+    optimizer or given no LR (grad_flow names it and follows it upstream), not the optimizer as a whole."""
+    _, c, groups = steps[-1]
+    return any(v > UPDATE_GAP * c for g, v in groups.items() if g != "latent")
 
 
 def optimizer_step(run: Run) -> list | None:
@@ -242,7 +254,7 @@ def optimizer_step(run: Run) -> list | None:
     if not steps:
         return None
     c = median([s for _, s, _ in steps])
-    if ADAM_STEP_LOW <= c <= ADAM_STEP_HIGH:
+    if ADAM_STEP_LOW <= c <= ADAM_STEP_HIGH or (c < ADAM_STEP_LOW and _latent_alone(steps)):
         return None
     last_step, last, groups = steps[-1]
     what = "smaller" if c < ADAM_STEP_LOW else "larger"

@@ -8,11 +8,14 @@ returns a ``Diagnosis``: a verdict, a cause, and the evidence lines with the num
 
 Verdicts (from the losses and the diversity probe; the first that applies; every upper-case name is a number
 in thresholds.py):
+  quant_unfinished    a warm start whose quantization strength never reached 1 (quant_shock.py)
   log_mismatch        the checkpoint's next-token loss on the very windows of the log's evaluation differs from the
                       logged one by > REPRO_TOL_* (reproduce.py), or on fresh windows (the doctor's, or
                       decode_probe.json's) by > LOG_MISMATCH_NATS and LOG_MISMATCH_Z standard errors
   implausible_loss    the logged loss < IMPLAUSIBLE_LOSS_FRAC x unigram entropy (or < BASELINE_IMPLAUSIBLE_FRAC
                       x the FP baseline's): better than held-out data allows
+  quantization_shock  a warm start whose loss jumped >= SHOCK_FRAC of the way to ln V where the quantization came
+                      in (quant_shock.py)
   diverged            a non-finite loss, or the train loss ends > DIVERGE_RISE nats above its best
   incomplete          the run ended before its planned last step (progress.py): said, with the error where the log
                       has one, and judged only on what the records hold
@@ -28,15 +31,18 @@ in thresholds.py):
   diversity_collapse  (also) every greedy sample repeats one token (min_sample_top_share >= COLLAPSE_TOP_SHARE)
                       with top-1 >= COLLAPSE_TOP1, or decode_probe.json says collapsed
   transient_dip       past the unigram phase, unique tokens fell to <= DIP_FRAC of an earlier value (itself
-                      >= MIN_UNIQUE_SIGNAL), then came back to >= RECOVER_FRAC of it by the end
+                      >= MIN_UNIQUE_SIGNAL) by >= DIP_Z x its counting noise, then came back to >= RECOVER_FRAC of
+                      it by the end
   A fall in unique tokens while the val loss is still at unigram level is the expected "unigram phase"
   (greedy decoding of a frequency-only model repeats its most frequent token): a note, not a verdict. A
   final greedy output with one token >= REPETITIVE_TOP_SHARE of it that did not fall is also only a note.
   faulty              the loss and samples look fine, but the health metrics show a known fault
   healthy             none of the above
 
-Causes: the table of rules in causes.py, read from the health metrics in the eval records, never from the
-run's config. The first that applies is "the" cause; all that apply are listed.
+Causes: the table of rules in causes.py (some living in the modules it lists), read from the health metrics in the
+eval records, the checkpoint and the data, never from the run's ablation list (the optimizer rules hold the run
+against its own configuration). The first that applies is "the" cause; all that apply are listed. The numbers the
+checks measured go into ``Diagnosis.measurements`` (``--json``).
 
 What it is not: a replacement for reading the curves, nor the command line (command.py prints and exits).
 """
@@ -52,12 +58,15 @@ from bitnet_ref.doctor.causes import CAUSE_TEXT, find_causes, flip_trend, fmt
 from bitnet_ref.doctor.decode_check import decode_path
 from bitnet_ref.doctor.measure import log_check, sample_collapse
 from bitnet_ref.doctor.progress import incomplete, uniform_phase
+from bitnet_ref.doctor.quant_shock import quant_shock, quant_unfinished
+from bitnet_ref.doctor.quant_shock import summary as quant_shock_summary
 from bitnet_ref.doctor.run import Run
 from bitnet_ref.metrics_log import number_or_none
 from bitnet_ref.thresholds import (
     BASELINE_GAP_FRAC,
     COLLAPSE_FRAC,
     DIP_FRAC,
+    DIP_Z,
     DIVERGE_RISE,
     FLIP_KEEP_FRAC,
     LOSS_FELL,
@@ -81,6 +90,9 @@ VERDICTS = {
     "diverged": "diverged: the loss became NaN/inf or blew up",
     "incomplete": "incomplete: the run ended before its planned last step; judged only on what its records hold",
     "decode_mismatch": "the decode path does not compute what the model computes: its samples are not the model's",
+    "quantization_shock": "quantization shock: the loss jumped toward ln V when the quantization came in",
+    "quant_unfinished": "the quantization warmup never finished: the logged losses are of a partly "
+    "full-precision model",
 }
 
 
@@ -151,6 +163,7 @@ class _Case:
     notes: list
     ln_v: float | None
     uni: float | None
+    dip_z: float | None = None  # the largest dip candidate's fall in units of counting noise (for the margins)
 
 
 class _Eval(NamedTuple):  # one eval record's diversity numbers
@@ -294,16 +307,28 @@ def _collapsed(c: _Case, past: list, best_u: float) -> str | None:
     return None
 
 
+def _dip_candidates(us: list) -> list:
+    """[(z, i, j)]: evals i < j (j not the last) where unique tokens fell to DIP_FRAC of a value >= MIN_UNIQUE_SIGNAL
+    and came back to RECOVER_FRAC of it by the end; z is the fall over its counting noise, sqrt(a + b)."""
+    return [
+        ((us[i] - us[j]) / math.sqrt(us[i] + us[j]), i, j)
+        for i in range(len(us))
+        for j in range(i + 1, len(us) - 1)
+        if us[i] >= MIN_UNIQUE_SIGNAL and us[j] <= DIP_FRAC * us[i] and us[-1] >= RECOVER_FRAC * us[i]
+    ]
+
+
 def _dipped(c: _Case, past: list) -> str | None:
-    us = [d.unique for d in past]
-    for i in range(len(us)):
-        for j in range(i + 1, len(us) - 1):
-            if us[i] >= MIN_UNIQUE_SIGNAL and us[j] <= DIP_FRAC * us[i] and us[-1] >= RECOVER_FRAC * us[i]:
-                c.evidence.append(
-                    f"dip past the unigram phase: {int(us[i])} -> {int(us[j])} unique tokens (step "
-                    f"{past[i].step} -> {past[j].step}), back to {int(us[-1])} at step {past[-1].step}"
-                )
-                return "transient_dip"
+    cands = _dip_candidates([d.unique for d in past])
+    c.dip_z = max((z for z, _, _ in cands), default=None)
+    for z, i, j in cands:
+        if z >= DIP_Z:
+            c.evidence.append(
+                f"dip past the unigram phase: {int(past[i].unique)} -> {int(past[j].unique)} unique tokens (step "
+                f"{past[i].step} -> {past[j].step}; {z:.1f} x the counting noise), back to {int(past[-1].unique)} "
+                f"at step {past[-1].step}"
+            )
+            return "transient_dip"
     return None
 
 
@@ -323,7 +348,9 @@ def _note_plateau_and_repetition(c: _Case, last: _Eval) -> None:
 
 
 VERDICT_RULES = (
+    quant_unfinished,
     log_check,
+    quant_shock,
     diverged,
     incomplete,
     decode_path,
@@ -360,7 +387,10 @@ def diagnose(run: Run, baseline: Run | None = None) -> Diagnosis:
 def measured(run: Run, c: _Case) -> dict:
     """The numbers the checks measured, for --json and the fault zoo's margins."""
     out = {**reproduce.summary(run), **optimizer_config.summary(run), **decode_check.summary(run)}
+    out.update(quant_shock_summary(run))
     final = run.val_losses[-1][1] if run.val_losses else None
     if final is not None and c.ln_v:
         out["loss_over_ln_v"] = final / c.ln_v
+    if c.dip_z is not None:
+        out["dip_z"] = c.dip_z
     return out

@@ -84,6 +84,11 @@ def official_state(cfg: ModelConfig, state: dict) -> tuple[ModelConfig, dict]:
     layers that read one input (q/k/v, gate/up) carry equal gains; else FormatError (not representable)."""
     if cfg.layout == "official":
         return cfg, dict(state)
+    if cfg.layout == "llama":
+        raise FormatError(
+            "the llama layout has no attn_sub_norm / ffn_sub_norm, which the BitNet block has; a model trained "
+            "without them has no exact BitNet export"
+        )
     out = {k: v for k, v in state.items() if not k.endswith("_proj.norm.weight")}
     for i in range(cfg.n_layers):
         for part, projs, target in (

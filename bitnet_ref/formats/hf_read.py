@@ -73,7 +73,7 @@ def _locate(path) -> tuple[Path, Path, list[Path]]:
         if not (p / "config.json").is_file():
             hint = f"; for a bitnet_ref run directory pass {p / 'ckpt.pt'}" if (p / "ckpt.pt").is_file() else ""
             raise FormatError(f"{p} has no config.json, so it is not a Hugging Face model directory{hint}")
-        return p, p, _weight_files(p)
+        return p, p, weight_files(p)
     if not (p.parent / "config.json").is_file():
         raise FormatError(f"{p}: a weights file needs the config.json of its model beside it")
     return p, p.parent, [p]
@@ -84,7 +84,7 @@ def read(path) -> Imported:
     it) into our names, checked; FormatError (one line) for anything unusable."""
     p, root, files = _locate(path)
     with contextlib.ExitStack() as stack:
-        src = _TensorSource(files, stack)
+        src = TensorSource(files, stack)
         if src.ckpt is not None:  # a bitnet_ref checkpoint that happens to sit beside a config.json
             validate(src.ckpt, p)
             return Imported(
@@ -98,7 +98,7 @@ def read(path) -> Imported:
     return Imported(cfg, state, f"{p} (Hugging Face BitNet, {form})", form, ternary, inexact, codec)
 
 
-def _weight_files(d: Path) -> list[Path]:
+def weight_files(d: Path) -> list[Path]:
     for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (d / index).is_file():
             wm = read_json(d / index, "shard index").get("weight_map")
@@ -122,7 +122,7 @@ def _weight_files(d: Path) -> list[Path]:
     )
 
 
-class _TensorSource:
+class TensorSource:
     """Names, shapes and dtypes of the tensors in some weights files, and each tensor on request (safetensors files
     are opened lazily, so nothing is read before every check has passed)."""
 
@@ -197,7 +197,7 @@ class _TensorSource:
             raise FormatError(f"{f}: tensor {name!r:.80} cannot be read ({first})") from None
 
 
-def _check_names(cfg: ModelConfig, kind: str, src: _TensorSource) -> list:
+def _check_names(cfg: ModelConfig, kind: str, src: TensorSource) -> list:
     pairs = name_pairs(cfg)
     scales = (
         {hf + "_scale" for ours, hf, _ in pairs if is_linear(ours)} if kind in ("bitlinear", "autobitlinear") else set()
@@ -217,7 +217,7 @@ def _check_names(cfg: ModelConfig, kind: str, src: _TensorSource) -> list:
     return pairs
 
 
-def _check_shapes(cfg: ModelConfig, kind: str, src: _TensorSource, pairs) -> None:
+def _check_shapes(cfg: ModelConfig, kind: str, src: TensorSource, pairs) -> None:
     """Dtypes and shapes of every tensor, before any is loaded."""
     floats, coded = tuple(FLOAT_DTYPES.values()), kind in ("bitlinear", "autobitlinear")
     for ours, hf, shape in pairs:
@@ -246,7 +246,7 @@ def _check_shapes(cfg: ModelConfig, kind: str, src: _TensorSource, pairs) -> Non
             raise FormatError(f"{scale} must be one float, got shape {list(src.shape(scale))} {src.dtype(scale)}")
 
 
-def _convert(cfg: ModelConfig, kind: str, src: _TensorSource):
+def _convert(cfg: ModelConfig, kind: str, src: TensorSource):
     """(our state dict, ternary (codes, beta) by BitLinear name or None, names of inexact latents)."""
     pairs = _check_names(cfg, kind, src)
     _check_shapes(cfg, kind, src, pairs)
@@ -272,7 +272,7 @@ def _convert(cfg: ModelConfig, kind: str, src: _TensorSource):
     return state, ternary, inexact
 
 
-def _ternary(kind: str, hf: str, src: _TensorSource):
+def _ternary(kind: str, hf: str, src: TensorSource):
     """(codes int8 (N, K), beta float32 ()) of one linear stored as codes + weight_scale."""
     w = src.get(hf)
     if w.dtype == torch.uint8:
@@ -289,7 +289,7 @@ def _float_codes(w: torch.Tensor, hf: str) -> torch.Tensor:
     return codes.to(torch.int8)
 
 
-def _beta(kind: str, hf: str, src: _TensorSource) -> torch.Tensor:
+def _beta(kind: str, hf: str, src: TensorSource) -> torch.Tensor:
     """beta of a codes + weight_scale linear: weight_scale itself (autobitlinear) or its inverse (bitlinear)."""
     ws = float(src.get(hf + "_scale").reshape(()).to(torch.float64))
     if not (ws > 0 and ws < float("inf")):
@@ -318,7 +318,7 @@ def read_file_model(path, *, head: str = "fp32"):
         raise ValueError(f"head must be one of {HEAD_FORMATS}, not {head!r}")
     p, root, files = _locate(path)
     with contextlib.ExitStack() as stack:
-        src = _TensorSource(files, stack)
+        src = TensorSource(files, stack)
         if src.ckpt is not None:
             validate(src.ckpt, p)
             return from_checkpoint(src.ckpt, str(p))
@@ -379,7 +379,7 @@ def read_file_model(path, *, head: str = "fp32"):
     )
 
 
-def _int8_rows(src: _TensorSource, hf: str, chunk: int = 1024):
+def _int8_rows(src: TensorSource, hf: str, chunk: int = 1024):
     """Int8Rows of a (V, d) float tensor, ``chunk`` rows at a time (safetensors slices; no float32 matrix)."""
     from bitnet_ref.runtime.int8_head import Int8Rows, quantize_rows_into
 

@@ -4,8 +4,9 @@
 dict); ``build_parser``/``config_from_args`` turn ``python -m bitnet_ref.train`` flags into one. ``check_config``
 does what can be checked before data or disk are touched; ``check_memory`` refuses a batch that cannot fit in
 memory before anything is allocated; ``resume_mismatch`` is the one comparison of a resumed run's settings with
-its checkpoint's. ``plan`` resolves the settings once into a ``Plan`` (the schedule, the evaluation steps,
-the last step of this invocation; with the data, the model config) that the loop reads and never re-derives.
+its checkpoint's. ``plan`` resolves the settings once into a ``Plan`` (the schedule, the quantization warmup,
+the evaluation steps, the last step of this invocation, the warm start's weights; with the data, the model
+config) that the loop reads and never re-derives.
 What this is not: the model's own config (``model.ModelConfig``) or the schedule's (``schedule.ScheduleConfig``);
 both are derived from this one here, in ``plan``.
 """
@@ -23,7 +24,11 @@ from bitnet_ref.checkpoint import load_checkpoint
 from bitnet_ref.cli import OneLineParser, whole_at_least
 from bitnet_ref.data.corpus import Corpus
 from bitnet_ref.model import ABLATIONS, LAYOUTS, PRESETS, ModelConfig
+from bitnet_ref.train.quant_warmup import SHAPES as WARMUP_SHAPES
+from bitnet_ref.train.quant_warmup import TARGETS as WARMUP_TARGETS
+from bitnet_ref.train.quant_warmup import QuantWarmup
 from bitnet_ref.train.schedule import ScheduleConfig
+from bitnet_ref.train.warm_start import WarmStart, WarmStartError, check_data, read_warm_start, resolve
 
 RUNTIME_FIELDS = {
     "device",
@@ -59,8 +64,15 @@ class TrainConfig:
     ffn_act: str | None = None
     rope_theta: float | None = None
     tie_embeddings: bool | None = None
+    norm_eps: float | None = None
     layout: str = "official"
     ablate: list = field(default_factory=list)
+    # warm start and quantization warmup (full precision to 1.58 bits)
+    init_from: str | None = None  # a --quant none ckpt.pt or a Hugging Face Llama directory
+    quant_warmup: int = 0  # N steps over which the quantization strength rises from 0 to 1; 0 = abrupt
+    quant_warmup_shape: str = "linear"
+    quant_warmup_k: float | None = None  # the shape's steepness (None: quant_warmup.DEFAULT_K)
+    quant_warmup_on: str = "both"
     # optimisation and schedule (the schedule's defaults are schedule.ScheduleConfig's)
     steps: int = 1000
     batch_size: int = 16
@@ -112,6 +124,7 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
             "ffn_act",
             "rope_theta",
             "tie_embeddings",
+            "norm_eps",
         )
         if getattr(cfg, k) is not None
     }
@@ -143,6 +156,13 @@ def schedule_config(cfg: TrainConfig) -> ScheduleConfig:
             stage1_only=cfg.stage1_only,
             const_wd="const-wd" in cfg.ablate,
         )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def quant_warmup(cfg: TrainConfig) -> QuantWarmup:
+    try:
+        return QuantWarmup(cfg.quant_warmup, cfg.quant_warmup_shape, cfg.quant_warmup_k, cfg.quant_warmup_on)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -181,6 +201,7 @@ def check_config(cfg: TrainConfig) -> None:
             f"--{k.replace('_', '-')} must be >= 0, got {v!r}",
         )
     need(cfg.quant in ("ternary", "none"), f"--quant must be ternary or none, got {cfg.quant!r}")
+    check_warmup(cfg, need)
     need(cfg.autocast in ("auto", "bf16", "off"), f"--autocast must be auto, bf16 or off, got {cfg.autocast!r}")
     for a in cfg.ablate:
         need(a in ABLATIONS, f"unknown --ablate {a!r}; choose from {', '.join(ABLATIONS)}")
@@ -202,6 +223,26 @@ def check_config(cfg: TrainConfig) -> None:
             raise ConfigError(str(e)) from None
 
 
+def check_warmup(cfg: TrainConfig, need) -> None:
+    """The quantization warmup's flags: valid, and never silently without effect."""
+    quant_warmup(cfg)
+    if cfg.quant_warmup == 0:
+        extra = [
+            f"--quant-warmup-{k}"
+            for k, v, d in (
+                ("shape", cfg.quant_warmup_shape, "linear"),
+                ("k", cfg.quant_warmup_k, None),
+                ("on", cfg.quant_warmup_on, "both"),
+            )
+            if v != d
+        ]
+        need(not extra, f"{', '.join(extra)} has no effect without --quant-warmup N (N > 0)")
+        return
+    need(cfg.quant == "ternary", "--quant-warmup blends ternary quantization in; it has no effect with --quant none")
+    broken = [a for a in cfg.ablate if a in ("no-ste", "clamp-ste", "no-dequant")]
+    need(not broken, f"--ablate {', '.join(broken)} replaces the quantizer, which --quant-warmup blends in")
+
+
 @dataclass(frozen=True)
 class Plan:
     """A run's settings resolved once: what the loop reads."""
@@ -210,12 +251,19 @@ class Plan:
     schedule: ScheduleConfig
     evals: frozenset  # steps (completed updates; 0 = before training) that get an evaluation
     end: int  # the step this invocation stops at: --stop-at, else --steps
+    warmup: QuantWarmup = QuantWarmup()  # the quantization strength at each step
+    init: WarmStart | None = None  # --init-from's weights (not on --resume: the checkpoint has them)
     corpus: Corpus | None = None  # the data, once loaded (``with_data``)
     model: ModelConfig | None = None  # the model config, once the data's vocabulary is known
 
     def with_data(self, corpus: Corpus) -> Plan:
         """The plan completed by its data: the model config for the corpus's vocabulary, and the checks that
         need it (the context fits the data, the diversity probe fits the context)."""
+        if self.init is not None:
+            try:
+                check_data(self.init, corpus)
+            except WarmStartError as e:
+                raise ConfigError(str(e)) from None
         mcfg = model_config(self.cfg, corpus.vocab_size)
         corpus.require(mcfg.context)
         if self.cfg.probe_prompt_len + self.cfg.probe_tokens > mcfg.context:
@@ -227,9 +275,21 @@ class Plan:
 
 
 def plan(cfg: TrainConfig) -> Plan:
-    """Check ``cfg`` (everything that can be checked before data or disk) and resolve it into a Plan."""
+    """Check ``cfg`` (everything that can be checked before data or disk) and resolve it into a Plan; with
+    --init-from (and no --resume) the source is read here, and the run takes its shapes and tokenizer."""
     check_config(cfg)
-    return Plan(cfg, schedule_config(cfg), frozenset(eval_steps(cfg)), cfg.stop_at or cfg.steps)
+    init = None
+    if cfg.init_from is not None and not cfg.resume:
+        try:
+            init = read_warm_start(cfg.init_from, cfg.layout)
+            cfg = resolve(cfg, init)
+        except WarmStartError as e:
+            raise ConfigError(str(e)) from None
+        check_config(cfg)  # the tokenizer it brought
+    evals = eval_steps(cfg)
+    if 0 < cfg.quant_warmup <= cfg.steps:  # the first evaluation of the model fully quantized, where a shock shows
+        evals.add(cfg.quant_warmup)
+    return Plan(cfg, schedule_config(cfg), frozenset(evals), cfg.stop_at or cfg.steps, quant_warmup(cfg), init)
 
 
 def resume_mismatch(settings: dict, saved: dict) -> str | None:
@@ -321,11 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--rope-theta", type=_finite, help="RoPE base (default: the preset's, 10000 for the small ones)")
     m.add_argument("--tie-embeddings", action="store_true", help="share the token embedding with the output head")
+    m.add_argument("--norm-eps", type=_finite, help="RMSNorm epsilon (default: 1e-5; a warm start takes its source's)")
     m.add_argument(
         "--layout",
         choices=sorted(LAYOUTS),
         help=f"where the RMSNorms sit (default: {D.layout}): "
-        "official = the 2B-4T block's four norms; per-linear-norm = one inside every BitLinear",
+        "official = the 2B-4T block's four norms; per-linear-norm = one inside every BitLinear (the 'extra "
+        "RMSNorm before each linear' variant); llama = a Llama block's two, no sub-norms",
     )
     m.add_argument(
         "--quant", choices=["ternary", "none"], help=f"ternary BitLinear or full precision (default: {D.quant})"
@@ -354,6 +416,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument(
         "--grad-clip", type=_finite, help=f"clip the global gradient norm to this; 0 = off (default: {D.grad_clip})"
+    )
+    w = p.add_argument_group("warm start: full precision to 1.58 bits (docs/warm-start.md)")
+    w.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="start from trained full-precision weights: a --quant none run's ckpt.pt or a Hugging Face "
+        "LlamaForCausalLM directory (its shapes and tokenizer.json become the run's); the optimizer and the "
+        "step count start fresh",
+    )
+    w.add_argument(
+        "--quant-warmup",
+        type=_nonneg,
+        metavar="N",
+        help="raise the quantization strength lambda from 0 to 1 over N steps, x + lambda * (quant(x) - x) "
+        f"with the STE (default: {D.quant_warmup} = abrupt)",
+    )
+    w.add_argument(
+        "--quant-warmup-shape",
+        choices=WARMUP_SHAPES,
+        help=f"lambda's curve: linear t, exponential 1-(1-t)^k, sigmoid (default: {D.quant_warmup_shape})",
+    )
+    w.add_argument(
+        "--quant-warmup-k", type=_finite, help="the exponential or sigmoid curve's steepness (default: 6 and 20)"
+    )
+    w.add_argument(
+        "--quant-warmup-on",
+        choices=WARMUP_TARGETS,
+        help=f"what is warmed; the other is quantized from the start (default: {D.quant_warmup_on})",
     )
     e = p.add_argument_group("evaluation")
     ev = e.add_mutually_exclusive_group()

@@ -1,11 +1,12 @@
 """``python -m bitnet_ref.train``: train a BitNet b1.58 (or full-precision) LM and record everything it did.
 
-The loop is ``train``, read top to bottom: for each step set LR and WD from the two-stage schedule, draw that
-step's batch, forward/backward, check for non-finite values, clip, update; evaluate (validation loss, the
-diversity probe, the health metrics) at the chosen points; checkpoint atomically. ``TrainingRun`` holds what
-the loop works on (data, model, AdamW, the metrics log) and does the one-step, eval and save chores. Settings
-are resolved once, before the loop, into a ``Plan`` (config.py, with their checks); torchrun in dist.py; the log's
-schema in metrics_log.py.
+The loop is ``train``, read top to bottom: for each step set LR and WD from the two-stage schedule and the
+quantization strength from the quantization warmup, draw that step's batch, forward/backward, check for
+non-finite values, clip, update; evaluate (validation loss, the diversity probe, the health metrics) at the
+chosen points; checkpoint atomically. ``TrainingRun`` holds what the loop works on (data, model, AdamW, the
+metrics log) and does the one-step, eval and save chores. Settings are resolved once, before the loop, into a
+``Plan`` (config.py, with their checks); torchrun in dist.py; the log's schema in metrics_log.py.
+``--init-from`` (``warm_start.py``) loads trained full-precision weights into the fresh model before step 1.
 
 Outputs in ``--out`` (default ``runs/<timestamp>-<quant>``): ``metrics.jsonl`` (see metrics_log.py; each line is
 one ``write`` and a flush, so a kill leaves at most a torn last line) and ``ckpt.pt`` (see checkpoint.py; saved
@@ -48,6 +49,7 @@ from bitnet_ref.diversity import diversity, greedy_decode, probe_prompts
 from bitnet_ref.files import atomic_write
 from bitnet_ref.health import HealthTracker
 from bitnet_ref.model import BitLinear, ModelConfig, Transformer
+from bitnet_ref.thresholds import SHOCK_WINDOW
 from bitnet_ref.train import faults
 from bitnet_ref.train.config import (
     ConfigError,
@@ -59,7 +61,9 @@ from bitnet_ref.train.config import (
     resume_mismatch,
 )
 from bitnet_ref.train.dist import Dist, barrier_and_close, init_distributed
+from bitnet_ref.train.quant_warmup import quant_lambda, strengths
 from bitnet_ref.train.schedule import lr_at, stage_at, wd_at
+from bitnet_ref.train.warm_start import WarmStart
 
 
 class NonFiniteError(RuntimeError):
@@ -85,9 +89,11 @@ def param_groups(model: nn.Module) -> list[dict]:
 
 
 def optimizer_settings(opt: torch.optim.Optimizer) -> dict:
-    """What the metrics header records of the optimizer as built: its class and AdamW's betas and eps."""
+    """What the metrics header records of the optimizer as built: its class, whether it steps as Adam does, and
+    AdamW's betas and eps."""
     d = opt.defaults
-    return {"name": type(opt).__name__, "betas": list(d.get("betas", ())), "eps": d.get("eps")}
+    adam = isinstance(opt, (torch.optim.Adam, torch.optim.AdamW))  # a subclass keeps AdamW's step
+    return {"name": type(opt).__name__, "adam": adam, "betas": list(d.get("betas", ())), "eps": d.get("eps")}
 
 
 def autocast_for(device: torch.device, mode: str):
@@ -106,17 +112,20 @@ def train(cfg: TrainConfig, log=print) -> dict:
     """Run training as configured; returns a summary dict. Raises ConfigError/DataError/CheckpointError/
     DeviceError on bad input and NonFiniteError when a loss or gradient is NaN/inf (unless skip_nonfinite)."""
     settings = plan(cfg)
+    cfg = settings.cfg  # with a warm start's shapes and tokenizer
     dist, device = init_distributed(cfg.device, cfg.batch_size)
     threads, ok, run, s = torch.get_num_threads(), False, None, 0
     try:
         run = TrainingRun(settings, dist, device, log if dist.main else (lambda *a, **k: None))
         evals, s = run.plan.evals, run.start
         if run.start == 0 and 0 in evals:
+            run.set_quant_strength(0)
             run.evaluate(0)
         for s in range(run.start, run.end):  # `s` updates are done; this one uses schedule index s
             lr, wd = lr_at(s, run.plan.schedule), wd_at(s, run.plan.schedule)
             for g in run.opt.param_groups:
                 g["lr"], g["weight_decay"] = lr, (wd if g["decay"] else 0.0)
+            run.set_quant_strength(s + 1)  # the update numbered s + 1, and the eval after it
             gen = torch.Generator().manual_seed(seed_for(cfg.seed, "train", s))
             x, y = dist.rank_slice(*get_batch(run.corpus.train, cfg.batch_size, run.mcfg.context, gen))  # (B/W, T)
             run.step(s, x, y, lr, wd, measure_health=s + 1 in evals)
@@ -150,8 +159,11 @@ class TrainingRun:
         self.raw = Transformer(self.mcfg).to(device)
         self.opt = torch.optim.AdamW(param_groups(self.raw), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
         self.start, self.last_val, self.skipped = 0, None, 0
+        self.quant_lambda, self.init_val_loss, self.init_train_loss = None, None, None
         if ckpt is not None:
             self._restore(ckpt)
+        elif settings.init is not None:
+            self._warm_start(settings.init)
         self.end = self.plan.end
         self.last_saved = self.start if ckpt is not None else None
         self.last_eval = None
@@ -240,6 +252,45 @@ class TrainingRun:
         self.start, self.last_val = ckpt["step"], ckpt.get("last_val_loss")
         self.skipped = ckpt.get("skipped_nonfinite", 0)
 
+    def _warm_start(self, init: WarmStart) -> None:
+        """Load --init-from's weights into the fresh model and measure them in full precision: the val loss on
+        the evaluation batches, and the train loss on the batches of the first SHOCK_WINDOW steps (what the
+        doctor sets the quantization's arrival against, batch for batch)."""
+        try:
+            self.raw.load_state_dict({k: v.to(self.device) for k, v in init.state.items()})
+        except RuntimeError as e:  # shapes were checked against the flags: a mismatch here is a bug, but say which
+            first = str(e).strip().splitlines()[0][:200]
+            raise ConfigError(
+                f"--init-from {init.path}: its weights do not load into the run's model ({first})"
+            ) from None
+        if self.mcfg.quant == "ternary":
+            self.raw.set_quant_strength(0.0, 0.0)
+        cfg = self.cfg
+        first = range(min(SHOCK_WINDOW, cfg.steps))
+        self.raw.eval()
+        with torch.no_grad(), autocast_for(self.device, cfg.autocast):
+            self.init_val_loss = self.dist.mean(self._val_loss()[0], self.device)
+            train = 0.0
+            for s in first:
+                gen = torch.Generator().manual_seed(seed_for(cfg.seed, "train", s))
+                x, y = self.dist.rank_slice(*get_batch(self.corpus.train, cfg.batch_size, self.mcfg.context, gen))
+                train += float(self.raw(x.to(self.device), y.to(self.device))[1])
+            self.init_train_loss = self.dist.mean(train / len(first), self.device)
+        self.raw.train()
+        self.log(
+            f"warm start: {init.path} ({init.kind}, layout {init.cfg.layout}); without quantization: val loss "
+            f"{self.init_val_loss:.4f}, train loss {self.init_train_loss:.4f} (the batches of steps 1-{len(first)})"
+        )
+        for note in init.notes:
+            self.log(f"  {note}")
+
+    def set_quant_strength(self, step: int) -> None:
+        """The quantization strength of the quantization warmup after ``step`` updates (ternary runs only)."""
+        if self.mcfg.quant != "ternary":
+            return
+        self.quant_lambda = quant_lambda(step, self.plan.warmup)
+        self.raw.set_quant_strength(*strengths(step, self.plan.warmup))
+
     def _open_metrics(self, ckpt: dict | None) -> M.MetricsLog:
         cfg, out, path = self.cfg, self.out, self.out / M.FILE_NAME
         out.mkdir(parents=True, exist_ok=True)
@@ -266,6 +317,22 @@ class TrainingRun:
                 "ln_vocab": self.ln_vocab,
                 "unigram_entropy": self.unigram,
                 "data": self.corpus.info(),
+                "init": None
+                if self.plan.init is None
+                else {
+                    **self.plan.init.header(),
+                    "val_loss_unquantized": self.init_val_loss,
+                    "train_loss_unquantized": self.init_train_loss,
+                    "train_loss_steps": min(SHOCK_WINDOW, cfg.steps),
+                },
+                "quant_warmup": {
+                    "steps": self.plan.warmup.steps,
+                    "shape": self.plan.warmup.shape,
+                    "k": self.plan.warmup.steepness,
+                    "on": self.plan.warmup.on,
+                }
+                if self.mcfg.quant == "ternary"
+                else None,
                 "params": n_params,
                 "params_bitlinear": n_bitlinear,
                 "params_other": n_params - n_bitlinear,
@@ -280,8 +347,9 @@ class TrainingRun:
             f"data: {self.corpus.source} | {len(self.corpus.train):,} train / {len(self.corpus.val):,} val "
             f"tokens | unigram entropy {self.unigram:.3f} nats, ln V {self.ln_vocab:.3f}"
         )
+        what = cfg.preset if self.plan.init is None else "warm start"
         self.log(
-            f"model: {cfg.preset} d_model {self.mcfg.d_model}, {self.mcfg.n_layers} layers, context "
+            f"model: {what} d_model {self.mcfg.d_model}, {self.mcfg.n_layers} layers, context "
             f"{self.mcfg.context}, quant {self.mcfg.quant} | {n_params / 1e6:.2f}M params | {cfg.steps} steps x "
             f"{cfg.batch_size} x {self.mcfg.context} tokens on {self.device}"
             + (f" x {self.dist.world} processes" if self.dist.enabled else "")
@@ -310,6 +378,8 @@ class TrainingRun:
             "stage": stage_at(s, self.plan.schedule),
             "grad_norm": M.finite_or_none(gnorm),
         }
+        if self.quant_lambda is not None:
+            rec["quant_lambda"] = self.quant_lambda
         if bad is None:
             self.opt.step()
             if health:
@@ -328,8 +398,9 @@ class TrainingRun:
             self.metrics.write(rec)
             if (s + 1) % cfg.log_every == 0 or s == self.start or s + 1 == self.end:
                 now = time.perf_counter()
+                lam = f"lambda {self.quant_lambda:.3f} | " if self.plan.warmup.steps and self.quant_lambda else ""
                 self.log(
-                    f"step {s + 1}/{cfg.steps} | loss {loss_val:.4f} | lr {lr:.2e} | wd {wd:.3f} | "
+                    f"step {s + 1}/{cfg.steps} | loss {loss_val:.4f} | lr {lr:.2e} | wd {wd:.3f} | {lam}"
                     f"{self.tok_log / (now - self.t_log) / 1e3:.1f}k tok/s"
                 )
                 self.t_log, self.tok_log = now, 0
@@ -360,15 +431,10 @@ class TrainingRun:
         the health metrics; written to metrics.jsonl."""
         cfg, dist, model = self.cfg, self.dist, self.raw
         model.eval()
-        gen = torch.Generator().manual_seed(seed_for(cfg.seed, "val"))
-        total, first = 0.0, None
-        for _ in range(cfg.eval_batches):
-            x, y = dist.rank_slice(*get_batch(self.corpus.val, cfg.batch_size, self.mcfg.context, gen))  # (B/W, T)
-            first = x if first is None else first
-            with autocast_for(self.device, cfg.autocast):
-                _, loss = model(x.to(self.device), y.to(self.device))
-            total += float(loss)
-        rec = {"kind": M.EVAL, "step": step, "val_loss": dist.mean(total / cfg.eval_batches, self.device)}
+        loss, first = self._val_loss()
+        rec = {"kind": M.EVAL, "step": step, "val_loss": dist.mean(loss, self.device)}
+        if self.quant_lambda is not None:
+            rec["quant_lambda"] = self.quant_lambda
         self.last_val = rec["val_loss"]
         if dist.main:
             samples = greedy_decode(model, self.prompts, cfg.probe_tokens)
@@ -386,6 +452,18 @@ class TrainingRun:
             self.last_eval = rec
         model.train()
         self.t_log, self.tok_log = time.perf_counter(), 0  # keep eval time out of the tok/s figure
+
+    def _val_loss(self) -> tuple[float, torch.Tensor]:
+        """(mean loss on this rank's share of the fixed validation batches, the first batch's inputs)."""
+        cfg, total, first = self.cfg, 0.0, None
+        gen = torch.Generator().manual_seed(seed_for(cfg.seed, "val"))
+        for _ in range(cfg.eval_batches):
+            x, y = self.dist.rank_slice(*get_batch(self.corpus.val, cfg.batch_size, self.mcfg.context, gen))  # (B/W, T)
+            first = x if first is None else first
+            with autocast_for(self.device, cfg.autocast):
+                _, loss = self.raw(x.to(self.device), y.to(self.device))
+            total += float(loss)
+        return total / cfg.eval_batches, first
 
     def record_error(self, step: int, e: BaseException) -> None:
         """A "stop" record for an error that ends the run (the doctor says the run ended early, and why)."""
@@ -419,6 +497,7 @@ class TrainingRun:
                 "data": self.corpus.info(),
                 "skipped_nonfinite": self.skipped,
                 "world_size": self.dist.world,
+                "quant_lambda": self.quant_lambda,  # the strength the weights were last trained at (None: FP run)
             },
         )
 

@@ -13,7 +13,9 @@ fp8-like grid, bf16 master weights), evaluation (no shift, the training split, l
 value), the KV-cache decode path (RoPE restarting, a query that cannot see itself), crashes (an error at step 3, a
 kill at step 170) and export (a checkpoint holding fresh weights); beside them a healthy grid (seeds, FFN kinds,
 FP and ternary, two-stage and stage-1-only, both layouts, two datasets, two sizes, no WD, small batches, heavy
-clipping, a tied head at twice the LR, a resumed run, runs read as foreign logs).
+clipping, a tied head at twice the LR, a resumed run, runs read as foreign logs). Warm starts (issue 27): a
+full-precision source of d_model 128 (trained enough that quantizing it costs something), continued as ternary
+abruptly, with warmups, and with a warmup longer than the run; they start once their source has finished.
 
 After training, the decode probe runs on the checkpoint in the same (patched) process, as its user would run
 it; the doctor then judges the run directory from a fresh process (``python -m bitnet_ref.doctor RUN --json``, or
@@ -68,9 +70,22 @@ class Case:
     needle: str | None = None  # ...and, for a fault, this text appears in the evidence (the mechanism named)
     foreign: bool = False  # judged as a foreign log (CSV: step, loss, val_loss, unique_tokens, lr; no unigram entropy)
     resume_at: int | None = None  # trained with --stop-at this, then --resume
+    init_from: str | None = None  # --init-from the checkpoint of this case's run (it runs after that one)
 
 
-LONG = ["--steps", "600", "--eval-every", "100"]  # long enough for what the step count implies (foreign logs)
+LONG = ["--steps", "600", "--eval-every", "100"]
+WARM_SOURCE = [
+    "--d-model",
+    "128",
+    "--n-layers",
+    "4",
+    "--n-heads",
+    "4",
+    "--ffn-hidden",
+    "384",
+    "--quant",
+    "none",
+]  # long enough for what the step count implies (foreign logs)
 CASES = [
     Case("ref", "tuned", None, quick=True),
     Case("seed7", "tuned", None, ["--seed", "7"]),
@@ -137,6 +152,43 @@ CASES = [
         ["--lr", "1e-6", "--lr2", "7e-7", "--stage1-only", "--seed", "5", "--steps", "700", "--eval-every", "100"],
         ("not_learning",),
         foreign=True,
+    ),
+    # issue 27: warm starts from a full-precision source; the fault is in the flags
+    Case("warm-source", "tuned", None, WARM_SOURCE),
+    Case("warm-linear", "tuned", None, ["--quant-warmup", "100"], init_from="warm-source"),
+    Case("warm-abrupt", "tuned", "abrupt_quant", [], ("quantization_shock",), init_from="warm-source"),
+    Case(
+        "warm-unfinished",
+        "tuned",
+        "unfinished_warmup",
+        ["--quant-warmup", "1000"],
+        ("quant_unfinished",),
+        init_from="warm-source",
+    ),
+    Case(
+        "warm-sigmoid",
+        "held-out",
+        None,
+        ["--quant-warmup", "100", "--quant-warmup-shape", "sigmoid"],
+        init_from="warm-source",
+    ),
+    # held out, and missed: their jumps (6.8% and 7.9% of the way to ln V) sit just under SHOCK_FRAC (8%); warm-short
+    # measured 5.3% before the trainer evaluated at the step lambda first reaches 1 (added after seeing it)
+    Case(
+        "warm-short",
+        "held-out",
+        "short_warmup",
+        ["--quant-warmup", "3"],
+        ("quantization_shock",),
+        init_from="warm-source",
+    ),
+    Case(
+        "warm-short-exp",
+        "held-out",
+        "short_warmup_exp",
+        ["--quant-warmup", "6", "--quant-warmup-shape", "exponential"],
+        ("quantization_shock",),
+        init_from="warm-source",
     ),
 ]
 
@@ -250,6 +302,8 @@ MARGINS = [  # (statistic in the doctor's measurements, threshold name, "max": h
     ("recompute_rel", "RECOMPUTE_REL_TOL", "max"),
     ("sample_mismatches", "SAMPLE_MISMATCH_MIN", "max"),
     ("loss_over_ln_v", "UNIGRAM_CEILING_FRAC", "max"),
+    ("dip_z", "DIP_Z", "max"),
+    ("shock_frac", "SHOCK_FRAC", "max"),
 ]
 
 
@@ -319,6 +373,8 @@ def main(argv=None) -> int:
     ]
     if only and len(cases) != len(only):
         ap.error(f"unknown case(s): {', '.join(sorted(only - {c.name for c in cases}))}")
+    needed = {c.init_from for c in cases if c.init_from} - {c.name for c in cases}
+    cases = [c for c in CASES if c.name in needed] + cases  # the warm starts' sources run too
     base = FULL if not args.quick else QUICK
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or tmp)
@@ -326,7 +382,15 @@ def main(argv=None) -> int:
         with ProcessPoolExecutor(
             args.workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1
         ) as pool:
-            futs = {c.name: pool.submit(run_case, c, base, str(root / c.name.replace("%", "pc"))) for c in cases}
+
+            def submit(c):
+                warm = ["--init-from", str(root / c.init_from / "ckpt.pt")] if c.init_from else []
+                return pool.submit(run_case, c, base + warm, str(root / c.name.replace("%", "pc")))
+
+            futs = {c.name: submit(c) for c in cases if c.init_from is None}
+            for name in {c.init_from for c in cases if c.init_from}:  # the warm starts need their source's ckpt
+                futs[name].result()
+            futs.update({c.name: submit(c) for c in cases if c.init_from is not None})
             results = {k: f.result() for k, f in futs.items()}
     text, ok = report(cases, results)
     print(text)

@@ -44,7 +44,14 @@ FAULT_TEXT = {
     "killed_mid_run": "crash: killed at step 170 (no record)",
     "tiny_lr": "optimizer: --lr 3e-6 (foreign log)",
     "tiny_lr_stage1": "optimizer: --lr 1e-6 stage 1 (foreign)",
+    # issue 27: warm starts; the fault is in the flags
+    "abrupt_quant": "warm start: abrupt quantization",
+    "unfinished_warmup": "warm start: warmup longer than the run",
+    "short_warmup": "warm start: a 3-step warmup",
+    "short_warmup_exp": "warm start: a 6-step exponential warmup",
 }
+FLAG_FAULTS = {"tiny_grad_clip", "tiny_lr", "tiny_lr_stage1", "abrupt_quant", "unfinished_warmup", "short_warmup"}
+FLAG_FAULTS |= {"short_warmup_exp"}  # set by the case's command-line flags: nothing to patch
 
 
 class Killed(BaseException):
@@ -406,7 +413,7 @@ def _crash_faults(name: str) -> bool:
 
 def install(name: str) -> None:
     """Install fault ``name`` into this process's trainer (the worker runs one case, then exits)."""
-    if name in ("tiny_grad_clip", "tiny_lr", "tiny_lr_stage1"):
+    if name in FLAG_FAULTS:
         return  # set by the case's command-line flags
     for group in (_data_faults, _optimizer_faults, _model_faults, _decode_faults, _crash_faults):
         if group(name):
