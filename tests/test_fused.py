@@ -41,8 +41,11 @@ def test_fused_matches_the_exact_packed_path_on_a_trained_checkpoint(trained, he
     exact = L.load_for_decode(path, "packed", head=head).model
     fused = L.load_for_decode(path, "packed", head=head, fused=True).model
     assert isinstance(fused, FusedTransformer)
-    a, b = G.generate(exact, prompts, 48), G.generate(fused, prompts, 48)
+    # the six prompts as one batch: each group's prompt in one call, then batched decode steps
+    a, b = G.generate(exact, prompts, 48, keep_logits=True), G.generate(fused, prompts, 48, keep_logits=True)
     assert a.tokens == b.tokens
+    assert a.logits is not None and b.logits is not None
+    assert rel_diff(torch.stack(b.logits), torch.stack(a.logits)) <= FUSED_REL_TOL  # the logits each token came from
     seqs = [p + t for p, t in zip(prompts, a.tokens)]
     la, lb = G.teacher_forced(exact, seqs), G.teacher_forced(fused, seqs)  # (B, T, V)
     assert rel_diff(lb, la) <= FUSED_REL_TOL
@@ -95,6 +98,19 @@ def test_generate_batches_through_the_fused_path_as_each_prompt_alone():
     prompts = [[(5 * i + j) % 256 for j in range(6)] for i in range(4)] + [[9, 8, 7]]
     batched = G.generate(fused, prompts, 10).tokens  # a batch of four (length 6) and one of one (length 3)
     assert batched == [G.generate(fused, [p], 10).tokens[0] for p in prompts]
+
+    class Recorder:  # the decoder's calls, as the (B, T) of the tokens each one was handed
+        def __init__(self, decoder):
+            self.decoder, self.calls = decoder, []
+
+        def forward(self, ids, *args):
+            self.calls.append(ids.shape)
+            return self.decoder.forward(ids, *args)
+
+    fused.decoder = rec = Recorder(fused.decoder)
+    assert G.generate(fused, prompts, 10).tokens == batched
+    # each group's prompt in one call, then one call a step for the whole group (batched decoding)
+    assert rec.calls == [(4, 6)] + [(4, 1)] * 9 + [(1, 3)] + [(1, 1)] * 9
 
 
 @needs_ext
