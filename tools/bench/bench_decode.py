@@ -27,8 +27,8 @@ llama.cpp TQ2_0 at 1 and 2 threads (its column comes from --vs-llama-cpp), >= 85
 <= 1.1x llama.cpp's.
 
 --llama-bench reports what llama.cpp's llama-bench reports (pp128, pp512, tg128), our batched decoding at B = 1, 4, 8,
-and the fractions of the multiply ceiling (pp) and of the read bandwidth (tg), ours and llama.cpp's side by side on
-the same GGUF (tools/bench/bench_llama_cpp.py).
+and the fractions of the multiply ceiling (pp) and of the read bandwidth (tg), ours, llama.cpp's and bitnet.cpp's side
+by side (tools/bench/llama_bench.py).
 
 What this is not: a kernel benchmark (tools/bench/bench_kernels.py) or a quality test (tools/decode_probe.py).
 """
@@ -445,10 +445,16 @@ def format_real_table(rows, bw_before, bw_after, meta) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--vs-llama-cpp" in argv or "--llama-bench" in argv:  # ours and llama.cpp on the same GGUF: its own options
-        from tools.bench import bench_llama_cpp  # (--vs-llama-cpp --help)
+    if "--vs-llama-cpp" in argv:  # ours and llama.cpp on the same GGUF: its own options (--vs-llama-cpp --help)
+        from tools.bench import bench_llama_cpp
 
         return bench_llama_cpp.main(argv)
+    if (
+        "--llama-bench" in argv
+    ):  # pp, tg, batches beside llama.cpp and bitnet.cpp: its own options (--llama-bench --help)
+        from tools.bench import llama_bench
+
+        return llama_bench.main(argv)
     p = argparse.ArgumentParser(
         description="End-to-end decode tokens/s: packed (exact and fused) vs torch fp32 vs "
         "fake-quant; and models at real shapes (--preset)."
@@ -463,8 +469,9 @@ def main(argv=None) -> int:
         "--llama-bench",
         action="store_true",
         help="instead: pp128, pp512, tg128 as llama-bench names them, ours and llama.cpp on the same GGUF (ours "
-        "alone without llama-cpp-python), our batched decoding at B = 1, 4, 8, fractions of the multiply ceiling "
-        "and the read bandwidth; tools/bench/bench_llama_cpp.py, see --llama-bench --help",
+        "alone without llama-cpp-python; bitnet.cpp with --bitnet-cpp), our batched decoding at B = 1, 4, 8, "
+        "fractions of the multiply ceiling and the read bandwidth; tools/bench/llama_bench.py, see --llama-bench "
+        "--help",
     )
     p.add_argument(
         "--checkpoint",

@@ -17,15 +17,6 @@ that thread count.
   (``--ours fused``; ``--ours exact``: the bit-exact packed path with the fp32 tied head) -> ``generate.generate``;
 - llama.cpp: llama-cpp-python's ``Llama`` (default F16 KV cache), ``eval`` one token at a time, argmax in numpy.
 
-``--llama-bench`` measures instead what llama.cpp's own ``llama-bench`` reports, per side and thread count, each
-side in a fresh process on the same file: pp128 and pp512 (a prompt of that many tokens through an empty cache in
-one call, the last position's logits only: tokens/s of the prompt), tg128 (128 tokens one at a time from an empty
-cache), and batched decoding, ours only (llama-cpp-python has no multi-sequence API to time it with): B = 1, 4, 8
-sequences (an 8-token prompt each, then 32 steps of B tokens; aggregate tokens/s). Beside them: pp as a fraction of
-the multiply ceiling (the ternary multiply-adds of a token, times tokens/s, over the core's measured vpdpbusd /
-vpmaddubsw rate times the threads) and tg as a fraction of the read bandwidth (the weight bytes a token reads,
-times tokens/s, over the probe). Without llama-cpp-python it runs our side alone.
-
 Needs the C++ extension, the gguf package and llama-cpp-python (``pip install -e ".[llama]"`` with
 CMAKE_ARGS="-DGGML_NATIVE=ON"). What this is not: a quality comparison (tests/test_llama_cpp.py checks agreement
 on a trained model; random weights decode noise).
@@ -55,7 +46,6 @@ from bitnet_ref import machine
 from bitnet_ref.formats import gguf_file as GF
 from bitnet_ref.model import ModelConfig
 from bitnet_ref.runtime import kernels
-from bitnet_ref.runtime import packed as P
 from bitnet_ref.runtime.packed import PackedWeight
 from tools.bench.memory import read_bandwidth, resident_mb
 
@@ -185,115 +175,12 @@ def llama_cpp_side(path, threads: int, prompt: list[int], new_tokens: int, repea
     }
 
 
-LLAMA_BENCH_PP = (128, 512)
-LLAMA_BENCH_TG = 128
-BATCHES = (1, 4, 8)
-BATCH_PROMPT, BATCH_STEPS = 8, 32
-
-
-def median_rate(fn, repeats: int, cpu: bool) -> dict:
-    """fn(clock) times one run with `clock` and returns tokens/s. After a warm-up, `repeats` runs timed by wall
-    time and, if `cpu` (one-thread runs), as many by this process's CPU time (on a shared machine the CPU-time rate
-    of a one-thread run says what the code does when it gets the core); the median of each."""
-    fn(time.perf_counter)
-    out = {"wall": statistics.median(fn(time.perf_counter) for _ in range(repeats))}
-    if cpu:
-        out["cpu"] = statistics.median(fn(time.process_time) for _ in range(repeats))
-    return out
-
-
-def ours_llama_bench(path, threads: int, repeats: int) -> dict:
-    """pp128, pp512, tg128 and batched decoding (see the module docstring) of our fused path on the GGUF file."""
-    from bitnet_ref.runtime.fused import FusedTransformer
-
-    torch.set_num_threads(1)
-    kernels.set_threads(threads)
-    cfg, packed, floats = GF.read_gguf(path, head="int8")
-    packed_model = GF.packed_model(cfg, packed, floats, threads=threads)
-    del packed, floats
-    weight_bytes = P.weight_bytes_per_token(packed_model)["total"]  # the int8 head whole, one embedding row
-    model = FusedTransformer(packed_model, threads=threads)
-    tokens = [(7 * i + 3) % cfg.vocab_size for i in range(max(LLAMA_BENCH_PP + (LLAMA_BENCH_TG,)))]
-
-    def pp(n, clock):
-        cache = model.new_cache(1, n)
-        idx = torch.tensor([tokens[:n]])
-        t0 = clock()
-        model(idx, cache=cache, last_only=True)
-        return n / (clock() - t0)
-
-    def tg(n, clock):
-        cache = model.new_cache(1, n)
-        t0 = clock()
-        for i in range(n):
-            model(torch.tensor([[tokens[i]]]), cache=cache)
-        return n / (clock() - t0)
-
-    def batched(b, clock):
-        cache = model.new_cache(b, BATCH_PROMPT + BATCH_STEPS)
-        model(torch.tensor([tokens[i : i + BATCH_PROMPT] for i in range(b)]), cache=cache, last_only=True)
-        step = torch.tensor([[tokens[i]] for i in range(b)])
-        t0 = clock()
-        for _ in range(BATCH_STEPS):
-            model(step, cache=cache)
-        return b * BATCH_STEPS / (clock() - t0)
-
-    cpu = threads == 1
-    out = {f"pp{n}": median_rate(lambda c, n=n: pp(n, c), repeats, cpu) for n in LLAMA_BENCH_PP}
-    out[f"tg{LLAMA_BENCH_TG}"] = median_rate(lambda c: tg(LLAMA_BENCH_TG, c), repeats, cpu)
-    out["batched"] = {str(b): median_rate(lambda c, b=b: batched(b, c), repeats, cpu) for b in BATCHES}
-    return {**out, "weight_bytes": weight_bytes, **memory()}
-
-
-def llama_cpp_llama_bench(path, threads: int, repeats: int) -> dict:
-    """pp128, pp512 and tg128 of llama.cpp on the same file, through llama-cpp-python (eval: the prompt in one
-    batch of up to 512 tokens, logits of the last position only; tg one token per eval)."""
-    import llama_cpp
-
-    n_max = max(LLAMA_BENCH_PP)
-    llm = llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=n_max + 8,
-        n_batch=n_max,
-        n_ubatch=n_max,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
-    tokens = [(7 * i + 3) % llm.n_vocab() for i in range(max(n_max, LLAMA_BENCH_TG))]
-
-    def pp(n, clock):
-        llm.reset()
-        t0 = clock()
-        llm.eval(tokens[:n])
-        return n / (clock() - t0)
-
-    def tg(n, clock):
-        llm.reset()
-        t0 = clock()
-        for i in range(n):
-            llm.eval([tokens[i]])
-        return n / (clock() - t0)
-
-    cpu = threads == 1
-    out = {f"pp{n}": median_rate(lambda c, n=n: pp(n, c), repeats, cpu) for n in LLAMA_BENCH_PP}
-    out[f"tg{LLAMA_BENCH_TG}"] = median_rate(lambda c: tg(LLAMA_BENCH_TG, c), repeats, cpu)
-    weights = sum(
-        int(t.n_bytes) for t in GF.gguf_module().GGUFReader(str(path)).tensors
-    )  # the F16 embedding is the head
-    return {**out, "weight_bytes": weights, "system_info": llama_cpp.llama_print_system_info().decode(), **memory()}
-
-
 def memory() -> dict:
     """Peak (VmHWM) and current (VmRSS) resident memory of this process, in MB; called with the model loaded."""
     return {"peak_rss_mb": resident_mb("VmHWM"), "rss_mb": resident_mb("VmRSS")}
 
 
 def child(args) -> int:
-    if args.llama_bench:
-        side = ours_llama_bench if args.child == "ours" else llama_cpp_llama_bench
-        print(json.dumps(side(args.gguf, args.threads, args.repeats)))
-        return 0
     prompt = json.loads(args.prompt)
     if args.child == "ours":
         r = ours(args.gguf, args.threads, prompt, args.tokens, args.repeats, args.ours)
@@ -306,7 +193,7 @@ def child(args) -> int:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def run_child(side, path, threads, prompt, tokens, repeats, how="fused", llama_bench=False) -> dict:
+def run_child(side, path, threads, prompt, tokens, repeats, how="fused") -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -324,14 +211,13 @@ def run_child(side, path, threads, prompt, tokens, repeats, how="fused", llama_b
         json.dumps(prompt),
         "--ours",
         how,
-    ] + (["--llama-bench"] if llama_bench else [])
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode:
         raise SystemExit(f"error: the {side} child failed (exit {p.returncode}): {p.stderr.strip()[-400:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    if not llama_bench:
-        r["tok_s"] = statistics.median(r["tok_s_all"])
+    r["tok_s"] = statistics.median(r["tok_s_all"])
     return r
 
 
@@ -379,89 +265,6 @@ def format_table(rows, meta) -> str:
     return "\n".join(out)
 
 
-def ternary_macs(cfg: ModelConfig) -> int:
-    """Ternary multiply-adds of one token (the head's are not counted: a prompt needs it for its last position only)."""
-    d, kv, h = cfg.d_model, cfg.kv_dim, cfg.ffn_hidden
-    return cfg.n_layers * (d * (d + 2 * kv + d) + 3 * d * h)
-
-
-def format_llama_bench(rows, meta) -> str:
-    cols = [f"pp{n}" for n in LLAMA_BENCH_PP] + [f"tg{LLAMA_BENCH_TG}"]
-    out = [
-        f"llama-bench style: tokens/s, median of {meta['repeats']}; machine: {machine.summary(meta)}; "
-        f"our kernel {meta['kernel']}, our path fused; multiply ceiling {meta['mac_peak']:.1f} G MAC/s per core "
-        f"({meta['mac_instruction']}); llama.cpp: {meta['llama_cpp']}; load average {meta['load']}",
-        f"{'shape':<20}{'thr':>4} {'side':<10}{'clock':<6}"
-        + "".join(f"{c:>8}" for c in cols)
-        + "".join(f"{'B=' + str(b):>8}" for b in BATCHES)
-        + f"{'B8/B1':>7}{'pp128 of ceiling':>18}{'pp512 of ceiling':>18}{'tg of DRAM':>12}",
-    ]
-    for r in rows:
-        ceiling = meta["mac_peak"] * 1e9 * r["threads"]
-        for clock in ("wall", "cpu") if r["threads"] == 1 else ("wall",):
-            for side in (s for s in SIDES if s in r):
-                s = r[side]
-                cells = "".join(f"{s[c][clock]:>8.1f}" for c in cols)
-                b = {n: v[clock] for n, v in s["batched"].items()} if "batched" in s else None
-                cells += "".join(f"{b[str(n)]:>8.1f}" for n in BATCHES) if b else "".join(f"{'-':>8}" for _ in BATCHES)
-                cells += f"{b['8'] / b['1']:>6.2f}x" if b else f"{'-':>7}"
-                fr = [s[f"pp{n}"][clock] * r["macs"] / ceiling for n in LLAMA_BENCH_PP]
-                tg = s[f"tg{LLAMA_BENCH_TG}"][clock] * s["weight_bytes"] / 1e9 / r["dram_gb_s"]
-                out.append(
-                    f"{r['shape']:<20}{r['threads']:>4} {side:<10}{clock:<6}{cells}{fr[0]:>18.0%}{fr[1]:>18.0%}"
-                    f"{tg:>12.0%}"
-                )
-            if "llama.cpp" in r:
-                ratios = ", ".join(f"{c} {r['ours'][c][clock] / r['llama.cpp'][c][clock]:.2f}x" for c in cols)
-                out.append(f"{'':<24}ours / llama.cpp ({clock}): {ratios}")
-    out.append(
-        "pp: a prompt of that many tokens in one call, last logits only; tg128: 128 tokens one at a time from an "
-        "empty cache; B=b: b sequences, 8-token prompts, then 32 steps of b tokens (aggregate tokens/s; ours "
-        "only); clock: wall time, or (one thread) the process's CPU time; of ceiling: ternary multiply-adds per "
-        "token x tokens/s over the ceiling x threads; of DRAM: the side's own weight bytes per token (ours: packed "
-        "layers + int8 head; llama.cpp: every tensor of the file, its F16 embedding read as the head) x tokens/s "
-        "over the read-bandwidth probe at that thread count (best of 3, before the run)"
-    )
-    return "\n".join(out)
-
-
-def run_llama_bench(args, threads, work, have_llama) -> int:
-    """--llama-bench: the table above, both sides (ours alone without llama-cpp-python)."""
-    from bitnet_ref import _bench
-
-    backend = kernels.backend()
-    peak = max(_bench.mac_peak(backend, 4_000_000) for _ in range(7)) / 1e9 if backend != "scalar" else 0.0
-    rows = []
-    bw = {t: bandwidth(t) for t in threads}
-    for preset in filter(None, args.presets.split(",")):
-        cfg = bench_config(preset)
-        path = work / f"{preset}-random-tq2_0.gguf"
-        if not path.exists():
-            packed, floats = random_packed(cfg)
-            GF.write_gguf(path, cfg, packed, floats, emb_type="f16", name=f"{preset} shape, random weights")
-            del packed, floats
-        for t in threads:
-            row = {"shape": preset, "threads": t, "dram_gb_s": bw[t], "macs": ternary_macs(cfg)}
-            for side in SIDES if have_llama else ("ours",):
-                row[side] = run_child(side, path, t, [], 0, args.repeats, llama_bench=True)
-                print(f"{preset}, {t} thread(s), {side}: {json.dumps(row[side])}", file=sys.stderr, flush=True)
-            rows.append(row)
-    meta = {
-        **machine.describe(),
-        "kernel": backend,
-        "mac_peak": peak,
-        "mac_instruction": {"avx512vnni": "vpdpbusd zmm", "avx2": "vpmaddubsw ymm"}.get(backend, backend),
-        "llama_cpp": (
-            f"llama-cpp-python {__import__('llama_cpp').__version__}" if have_llama else "not installed (ours only)"
-        ),
-        "repeats": args.repeats,
-        "bandwidth_after": {t: bandwidth(t) for t in threads},
-        "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-    }
-    print(json.dumps({"meta": meta, "rows": rows}) if args.json else format_llama_bench(rows, meta))
-    return 0
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="tools/bench/bench_decode.py --vs-llama-cpp",
@@ -482,12 +285,6 @@ def main(argv=None) -> int:
         help="our decode path: fused (int8 tied head, one C++ call a token; the default) or exact (the "
         "bit-exact packed path, fp32 tied head)",
     )
-    p.add_argument(
-        "--llama-bench",
-        action="store_true",
-        help="instead of the decode comparison: pp128, pp512, tg128 per side and our batched decoding at B = 1, 4, "
-        "8, with the fractions of the multiply ceiling and of the read bandwidth (see the module docstring)",
-    )
     p.add_argument("--child", choices=("ours", "llama.cpp"), help=argparse.SUPPRESS)
     p.add_argument("--gguf", help=argparse.SUPPRESS)
     p.add_argument("--prompt", help=argparse.SUPPRESS)
@@ -503,8 +300,6 @@ def main(argv=None) -> int:
     try:
         import llama_cpp
     except ImportError:
-        llama_cpp = None
-    if llama_cpp is None and not a.llama_bench:
         print(
             'error: llama-cpp-python is not installed; CMAKE_ARGS="-DGGML_NATIVE=ON" pip install -e ".[llama]"',
             file=sys.stderr,
@@ -520,12 +315,6 @@ def main(argv=None) -> int:
         return 2
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_llama_cpp_"))
     work.mkdir(parents=True, exist_ok=True)
-    if a.llama_bench:
-        try:
-            return run_llama_bench(a, threads, work, llama_cpp is not None)
-        finally:
-            if not a.keep:
-                shutil.rmtree(work, ignore_errors=True)
     rows = []
     try:
         bw = {t: bandwidth(t) for t in threads}
