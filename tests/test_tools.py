@@ -152,6 +152,49 @@ def test_llama_bench_table_end_to_end_on_a_small_shape(capsys):
     assert "smoke" in table and ("ours / llama.cpp (cpu)" in table) == ("llama.cpp" in want)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["build", "{d}", "--jobs", "0"], "--jobs must be at least 1"),
+        (["build", "{d}"], "name the sources"),
+        (["model", "{d}"], "holds no bitnet.cpp build"),
+        (["bench", "{d}"], "holds no bitnet.cpp build"),
+    ],
+)
+def test_bitnet_cpp_refuses_in_one_line_before_any_work(argv, message, tmp_path, capsys):
+    from tools.bench import bitnet_cpp
+
+    assert bitnet_cpp.main([a.format(d=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert bench_decode.main(["--llama-bench", "--bitnet-cpp", str(tmp_path)]) == 2
+    assert "holds no bitnet.cpp build" in capsys.readouterr().err
+    assert bench_decode.main(["--llama-bench", "--sides", "ours,nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --sides must name some of ours, llama.cpp, bitnet.cpp")
+
+
+def test_bitnet_cpp_exports_a_commit_without_the_blobs_a_snapshot_lacks(tmp_path):
+    """Its sources come from git snapshots that lack a few blobs it does not need: those are skipped, the rest
+    written as committed."""
+    from tools.bench import bitnet_cpp
+
+    repo = tmp_path / "repo"
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "keep").mkdir()
+    (repo / "keep" / "a.txt").write_text("kept\n")
+    (repo / "gone.bin").write_text("a blob the snapshot lacks\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "two files"], check=True)
+    blob = subprocess.run([*git, "rev-parse", "HEAD:gone.bin"], capture_output=True, text=True).stdout.strip()
+    (repo / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    out = tmp_path / "out"
+    assert bitnet_cpp.export_tree(repo / ".git", "HEAD", out) == ["gone.bin"]
+    assert (out / "keep" / "a.txt").read_text() == "kept\n" and not (out / "gone.bin").exists()
+    assert not (out / ".git").exists()
+
+
 def test_breakdown_line():
     bd = {"us_per_token": 1500.0, "parts_us": {"norm": 300.0, "kernel": 1200.0}}
     bd["parts_share"] = {"norm": 0.2, "kernel": 0.8}

@@ -164,6 +164,7 @@ def llama_cpp(path, threads: int, repeats: int) -> dict:
 
 
 CHILDREN = {"ours": ours, "llama.cpp": llama_cpp}
+SIDES = ("ours", "llama.cpp", "bitnet.cpp")
 
 
 def run_child(side: str, path, threads: int, repeats: int) -> dict:
@@ -204,7 +205,9 @@ def format_table(rows, meta) -> str:
                 fr = "".join(f"{s[f'pp{n}'][clock] * r['macs'] / ceiling:>18.0%}" for n in PP)
                 tg = s[f"tg{TG}"][clock] * s["weight_bytes"] / 1e9 / r["dram_gb_s"]
                 out.append(f"{r['shape']:<20}{r['threads']:>4} {side:<16}{clock:<6}{cells}{fr}{tg:>12.0%}")
-            for peer in (p for p in r["sides"] if p != "ours" and clock in r["sides"][p][cols[0]]):
+            for peer in (
+                p for p in r["sides"] if p != "ours" and "ours" in r["sides"] and clock in r["sides"][p][cols[0]]
+            ):
                 ratios = ", ".join(
                     f"{c} {r['sides']['ours'][c][clock] / r['sides'][peer][c][clock]:.2f}x" for c in cols
                 )
@@ -233,12 +236,12 @@ def runs_of(args) -> list[tuple[str, list[int]]]:
 
 
 def bitnet_cpp_sides(args, preset: str, threads: int) -> dict:
-    """bitnet.cpp's rows at this shape and thread count, if --bitnet-cpp names a build and the shape is its."""
-    if not args.bitnet_cpp or preset not in ("bitnet-b1.58-large", SMOKE):
+    """bitnet.cpp's rows at this shape and thread count, if --bitnet-cpp names a build with a model of the shape."""
+    if not args.bitnet_cpp or "bitnet.cpp" not in args.sides:
         return {}
     from tools.bench import bitnet_cpp
 
-    return bitnet_cpp.bench(Path(args.bitnet_cpp), preset, threads, args.repeats)
+    return bitnet_cpp.bench(Path(args.bitnet_cpp).resolve(), preset, threads, args.repeats)
 
 
 def run(args, runs, work: Path, have_llama: bool) -> int:
@@ -252,13 +255,14 @@ def run(args, runs, work: Path, have_llama: bool) -> int:
     for preset, counts in runs:
         cfg = shape(preset)
         path = work / f"{preset}-random-tq2_0.gguf"
-        if not path.exists():
+        ours_sides = [s for s in ("ours", "llama.cpp") if s in args.sides and (s == "ours" or have_llama)]
+        if ours_sides and not path.exists():
             packed, floats = random_packed(cfg)
             GF.write_gguf(path, cfg, packed, floats, emb_type="f16", name=f"{preset} shape, random weights")
             del packed, floats
         for t in counts:
             row = {"shape": preset, "threads": t, "dram_gb_s": bw[t], "macs": ternary_macs(cfg), "sides": {}}
-            for side in ("ours", "llama.cpp") if have_llama else ("ours",):
+            for side in ours_sides:
                 row["sides"][side] = run_child(side, path, t, args.repeats)
                 print(f"{preset}, {t} thread(s), {side}: {json.dumps(row['sides'][side])}", file=sys.stderr, flush=True)
             for side, s in bitnet_cpp_sides(args, preset, t).items():
@@ -306,6 +310,9 @@ def main(argv=None) -> int:
         metavar="DIR",
         help="a bitnet.cpp built by tools/bench/bitnet_cpp.py in DIR: add its llama-bench rows (large shape)",
     )
+    p.add_argument(
+        "--sides", default=",".join(SIDES), help=f"which sides to run, comma-separated (default: {','.join(SIDES)})"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--child", choices=tuple(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--gguf", help=argparse.SUPPRESS)
@@ -315,6 +322,9 @@ def main(argv=None) -> int:
         return 0
     try:
         runs = runs_of(a)
+        a.sides = [s for s in a.sides.split(",") if s]
+        if not a.sides or set(a.sides) - set(SIDES):
+            raise ValueError(f"--sides must name some of {', '.join(SIDES)}, got {','.join(a.sides)!r}")
         if a.repeats < 1:
             raise ValueError(f"--repeats must be at least 1, got {a.repeats}")
         if a.bitnet_cpp:
