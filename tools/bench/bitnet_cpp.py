@@ -17,7 +17,7 @@ converter (with the fork's own gguf-py) to f32 then ``llama-quantize ... I2_S``,
 --quant-embd``. The model: latent weights drawn so that its absmean ternarisation gives independent uniform
 {-1, 0, 1} codes (as tools/bench/bench_llama_cpp.py draws ours), unit norms, a small sentencepiece vocabulary padded
 to the shape's 32002 tokens. Needs cmake, clang (with libomp for OpenMP, as its setup expects) and the
-sentencepiece package.
+sentencepiece package (``pip install -e ".[bitnet-cpp]"``).
 
 A peer, never a dependency: nothing in bitnet_ref uses it and CI does not build it. What this is not: a check of
 its outputs (random weights decode noise) or a copy of its code (nothing of it enters this repository).
@@ -26,6 +26,7 @@ its outputs (random weights decode noise) or a copy of its code (nothing of it e
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -211,6 +212,10 @@ def convert(args) -> int:
     d = Path(args.dir).resolve()
     if not (d / "build" / "bin" / "llama-quantize").is_file():
         raise ValueError(f"{d} holds no bitnet.cpp build; run: python tools/bench/bitnet_cpp.py build {d} ...")
+    if importlib.util.find_spec("sentencepiece") is None:
+        raise ValueError(
+            'the sentencepiece package is missing (its converter needs it): pip install -e ".[bitnet-cpp]"'
+        )
     cfg, src, models = shape(args.preset), d / "src", d / "models"
     hf = models / f"{args.preset}-hf"
     write_hf_model(cfg, hf)
