@@ -275,7 +275,11 @@ def run(args, runs, work: Path, have_llama: bool) -> int:
         "mac_peak": peak,
         "mac_instruction": {"avx512vnni": "vpdpbusd zmm", "avx2": "vpmaddubsw ymm"}.get(backend, backend),
         "llama_cpp": (
-            f"llama-cpp-python {__import__('llama_cpp').__version__}" if have_llama else "not installed (ours only)"
+            f"llama-cpp-python {__import__('llama_cpp').__version__}"
+            if have_llama and "llama.cpp" in args.sides
+            else "not run"
+            if have_llama
+            else "not installed (not run)"
         ),
         "bitnet_cpp": "built from microsoft/BitNet (--bitnet-cpp)" if args.bitnet_cpp else "not run (--bitnet-cpp DIR)",
         "repeats": args.repeats,
