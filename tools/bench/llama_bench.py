@@ -202,7 +202,9 @@ def format_table(rows, meta) -> str:
                 b = {n: v[clock] for n, v in s["batched"].items()} if "batched" in s else None
                 cells += "".join(f"{b[str(n)]:>8.1f}" for n in BATCHES) if b else "".join(f"{'-':>8}" for _ in BATCHES)
                 cells += f"{b['8'] / b['1']:>6.2f}x" if b else f"{'-':>7}"
-                fr = "".join(f"{s[f'pp{n}'][clock] * r['macs'] / ceiling:>18.0%}" for n in PP)
+                fr = "".join(
+                    f"{s[f'pp{n}'][clock] * r['macs'] / ceiling:>18.0%}" if ceiling else f"{'-':>18}" for n in PP
+                )  # no ceiling on the portable path (no multiply loop to time)
                 tg = s[f"tg{TG}"][clock] * s["weight_bytes"] / 1e9 / r["dram_gb_s"]
                 out.append(f"{r['shape']:<20}{r['threads']:>4} {side:<16}{clock:<6}{cells}{fr}{tg:>12.0%}")
             for peer in (
