@@ -1,6 +1,7 @@
 """Decoding a Transformer, whatever its linear layers: the one KV-cache decoder, its oracle, and parity.
 
-- ``generate``: continue prompts through the model's KV cache, one token per forward after the prompt; greedy,
+- ``generate``: continue prompts through the model's KV cache: each prompt length's batch in one forward (only the
+  last position's logits: ``forward(..., last_only=True)``), then one token per forward; greedy,
   or temperature + top-k sampling under a seeded torch.Generator. It returns a ``Generation``: the new tokens,
   the entropy and top-1 probability of each next-token distribution, prefill and decode seconds. The model
   runs in eval mode for the call and gets its previous mode back, so the trainer can probe mid-training
@@ -133,7 +134,7 @@ def generate(
             idx = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)  # (B, P)
             cache = model.new_cache(len(rows), length + max_new_tokens)
             t0 = time.perf_counter()
-            logits, _ = model(idx, cache=cache)  # (B, P, V)
+            logits, _ = model(idx, cache=cache, last_only=True)  # (B, 1, V): the prompt's last position only
             last = logits[:, -1]  # (B, V)
             toks, ents, tops, kept = [], [], [], []
             t1 = time.perf_counter()

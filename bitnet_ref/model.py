@@ -438,7 +438,11 @@ class Transformer(nn.Module):
         p = self.norm.weight  # float32 on the model's device (tok_emb may hold int8 rows when decoding)
         return KVCache(self.cfg.n_layers, batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim, p.dtype, p.device)
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, *, last_only: bool = False):
+        """Logits (B, T, V) float32 and the mean cross-entropy when targets are given. last_only: only the last
+        position goes through the final norm and head (logits (B, 1, V)): a prompt before generation."""
+        if last_only and targets is not None:
+            raise ValueError("last_only computes no logits for the targets' positions")
         B, T = idx.shape
         start = 0 if cache is None else cache.pos
         limit = self.cfg.context if cache is None else cache.max_len
@@ -456,7 +460,7 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.pos += T
-        x = self.norm(x)
+        x = self.norm(x[:, -1:] if last_only else x)
         if self.quant_head:
             logits = F.linear(Q.act_fake_quant(x), Q.weight_fake_quant(self.head.weight))
         else:

@@ -1,5 +1,5 @@
 // bindings_decode.cpp: the decode-time parts of bitnet_ref._core beyond the ternary kernels: the exact int8 x
-// int8 product of the int8 head (int8_matmul.h) and the fused whole-token step (decode_step.h).
+// int8 product of the int8 head (int8_matmul.h) and the fused forward (decode_step.h: a token, a prompt, a batch).
 //
 // As bindings.cpp: only converts and checks; every argument (type, dtype, shape, contiguity, range) is checked
 // before a data pointer is read, and a bad one raises TypeError/ValueError with one line. FusedDecoder keeps a
@@ -134,13 +134,41 @@ class FusedDecoder {
     m.rope_sin = f32(rope_sin, "rope_sin", {m.context, m.head_dim});
   }
 
-  // tokens (B,) int64; kcache/vcache (B, n_layers, max_len, n_kv_heads, head_dim) float32 -> logits (B, vocab).
-  py::array_t<float> step(const py::object& tokens_obj, int64_t pos, const py::object& k_obj, const py::object& v_obj) {
+  // tokens (B, T) int64; pos: an int or (B,) int64, each sequence's first position; kcache/vcache (B, n_layers,
+  // max_len, n_kv_heads, head_dim) float32 -> logits (B, T, vocab), or (B, vocab) (each sequence's last) if last_only.
+  py::array_t<float> forward(const py::object& tokens_obj, const py::object& pos_obj, const py::object& k_obj,
+                             const py::object& v_obj, bool last_only) {
+    if (!py::isinstance<py::array>(tokens_obj)) throw py::type_error("tokens must be a numpy array");
+    auto tk = py::reinterpret_borrow<py::array>(tokens_obj);
+    if (tk.ndim() != 2) throw py::value_error("tokens must be 2-D (sequences, positions)");
+    const int64_t b = tk.shape(0), t = tk.shape(1);
+    tk = checked(tokens_obj, "tokens", 'i', 8, {b, t});
+    if (last_only) return run(tk, b, t, pos_obj, k_obj, v_obj, true, {b, m_.vocab});
+    return run(tk, b, t, pos_obj, k_obj, v_obj, false, {b, t, m_.vocab});
+  }
+
+  // tokens (B,) int64, one per sequence -> logits (B, vocab): forward with T = 1.
+  py::array_t<float> step(const py::object& tokens_obj, const py::object& pos_obj, const py::object& k_obj,
+                          const py::object& v_obj) {
     if (!py::isinstance<py::array>(tokens_obj)) throw py::type_error("tokens must be a numpy array");
     auto tk = py::reinterpret_borrow<py::array>(tokens_obj);
     if (tk.ndim() != 1) throw py::value_error("tokens must be 1-D");
     const int64_t b = tk.shape(0);
     tk = checked(tokens_obj, "tokens", 'i', 8, {b});
+    return run(tk, b, 1, pos_obj, k_obj, v_obj, true, {b, m_.vocab});
+  }
+
+  void set_threads(int threads) {
+    if (threads < 0) throw py::value_error("threads must be >= 1 (or 0 for the default)");
+    threads_ = threads;
+  }
+
+ private:
+  // Checks everything else (pos, the caches, every token) before a pointer is read, then runs decode_forward with
+  // the GIL released.
+  py::array_t<float> run(const py::array& tk, int64_t b, int64_t t, const py::object& pos_obj, const py::object& k_obj,
+                         const py::object& v_obj, bool last_only, const std::vector<int64_t>& out_shape) {
+    if (t < 1) throw py::value_error("tokens must hold at least one position per sequence");
     if (!py::isinstance<py::array>(k_obj)) throw py::type_error("kcache must be a numpy array");
     const auto ka = py::reinterpret_borrow<py::array>(k_obj);
     if (ka.ndim() != 5) throw py::value_error("kcache must be 5-D");
@@ -150,38 +178,50 @@ class FusedDecoder {
     py::array kc = checked(k_obj, "kcache", 'f', 4, cshape);
     py::array vc = checked(v_obj, "vcache", 'f', 4, cshape);
     if (!kc.writeable() || !vc.writeable()) throw py::value_error("kcache and vcache must be writable");
+    {
+      const auto* k0 = static_cast<const char*>(kc.data());
+      const auto* v0 = static_cast<const char*>(vc.data());
+      if (kc.nbytes() > 0 && k0 < v0 + vc.nbytes() && v0 < k0 + kc.nbytes())
+        throw py::value_error("kcache and vcache must not overlap");
+    }
     if (max_len > m_.context) throw py::value_error("the cache is longer than the model's context");
-    if (pos < 0 || pos >= max_len)
-      throw py::value_error("pos " + std::to_string(pos) + " is outside the cache of " + std::to_string(max_len));
-    const auto* t = static_cast<const int64_t*>(tk.data());
+    std::vector<int64_t> pos(static_cast<size_t>(b));
+    if (py::isinstance<py::array>(pos_obj)) {
+      py::array pa = checked(pos_obj, "pos", 'i', 8, {b});
+      std::copy_n(static_cast<const int64_t*>(pa.data()), b, pos.begin());
+    } else {
+      if (!py::isinstance<py::int_>(pos_obj) || py::isinstance<py::bool_>(pos_obj))
+        throw py::type_error("pos must be an int or a (sequences,) int64 numpy array");
+      int overflow = 0;
+      const long long p = PyLong_AsLongLongAndOverflow(pos_obj.ptr(), &overflow);
+      if (overflow != 0) throw py::value_error("pos is outside the cache of " + std::to_string(max_len));
+      std::fill(pos.begin(), pos.end(), static_cast<int64_t>(p));
+    }
     for (int64_t i = 0; i < b; ++i)
-      if (t[i] < 0 || t[i] >= m_.vocab)
-        throw py::value_error("token " + std::to_string(t[i]) + " is outside the vocabulary of " +
+      if (pos[i] < 0 || pos[i] > max_len - t)
+        throw py::value_error("positions " + std::to_string(pos[i]) + " .. " + std::to_string(pos[i] + t - 1) +
+                              " of sequence " + std::to_string(i) + " are outside the cache of " +
+                              std::to_string(max_len));
+    const auto* tokens = static_cast<const int64_t*>(tk.data());
+    for (int64_t i = 0; i < b * t; ++i)
+      if (tokens[i] < 0 || tokens[i] >= m_.vocab)
+        throw py::value_error("token " + std::to_string(tokens[i]) + " is outside the vocabulary of " +
                               std::to_string(m_.vocab));
-    py::array_t<float> out({b, m_.vocab});
-    float* kp = static_cast<float*>(kc.mutable_data());
-    float* vp = static_cast<float*>(vc.mutable_data());
-    float* lp = out.mutable_data();
-    // one sequence's cache, all layers: contiguous in the (B, L, S, Hkv, hd) layout
-    const int64_t per_seq = static_cast<int64_t>(m_.layers.size()) * max_len * m_.n_kv_heads * m_.head_dim;
-    int64_t bad = -1;
+    py::array_t<float> out(out_shape);
+    bitnet::ForwardBatch fb;
+    fb.tokens = tokens, fb.pos = pos.data(), fb.b = b, fb.t = t;
+    fb.kcache = static_cast<float*>(kc.mutable_data()), fb.vcache = static_cast<float*>(vc.mutable_data());
+    fb.max_len = max_len, fb.logits = out.mutable_data(), fb.all_logits = !last_only;
+    int64_t bad;
     {
       py::gil_scoped_release release;
-      for (int64_t i = 0; i < b && bad < 0; ++i)
-        bad = bitnet::decode_step(m_, t[i], pos, kp + i * per_seq, vp + i * per_seq, max_len, lp + i * m_.vocab,
-                                  backend_, threads_);
+      bad = bitnet::decode_forward(m_, fb, backend_, threads_);
     }
     if (bad >= 0)
       throw py::value_error("non-finite activations in layer " + std::to_string(bad) + " (x must be finite)");
     return out;
   }
 
-  void set_threads(int threads) {
-    if (threads < 0) throw py::value_error("threads must be >= 1 (or 0 for the default)");
-    threads_ = threads;
-  }
-
- private:
   const float* f32(const py::object& obj, const std::string& what, const std::vector<int64_t>& shape) {
     py::array a = checked(obj, what, 'f', 4, shape);
     keep_.push_back(a);
@@ -222,6 +262,12 @@ void register_decode(py::module_& m) {
            py::arg("head"), py::arg("rope_cos"), py::arg("rope_sin"), py::arg("format") = "2", py::arg("backend") = "",
            py::arg("threads") = 0)
       .def("step", &FusedDecoder::step, py::arg("tokens"), py::arg("pos"), py::arg("kcache"), py::arg("vcache"),
-           "One token per sequence at position pos: appends to the caches, returns logits (B, vocab) float32.")
+           "One token per sequence at position pos (an int, or one per sequence): appends to the caches, returns "
+           "logits (B, vocab) float32.")
+      .def("forward", &FusedDecoder::forward, py::arg("tokens"), py::arg("pos"), py::arg("kcache"), py::arg("vcache"),
+           py::arg("last_only") = false,
+           "T tokens per sequence (tokens (B, T)) from position pos (an int, or one per sequence) in one call: "
+           "appends to the caches, returns logits (B, T, vocab) float32, or (B, vocab) for each sequence's last "
+           "token if last_only.")
       .def("set_threads", &FusedDecoder::set_threads, py::arg("threads"));
 }

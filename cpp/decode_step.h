@@ -1,15 +1,24 @@
-// decode_step.h: one whole decoded token of a packed BitNet model (official layout) in C++, the fused path.
+// decode_step.h: the fused forward of a packed BitNet model (official layout) in C++: a decoded token, a prompt, or
+// a batch of sequences, each in one call.
 //
 // bitnet_ref/generate.py decodes through the torch model, where every RMSNorm, RoPE, attention and cache
 // append is a torch op with a few microseconds of dispatch each: at the default size that, not the ternary
-// kernel, is most of a token. decode_step runs a token through every layer in one call instead:
+// kernel, is most of a token. decode_forward runs rows of tokens through every layer in one call instead, each
+// ternary product one GEMM over all the rows (activations of many positions against each weight read once):
 //
-//   x = embedding row (float32, or int8 row * scale)
+//   x = embedding rows (float32, or int8 row * scale)
 //   per layer: h = rmsnorm(x, attn_norm); q,k,v = ternary(h) (one int8 quantization shared); RoPE(q, k);
-//              append k, v to the cache at pos; softmax(q k^T / sqrt(hd)) v per head (grouped-query);
-//              x += o_proj(rmsnorm(attn, attn_sub_norm))
+//              write k, v to the cache at each row's position; causal softmax(q k^T / sqrt(hd)) v per head over
+//              the row's sequence (grouped-query; attention.h); x += o_proj(rmsnorm(attn, attn_sub_norm))
 //              h = rmsnorm(x, ffn_norm); g,u = ternary(h); x += down(rmsnorm(act(g) * u, ffn_sub_norm))
-//   logits = head(rmsnorm(x, final_norm)): float32 rows, or int8 rows (int8_matmul.h) * (gamma * row scale)
+//   logits = head(rmsnorm(x, final_norm)) for the rows asked for: float32 rows, or int8 rows (int8_matmul.h) *
+//            (gamma * row scale)
+//
+// The rows are B sequences of T consecutive tokens each, every sequence from its own position in its own cache:
+// a prompt (B = 1, T tokens: prefill, teacher forcing), a decode step of B sequences at independent positions
+// (T = 1), or both. Every row's numbers are computed by the same code whatever else is in the call, so a prompt
+// in one call, the same prompt a token at a time and the same sequences batched or alone give bit-identical
+// logits and caches (tested in test_decode_step.cpp).
 //
 // The integer products are the exact ones of quant_matmul (ternary.h) and int8_matmul; the float glue (norm
 // sums, softmax, SiLU) is plain C++ whose rounding differs from torch's vectorised reductions in the last
@@ -58,10 +67,27 @@ struct DecodeModel {
   const float* rope_sin = nullptr;
 };
 
-// One token of one sequence at position pos: appends its keys/values to kcache/vcache, each
-// (n_layers, max_len, n_kv_heads, head_dim) float32 (this sequence's slice), and writes logits (vocab).
-// Arguments must be validated by the caller (token < vocab, pos < max_len <= context). Returns -1, or the
-// index of the layer whose activations were not finite (logits then unspecified).
+// B sequences, each running T consecutive tokens from its own first position.
+struct ForwardBatch {
+  const int64_t* tokens = nullptr;  // (b, t)
+  const int64_t* pos = nullptr;     // (b): the position of each sequence's first token
+  int64_t b = 0, t = 0;
+  float* kcache = nullptr;  // (b, n_layers, max_len, n_kv_heads, head_dim) float32: each sequence's own cache
+  float* vcache = nullptr;
+  int64_t max_len = 0;
+  float* logits = nullptr;  // (b, t, vocab) when all_logits, else (b, vocab): each sequence's last token
+  bool all_logits = true;
+};
+
+// Runs the batch: writes every token's keys/values to its sequence's cache at its position and the logits asked
+// for. Positions before pos[i] of sequence i must already be in its cache. Arguments must be validated by the
+// caller (tokens < vocab, 0 <= pos[i], pos[i] + t <= max_len <= context). Returns -1, or the index of a layer whose
+// activations were not finite (n_layers: the final norm's; logits then unspecified).
+int64_t decode_forward(const DecodeModel& m, const ForwardBatch& batch, Backend backend, int threads);
+
+// One token of one sequence at position pos (decode_forward with b = t = 1): appends its keys/values to
+// kcache/vcache, each (n_layers, max_len, n_kv_heads, head_dim) float32 (this sequence's slice), and writes
+// logits (vocab).
 int64_t decode_step(const DecodeModel& m, int64_t token, int64_t pos, float* kcache, float* vcache, int64_t max_len,
                     float* logits, Backend backend, int threads);
 

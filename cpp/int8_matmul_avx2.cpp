@@ -3,11 +3,15 @@
 // Per 32 weights: one 32-byte load, two sign extensions to int16 (vpmovsxbw), two vpmaddwd against the
 // activations already widened to int16, two int32 adds. Both operands in int16 keep every int8 value exact
 // (-128 * -128 included; the vpmaddubsw sign trick would overflow there). Memory-bound at head sizes, so the
-// tiles read four rows far apart (four streams, below). Not the oracle: int8_rows_ref is.
+// GEMV's tiles read four rows far apart (four streams, below); the GEMM (several activation rows: a batch, a
+// prompt's logits) widens each weight once for four activation rows and takes the rows in L2-sized chunks, so the
+// head is read from memory once per call, not once per activation row. Not the oracle: int8_rows_ref is.
 #include "int8_matmul.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
+
+#include <algorithm>
 
 namespace bitnet {
 namespace {
@@ -52,19 +56,61 @@ inline void rows_tile(const int16_t* x, const int8_t* w, int32_t* y, int64_t k, 
   }
 }
 
+// GEMM (M > 1): one weight row against MT activation rows, each 32 weights widened once for all of them.
+template <int MT>
+inline void gemm_tile(const int16_t* const* x, const int8_t* w, int64_t k, int32_t* const* y, int64_t r) {
+  const int64_t kv = k / 32 * 32;
+  __m256i acc[MT];
+  for (int i = 0; i < MT; ++i) acc[i] = _mm256_setzero_si256();
+  for (int64_t c = 0; c < kv; c += 32) {
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c));
+    const __m256i lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(b));
+    const __m256i hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(b, 1));
+    for (int i = 0; i < MT; ++i) {
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + c));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i] + c + 16));
+      acc[i] = _mm256_add_epi32(acc[i], _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1)));
+    }
+  }
+  for (int i = 0; i < MT; ++i) {
+    int32_t s = hsum(acc[i]);
+    for (int64_t c = kv; c < k; ++c) s += int32_t{w[c]} * int32_t{x[i][c]};
+    y[i][r] = s;
+  }
+}
+
+// Rows of about this many weight bytes (L2-resident) go through every activation row before the next rows.
+constexpr int64_t kGemmChunkBytes = 128 * 1024;
+
+template <int MT>
+void gemm_rows(const int16_t* xw, const int8_t* w, int32_t* y, int64_t m0, int64_t n, int64_t k, int64_t r0,
+               int64_t r1) {
+  const int16_t* x[MT];
+  int32_t* yr[MT];
+  for (int i = 0; i < MT; ++i) x[i] = xw + (m0 + i) * k, yr[i] = y + (m0 + i) * n;
+  for (int64_t r = r0; r < r1; ++r) gemm_tile<MT>(x, w + r * k, k, yr, r);
+}
+
 }  // namespace
 
 void int8_rows_avx2(const int16_t* xw, const int8_t* w, int32_t* y, int64_t m, int64_t n, int64_t k, int64_t n0,
                     int64_t n1) {
-  for (int64_t i = 0; i < m; ++i) {
-    const int16_t* x = xw + i * k;
-    int32_t* yr = y + i * n;
-    // Tiles of four rows a quarter of [n0, n1) apart (four read streams: one core streams faster from four
-    // than from one, see ternary_avx2_asm.cpp), then the 0-3 rows left over.
-    const int64_t q = (n1 - n0) / 4;
-    for (int64_t t = 0; t < q; ++t) rows_tile<4, false>(x, w, yr, k, n0 + t, q);
-    for (int64_t r = n0 + 4 * q; r < n1; ++r) rows_tile<1, true>(x, w, yr, k, r, 1);
+  if (m > 1) {  // GEMM: each chunk of weight rows is read from memory once for all m activation rows
+    const int64_t chunk = std::max<int64_t>(1, kGemmChunkBytes / std::max<int64_t>(k, 1));
+    for (int64_t c0 = n0; c0 < n1; c0 += chunk) {
+      const int64_t c1 = std::min(n1, c0 + chunk);
+      int64_t i = 0;
+      for (; i + 4 <= m; i += 4) gemm_rows<4>(xw, w, y, i, n, k, c0, c1);
+      for (; i < m; ++i) gemm_rows<1>(xw, w, y, i, n, k, c0, c1);
+    }
+    return;
   }
+  const int16_t* x = xw;
+  // GEMV: tiles of four rows a quarter of [n0, n1) apart (four read streams: one core streams faster from four
+  // than from one, see ternary_avx2_asm.cpp), then the 0-3 rows left over.
+  const int64_t q = (n1 - n0) / 4;
+  for (int64_t t = 0; t < q; ++t) rows_tile<4, false>(x, w, y, k, n0 + t, q);
+  for (int64_t r = n0 + 4 * q; r < n1; ++r) rows_tile<1, true>(x, w, y, k, r, 1);
 }
 
 }  // namespace bitnet

@@ -2,8 +2,9 @@
 //
 // Checks, for exact equality against an int64 product computed the obvious way: every backend this CPU runs
 // (portable reference, AVX2), one and two threads, over K off and on the 32-weight SIMD step (1 .. 2560 + 7),
-// N off the 4-row tile and past the 256-row task, M = 1 and 3; the overflow corners (every x and w at -128,
-// at 127, mixed) up to K = kInt8MaxK. Exits non-zero on any failure. Needs no Python.
+// N off the 4-row tile and past the 256-row task, M = 1 (GEMV) and 3, 4, 9 (the GEMM's tiles of four and the rest),
+// the GEMM's weight chunks; the overflow corners (every x and w at -128, at 127, mixed) up to K = kInt8MaxK, GEMV and
+// GEMM. Exits non-zero on any failure. Needs no Python.
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -60,14 +61,16 @@ void check_product(const std::vector<int8_t>& x, const std::vector<int8_t>& w, i
 int main() {
   for (int64_t k : {1, 31, 32, 33, 64, 100, 256, 2560 + 7})
     for (int64_t n : {1, 3, 4, 5, 6, 7, 9, 300})  // tiles of four spread rows with 0-3 rows left over
-      for (int64_t m : {1, 3})
+      for (int64_t m : {1, 3, 4, 9})              // the GEMM's tiles of four activation rows and the rows left over
         check_product(random_ints(m * k, -128, 127), random_ints(n * k, -128, 127), m, n, k, "random");
   check_product(random_ints(2560, -128, 127), random_ints(1100 * 2560, -127, 127), 1, 1100, 2560, "head-like");
+  check_product(random_ints(5 * 2560, -128, 127), random_ints(120 * 2560, -127, 127), 5, 120, 2560, "chunked GEMM");
   const int64_t k = bitnet::kInt8MaxK, n = 6;
   for (auto [xv, wv] : {std::pair{-128, -128}, std::pair{127, 127}, std::pair{-128, 127}, std::pair{127, -128}}) {
-    std::vector<int8_t> x(static_cast<size_t>(k), static_cast<int8_t>(xv));
+    std::vector<int8_t> x(static_cast<size_t>(4 * k), static_cast<int8_t>(xv));
     std::vector<int8_t> w(static_cast<size_t>(n * k), static_cast<int8_t>(wv));
-    check_product(x, w, 1, n, k, "corner x=" + std::to_string(xv) + " w=" + std::to_string(wv));
+    for (int64_t m : {1, 4})  // the GEMV and the GEMM
+      check_product(x, w, m, n, k, "corner x=" + std::to_string(xv) + " w=" + std::to_string(wv));
   }
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;

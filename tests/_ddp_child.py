@@ -15,11 +15,11 @@ _log = open(f"{os.environ['BITNET_SHARD_LOG']}.rank{os.environ['RANK']}.jsonl", 
 _forward = M.Transformer.forward
 
 
-def _recording_forward(self, idx, targets=None, cache=None):
+def _recording_forward(self, idx, targets=None, cache=None, **kw):
     if self.training:  # training steps only; eval batches and the probe run in eval mode
         _log.write(json.dumps({"rank": int(os.environ["RANK"]), "idx": idx.tolist()}) + "\n")  # (B/W, T)
         _log.flush()
-    return _forward(self, idx, targets, cache)
+    return _forward(self, idx, targets, cache, **kw)
 
 
 M.Transformer.forward = _recording_forward

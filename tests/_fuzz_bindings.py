@@ -103,6 +103,9 @@ def fuzz(a, b, n, k, beta, th, impl, r):
     call(FUSED.step, a, n, b, b)
     call(FUSED.step, np.array([3], np.int64), n, CACHE_K, CACHE_V)
     call(FUSED.step, a.reshape(-1) if a.ndim else a, 0, CACHE_K, CACHE_V)
+    call(FUSED.forward, a, n, CACHE_K, CACHE_V, False)
+    call(FUSED.forward, a, b, CACHE_K, CACHE_V, True)
+    call(FUSED.forward, a.reshape(1, -1) if a.ndim else a, b if isinstance(b, np.ndarray) else 0, CACHE_K, CACHE_V)
     # the benchmark-only bindings check their arguments too (reps, iters and bytes kept small: they run loops)
     if hasattr(_bench, "i2s_gemv"):
         call(_bench.i2s_repack, packed, n, k)

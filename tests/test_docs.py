@@ -40,6 +40,8 @@ EXTERNAL = {
     "src/ggml-bitnet-mad.cpp",  # microsoft/BitNet (bitnet.cpp)
     "utils/convert-hf-to-gguf-bitnet.py",  # microsoft/BitNet's converter (bitnet-b1.58, I2_S)
     "utils/codegen_tl2.py",  # microsoft/BitNet's kernel-header generator
+    "include/bitnet-lut-kernels.h",  # microsoft/BitNet's generated kernel header
+    "setup_env.py",  # microsoft/BitNet's setup script
     "ggml/include/gguf.h",  # llama.cpp's GGUF container
     "linux/arch/arm64/include/uapi/asm/hwcap.h",  # the Linux kernel's HWCAP bits
     "avx512fintrin.h",  # GCC's intrinsics header

@@ -63,13 +63,13 @@ def rope_restarts_in_the_cache(monkeypatch):
     """A decode-path fault every cached path shares: decode steps through the KV cache get RoPE angles from 0."""
     forward = Transformer.forward
 
-    def fwd(self, idx, targets=None, cache=None):
+    def fwd(self, idx, targets=None, cache=None, **kw):
         if cache is None or cache.pos == 0:
-            return forward(self, idx, targets, cache)
+            return forward(self, idx, targets, cache, **kw)
         cos, sin, p = self.rope_cos, self.rope_sin, cache.pos
         self.rope_cos, self.rope_sin = cos.roll(p, 0), sin.roll(p, 0)
         try:
-            return forward(self, idx, targets, cache)
+            return forward(self, idx, targets, cache, **kw)
         finally:
             self.rope_cos, self.rope_sin = cos, sin
 

@@ -104,6 +104,16 @@ def test_kv_cache_matches_full_recompute(quant, dtype):
     assert torch.allclose(torch.cat(parts, dim=1).to(full.dtype), full, atol=1e-5, rtol=0)
 
 
+def test_last_only_is_the_last_position_of_the_full_forward():
+    model = build()
+    idx = torch.randint(0, 256, (2, 9))
+    full = model(idx)[0]
+    # the head's matmul on one row may round differently from the same row inside nine (BLAS blocking)
+    assert torch.allclose(model(idx, last_only=True)[0], full[:, -1:], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="last_only"):
+        model(idx, idx, last_only=True)
+
+
 def test_cache_and_context_limits():
     model = build()
     with pytest.raises(ValueError):

@@ -4,7 +4,10 @@ benchmarks share (resident memory, read bandwidth, thread counts, the time-break
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -14,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.bench import bench_decode, bench_llama_cpp
+from tools.bench import bench_decode, bench_llama_cpp, llama_bench
 from tools.bench.memory import read_bandwidth, resident_mb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +107,92 @@ def test_bad_thread_flags_exit_2_before_any_work(capsys):
     if kernels.available():  # otherwise bench_decode stops earlier, at the missing extension
         assert bench_decode.main(["--preset", "bitnet-b1.58-large", "--threads-list", "0"]) == 2
         assert capsys.readouterr().err.startswith("error: --threads-list must be positive integers")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--presets", "bitnet-b1.58-2b-4t,nope"], "unknown preset 'nope'"),
+        (["--threads", "0"], "--threads must be positive integers"),
+        (["--repeats", "0"], "--repeats must be at least 1"),
+    ],
+)
+def test_llama_bench_refuses_bad_flags_in_one_line(argv, message, capsys):
+    assert bench_decode.main(["--llama-bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_llama_bench_runs_the_issue_table_by_default():
+    args = argparse.Namespace(presets=None, threads=None)
+    assert llama_bench.runs_of(args) == [("bitnet-b1.58-2b-4t", [1]), ("bitnet-b1.58-large", [1, 2])]
+    args = argparse.Namespace(presets="smoke,bitnet-b1.58-large", threads="2")
+    assert llama_bench.runs_of(args) == [("smoke", [2]), ("bitnet-b1.58-large", [2])]
+
+
+@pytest.mark.slow
+def test_llama_bench_table_end_to_end_on_a_small_shape(capsys):
+    """The whole harness on the small shape at one thread (each side in its own process; llama.cpp where
+    llama-cpp-python is installed): every column measured, the table printed from the same rows."""
+    from bitnet_ref.runtime import kernels
+
+    if not kernels.available():
+        pytest.skip("the C++ extension is not built")
+    argv = ["--llama-bench", "--presets", "smoke", "--threads", "1", "--repeats", "1", "--json"]
+    assert bench_decode.main(argv) == 0
+    got = json.loads(capsys.readouterr().out)
+    (row,) = got["rows"]
+    want = {"ours", "llama.cpp"} if importlib.util.find_spec("llama_cpp") else {"ours"}
+    assert set(row["sides"]) == want and row["threads"] == 1 and row["macs"] > 0
+    for side in row["sides"].values():
+        assert all(side[c]["wall"] > 0 and side[c]["cpu"] > 0 for c in ("pp128", "pp512", "tg128"))
+        assert side["weight_bytes"] > 0
+    assert set(row["sides"]["ours"]["batched"]) == {"1", "4", "8"}
+    table = llama_bench.format_table(got["rows"], got["meta"])
+    assert "smoke" in table and ("ours / llama.cpp (cpu)" in table) == ("llama.cpp" in want)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["build", "{d}", "--jobs", "0"], "--jobs must be at least 1"),
+        (["build", "{d}"], "name the sources"),
+        (["model", "{d}"], "holds no bitnet.cpp build"),
+        (["bench", "{d}"], "holds no bitnet.cpp build"),
+    ],
+)
+def test_bitnet_cpp_refuses_in_one_line_before_any_work(argv, message, tmp_path, capsys):
+    from tools.bench import bitnet_cpp
+
+    assert bitnet_cpp.main([a.format(d=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert bench_decode.main(["--llama-bench", "--bitnet-cpp", str(tmp_path)]) == 2
+    assert "holds no bitnet.cpp build" in capsys.readouterr().err
+    assert bench_decode.main(["--llama-bench", "--sides", "ours,nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --sides must name some of ours, llama.cpp, bitnet.cpp")
+
+
+def test_bitnet_cpp_exports_a_commit_without_the_blobs_a_snapshot_lacks(tmp_path):
+    """Its sources come from git snapshots that lack a few blobs it does not need: those are skipped, the rest
+    written as committed."""
+    from tools.bench import bitnet_cpp
+
+    repo = tmp_path / "repo"
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "keep").mkdir()
+    (repo / "keep" / "a.txt").write_text("kept\n")
+    (repo / "gone.bin").write_text("a blob the snapshot lacks\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "two files"], check=True)
+    blob = subprocess.run([*git, "rev-parse", "HEAD:gone.bin"], capture_output=True, text=True).stdout.strip()
+    (repo / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    out = tmp_path / "out"
+    assert bitnet_cpp.export_tree(repo / ".git", "HEAD", out) == ["gone.bin"]
+    assert (out / "keep" / "a.txt").read_text() == "kept\n" and not (out / "gone.bin").exists()
+    assert not (out / ".git").exists()
 
 
 def test_breakdown_line():

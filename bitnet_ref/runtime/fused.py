@@ -1,21 +1,26 @@
-"""The fused decode path: a packed model's whole token in one C++ call (cpp/decode_step.h), for speed.
+"""The fused path: a packed model's forward in one C++ call per forward (cpp/decode_step.h), for speed.
 
 ``FusedTransformer(packed_model)`` wraps a packed Transformer (``packed.to_packed``, ``random_packed``) with
 the same interface ``generate.generate`` uses (``cfg``, ``tok_emb``, ``new_cache``, ``forward(idx, targets,
-cache)``), so every decoding tool runs it unchanged. Each forward position is one ``_core.FusedDecoder.step``:
-embedding, every layer (norms, the shared int8 quantization, the exact ternary products, RoPE, the KV cache,
-grouped-query attention, the FFN) and the head, with no torch op and no Python per layer. The weights are the
-packed model's own buffers (nothing is copied); the KV cache is a preallocated numpy pair.
+cache, last_only)``), so every decoding tool runs it unchanged. Each forward, whatever its shape, is one
+``_core.FusedDecoder.forward``: embedding, every layer (norms, the shared int8 quantization, the exact ternary
+products, RoPE, the KV cache, causal grouped-query attention, the FFN) and the head, with no torch op and no Python
+per layer or position. A prompt of T tokens (prefill, teacher forcing) runs its T positions through each weight
+matrix as one GEMM; a decode step of B sequences runs its B rows as one GEMM. The weights are the packed model's
+own buffers (nothing is copied); the KV cache is a preallocated numpy pair, and every sequence in it has its own
+position (``FusedCache.pos``), so sequences at different positions can share a step.
 
 Exactness: the integer products are the exact ones of the torch path, and the int8 head's logits are computed
 in the same order; the float glue (RMSNorm sums, softmax, SiLU) rounds differently from torch's vectorised
 reductions in the last bits, so this path is close to, not bit-identical with, the training forward. The
 torch path (``PackedBitLinear`` in the Transformer) stays the exact oracle, and tests/test_fused.py checks
-this one against it: identical greedy tokens on fixed prompts, logits within ``FUSED_REL_TOL``.
+this one against it: identical greedy tokens on fixed prompts, logits within ``FUSED_REL_TOL``. Among
+themselves the fused calls are bit-identical: a prompt in one call or a token at a time, a sequence alone or in a
+batch.
 
 Supported: the official layout without ablations, 2-bit or 1.6-bit packed layers, float32 or int8 head and
 embedding. Anything else raises DecodeError with the reason (decode it through the torch path).
-What this is not: batching across requests, or a training path (no gradients).
+What this is not: a server (no request queue, no paged cache), or a training path (no gradients).
 """
 
 from __future__ import annotations
@@ -43,13 +48,26 @@ FUSED_REL_TOL = 1e-2
 
 class FusedCache:
     """The fused path's KV cache: k, v (batch, n_layers, max_len, n_kv_heads, head_dim) float32, preallocated
-    (each sequence's cache one contiguous block, so the C++ step reads it in place)."""
+    (each sequence's cache one contiguous block, so the C++ forward reads it in place), and ``pos`` (batch,) int64:
+    the positions each sequence has filled."""
 
     def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim):
         shape = (batch, n_layers, max_len, n_kv_heads, head_dim)
         self.k = np.zeros(shape, dtype=np.float32)
         self.v = np.zeros(shape, dtype=np.float32)
-        self.batch, self.max_len, self.pos = batch, max_len, 0
+        self.pos = np.zeros(batch, dtype=np.int64)
+        self.batch, self.max_len = batch, max_len
+
+    def sequences(self, start: int, stop: int) -> FusedCache:
+        """Sequences start .. stop - 1 as a cache of their own sharing this one's memory (k, v and pos are views):
+        a forward through it fills those sequences alone, e.g. prompts of different lengths before one batched
+        decode step of them all."""
+        if not 0 <= start < stop <= self.batch:
+            raise ValueError(f"sequences {start}:{stop} are not within the cache's batch of {self.batch}")
+        view = object.__new__(FusedCache)
+        view.k, view.v, view.pos = self.k[start:stop], self.v[start:stop], self.pos[start:stop]
+        view.batch, view.max_len = stop - start, self.max_len
+        return view
 
 
 def _f32(t: torch.Tensor) -> np.ndarray:
@@ -135,27 +153,30 @@ class FusedTransformer(nn.Module):
         c = self.cfg
         return FusedCache(c.n_layers, batch, c.n_kv_heads, max_len, c.head_dim)
 
-    def forward(self, idx, targets=None, cache=None):
-        """Logits (B, T, V) float32 (and the mean cross-entropy when targets are given), as Transformer.forward.
-        Positions run one at a time through the cache (a temporary one when none is given)."""
+    def forward(self, idx, targets=None, cache=None, *, last_only: bool = False):
+        """Logits (B, T, V) float32 (and the mean cross-entropy when targets are given), as Transformer.forward: one
+        C++ call for the whole (B, T) block, through the cache (a temporary one when none is given). last_only:
+        only each sequence's last position goes through the head, logits (B, 1, V) (a prompt before generation)."""
         B, T = idx.shape
         if cache is None:
             cache = self.new_cache(B, T)
-        if cache.pos + T > cache.max_len:
-            raise ValueError(f"sequence of {cache.pos + T} positions exceeds the limit of {cache.max_len}")
         if B != cache.batch:
             raise ValueError(f"batch {B} does not match the cache's batch {cache.batch}")
+        if T < 1 or int(cache.pos.max(initial=0)) + T > cache.max_len:
+            raise ValueError(
+                f"sequence of {int(cache.pos.max(initial=0)) + T} positions exceeds the limit of {cache.max_len}"
+            )
+        if last_only and targets is not None:
+            raise ValueError("last_only computes no logits for the targets' positions")
         ids = np.ascontiguousarray(idx.detach().cpu().numpy().astype(np.int64, copy=False))  # (B, T)
-        out = []
         try:
-            for t in range(T):
-                out.append(self.decoder.step(np.ascontiguousarray(ids[:, t]), cache.pos + t, cache.k, cache.v))
+            out = self.decoder.forward(ids, cache.pos, cache.k, cache.v, last_only)  # (B, T, V) or (B, V)
         except ValueError as e:
             if "finite" in str(e):
                 raise DecodeError(f"{e}; the checkpoint diverged") from None
             raise
         cache.pos += T
-        logits = torch.from_numpy(out[0][:, None] if T == 1 else np.stack(out, axis=1))  # (B, T, V)
+        logits = torch.from_numpy(out[:, None] if last_only else out)  # (B, T or 1, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -26,6 +26,10 @@ process, the DRAM roofline, and the head formats' agreement and cost. Issue 16's
 llama.cpp TQ2_0 at 1 and 2 threads (its column comes from --vs-llama-cpp), >= 85% of the roofline, peak memory
 <= 1.1x llama.cpp's.
 
+--llama-bench reports what llama.cpp's llama-bench reports (pp128, pp512, tg128), our batched decoding at B = 1, 4, 8,
+and the fractions of the multiply ceiling (pp) and of the read bandwidth (tg), ours, llama.cpp's and bitnet.cpp's side
+by side (tools/bench/llama_bench.py).
+
 What this is not: a kernel benchmark (tools/bench/bench_kernels.py) or a quality test (tools/decode_probe.py).
 """
 
@@ -276,7 +280,7 @@ def fused_split(model, fused, positions: int, steps: int = 5) -> dict:
     import numpy as np
 
     cache = fused.new_cache(1, positions + steps)
-    cache.pos = positions  # attention over `positions` cached (zero) keys: the cost of a late token
+    cache.pos[:] = positions  # attention over `positions` cached (zero) keys: the cost of a late token
     tok = np.array([3], np.int64)
     fused.decoder.step(tok, positions, cache.k, cache.v)
     lins = [m for m in model.modules() if isinstance(m, P.PackedBitLinear)]
@@ -445,6 +449,12 @@ def main(argv=None) -> int:
         from tools.bench import bench_llama_cpp
 
         return bench_llama_cpp.main(argv)
+    if (
+        "--llama-bench" in argv
+    ):  # pp, tg, batches beside llama.cpp and bitnet.cpp: its own options (--llama-bench --help)
+        from tools.bench import llama_bench
+
+        return llama_bench.main(argv)
     p = argparse.ArgumentParser(
         description="End-to-end decode tokens/s: packed (exact and fused) vs torch fp32 vs "
         "fake-quant; and models at real shapes (--preset)."
@@ -454,6 +464,14 @@ def main(argv=None) -> int:
         action="store_true",
         help="instead: ours and llama.cpp on the same GGUF (2B-4T and large shapes, 1 and 2 threads, "
         "tok/s, peak memory, GB/s); tools/bench/bench_llama_cpp.py, see --vs-llama-cpp --help",
+    )
+    p.add_argument(
+        "--llama-bench",
+        action="store_true",
+        help="instead: pp128, pp512, tg128 as llama-bench names them, ours and llama.cpp on the same GGUF (ours "
+        "alone without llama-cpp-python; bitnet.cpp with --bitnet-cpp), our batched decoding at B = 1, 4, 8, "
+        "fractions of the multiply ceiling and the read bandwidth; tools/bench/llama_bench.py, see --llama-bench "
+        "--help",
     )
     p.add_argument(
         "--checkpoint",

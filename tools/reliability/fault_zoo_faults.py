@@ -76,8 +76,8 @@ def _round_logits(cast) -> None:
 
     forward = model.Transformer.forward
 
-    def fwd(self, idx, targets=None, cache=None):
-        logits, _ = forward(self, idx, None, cache)
+    def fwd(self, idx, targets=None, cache=None, **kw):
+        logits, _ = forward(self, idx, None, cache, **kw)
         logits = logits + (cast(logits) - logits).detach()  # rounded values, straight-through gradient
         loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
@@ -349,13 +349,13 @@ def _decode_faults(name: str) -> bool:
     if name == "cache_rope_restart":
         forward = model.Transformer.forward
 
-        def fwd(self, idx, targets=None, cache=None):
+        def fwd(self, idx, targets=None, cache=None, **kw):
             if cache is None or cache.pos == 0:
-                return forward(self, idx, targets, cache)
+                return forward(self, idx, targets, cache, **kw)
             cos, sin, p = self.rope_cos, self.rope_sin, cache.pos
             self.rope_cos, self.rope_sin = cos.roll(p, 0), sin.roll(p, 0)  # position p + i gets angle i
             try:
-                return forward(self, idx, targets, cache)
+                return forward(self, idx, targets, cache, **kw)
             finally:
                 self.rope_cos, self.rope_sin = cos, sin
 
