@@ -143,13 +143,28 @@ def hf_config(cfg: ModelConfig, form: str) -> dict:
     return c
 
 
-def _get(d: dict, key: str, kind, default=...):
+def config_value(d: dict, key: str, kind, default=...):
+    """config.json's ``key``, of type ``kind`` (a bool is no int), or ``default``; FormatError when missing or wrong."""
     v = d.get(key, default)
     if v is ...:
         raise FormatError(f"config.json has no {key!r}")
     if not (isinstance(v, bool) if kind is bool else isinstance(v, kind) and not isinstance(v, bool)):
         raise FormatError(f"config.json {key!r} must be {getattr(kind, '__name__', 'a number')}, got {v!r:.60}")
     return v
+
+
+def plain_llama_block(d: dict, ours: str) -> tuple[int, int, dict]:
+    """What a LLaMA-shaped config.json must say for ``ours`` (the block that reads it) to hold it: head_dim =
+    hidden / heads, no biases, plain RoPE. Returns (heads, hidden, the RoPE parameters: rope_theta may be there)."""
+    heads, hidden = config_value(d, "num_attention_heads", int), config_value(d, "hidden_size", int)
+    if d.get("head_dim") not in (None, hidden // max(heads, 1)):
+        raise FormatError(f"config.json head_dim {d.get('head_dim')!r:.20} is not hidden_size / num_attention_heads")
+    if d.get("attention_bias") or d.get("mlp_bias"):
+        raise FormatError(f"config.json asks for biases; {ours} has none")
+    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise FormatError(f"config.json asks for RoPE scaling {rope!r:.80}; only plain RoPE is supported")
+    return heads, hidden, rope
 
 
 def _linear_kind(d: dict) -> str:
@@ -189,16 +204,9 @@ def config_from_hf(d: dict) -> tuple[ModelConfig, str]:
             f"config.json describes model_type {d.get('model_type')!r:.30} ({arch!r:.60}), not "
             f"a Hugging Face BitNet model (model_type 'bitnet', {ARCH})"
         )
-    heads, hidden = _get(d, "num_attention_heads", int), _get(d, "hidden_size", int)
-    if d.get("head_dim") not in (None, hidden // max(heads, 1)):
-        raise FormatError(f"config.json head_dim {d.get('head_dim')!r:.20} is not hidden_size / num_attention_heads")
-    if d.get("attention_bias") or d.get("mlp_bias"):
-        raise FormatError("config.json asks for biases; the BitNet block has none")
-    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise FormatError(f"config.json asks for RoPE scaling {rope!r:.60}; only plain RoPE is supported")
+    heads, hidden, rope = plain_llama_block(d, "the BitNet block")
     theta = rope.get("rope_theta", d.get("rope_theta", 500000.0))  # transformers' BitNet default
-    act = _get(d, "hidden_act", str, "relu2")
+    act = config_value(d, "hidden_act", str, "relu2")
     acts = {"relu2": "relu2", "silu": "swiglu", "swish": "swiglu"}
     if act not in acts:
         raise FormatError(f"config.json hidden_act {act!r:.30}: bitnet_ref has relu2 and silu (SwiGLU) only")
@@ -207,18 +215,18 @@ def config_from_hf(d: dict) -> tuple[ModelConfig, str]:
     try:
         cfg = ModelConfig.from_dict(
             dict(
-                vocab_size=_get(d, "vocab_size", int),
+                vocab_size=config_value(d, "vocab_size", int),
                 d_model=hidden,
-                n_layers=_get(d, "num_hidden_layers", int),
+                n_layers=config_value(d, "num_hidden_layers", int),
                 n_heads=heads,
                 n_kv_heads=heads if kv is None else kv,
-                ffn_hidden=_get(d, "intermediate_size", int),
-                context=_get(d, "max_position_embeddings", int, 2048),
+                ffn_hidden=config_value(d, "intermediate_size", int),
+                context=config_value(d, "max_position_embeddings", int, 2048),
                 quant="none" if kind == "none" else "ternary",
                 ffn_act=acts[act],
                 rope_theta=theta,
-                norm_eps=_get(d, "rms_norm_eps", (int, float), 1e-5),
-                tie_embeddings=_get(d, "tie_word_embeddings", bool, False),
+                norm_eps=config_value(d, "rms_norm_eps", (int, float), 1e-5),
+                tie_embeddings=config_value(d, "tie_word_embeddings", bool, False),
                 layout="official",
             )
         )

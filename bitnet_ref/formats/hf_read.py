@@ -261,15 +261,25 @@ def _convert(cfg: ModelConfig, kind: str, src: TensorSource):
             if not exact:
                 inexact.append(ours[: -len(".weight")])
             continue
-        t = src.get(hf).to(torch.float32)
-        if not bool(torch.isfinite(t).all()):
-            raise FormatError(f"{hf} holds NaN or inf")
-        state[ours] = t
+        state[ours] = finite_float(src, hf)
     if cfg.tie_embeddings:
-        if "head.weight" in state and not torch.equal(state["head.weight"], state["tok_emb.weight"]):
-            raise FormatError("lm_head.weight differs from model.embed_tokens.weight but tie_word_embeddings is true")
-        state["head.weight"] = state["tok_emb.weight"]
+        tie_head(state)
     return state, ternary, inexact
+
+
+def finite_float(src: TensorSource, name: str) -> torch.Tensor:
+    """Tensor ``name`` of the source as float32; FormatError if it holds NaN or inf."""
+    t = src.get(name).to(torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        raise FormatError(f"{name} holds NaN or inf")
+    return t
+
+
+def tie_head(state: dict) -> None:
+    """A tied model's head is its embedding: an lm_head the file holds anyway must equal it."""
+    if "head.weight" in state and not torch.equal(state["head.weight"], state["tok_emb.weight"]):
+        raise FormatError("lm_head.weight differs from model.embed_tokens.weight but tie_word_embeddings is true")
+    state["head.weight"] = state["tok_emb.weight"]
 
 
 def _ternary(kind: str, hf: str, src: TensorSource):

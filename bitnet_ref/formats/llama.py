@@ -26,10 +26,8 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from bitnet_ref.formats.hf import FLOAT_DTYPES, FormatError, name_pairs, read_json
-from bitnet_ref.formats.hf_read import TensorSource, weight_files
+from bitnet_ref.formats.hf import FLOAT_DTYPES, FormatError, config_value, name_pairs, plain_llama_block, read_json
+from bitnet_ref.formats.hf_read import TensorSource, finite_float, tie_head, weight_files
 from bitnet_ref.model import ModelConfig
 
 ARCHS = ("LlamaForCausalLM",)
@@ -51,15 +49,6 @@ def is_llama_config(d: object) -> bool:
     return isinstance(d, dict) and (d.get("model_type") == "llama" or any(a in ARCHS for a in arch or []))
 
 
-def _get(d: dict, key: str, kind, default=...):
-    v = d.get(key, default)
-    if v is ...:
-        raise FormatError(f"config.json has no {key!r}")
-    if isinstance(v, bool) != (kind is bool) or not isinstance(v, kind):
-        raise FormatError(f"config.json {key!r} must be {getattr(kind, '__name__', 'a number')}, got {v!r:.60}")
-    return v
-
-
 def config_from_llama(d: dict) -> ModelConfig:
     """Our ModelConfig (layout llama, quant none) of a Llama config.json, checked before any weight is read."""
     if not is_llama_config(d):
@@ -75,33 +64,26 @@ def config_from_llama(d: dict) -> ModelConfig:
         raise FormatError(
             f"config.json says the weights are quantized ({method!r:.30}); a warm start needs full precision"
         )
-    heads, hidden = _get(d, "num_attention_heads", int), _get(d, "hidden_size", int)
-    if d.get("head_dim") not in (None, hidden // max(heads, 1)):
-        raise FormatError(f"config.json head_dim {d.get('head_dim')!r:.20} is not hidden_size / num_attention_heads")
-    if d.get("attention_bias") or d.get("mlp_bias"):
-        raise FormatError("config.json asks for biases; bitnet_ref's linears have none")
-    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise FormatError(f"config.json asks for RoPE scaling {rope!r:.80}; only plain RoPE is supported")
-    act = _get(d, "hidden_act", str, "silu")
+    heads, hidden, rope = plain_llama_block(d, "bitnet_ref's linears")
+    act = config_value(d, "hidden_act", str, "silu")
     if act not in ACTS:
         raise FormatError(f"config.json hidden_act {act!r:.30}: a Llama's gated MLP maps onto SwiGLU (silu) only")
     kv = d.get("num_key_value_heads")
     try:
         return ModelConfig.from_dict(
             dict(
-                vocab_size=_get(d, "vocab_size", int),
+                vocab_size=config_value(d, "vocab_size", int),
                 d_model=hidden,
-                n_layers=_get(d, "num_hidden_layers", int),
+                n_layers=config_value(d, "num_hidden_layers", int),
                 n_heads=heads,
                 n_kv_heads=heads if kv is None else kv,
-                ffn_hidden=_get(d, "intermediate_size", int),
-                context=_get(d, "max_position_embeddings", int, 2048),
+                ffn_hidden=config_value(d, "intermediate_size", int),
+                context=config_value(d, "max_position_embeddings", int, 2048),
                 quant="none",
                 ffn_act="swiglu",
                 rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)),
-                norm_eps=_get(d, "rms_norm_eps", (int, float), 1e-6),
-                tie_embeddings=_get(d, "tie_word_embeddings", bool, False),
+                norm_eps=config_value(d, "rms_norm_eps", (int, float), 1e-6),
+                tie_embeddings=config_value(d, "tie_word_embeddings", bool, False),
                 layout="llama",
             )
         )
@@ -130,14 +112,9 @@ def read(path) -> LlamaModel:
         for ours, hf, _ in pairs:
             if hf not in src:
                 continue  # a tied lm_head left out
-            t = src.get(hf).to(torch.float32)
-            if not bool(torch.isfinite(t).all()):
-                raise FormatError(f"{hf} holds NaN or inf")
-            state[ours] = t
+            state[ours] = finite_float(src, hf)
     if cfg.tie_embeddings:
-        if "head.weight" in state and not torch.equal(state["head.weight"], state["tok_emb.weight"]):
-            raise FormatError("lm_head.weight differs from model.embed_tokens.weight but tie_word_embeddings is true")
-        state["head.weight"] = state["tok_emb.weight"]
+        tie_head(state)
     tok = p / "tokenizer.json"
     return LlamaModel(cfg, state, f"{p} (Hugging Face {ARCHS[0]})", tok if tok.is_file() else None)
 

@@ -265,6 +265,17 @@ def format_table(rows, meta) -> str:
     return "\n".join(out)
 
 
+def missing_parts() -> str | None:
+    """What our side of a GGUF benchmark lacks (the C++ extension, the gguf package), or None."""
+    if not kernels.available():
+        return f"the C++ extension is not available ({kernels.import_error()})"
+    try:
+        GF.gguf_module()
+    except GF.FormatError as e:
+        return str(e)
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="tools/bench/bench_decode.py --vs-llama-cpp",
@@ -305,13 +316,9 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    if not kernels.available():
-        print(f"error: the C++ extension is not available ({kernels.import_error()})", file=sys.stderr)
-        return 2
-    try:
-        GF.gguf_module()
-    except GF.FormatError as e:
-        print(f"error: {e}", file=sys.stderr)
+    problem = missing_parts()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_llama_cpp_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ from bitnet_ref.formats import gguf_file as GF
 from bitnet_ref.model import ModelConfig
 from bitnet_ref.runtime import kernels
 from bitnet_ref.runtime import packed as P
-from tools.bench.bench_llama_cpp import bandwidth, bench_config, memory, random_packed, thread_counts
+from tools.bench.bench_llama_cpp import bandwidth, bench_config, memory, missing_parts, random_packed, thread_counts
 
 PP = (128, 512)
 TG = 128
@@ -340,13 +340,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not kernels.available():
-        print(f"error: the C++ extension is not available ({kernels.import_error()})", file=sys.stderr)
-        return 2
-    try:
-        GF.gguf_module()
-    except GF.FormatError as e:
-        print(f"error: {e}", file=sys.stderr)
+    problem = missing_parts()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         import llama_cpp  # noqa: F401
